@@ -1,0 +1,82 @@
+"""argparse front of `pifleet`: parse, dispatch, turn expected failures into one line.
+
+Subcommands: build, inspect, personalize, flash, boot-test, base, fetch, images,
+test-server, token, demo. Each handler lives in the module that owns the work;
+this file only parses arguments and maps errors to exit codes
+(0 ok, 1 runtime failure, 2 bad input, 130 interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from builder import __version__
+from builder.console import setup_logging
+from builder.errors import PifleetError
+
+log = logging.getLogger("pifleet")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pifleet",
+        description="Build, personalize, flash and boot-test Raspberry Pi images for a K3s fleet.",
+    )
+    parser.add_argument("--version", action="version", version=f"pifleet {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log every command run")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in _COMMANDS:
+        register(sub)
+    return parser
+
+
+def _register_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from builder import build
+
+    p = sub.add_parser("build", help="build the fleet's golden image from a config file")
+    p.add_argument("config", help="fleet YAML file")
+    p.add_argument("--base", metavar="PATH", help="use this base image file (overrides base:)")
+    p.add_argument("--k3s-binary", metavar="PATH", help="use this K3s binary (overrides k3s:)")
+    p.add_argument("-o", "--output-dir", metavar="DIR", help="overrides output.dir")
+    p.set_defaults(handler=build.command)
+
+
+def _register_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from builder import inspect
+
+    p = sub.add_parser("inspect", help="show what is inside an image")
+    p.add_argument("image", help="image file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=inspect.command)
+
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _register_build,
+    _register_inspect,
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except PifleetError as exc:
+        print(f"pifleet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pifleet: interrupted; partial outputs removed", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

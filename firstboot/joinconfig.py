@@ -1,0 +1,129 @@
+"""The contract between the builder (host) and the agent (device).
+
+The builder writes two kinds of files; this module is the only definition of
+their shape, and both halves import it (the builder writes with `dump_*`, the
+agent reads with `load_*`).
+
+Fleet-wide, in the root filesystem (golden image):
+  /etc/pifleet/join.json     JoinConfig, mode 0644, no secrets
+  /etc/pifleet/token         the join token, mode 0600 root (unless injected at flash time)
+
+Per device, in the boot (FAT) partition, under <boot_dir>/pifleet/:
+  device.json                DeviceConfig, no secrets
+  token                      optional: a token injected at flash/personalize time
+  node-password              optional: pre-seeded K3s node password
+The agent removes `token` and `node-password` from the boot partition once the
+device has joined.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+JOIN_CONFIG_PATH = "/etc/pifleet/join.json"
+FLEET_TOKEN_PATH = "/etc/pifleet/token"
+BOOT_SUBDIR = "pifleet"
+DEVICE_FILE = "device.json"
+BOOT_TOKEN_FILE = "token"
+BOOT_NODE_PASSWORD_FILE = "node-password"
+SCHEMA_VERSION = 1
+
+_HOSTNAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class JoinConfigError(ValueError):
+    """A join or device file is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class JoinConfig:
+    server: str
+    role: str = "agent"
+    token_file: str = FLEET_TOKEN_PATH
+    boot_dir: str = "/boot/firmware"
+    hostname_pattern: str = "pi-{serial}"
+    node_labels: List[str] = field(default_factory=list)
+    node_taints: List[str] = field(default_factory=list)
+    kubelet_args: List[str] = field(default_factory=list)
+    k3s_binary: str = "/usr/local/bin/k3s"
+    build_time: int = 0
+    backoff_cap: float = 60.0
+    clock_sync_timeout: float = 120.0
+    version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    hostname: Optional[str] = None
+    node_labels: List[str] = field(default_factory=list)
+    node_taints: List[str] = field(default_factory=list)
+    server: Optional[str] = None
+
+
+def dump_join_config(config: JoinConfig) -> bytes:
+    return _dump(asdict(config))
+
+
+def dump_device_config(config: DeviceConfig) -> bytes:
+    return _dump({k: v for k, v in asdict(config).items() if v not in (None, [])})
+
+
+def load_join_config(data: bytes, where: str = JOIN_CONFIG_PATH) -> JoinConfig:
+    raw = _load(data, where)
+    _check_keys(raw, JoinConfig, where)
+    if raw.get("version") != SCHEMA_VERSION:
+        raise JoinConfigError(f"{where}: version: expected {SCHEMA_VERSION}, got {raw.get('version')!r}")
+    if not isinstance(raw.get("server"), str) or not raw["server"].startswith("https://"):
+        raise JoinConfigError(f"{where}: server: must be an https:// URL")
+    if raw.get("role", "agent") not in ("agent", "server"):
+        raise JoinConfigError(f"{where}: role: must be 'agent' or 'server'")
+    for key in ("node_labels", "node_taints", "kubelet_args"):
+        _check_str_list(raw, key, where)
+    return JoinConfig(**raw)
+
+
+def load_device_config(data: bytes, where: str) -> DeviceConfig:
+    raw = _load(data, where)
+    _check_keys(raw, DeviceConfig, where)
+    name = raw.get("hostname")
+    if name is not None and (not isinstance(name, str) or not valid_hostname(name)):
+        raise JoinConfigError(f"{where}: hostname: not a valid RFC 1123 host name: {name!r}")
+    for key in ("node_labels", "node_taints"):
+        _check_str_list(raw, key, where)
+    return DeviceConfig(**raw)
+
+
+def valid_hostname(name: str) -> bool:
+    """RFC 1123 label, lowercase: what K3s accepts as a node name here."""
+    return bool(_HOSTNAME.match(name))
+
+
+def _dump(obj: Dict[str, Any]) -> bytes:
+    # Sorted keys and a trailing newline: the same input always gives the same bytes.
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _load(data: bytes, where: str) -> Dict[str, Any]:
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise JoinConfigError(f"{where}: not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise JoinConfigError(f"{where}: expected a JSON object")
+    return raw
+
+
+def _check_keys(raw: Dict[str, Any], cls: type, where: str) -> None:
+    known = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise JoinConfigError(f"{where}: unknown key {unknown[0]!r}")
+
+
+def _check_str_list(raw: Dict[str, Any], key: str, where: str) -> None:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise JoinConfigError(f"{where}: {key}: must be a list of strings")
