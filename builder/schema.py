@@ -1,0 +1,84 @@
+"""Checks a fleet file against config/schema.json and words the first problem for a human."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError, best_match
+
+from builder.errors import UserError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.json"
+_TYPE_NAMES = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "empty",
+}
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema)  # type: ignore[no-any-return]
+
+
+def validate(raw: Any, source: Path) -> None:
+    """Raise a one-line UserError for the most relevant schema violation in `raw`."""
+    error = best_match(_validator().iter_errors(raw))
+    if error is not None:
+        key, message = describe(error)
+        raise UserError(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+
+
+def key_path(parts: Iterable[Any]) -> str:
+    """['devices', 3, 'hostname'] -> 'devices[3].hostname'."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def describe(error: ValidationError) -> tuple[str, str]:
+    """(key path, message) for one schema error."""
+    while error.validator in ("oneOf", "anyOf") and error.context:
+        deeper = best_match(error.context)
+        if deeper is None or deeper.validator in ("type",) and len(error.context) > 1:
+            return key_path(error.absolute_path), _one_of_message(error)
+        error = deeper
+    path = list(error.absolute_path)
+    kind, schema, value = error.validator, error.schema, error.instance
+    if isinstance(schema, dict) and "x-expected" in schema and kind != "type":
+        return key_path(path), f"must be {schema['x-expected']}, got {value!r}"
+    if kind == "additionalProperties":
+        known = sorted(schema.get("properties", {}))
+        extra = sorted(set(value) - set(known))
+        hint = f" (expected one of: {', '.join(known)})" if known else ""
+        return key_path([*path, extra[0]]), f"unknown key{hint}"
+    if kind == "required":
+        missing = next(k for k in error.validator_value if k not in value)
+        return key_path(path), f"missing required key '{missing}'"
+    if kind == "type":
+        wanted = error.validator_value
+        names = [_TYPE_NAMES.get(t, t) for t in (wanted if isinstance(wanted, list) else [wanted])]
+        return key_path(path), f"must be {' or '.join(names)}, got {value!r}"
+    if kind == "enum":
+        choices = ", ".join(repr(c) for c in error.validator_value)
+        return key_path(path), f"must be one of {choices}, got {value!r}"
+    return key_path(path), error.message
+
+
+def _one_of_message(error: ValidationError) -> str:
+    kinds = []
+    for sub in error.validator_value:
+        kinds.append(_TYPE_NAMES.get(sub.get("type", ""), "a value") if isinstance(sub, dict) else "?")
+    return f"must be {' or '.join(dict.fromkeys(kinds))}, got {error.instance!r}"
