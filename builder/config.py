@@ -392,7 +392,9 @@ def static_address(
     try:
         iface = ipaddress.ip_interface(address)
     except ValueError:
-        raise fail(f"{key}.address", f"must be an address with prefix such as 10.0.0.5/24, got {address!r}") from None
+        raise fail(
+            f"{key}.address", f"must be an address with prefix such as 10.0.0.5/24, got {address!r}"
+        ) from None
     if "/" not in address:
         raise fail(f"{key}.address", f"needs a prefix length such as /24, got {address!r}")
     if gateway is not None:

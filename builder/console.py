@@ -71,3 +71,12 @@ def progress(description: str, total: int | None) -> Iterator[Progress]:
     with RichProgress(*columns, transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield _Bar(bar, task)
+
+
+def human_size(size: float) -> str:
+    """1536 -> '1.5 KiB'; sizes in messages are always binary units."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"

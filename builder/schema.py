@@ -29,7 +29,7 @@ _TYPE_NAMES = {
 def _validator() -> jsonschema.protocols.Validator:
     schema = json.loads(SCHEMA_PATH.read_text())
     cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)  # type: ignore[no-any-return]
+    return cls(schema)
 
 
 def validate(raw: Any, source: Path) -> None:
@@ -52,11 +52,15 @@ def describe(error: ValidationError) -> tuple[str, str]:
     """(key path, message) for one schema error."""
     while error.validator in ("oneOf", "anyOf") and error.context:
         deeper = best_match(error.context)
-        if deeper is None or deeper.validator in ("type",) and len(error.context) > 1:
+        if deeper is None or (deeper.validator in ("type",) and len(error.context) > 1):
             return key_path(error.absolute_path), _one_of_message(error)
         error = deeper
     path = list(error.absolute_path)
-    kind, schema, value = error.validator, error.schema, error.instance
+    # jsonschema types these as "maybe unset"; a reported error always has them.
+    kind: Any = error.validator
+    schema: Any = error.schema
+    value: Any = error.instance
+    expected: Any = error.validator_value
     if isinstance(schema, dict) and "x-expected" in schema and kind != "type":
         return key_path(path), f"must be {schema['x-expected']}, got {value!r}"
     if kind == "additionalProperties":
@@ -65,20 +69,25 @@ def describe(error: ValidationError) -> tuple[str, str]:
         hint = f" (expected one of: {', '.join(known)})" if known else ""
         return key_path([*path, extra[0]]), f"unknown key{hint}"
     if kind == "required":
-        missing = next(k for k in error.validator_value if k not in value)
+        missing = next(k for k in expected if k not in value)
         return key_path(path), f"missing required key '{missing}'"
     if kind == "type":
-        wanted = error.validator_value
-        names = [_TYPE_NAMES.get(t, t) for t in (wanted if isinstance(wanted, list) else [wanted])]
+        wanted = expected
+        names = [
+            _TYPE_NAMES.get(t, str(t)) for t in (wanted if isinstance(wanted, list) else [wanted])
+        ]
         return key_path(path), f"must be {' or '.join(names)}, got {value!r}"
     if kind == "enum":
-        choices = ", ".join(repr(c) for c in error.validator_value)
+        choices = ", ".join(repr(c) for c in expected)
         return key_path(path), f"must be one of {choices}, got {value!r}"
     return key_path(path), error.message
 
 
 def _one_of_message(error: ValidationError) -> str:
     kinds = []
-    for sub in error.validator_value:
-        kinds.append(_TYPE_NAMES.get(sub.get("type", ""), "a value") if isinstance(sub, dict) else "?")
+    options: Any = error.validator_value
+    for sub in options:
+        kinds.append(
+            _TYPE_NAMES.get(sub.get("type", ""), "a value") if isinstance(sub, dict) else "?"
+        )
     return f"must be {' or '.join(dict.fromkeys(kinds))}, got {error.instance!r}"

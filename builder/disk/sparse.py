@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,7 +55,9 @@ def copy_range(
         _copy_bytes(src, dst, off, dst_off + (off - src_off), size, advance)
 
 
-def _copy_bytes(src: int, dst: int, src_off: int, dst_off: int, size: int, advance: Advance | None) -> None:
+def _copy_bytes(
+    src: int, dst: int, src_off: int, dst_off: int, size: int, advance: Advance | None
+) -> None:
     while size > 0:
         step = min(size, _CHUNK)
         try:
@@ -132,3 +135,35 @@ def put_back(part_file: Path, image: Path, offset: int, length: int | None = Non
 def allocated_bytes(path: Path) -> int:
     """Bytes the file really occupies on disk (its data, not its holes)."""
     return os.stat(path).st_blocks * 512
+
+
+_ZEROS = bytes(1024 * 1024)
+
+
+def sha256_file(path: Path, advance: Advance | None = None) -> str:
+    """sha256 of the whole file, holes hashed as zeros without reading them from disk."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        pos = 0
+        for off, length in [*data_ranges(fd, 0, size), (size, 0)]:
+            _hash_zeros(digest, off - pos)
+            end = off + length
+            while off < end:
+                chunk = os.pread(fd, min(_CHUNK, end - off), off)
+                if not chunk:
+                    raise BuildError(f"{path}: unexpected end of file at byte {off}")
+                digest.update(chunk)
+                off += len(chunk)
+                if advance is not None:
+                    advance(len(chunk))
+            pos = end
+    return digest.hexdigest()
+
+
+def _hash_zeros(digest: hashlib._Hash, count: int) -> None:
+    while count > 0:
+        step = min(count, len(_ZEROS))
+        digest.update(_ZEROS[:step] if step < len(_ZEROS) else _ZEROS)
+        count -= step

@@ -264,7 +264,5 @@ def _write_gpt(f: BinaryIO, table: PartitionTable, size: int) -> None:
 
 def resized(table: PartitionTable, number: int, new_size: int) -> PartitionTable:
     """`table` with partition `number` grown (or shrunk) to `new_size` bytes."""
-    parts = tuple(
-        replace(p, size=new_size) if p.number == number else p for p in table.partitions
-    )
+    parts = tuple(replace(p, size=new_size) if p.number == number else p for p in table.partitions)
     return replace(table, partitions=parts)

@@ -1,0 +1,89 @@
+"""`pifleet build`: base image -> golden fleet image, rootless, atomically.
+
+The base is copied (reflink or sparse copy) to a temporary file beside the
+destination, customized there, checked, and renamed into place with its
+outputs only when everything succeeded. The base is opened read-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+from builder import inspect, output
+from builder.atomic import replace_when_done
+from builder.config import load
+from builder.console import human_size, progress
+from builder.disk.ext4 import last_write_time
+from builder.disk.image import Image
+from builder.disk.sparse import copy_file
+from builder.errors import UserError
+from builder.flavor import detect, require_supported
+from builder.plan import Plan, resolve, source_date_epoch
+from builder.steps import ORDER
+
+log = logging.getLogger("pifleet.build")
+
+
+def command(args: argparse.Namespace) -> int:
+    config = load(Path(args.config))
+    plan = resolve(
+        config,
+        base_override=Path(args.base) if args.base else None,
+        k3s_override=Path(args.k3s_binary) if args.k3s_binary else None,
+        output_dir=Path(args.output_dir) if args.output_dir else None,
+    )
+    started = time.monotonic()
+    written = build(plan)
+    image = written[0]
+    log.info(
+        "built %s (%s) in %.1f s",
+        image.path,
+        human_size(image.path.stat().st_size),
+        time.monotonic() - started,
+    )
+    for w in written[1:]:
+        log.info("  %s", w.path.name)
+    return 0
+
+
+def build(plan: Plan) -> list[output.Written]:
+    """Build the golden image for `plan`; returns the outputs written."""
+    final = plan.image_path
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(replace_when_done(final, 0o644))
+        size = plan.base.path.stat().st_size
+        log.info("copying base %s (%s)", plan.base.origin, human_size(size))
+        with progress("copying base", size) as bar:
+            copy_file(plan.base.path, tmp, bar.advance)
+        plan = customize(tmp, plan)
+        facts = inspect.collect(tmp)
+        return output.write_all(plan, tmp, facts, stack)
+    raise AssertionError("unreachable")
+
+
+def customize(path: Path, plan: Plan) -> Plan:
+    """Apply every step to the image at `path`; returns the plan completed with the image's facts."""
+    image = Image.open(path)
+    flavor = detect(image)
+    log.info("base is %s", flavor.pretty_name + f" ({flavor.arch})")
+    require_supported(flavor, Path(plan.base.origin))
+    if flavor.arch != plan.config.arch:
+        raise UserError(
+            f"{plan.config.source}: arch: the config says {plan.config.arch} "
+            f"but the base image is {flavor.arch}"
+        )
+    epoch = source_date_epoch()
+    if epoch is None:
+        epoch = last_write_time(path, image.root_partition.start)
+    image = Image.open(path, epoch)
+    plan = plan.for_image(flavor, epoch)
+    for name, apply in ORDER:
+        log.debug("step %s", name)
+        apply(image, plan)
+    image.commit(plan.config.output.size)
+    image.root.check()
+    return plan

@@ -1,0 +1,406 @@
+"""ext4 edits through e2fsprogs, straight on the image file (`image?offset=N`).
+
+debugfs writes files, directories and symlinks with exact mode/uid/gid;
+resize2fs grows the filesystem; e2fsck checks it. Changes are staged and
+applied in one debugfs session: query what exists, write only what differs,
+then read everything back, because debugfs reports failures on stderr while
+still exiting 0. Timestamps come from E2FSPROGS_FAKE_TIME (the build epoch),
+so the same input gives the same bytes, and an unchanged file is never
+rewritten (a rebuild of a built image changes nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from builder.disk import sparse
+from builder.errors import BuildError
+from builder.run import run
+
+log = logging.getLogger("pifleet.ext4")
+
+EXT4_MAGIC_OFFSET = 1024 + 56
+
+
+@dataclass(frozen=True)
+class File:
+    path: str
+    mode: int  # permission bits, e.g. 0o644
+    data: bytes | None = None
+    source: Path | None = None  # large files are written straight from the host file
+    uid: int = 0
+    gid: int = 0
+
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else (self.source or Path()).stat().st_size
+
+    def digest(self) -> str:
+        if self.data is not None:
+            return hashlib.sha256(self.data).hexdigest()
+        h = hashlib.sha256()
+        with open(self.source or "", "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Symlink:
+    path: str
+    target: str
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class Directory:
+    path: str
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+
+
+Entry = File | Symlink | Directory
+
+
+@dataclass(frozen=True)
+class Inode:
+    kind: str  # "regular", "directory", "symlink", ...
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    link_target: str | None
+
+
+@dataclass(frozen=True)
+class Usage:
+    block_size: int
+    blocks: int
+    free_blocks: int
+    free_inodes: int
+    features: frozenset[str]
+
+    @property
+    def size(self) -> int:
+        return self.blocks * self.block_size
+
+    @property
+    def free(self) -> int:
+        return self.free_blocks * self.block_size
+
+
+class Ext4Filesystem:
+    """The ext4 filesystem at `offset` in `image`."""
+
+    def __init__(self, image: Path, offset: int, epoch: int) -> None:
+        self.image = image
+        self.offset = offset
+        self.epoch = epoch
+        self._staged: dict[str, Entry] = {}
+
+    @property
+    def spec(self) -> str:
+        """How e2fsprogs names this filesystem: the image with an offset option."""
+        if "?" in str(self.image):
+            raise BuildError(f"{self.image}: e2fsprogs cannot open a path containing '?'")
+        return f"{self.image}?offset={self.offset}"
+
+    def _env(self) -> dict[str, str]:
+        # libext2fs (debugfs, resize2fs) and e2fsck read different variables.
+        return {"E2FSPROGS_FAKE_TIME": str(self.epoch), "E2FSCK_TIME": str(self.epoch)}
+
+    def _debugfs(self, script: list[str], write: bool = False) -> tuple[str, list[str]]:
+        """Run debugfs commands; (stdout, error lines other than the banner)."""
+        with tempfile.NamedTemporaryFile("w", prefix="pifleet-debugfs-", suffix=".cmd") as cmd:
+            cmd.write("\n".join(script) + "\n")
+            cmd.flush()
+            argv = ["debugfs", *(["-w"] if write else []), "-f", cmd.name, self.spec]
+            proc = run(argv, env=self._env(), what="debugfs")
+        errors = [
+            line
+            for line in proc.stderr.decode(errors="replace").splitlines()
+            if line.strip() and not line.startswith("debugfs ")
+        ]
+        return proc.stdout.decode(errors="replace"), errors
+
+    # -- reading -------------------------------------------------------------
+
+    def stat_many(self, paths: list[str]) -> dict[str, Inode | None]:
+        """Inode facts for each path (None where absent); symlinks are not followed."""
+        if not paths:
+            return {}
+        out, _errors = self._debugfs([f'stat "{p}"' for p in paths])
+        sections = re.split(r"^debugfs: stat ", out, flags=re.M)[1:]
+        result: dict[str, Inode | None] = {}
+        for path, section in zip(paths, sections, strict=True):
+            result[path] = _parse_stat(section)
+        return result
+
+    def stat(self, path: str) -> Inode | None:
+        return self.stat_many([path])[path]
+
+    def resolve(self, path: str) -> str:
+        """`path` with every symlink resolved (absolute links stay inside this filesystem)."""
+        parts = list(PurePosixPath(path).parts[1:])
+        current = PurePosixPath("/")
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part in (".", ".."):
+                current = current.parent if part == ".." else current
+                continue
+            candidate = current / part
+            inode = self.stat(str(candidate))
+            if inode is None or inode.kind != "symlink" or inode.link_target is None:
+                current = candidate
+                continue
+            hops += 1
+            if hops > 40:
+                raise BuildError(
+                    f"{path}: too many levels of symbolic links in the root filesystem"
+                )
+            target = PurePosixPath(inode.link_target)
+            base = PurePosixPath("/") if target.is_absolute() else current
+            parts = list((base / target).parts[1:]) + parts
+            current = PurePosixPath("/")
+        return str(current)
+
+    def read(self, path: str, follow: bool = True) -> bytes | None:
+        """Content of a regular file (staged content wins), or None when absent."""
+        staged = self._staged.get(path)
+        if isinstance(staged, File):
+            return (
+                staged.data if staged.data is not None else (staged.source or Path()).read_bytes()
+            )
+        real = self.resolve(path) if follow else path
+        inode = self.stat(real)
+        if inode is None or inode.kind != "regular":
+            return None
+        with tempfile.TemporaryDirectory(prefix="pifleet-ext4-") as tmp:
+            dest = Path(tmp) / "f"
+            _out, errors = self._debugfs([f'dump "{real}" "{dest}"'])
+            if errors or not dest.exists():
+                raise BuildError(f"reading {path} from the root filesystem: {'; '.join(errors)}")
+            return dest.read_bytes()
+
+    def listdir(self, path: str) -> list[str]:
+        out, _ = self._debugfs([f'ls -p "{path}"'])
+        names = []
+        for line in out.splitlines():
+            fields = line.split("/")
+            if len(fields) >= 7 and fields[5] not in (".", ".."):
+                names.append(fields[5])
+        return sorted(names)
+
+    def usage(self) -> Usage:
+        proc = run(["dumpe2fs", "-h", self.spec], what="dumpe2fs")
+        facts: dict[str, str] = {}
+        for line in proc.stdout.decode(errors="replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                facts[key.strip()] = value.strip()
+        return Usage(
+            block_size=int(facts["Block size"]),
+            blocks=int(facts["Block count"]),
+            free_blocks=int(facts["Free blocks"]),
+            free_inodes=int(facts["Free inodes"]),
+            features=frozenset(facts.get("Filesystem features", "").split()),
+        )
+
+    # -- writing -------------------------------------------------------------
+
+    def stage(self, entry: Entry) -> None:
+        self._staged[entry.path] = entry
+
+    def pending(self) -> list[Entry]:
+        """The staged entries that differ from the filesystem (what `flush` will write)."""
+        entries = sorted(self._staged.values(), key=lambda e: e.path)
+        if not entries:
+            return []
+        current = self.stat_many([e.path for e in entries])
+        return [e for e in entries if self._differs(e, current[e.path])]
+
+    @staticmethod
+    def bytes_needed(entries: list[Entry]) -> int:
+        """Room `entries` need: 4 KiB blocks plus metadata slack."""
+        total = 0
+        for entry in entries:
+            size = entry.size() if isinstance(entry, File) else 4096
+            total += -(-size // 4096) * 4096 + 4096
+        return total + total // 64
+
+    def flush(self, changed: list[Entry] | None = None) -> int:
+        """Write staged entries that differ from the filesystem; returns how many changed.
+
+        `changed` is the result of `pending()` when the caller already computed it.
+        """
+        if changed is None:
+            changed = self.pending()
+        self._staged.clear()
+        if not changed:
+            return 0
+        dirs = _parents({e.path for e in changed})
+        current = self.stat_many(sorted(dirs | {e.path for e in changed}))
+        script = _mkdir_script(dirs, current, {e.path for e in changed if isinstance(e, Directory)})
+        with tempfile.TemporaryDirectory(prefix="pifleet-ext4-") as tmp:
+            for i, entry in enumerate(changed):
+                script += _entry_script(entry, current[entry.path], Path(tmp), i)
+            _out, errors = self._debugfs(script, write=True)
+        if errors:
+            raise BuildError(f"writing to the root filesystem of {self.image}: {errors[0]}")
+        self._verify(changed)
+        log.debug("root filesystem: wrote %s", ", ".join(e.path for e in changed))
+        return len(changed)
+
+    def _differs(self, entry: Entry, inode: Inode | None) -> bool:
+        if inode is None:
+            return True
+        if (inode.uid, inode.gid) != (entry.uid, entry.gid):
+            return True
+        if isinstance(entry, Directory):
+            return inode.kind != "directory" or inode.mode != entry.mode
+        if isinstance(entry, Symlink):
+            return inode.kind != "symlink" or inode.link_target != entry.target
+        if inode.kind != "regular" or inode.mode != entry.mode or inode.size != entry.size():
+            return True
+        on_disk = self.read(entry.path, follow=False) or b""
+        return hashlib.sha256(on_disk).hexdigest() != entry.digest()
+
+    def _verify(self, entries: list[Entry]) -> None:
+        after = self.stat_many([e.path for e in entries])
+        for entry in entries:
+            inode = after[entry.path]
+            wrong = inode is None or (inode.uid, inode.gid) != (entry.uid, entry.gid)
+            if isinstance(entry, File) and inode is not None:
+                wrong = wrong or (inode.kind, inode.mode, inode.size) != (
+                    "regular",
+                    entry.mode,
+                    entry.size(),
+                )
+            if isinstance(entry, Symlink) and inode is not None:
+                wrong = wrong or inode.link_target != entry.target
+            if wrong:
+                raise BuildError(
+                    f"{entry.path} did not read back as written in the root filesystem"
+                )
+
+    # -- whole-filesystem operations -----------------------------------------
+
+    def check(self) -> None:
+        """e2fsck -fn: a read-only full check; raises if the filesystem has errors."""
+        proc = run(["e2fsck", "-fn", self.spec], env=self._env(), check=False)
+        if proc.returncode not in (0,):
+            lines = proc.stdout.decode(errors="replace").strip().splitlines()
+            raise BuildError(
+                f"the root filesystem has errors (e2fsck): {lines[-1] if lines else ''}"
+            )
+
+    def grow(self, new_size: int) -> None:
+        """Grow the filesystem to `new_size` bytes (the partition must already be that big).
+
+        resize2fs truncates a regular file to the filesystem's size and ignores
+        `?offset=`, so the filesystem is carved out to a sparse file beside the
+        image, resized there and put back (holes stay holes both ways).
+        """
+        old_size = self.usage().size
+        part = self.image.with_name(f".{self.image.name}.rootfs-resize.tmp")
+        try:
+            sparse.extract(self.image, self.offset, old_size, part)
+            os.truncate(part, new_size)
+            run(["e2fsck", "-f", "-p", str(part)], env=self._env(), what="e2fsck before resize")
+            run(["resize2fs", str(part), f"{new_size // 1024}K"], env=self._env(), what="resize2fs")
+            sparse.put_back(part, self.image, self.offset, new_size)
+        finally:
+            part.unlink(missing_ok=True)
+
+
+def is_ext4(image: Path, offset: int) -> bool:
+    with open(image, "rb") as f:
+        f.seek(offset + EXT4_MAGIC_OFFSET)
+        return f.read(2) == b"\x53\xef"
+
+
+def _parse_stat(section: str) -> Inode | None:
+    head = re.search(r"Type: (\S+)\s+Mode:\s+(\d+)", section)
+    owner = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+).*?Size: (\d+)", section)
+    if head is None or owner is None:
+        return None
+    link = re.search(r'Fast link dest: "(.*)"', section)
+    return Inode(
+        kind=head.group(1),
+        mode=int(head.group(2), 8),
+        uid=int(owner.group(1)),
+        gid=int(owner.group(2)),
+        size=int(owner.group(3)),
+        link_target=link.group(1) if link else None,
+    )
+
+
+def _parents(paths: set[str]) -> set[str]:
+    out: set[str] = set()
+    for path in paths:
+        for parent in PurePosixPath(path).parents:
+            if str(parent) != "/":
+                out.add(str(parent))
+    return out
+
+
+def _mkdir_script(
+    dirs: set[str], current: dict[str, Inode | None], explicit: set[str]
+) -> list[str]:
+    """Create missing parent directories (0755 root), shallowest first."""
+    script = []
+    for d in sorted(dirs - explicit, key=lambda p: p.count("/")):
+        inode = current.get(d)
+        if inode is None:
+            script += [
+                f'mkdir "{d}"',
+                f'sif "{d}" mode 040755',
+                f'sif "{d}" uid 0',
+                f'sif "{d}" gid 0',
+            ]
+        elif inode.kind != "directory":
+            raise BuildError(f"{d} exists in the root filesystem but is not a directory")
+    return script
+
+
+def _entry_script(entry: Entry, inode: Inode | None, tmp: Path, index: int) -> list[str]:
+    p = entry.path
+    script = []
+    if isinstance(entry, Directory):
+        if inode is None:
+            script.append(f'mkdir "{p}"')
+        script.append(f'sif "{p}" mode 0{stat.S_IFDIR | entry.mode:o}')
+    else:
+        if inode is not None:
+            if inode.kind == "directory":
+                raise BuildError(f"{p} is a directory in the root filesystem; expected a file")
+            script.append(f'rm "{p}"')
+        if isinstance(entry, Symlink):
+            script.append(f'symlink "{p}" "{entry.target}"')
+        else:
+            source = entry.source
+            if source is None:
+                source = tmp / f"f{index}"
+                source.write_bytes(entry.data or b"")
+            script += [f'write "{source}" "{p}"', f'sif "{p}" mode 0{stat.S_IFREG | entry.mode:o}']
+    script += [f'sif "{p}" uid {entry.uid}', f'sif "{p}" gid {entry.gid}']
+    return script
+
+
+def last_write_time(image: Path, offset: int) -> int:
+    """The superblock's last-write time (s_wtime and its high byte), in seconds since 1970."""
+    with open(image, "rb") as f:
+        f.seek(offset + 1024)
+        sb = f.read(1024)
+    low = int.from_bytes(sb[0x30:0x34], "little")
+    high = sb[0x274] if len(sb) > 0x274 else 0
+    return low | (high << 32)

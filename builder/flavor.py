@@ -1,0 +1,133 @@
+"""Which OS is inside an image: family, release, architecture, boot mount, cloud-init.
+
+Everything is read from the image itself (os-release, fstab, the ELF header of
+a system binary), never assumed from a file name.
+"""
+
+from __future__ import annotations
+
+import shlex
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from builder.disk.image import Image
+from builder.errors import UserError
+
+EM_ARM = 40
+EM_AARCH64 = 183
+EF_ARM_ABI_FLOAT_HARD = 0x400
+SUPPORTED = (
+    "Raspberry Pi OS Trixie or later, Ubuntu Server for Raspberry Pi, "
+    "or a pifleet test base (see `pifleet images`)"
+)
+
+Family = Literal["raspios", "ubuntu", "debian"]
+
+
+@dataclass(frozen=True)
+class Flavor:
+    family: Family
+    codename: str
+    pretty_name: str
+    arch: str  # arm64 | armhf
+    boot_mount: str  # where the FAT partition is mounted on the device
+    cloud_init: bool
+    generic_kernel: bool  # carries /boot/vmlinuz: bootable under QEMU -M virt
+
+    @property
+    def name(self) -> str:
+        label = {"raspios": "Raspberry Pi OS", "ubuntu": "Ubuntu", "debian": "Debian"}[self.family]
+        return f"{label} {self.codename} ({self.arch})"
+
+
+def detect(image: Image) -> Flavor:
+    os_release = parse_os_release(image.root.read("/etc/os-release") or b"")
+    if not os_release:
+        raise UserError(
+            f"{image.path}: no /etc/os-release in the root filesystem: not a Linux image"
+        )
+    root = image.root
+    exists = root.stat_many(["/etc/rpi-issue", "/usr/bin/cloud-init", "/boot/vmlinuz"])
+    if os_release.get("ID") == "ubuntu":
+        family: Family = "ubuntu"
+    elif os_release.get("ID") == "raspbian" or exists["/etc/rpi-issue"] is not None:
+        family = "raspios"
+    else:
+        family = "debian"
+    codename = os_release.get("VERSION_CODENAME") or os_release.get("VERSION_ID", "unknown")
+    return Flavor(
+        family=family,
+        codename=codename,
+        pretty_name=os_release.get("PRETTY_NAME", codename),
+        arch=_arch(image),
+        boot_mount=_boot_mount(image, codename),
+        cloud_init=exists["/usr/bin/cloud-init"] is not None,
+        generic_kernel=exists["/boot/vmlinuz"] is not None,
+    )
+
+
+def require_supported(flavor: Flavor, image_path: Path) -> None:
+    """Refuse a base pifleet cannot configure (today: one without cloud-init)."""
+    if not flavor.cloud_init:
+        raise UserError(
+            f"{image_path}: {flavor.name} has no cloud-init, which pifleet needs; "
+            f"supported bases: {SUPPORTED}"
+        )
+
+
+def parse_os_release(data: bytes) -> dict[str, str]:
+    facts = {}
+    for line in data.decode(errors="replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            try:
+                words = shlex.split(value)
+            except ValueError:
+                words = [value]
+            facts[key.strip()] = words[0] if words else ""
+    return facts
+
+
+def elf_arch(header: bytes) -> str | None:
+    """'arm64', 'armhf', 'armel', another machine's name, or None when not ELF."""
+    if len(header) < 40 or header[:4] != b"\x7fELF":
+        return None
+    little = header[5] == 1
+    machine = struct.unpack_from("<H" if little else ">H", header, 18)[0]
+    if machine == EM_AARCH64:
+        return "arm64"
+    if machine == EM_ARM:
+        flags = struct.unpack_from("<I" if little else ">I", header, 36)[0]
+        return "armhf" if flags & EF_ARM_ABI_FLOAT_HARD else "armel"
+    names = {3: "i386", 62: "amd64", 243: "riscv64", 8: "mips"}
+    return names.get(machine, f"machine {machine}")
+
+
+def _arch(image: Image) -> str:
+    for probe in ("/usr/bin/env", "/bin/sh", "/usr/bin/dpkg"):
+        data = image.root.read(probe)
+        arch = elf_arch(data[:64]) if data else None
+        if arch in ("arm64", "armhf"):
+            return arch
+        if arch is not None:
+            raise UserError(
+                f"{image.path}: the root filesystem's binaries are {arch}, not arm64 or armhf"
+            )
+    raise UserError(
+        f"{image.path}: cannot tell the architecture: no ELF binary at /usr/bin/env or /bin/sh"
+    )
+
+
+def _boot_mount(image: Image, codename: str) -> str:
+    fstab = (image.root.read("/etc/fstab") or b"").decode(errors="replace")
+    for line in fstab.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and not fields[0].startswith("#") and fields[2] == "vfat":
+            return fields[1]
+    for line in fstab.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[1] in ("/boot/firmware", "/boot"):
+            return fields[1]
+    return "/boot" if codename in ("buster", "bullseye") else "/boot/firmware"

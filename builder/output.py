@@ -1,0 +1,76 @@
+"""Everything written next to the image: SHA256SUMS, manifest.json, .bmap, compressed copies.
+
+Each output is written to a temporary name and renamed into place together
+with the image when the whole build has succeeded (see builder.build).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import firstboot
+from builder import __version__
+from builder.atomic import replace_when_done
+from builder.console import progress
+from builder.disk.sparse import sha256_file
+from builder.errors import BuildError
+from builder.plan import Input, Plan
+
+log = logging.getLogger("pifleet.output")
+
+
+@dataclass(frozen=True)
+class Written:
+    path: Path  # final name
+    sha256: str
+
+
+def write_all(
+    plan: Plan, image_tmp: Path, facts: dict[str, Any], stack: contextlib.ExitStack
+) -> list[Written]:
+    """Write every output for the image being built at `image_tmp`; renamed when `stack` closes."""
+    final = plan.image_path
+    with progress("hashing image", image_tmp.stat().st_size) as bar:
+        image_sha = sha256_file(image_tmp, bar.advance)
+    written = [Written(final, image_sha)]
+    for fmt in plan.config.output.formats:
+        if fmt != "img":
+            raise BuildError(f"output format {fmt} is not available in this build")
+    sums = "".join(f"{w.sha256}  {w.path.name}\n" for w in written)
+    sums_tmp = stack.enter_context(replace_when_done(plan.output_dir / "SHA256SUMS", 0o644))
+    sums_tmp.write_text(sums)
+    manifest_tmp = stack.enter_context(replace_when_done(plan.output_dir / "manifest.json", 0o644))
+    manifest_tmp.write_text(
+        json.dumps(manifest(plan, facts, written), indent=2, sort_keys=True) + "\n"
+    )
+    return written
+
+
+def manifest(plan: Plan, facts: dict[str, Any], written: list[Written]) -> dict[str, Any]:
+    """Inputs, versions and image facts; nothing secret (the token is described, not shown)."""
+    facts = dict(facts)
+    facts["image"] = {k: v for k, v in facts["image"].items() if k != "path"}
+    return {
+        "pifleet_version": __version__,
+        "agent_version": firstboot.__version__,
+        "fleet": plan.config.name,
+        "arch": plan.config.arch,
+        "source_date_epoch": plan.epoch,
+        "config": {"file": plan.config.source.name, "sha256": plan.config.config_hash},
+        "inputs": [_input(i) for i in (plan.base, plan.k3s, plan.airgap) if i is not None],
+        "k3s_test_standin": plan.k3s_standin,
+        "outputs": [{"file": w.path.name, "sha256": w.sha256} for w in written],
+        **facts,
+    }
+
+
+def _input(item: Input) -> dict[str, Any]:
+    entry: dict[str, Any] = {"role": item.role, "origin": item.origin, "sha256": item.sha256}
+    if item.version:
+        entry["version"] = item.version
+    return entry

@@ -1,0 +1,140 @@
+"""The build plan: a validated config resolved into concrete, verified inputs.
+
+The CLI parses, the config validates, the plan resolves (files found, sha256
+checked, token read), steps apply, output writes. Nothing after this module
+looks at the YAML again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import firstboot
+from builder import __version__
+from builder.config import FleetConfig
+from builder.errors import UserError
+from builder.flavor import Flavor
+from builder.secret import Secret
+from builder.token import read_token
+
+log = logging.getLogger("pifleet.plan")
+
+
+@dataclass(frozen=True)
+class Input:
+    """A file that went into the build, as the manifest records it."""
+
+    role: str  # "base", "k3s", "airgap-images"
+    path: Path
+    sha256: str
+    origin: str  # catalog name, URL or the path the user gave
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    config: FleetConfig
+    base: Input
+    k3s: Input
+    k3s_standin: bool
+    airgap: Input | None
+    token: Secret
+    output_dir: Path
+    # Filled in once the base is open (see `for_image`):
+    flavor: Flavor | None = None
+    epoch: int = 0
+
+    @property
+    def image_path(self) -> Path:
+        return self.output_dir / f"{self.config.name}.img"
+
+    @property
+    def instance_id(self) -> str:
+        """Stable for the same inputs, different whenever what the device gets changes."""
+        return instance_id(self, hostname=None)
+
+    def for_image(self, flavor: Flavor, epoch: int) -> Plan:
+        return replace(self, flavor=flavor, epoch=epoch)
+
+    @property
+    def target(self) -> Flavor:
+        if self.flavor is None:
+            raise RuntimeError("plan used before the base image was inspected")
+        return self.flavor
+
+
+def instance_id(plan: Plan, hostname: str | None) -> str:
+    """Derived from what the seed says (config, device, versions), not from the base, so a
+    rebuild of a built image keeps it and changes nothing."""
+    h = hashlib.sha256()
+    for part in (plan.config.config_hash, hostname or ""):
+        h.update(part.encode() + b"\0")
+    h.update(firstboot.__version__.encode())
+    h.update(__version__.encode())
+    return f"pifleet-{h.hexdigest()[:16]}"
+
+
+def resolve(
+    config: FleetConfig,
+    *,
+    base_override: Path | None = None,
+    k3s_override: Path | None = None,
+    output_dir: Path | None = None,
+) -> Plan:
+    """Find, fetch and verify every input named by `config` (CLI overrides win)."""
+    from builder import sources
+
+    where = str(config.source)
+    token = read_token(config.cluster, where)
+    if base_override is not None:
+        base = sources.local_base(base_override, None, where="--base")
+    else:
+        base = sources.obtain_base(config.base, config.arch, where=f"{where}: base")
+    if k3s_override is not None:
+        k3s = sources.local_k3s(k3s_override, None, where="--k3s-binary")
+    else:
+        k3s = sources.obtain_k3s(config.k3s, config.arch, where=f"{where}: k3s")
+    airgap = sources.obtain_airgap(config.k3s, config.arch, k3s, where=f"{where}: k3s")
+    out = (output_dir or config.output.dir).resolve()
+    _check_output_dir(out, base.path, config.name)
+    return Plan(
+        config=config,
+        base=base,
+        k3s=k3s,
+        k3s_standin=config.k3s.test_standin,
+        airgap=airgap,
+        token=token,
+        output_dir=out,
+    )
+
+
+def _check_output_dir(out: Path, base: Path, name: str) -> None:
+    target = out / f"{name}.img"
+    if target.exists() and base.exists() and os.path.samefile(target, base):
+        raise UserError(
+            f"{target}: the output would overwrite the base image; choose another output.dir"
+        )
+    if base.resolve() == target.resolve():
+        raise UserError(
+            f"{target}: the output would overwrite the base image; choose another output.dir"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot create the output directory: {exc.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: the output directory is not writable")
+
+
+def source_date_epoch() -> int | None:
+    """SOURCE_DATE_EPOCH from the environment, validated."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise UserError(f"SOURCE_DATE_EPOCH must be a number of seconds, got {raw!r}")
+    return int(raw)

@@ -1,0 +1,24 @@
+"""One module per customization, each with one job and one function: `apply(image, plan)`.
+
+Steps stage their changes on the image; the build commits them together. Every
+step is idempotent: applied to an image it already customized, it stages
+nothing that differs, so nothing is rewritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from builder.disk.image import Image
+from builder.plan import Plan
+from builder.steps import agent, cloudinit, cmdline, join, k3s
+
+Step = Callable[[Image, Plan], None]
+
+ORDER: tuple[tuple[str, Step], ...] = (
+    ("cmdline", cmdline.apply),
+    ("k3s", k3s.apply),
+    ("agent", agent.apply),
+    ("join", join.apply),
+    ("cloudinit", cloudinit.apply),
+)

@@ -1,0 +1,45 @@
+"""Copies the first-boot agent (firstboot/) into the image and enables its unit.
+
+The agent is plain source under /usr/lib/pifleet, run by the image's own python3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import firstboot
+from builder import __version__
+from builder.disk.ext4 import Directory, File, Symlink
+from builder.disk.image import Image
+from builder.plan import Plan
+from builder.render import render
+
+AGENT_DIR = "/usr/lib/pifleet"
+UNIT_NAME = "pifleet-firstboot.service"
+UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
+WANTS_LINK = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
+
+
+def apply(image: Image, plan: Plan) -> None:
+    package = Path(firstboot.__file__).resolve().parent
+    image.root.stage(Directory(AGENT_DIR, 0o755))
+    for src in agent_files(package):
+        rel = src.relative_to(package.parent).as_posix()
+        if src.is_dir():
+            image.root.stage(Directory(f"{AGENT_DIR}/{rel}", 0o755))
+        else:
+            image.root.stage(File(f"{AGENT_DIR}/{rel}", 0o644, data=src.read_bytes()))
+    unit = render(UNIT_NAME, version=__version__, agent_dir=AGENT_DIR)
+    image.root.stage(File(UNIT_PATH, 0o644, data=unit))
+    image.root.stage(Symlink(WANTS_LINK, UNIT_PATH))
+
+
+def agent_files(package: Path) -> list[Path]:
+    """The package's directories and .py files, without caches, in a stable order."""
+    found = [package]
+    for path in sorted(package.rglob("*")):
+        if "__pycache__" in path.parts:
+            continue
+        if path.is_dir() or path.suffix == ".py":
+            found.append(path)
+    return found

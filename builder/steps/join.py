@@ -1,0 +1,46 @@
+"""Writes the agent's join config and the token.
+
+The token goes to a 0600 root-only file in the root filesystem, or, with
+`cluster.token_in_boot`, to the boot partition (flash-time injection; the
+device deletes it once joined).
+"""
+
+from __future__ import annotations
+
+from builder.disk.ext4 import Directory, File
+from builder.disk.image import Image
+from builder.plan import Plan
+from firstboot import joinconfig
+
+BOOT_TOKEN = f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.BOOT_TOKEN_FILE}"
+
+
+def apply(image: Image, plan: Plan) -> None:
+    config = join_config(plan)
+    image.root.stage(Directory("/etc/pifleet", 0o755))
+    image.root.stage(
+        File(joinconfig.JOIN_CONFIG_PATH, 0o644, data=joinconfig.dump_join_config(config))
+    )
+    token = (plan.token.reveal() + "\n").encode()
+    if plan.config.cluster.token_in_boot:
+        image.boot.stage(BOOT_TOKEN, token)
+    else:
+        image.root.stage(File(joinconfig.FLEET_TOKEN_PATH, 0o600, data=token))
+
+
+def join_config(plan: Plan) -> joinconfig.JoinConfig:
+    cluster = plan.config.cluster
+    return joinconfig.JoinConfig(
+        server=cluster.server,
+        role=cluster.role,
+        token_file=joinconfig.FLEET_TOKEN_PATH,
+        boot_dir=plan.target.boot_mount,
+        hostname_pattern=plan.config.hostname_pattern,
+        node_labels=list(cluster.node_labels),
+        node_taints=list(cluster.node_taints),
+        kubelet_args=list(cluster.kubelet_args),
+        k3s_binary="/usr/local/bin/k3s",
+        build_time=plan.epoch,
+        backoff_cap=plan.config.agent.backoff_cap,
+        clock_sync_timeout=plan.config.agent.clock_sync_timeout,
+    )

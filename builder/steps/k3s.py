@@ -1,0 +1,60 @@
+"""Installs the K3s binary like the official installer: /usr/local/bin/k3s (0755 root)
+plus kubectl, crictl and ctr symlinks, and optional air-gap images.
+
+The binary must be an ELF for the image's architecture; a test stand-in (a
+script) is accepted only when the config says `k3s.test_standin: true`.
+"""
+
+from __future__ import annotations
+
+from builder.disk.ext4 import Directory, File, Symlink
+from builder.disk.image import Image
+from builder.errors import UserError
+from builder.flavor import elf_arch
+from builder.plan import Plan
+
+BIN_DIR = "/usr/local/bin"
+K3S_PATH = f"{BIN_DIR}/k3s"
+TOOLS = ("kubectl", "crictl", "ctr")
+AIRGAP_DIR = "/var/lib/rancher/k3s/agent/images"
+_MACHINE = {
+    "arm64": "AArch64",
+    "armhf": "ARM",
+    "armel": "ARM soft-float",
+    "amd64": "x86-64",
+    "i386": "x86",
+}
+
+
+def apply(image: Image, plan: Plan) -> None:
+    check_binary(plan)
+    image.root.stage(File(K3S_PATH, 0o755, source=plan.k3s.path))
+    for tool in TOOLS:
+        image.root.stage(Symlink(f"{BIN_DIR}/{tool}", "k3s"))
+    if plan.airgap is not None:
+        image.root.stage(Directory(AIRGAP_DIR, 0o755))
+        name = f"k3s-airgap-images-{plan.config.arch}.tar.zst"
+        if not plan.airgap.path.name.endswith(".tar.zst"):
+            name = plan.airgap.path.name
+        image.root.stage(File(f"{AIRGAP_DIR}/{name}", 0o644, source=plan.airgap.path))
+
+
+def check_binary(plan: Plan) -> None:
+    """Refuse a binary that cannot run on the image; the message names both architectures."""
+    with open(plan.k3s.path, "rb") as f:
+        header = f.read(64)
+    arch = elf_arch(header)
+    image_arch = plan.target.arch
+    where = plan.k3s.origin
+    if arch is None:
+        if not plan.k3s_standin:
+            raise UserError(
+                f"{where}: not an ELF executable, so not a K3s binary "
+                "(a test stand-in needs k3s.test_standin: true)"
+            )
+        if not header.startswith(b"#!"):
+            raise UserError(f"{where}: the K3s test stand-in must be an executable script (#!)")
+        return
+    if arch != image_arch:
+        machine = _MACHINE.get(arch, arch)
+        raise UserError(f"{where}: k3s binary is {arch} ({machine}) but the image is {image_arch}")
