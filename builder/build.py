@@ -52,24 +52,24 @@ def command(args: argparse.Namespace) -> int:
 
 def build(plan: Plan) -> list[output.Written]:
     """Build the golden image for `plan`; returns the outputs written."""
-    final = plan.image_path
+    plan = examine_base(plan)
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(replace_when_done(final, 0o644))
+        tmp = stack.enter_context(replace_when_done(plan.image_path, 0o644))
         size = plan.base.path.stat().st_size
         log.info("copying base %s (%s)", plan.base.origin, human_size(size))
         with progress("copying base", size) as bar:
             copy_file(plan.base.path, tmp, bar.advance)
-        plan = customize(tmp, plan)
+        customize(tmp, plan)
         facts = inspect.collect(tmp)
         return output.write_all(plan, tmp, facts, stack)
     raise AssertionError("unreachable")
 
 
-def customize(path: Path, plan: Plan) -> Plan:
-    """Apply every step to the image at `path`; returns the plan completed with the image's facts."""
-    image = Image.open(path)
-    flavor = detect(image)
-    log.info("base is %s", flavor.pretty_name + f" ({flavor.arch})")
+def examine_base(plan: Plan) -> Plan:
+    """Check the base (read-only) before copying it; returns the plan with its flavor and epoch."""
+    base = Image.open(plan.base.path)
+    flavor = detect(base)
+    log.info("base is %s (%s)", flavor.pretty_name, flavor.arch)
     require_supported(flavor, Path(plan.base.origin))
     if flavor.arch != plan.config.arch:
         raise UserError(
@@ -78,12 +78,16 @@ def customize(path: Path, plan: Plan) -> Plan:
         )
     epoch = source_date_epoch()
     if epoch is None:
-        epoch = last_write_time(path, image.root_partition.start)
-    image = Image.open(path, epoch)
-    plan = plan.for_image(flavor, epoch)
+        # Reproducible without SOURCE_DATE_EPOCH: the base's own last write, not the clock.
+        epoch = last_write_time(plan.base.path, base.root_partition.start)
+    return plan.for_image(flavor, epoch)
+
+
+def customize(path: Path, plan: Plan) -> None:
+    """Apply every step to the image at `path` (a copy of the base)."""
+    image = Image.open(path, plan.epoch)
     for name, apply in ORDER:
         log.debug("step %s", name)
         apply(image, plan)
     image.commit(plan.config.output.size)
     image.root.check()
-    return plan

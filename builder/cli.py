@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -62,18 +63,27 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
 ]
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so every temporary output is removed on the way out."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     handler: Handler = args.handler
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return handler(args)
     except PifleetError as exc:
         print(f"pifleet: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         print("pifleet: interrupted; partial outputs removed", file=sys.stderr)
-        return 130
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
     except BrokenPipeError:
         return 1
 

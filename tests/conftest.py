@@ -1,0 +1,79 @@
+"""Shared fixtures: synthetic Pi images, a fleet config, and running the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.layouts import LAYOUTS, elf_for, make_pi_image
+
+REPO = Path(__file__).resolve().parent.parent
+# A syntactically valid secure token used only by tests; searched for in every output.
+TEST_TOKEN = "K10" + "7e" * 32 + "::server:s3cr3t-t0ken-never-printed"
+
+
+def pifleet(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `pifleet` CLI (python -m builder) from this checkout."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "builder", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def make_image(tmp_path: Path) -> Callable[..., Path]:
+    """make_image(name='base.img', layout='trixie', arch='arm64', **kw) -> path of a fresh image."""
+
+    def make(
+        name: str = "base.img", layout: str = "trixie", arch: str = "arm64", **kw: object
+    ) -> Path:
+        return make_pi_image(tmp_path / name, LAYOUTS[layout], arch, **kw)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def fleet_dir(tmp_path: Path, make_image: Callable[..., Path]) -> Path:
+    """A directory with base.img (Trixie arm64), a 0600 token file and fleet.yaml using both."""
+    make_image("base.img")
+    token = tmp_path / "token"
+    token.write_text(TEST_TOKEN + "\n")
+    token.chmod(0o600)
+    (tmp_path / "fleet.yaml").write_text(fleet_yaml())
+    return tmp_path
+
+
+def fleet_yaml(**overrides: str) -> str:
+    """A valid fleet file; keyword arguments replace whole top-level sections (YAML text)."""
+    sections = {
+        "name": "name: edge-fleet",
+        "arch": "arch: arm64",
+        "base": "base: {path: base.img}",
+        "k3s": f"k3s: {{binary: {elf_for('arm64')}}}",
+        "cluster": (
+            "cluster:\n  server: https://k3s.example.net:6443\n  token_file: token\n"
+            "  node_labels: {site: berlin}\n  node_taints: ['edge=true:NoSchedule']"
+        ),
+        "users": (
+            "users:\n  - name: ops\n    sudo: true\n    groups: [adm]\n"
+            "    ssh_authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@laptop']"
+        ),
+        "output": "output: {dir: out}",
+        "devices": "",
+        "network": "",
+        "extra": "",
+    }
+    sections.update(overrides)
+    return "\n".join(v for v in sections.values() if v) + "\n"
