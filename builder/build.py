@@ -11,12 +11,15 @@ import argparse
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from builder import inspect, output
 from builder.atomic import replace_when_done
 from builder.config import load
 from builder.console import human_size, progress
+from builder.digests import sha256_of
 from builder.disk.ext4 import last_write_time
 from builder.disk.image import Image
 from builder.disk.sparse import copy_file
@@ -55,12 +58,17 @@ def build(plan: Plan) -> list[output.Written]:
     plan = examine_base(plan)
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(replace_when_done(plan.image_path, 0o644))
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+        # The base's digest is only for the manifest: hash it on the other core while copying.
+        base_digest = pool.submit(sha256_of, plan.base.path) if plan.base.sha256 is None else None
         size = plan.base.path.stat().st_size
         log.info("copying base %s (%s)", plan.base.origin, human_size(size))
         with progress("copying base", size) as bar:
             copy_file(plan.base.path, tmp, bar.advance)
         customize(tmp, plan)
         facts = inspect.collect(tmp)
+        if base_digest is not None:
+            plan = replace(plan, base=replace(plan.base, sha256=base_digest.result()))
         return output.write_all(plan, tmp, facts, stack)
     raise AssertionError("unreachable")
 

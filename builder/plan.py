@@ -30,7 +30,7 @@ class Input:
 
     role: str  # "base", "k3s", "airgap-images"
     path: Path
-    sha256: str
+    sha256: str | None  # None until the build has hashed it (see builder.build)
     origin: str  # catalog name, URL or the path the user gave
     version: str | None = None
 

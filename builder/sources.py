@@ -4,11 +4,10 @@ are resolved by builder.catalog / builder.fetch).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from builder.config import BaseSource, K3sSource
-from builder.disk.sparse import sha256_file
+from builder.digests import sha256_of
 from builder.errors import UserError
 from builder.plan import Input
 
@@ -38,24 +37,31 @@ def obtain_airgap(src: K3sSource, arch: str, k3s: Input, *, where: str) -> Input
 
 
 def local_base(path: Path, sha256: str | None, *, where: str) -> Input:
+    """A raw base image. Without an expected sha256 the digest (for the manifest only) is left
+    to the build, which computes it while copying."""
     if path.suffix != ".img":
         raise UserError(f"{where}: {path}: expected a raw .img file")
-    return _local_file("base", path, sha256, where=where, sparse=True)
+    if sha256 is None:
+        _check_file(path, where)
+        return Input(role="base", path=path.resolve(), sha256=None, origin=str(path))
+    return _local_file("base", path, sha256, where=where)
 
 
 def local_k3s(path: Path, sha256: str | None, *, where: str) -> Input:
     return _local_file("k3s", path, sha256, where=where)
 
 
-def _local_file(
-    role: str, path: Path, sha256: str | None, *, where: str, sparse: bool = False
-) -> Input:
+def _check_file(path: Path, where: str) -> None:
     if not path.exists():
         raise UserError(f"{where}: {path} does not exist")
     if not path.is_file():
         raise UserError(f"{where}: {path} is not a regular file")
+
+
+def _local_file(role: str, path: Path, sha256: str | None, *, where: str) -> Input:
+    _check_file(path, where)
     try:
-        digest = sha256_file(path) if sparse else _sha256(path)
+        digest = sha256_of(path)
     except OSError as exc:
         raise UserError(f"{where}: {path}: {exc.strerror}") from None
     if sha256 is not None and digest != sha256.lower():
@@ -63,11 +69,3 @@ def _local_file(
             f"{where}: sha256 mismatch for {path}: expected {sha256.lower()}, got {digest}"
         )
     return Input(role=role, path=path.resolve(), sha256=digest, origin=str(path))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

@@ -103,6 +103,7 @@ def make_pi_image(
     disk_id: int = 0x5E3DA1F0,
     extra_partition: bool = False,
     gpt: bool = False,
+    fill: int = 0,
 ) -> Path:
     """Write a Pi-layout image to `path`. `root_slack`: make the root fs this much bigger than
     its content (a tight root filesystem forces the build to grow it)."""
@@ -111,6 +112,7 @@ def make_pi_image(
     rootdir, bootdir = work / "root", work / "boot"
     partuuid = f"{disk_id:08x}-02"
     _populate_root(rootdir, layout, arch, partuuid)
+    _fill(rootdir / "usr/share/filler", fill)
     _populate_boot(bootdir, layout, partuuid)
     boot_off = layout.boot_start * 512
     root_off = boot_off + layout.boot_size
@@ -204,6 +206,16 @@ def _populate_root(root: Path, layout: Layout, arch: str, partuuid: str) -> None
         cfg.write_text(layout.cloud_cfg)
         (root / "usr/bin/cloud-init").write_text("#!/usr/bin/python3\n# stand-in for cloud-init\n")
         (root / "usr/bin/cloud-init").chmod(0o755)
+
+
+def _fill(directory: Path, size: int) -> None:
+    """`size` bytes of incompressible data in 64 MiB files: a realistically full root filesystem."""
+    if size <= 0:
+        return
+    directory.mkdir(parents=True)
+    chunk = 64 * MIB
+    for i in range(0, size, chunk):
+        (directory / f"blob{i // chunk:04d}.bin").write_bytes(os.urandom(min(chunk, size - i)))
 
 
 def _populate_boot(boot: Path, layout: Layout, partuuid: str) -> None:

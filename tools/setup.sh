@@ -6,7 +6,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache="${PIFLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pifleet}"
 
 APT_PACKAGES=(
-  mtools e2fsprogs dosfstools fdisk bmap-tools cloud-init
+  mtools e2fsprogs dosfstools fdisk bmap-tools cloud-init eatmydata
   xz-utils zstd unzip gzip openssl
   qemu-system-arm qemu-utils qemu-user-static ipxe-qemu
   mmdebstrap cpio ca-certificates debian-archive-keyring

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from builder.disk import sparse
 from builder.errors import BuildError
-from builder.run import run
+from builder.run import no_fsync_env, run, stream
 
 log = logging.getLogger("pifleet.ext4")
 
@@ -114,14 +114,19 @@ class Ext4Filesystem:
         return f"{self.image}?offset={self.offset}"
 
     def _env(self) -> dict[str, str]:
-        # libext2fs (debugfs, resize2fs) and e2fsck read different variables.
-        return {"E2FSPROGS_FAKE_TIME": str(self.epoch), "E2FSCK_TIME": str(self.epoch)}
+        # libext2fs (debugfs, resize2fs) and e2fsck read different time variables. Every
+        # e2fsprogs tool fsyncs the image on close, even read-only; see no_fsync_env.
+        times = {"E2FSPROGS_FAKE_TIME": str(self.epoch), "E2FSCK_TIME": str(self.epoch)}
+        return {**times, **no_fsync_env()}
 
     def _debugfs(self, script: list[str], write: bool = False) -> tuple[str, list[str]]:
         """Run debugfs commands; (stdout, error lines other than the banner)."""
         with tempfile.NamedTemporaryFile("w", prefix="pifleet-debugfs-", suffix=".cmd") as cmd:
             cmd.write("\n".join(script) + "\n")
             cmd.flush()
+            log.debug(
+                "debugfs: %s%s", script[0], f" (+{len(script) - 1} more)" if len(script) > 1 else ""
+            )
             argv = ["debugfs", *(["-w"] if write else []), "-f", cmd.name, self.spec]
             proc = run(argv, env=self._env(), what="debugfs")
         errors = [
@@ -191,6 +196,21 @@ class Ext4Filesystem:
                 raise BuildError(f"reading {path} from the root filesystem: {'; '.join(errors)}")
             return dest.read_bytes()
 
+    def fingerprint(self, path: str) -> tuple[bytes, str]:
+        """(first 64 bytes, sha256) of a regular file, streamed: large binaries never sit in memory."""
+        digest = hashlib.sha256()
+        head = bytearray()
+
+        def consume(chunk: bytes) -> None:
+            if len(head) < 64:
+                head.extend(chunk[: 64 - len(head)])
+            digest.update(chunk)
+
+        stream(
+            ["debugfs", "-R", f'cat "{path}"', self.spec], consume, env=self._env(), what="debugfs"
+        )
+        return bytes(head), digest.hexdigest()
+
     def listdir(self, path: str) -> list[str]:
         out, _ = self._debugfs([f'ls -p "{path}"'])
         names = []
@@ -201,19 +221,8 @@ class Ext4Filesystem:
         return sorted(names)
 
     def usage(self) -> Usage:
-        proc = run(["dumpe2fs", "-h", self.spec], what="dumpe2fs")
-        facts: dict[str, str] = {}
-        for line in proc.stdout.decode(errors="replace").splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                facts[key.strip()] = value.strip()
-        return Usage(
-            block_size=int(facts["Block size"]),
-            blocks=int(facts["Block count"]),
-            free_blocks=int(facts["Free blocks"]),
-            free_inodes=int(facts["Free inodes"]),
-            features=frozenset(facts.get("Filesystem features", "").split()),
-        )
+        """Size and free space from the superblock (read in Python: dumpe2fs -h walks every group)."""
+        return read_superblock(self.image, self.offset)
 
     # -- writing -------------------------------------------------------------
 
@@ -271,8 +280,7 @@ class Ext4Filesystem:
             return inode.kind != "symlink" or inode.link_target != entry.target
         if inode.kind != "regular" or inode.mode != entry.mode or inode.size != entry.size():
             return True
-        on_disk = self.read(entry.path, follow=False) or b""
-        return hashlib.sha256(on_disk).hexdigest() != entry.digest()
+        return self.fingerprint(entry.path)[1] != entry.digest()
 
     def _verify(self, entries: list[Entry]) -> None:
         after = self.stat_many([e.path for e in entries])
@@ -320,6 +328,40 @@ class Ext4Filesystem:
             sparse.put_back(part, self.image, self.offset, new_size)
         finally:
             part.unlink(missing_ok=True)
+
+
+_FEATURES = {
+    ("compat", 0x4): "has_journal",
+    ("compat", 0x10): "resize_inode",
+    ("incompat", 0x40): "extent",
+    ("incompat", 0x80): "64bit",
+    ("incompat", 0x200): "flex_bg",
+    ("ro_compat", 0x400): "metadata_csum",
+}
+
+
+def read_superblock(image: Path, offset: int) -> Usage:
+    """Block size, counts and feature names straight from the ext4 superblock."""
+    with open(image, "rb") as f:
+        f.seek(offset + 1024)
+        sb = f.read(1024)
+    if len(sb) < 1024 or sb[0x38:0x3A] != b"\x53\xef":
+        raise BuildError(f"{image}: no ext4 superblock at byte {offset + 1024}")
+
+    def u32(at: int) -> int:
+        return int.from_bytes(sb[at : at + 4], "little")
+
+    flags = {"compat": u32(0x5C), "incompat": u32(0x60), "ro_compat": u32(0x64)}
+    wide = bool(flags["incompat"] & 0x80)
+    blocks = u32(0x04) | ((u32(0x150) << 32) if wide else 0)
+    free = u32(0x0C) | ((u32(0x158) << 32) if wide else 0)
+    return Usage(
+        block_size=1024 << u32(0x18),
+        blocks=blocks,
+        free_blocks=free,
+        free_inodes=u32(0x10),
+        features=frozenset(name for (kind, bit), name in _FEATURES.items() if flags[kind] & bit),
+    )
 
 
 def is_ext4(image: Path, offset: int) -> bool:
