@@ -7,14 +7,11 @@ looks at the YAML again.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import firstboot
-from builder import __version__
 from builder.config import FleetConfig
 from builder.errors import UserError
 from builder.flavor import Flavor
@@ -52,11 +49,6 @@ class Plan:
     def image_path(self) -> Path:
         return self.output_dir / f"{self.config.name}.img"
 
-    @property
-    def instance_id(self) -> str:
-        """Stable for the same inputs, different whenever what the device gets changes."""
-        return instance_id(self, hostname=None)
-
     def for_image(self, flavor: Flavor, epoch: int) -> Plan:
         return replace(self, flavor=flavor, epoch=epoch)
 
@@ -65,17 +57,6 @@ class Plan:
         if self.flavor is None:
             raise RuntimeError("plan used before the base image was inspected")
         return self.flavor
-
-
-def instance_id(plan: Plan, hostname: str | None) -> str:
-    """Derived from what the seed says (config, device, versions), not from the base, so a
-    rebuild of a built image keeps it and changes nothing."""
-    h = hashlib.sha256()
-    for part in (plan.config.config_hash, hostname or ""):
-        h.update(part.encode() + b"\0")
-    h.update(firstboot.__version__.encode())
-    h.update(__version__.encode())
-    return f"pifleet-{h.hexdigest()[:16]}"
 
 
 def resolve(

@@ -15,10 +15,11 @@ from builder.steps import agent, cloudinit, cmdline, join, k3s
 
 Step = Callable[[Image, Plan], None]
 
+# cloudinit before cmdline: a `ds=nocloud;i=` override must match the meta-data written.
 ORDER: tuple[tuple[str, Step], ...] = (
+    ("cloudinit", cloudinit.apply),
     ("cmdline", cmdline.apply),
     ("k3s", k3s.apply),
     ("agent", agent.apply),
     ("join", join.apply),
-    ("cloudinit", cloudinit.apply),
 )

@@ -21,11 +21,22 @@ def apply(image: Image, plan: Plan) -> None:
     if raw is None:
         raise UserError(f"{plan.base.origin}: the boot partition has no cmdline.txt")
     wifi = plan.config.network.wifi
-    updated = edit(raw, plan.instance_id, wifi.country if wifi else None)
+    meta = image.boot.read("/meta-data")  # staged by the cloudinit step, which runs first
+    instance = meta_instance_id(meta) if meta else None
+    updated = edit(raw, instance, wifi.country if wifi else None)
     image.boot.stage(CMDLINE, updated)
 
 
-def edit(raw: bytes, instance_id: str, country: str | None) -> bytes:
+def meta_instance_id(meta_data: bytes) -> str | None:
+    """The instance-id a meta-data file carries, if any."""
+    for line in meta_data.decode(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "instance-id":
+            return value.strip().strip('"')
+    return None
+
+
+def edit(raw: bytes, instance_id: str | None, country: str | None) -> bytes:
     """The new cmdline.txt content; unchanged parameters keep their order and spelling."""
     text = raw.decode("utf-8", errors="replace")
     lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -35,7 +46,8 @@ def edit(raw: bytes, instance_id: str, country: str | None) -> bytes:
     for flag in CGROUP_FLAGS:
         if flag not in words:
             words.append(flag)
-    words = [_nocloud(w, instance_id) for w in words]
+    if instance_id is not None:
+        words = [_nocloud(w, instance_id) for w in words]
     if country is not None:
         words = [w for w in words if not w.startswith(REGDOM)] + [REGDOM + country]
     ending = "\n" if text.endswith("\n") or not text else ""

@@ -1,0 +1,54 @@
+"""Pure step logic: cmdline editing and seed rendering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from builder.config import load
+from builder.steps.cloudinit import seed_files
+from builder.steps.cmdline import edit, meta_instance_id
+from tests.conftest import fleet_yaml
+
+
+def test_cmdline_flags_added_once_and_line_kept() -> None:
+    raw = b"console=serial0,115200 root=PARTUUID=abcd-02 rootwait\n"
+    once = edit(raw, None, None)
+    assert (
+        once
+        == b"console=serial0,115200 root=PARTUUID=abcd-02 rootwait cgroup_memory=1 cgroup_enable=memory\n"
+    )
+    assert edit(once, None, None) == once
+
+
+def test_cmdline_keeps_nocloud_override_in_agreement() -> None:
+    raw = b"root=/dev/mmcblk0p2 ds=nocloud;i=imager-1234;s=file:///boot/firmware/ quiet"
+    out = edit(raw, "pifleet-0123456789abcdef", "DE").decode()
+    assert "ds=nocloud;s=file:///boot/firmware/;i=pifleet-0123456789abcdef" in out.split()
+    assert "imager-1234" not in out
+    assert out.split()[-1] == "cfg80211.ieee80211_regdom=DE"
+    assert not out.endswith("\n"), "a line without newline stays without"
+    untouched = b"root=/dev/sda2 ds=nocloud;s=file:///x/"
+    assert b"ds=nocloud;s=file:///x/" in edit(untouched, "pifleet-1", None)
+
+
+def test_instance_id_follows_the_seed(tmp_path: Path) -> None:
+    (tmp_path / "f.yaml").write_text(
+        fleet_yaml(devices="devices: [{hostname: pi-1}, {hostname: pi-2}]")
+    )
+    config = load(tmp_path / "f.yaml")
+    golden = seed_files(config)
+    again = seed_files(load(tmp_path / "f.yaml"))
+    ids = {meta_instance_id(golden["/meta-data"])}
+    assert golden == again, "same config, same bytes"
+    for device in config.devices:
+        files = seed_files(config, device)
+        meta = yaml.safe_load(files["/meta-data"])
+        assert meta["local-hostname"] == device.hostname
+        assert yaml.safe_load(files["/user-data"])["hostname"] == device.hostname
+        ids.add(meta["instance-id"])
+    assert len(ids) == 3
+    (tmp_path / "f.yaml").write_text(fleet_yaml(extra="timezone: Europe/Berlin"))
+    changed = seed_files(load(tmp_path / "f.yaml"))
+    assert meta_instance_id(changed["/meta-data"]) not in ids
