@@ -50,6 +50,12 @@ def command(args: argparse.Namespace) -> int:
     )
     for w in written[1:]:
         log.info("  %s", w.path.name)
+    if args.per_device:
+        from builder.personalize import personalize_fleet
+
+        if not config.devices:
+            raise UserError(f"{config.source}: devices: --per-device needs at least one device")
+        personalize_fleet(image.path, config, list(config.devices))
     return 0
 
 

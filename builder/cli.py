@@ -45,6 +45,9 @@ def _register_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--base", metavar="PATH", help="use this base image file (overrides base:)")
     p.add_argument("--k3s-binary", metavar="PATH", help="use this K3s binary (overrides k3s:)")
     p.add_argument("-o", "--output-dir", metavar="DIR", help="overrides output.dir")
+    p.add_argument(
+        "--per-device", action="store_true", help="also write <host>.img for every device"
+    )
     p.set_defaults(handler=build.command)
 
 
@@ -57,9 +60,29 @@ def _register_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(handler=inspect.command)
 
 
+def _register_personalize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from builder import personalize
+
+    p = sub.add_parser(
+        "personalize", help="write one device's identity into a copy of the golden image"
+    )
+    p.add_argument(
+        "image", help="golden image built by `pifleet build` (or an SD card with --in-place)"
+    )
+    p.add_argument("--config", required=True, help="the fleet YAML the image was built from")
+    p.add_argument("--device", required=True, metavar="HOST", help="host name of the device")
+    p.add_argument(
+        "-o", "--output", metavar="PATH", help="output image (default: <dir>/<HOST>.img)"
+    )
+    p.add_argument("--in-place", action="store_true", help="personalize IMAGE itself")
+    p.add_argument("--rotate-keys", action="store_true", help="new SSH host key and node password")
+    p.set_defaults(handler=personalize.command)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_build,
     _register_inspect,
+    _register_personalize,
 ]
 
 

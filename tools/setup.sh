@@ -7,7 +7,7 @@ cache="${PIFLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pifleet}"
 
 APT_PACKAGES=(
   mtools e2fsprogs dosfstools fdisk bmap-tools cloud-init eatmydata
-  xz-utils zstd unzip gzip openssl
+  xz-utils zstd unzip gzip openssl openssh-client
   qemu-system-arm qemu-utils qemu-user-static ipxe-qemu
   mmdebstrap cpio ca-certificates debian-archive-keyring
   python3 python3-venv make

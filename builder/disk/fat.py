@@ -87,7 +87,8 @@ class FatFilesystem:
 
     def flush(self) -> int:
         """Apply staged changes that differ from what is on disk; returns how many changed."""
-        changes = {p: d for p, d in self._staged.items() if self._differs(p, d)}
+        current = self._read_disk_many(sorted(self._staged))
+        changes = {p: d for p, d in self._staged.items() if current.get(p) != d}
         self._staged.clear()
         if not changes:
             return 0
@@ -100,8 +101,27 @@ class FatFilesystem:
         self._write_many(writes)
         return len(changes)
 
-    def _differs(self, path: str, data: bytes | None) -> bool:
-        return self._read_disk(path) != data
+    def _read_disk_many(self, paths: list[str]) -> dict[str, bytes]:
+        """Contents of those `paths` that exist: one mcopy per directory, not one per file."""
+        by_dir: dict[str, list[str]] = {}
+        for path in paths:
+            by_dir.setdefault(str(PurePosixPath(path).parent), []).append(path)
+        found: dict[str, bytes] = {}
+        with tempfile.TemporaryDirectory(prefix="pifleet-fat-") as tmp:
+            for i, (_directory, members) in enumerate(sorted(by_dir.items())):
+                dest = Path(tmp) / str(i)
+                dest.mkdir()
+                # Missing files make mcopy exit non-zero but the others are still copied.
+                run(
+                    ["mcopy", "-n", "-i", self._spec, *(f"::{p}" for p in members), f"{dest}/"],
+                    env=self._env(),
+                    check=False,
+                )
+                for path in members:
+                    copied = dest / PurePosixPath(path).name
+                    if copied.is_file():
+                        found[path] = copied.read_bytes()
+        return found
 
     def _write_many(self, files: dict[str, bytes]) -> None:
         by_dir: dict[str, dict[str, bytes]] = {}
