@@ -79,10 +79,36 @@ def _register_personalize(sub: argparse._SubParsersAction[argparse.ArgumentParse
     p.set_defaults(handler=personalize.command)
 
 
+def _register_test_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from builder.qemu import serve
+
+    p = sub.add_parser("test-server", help="run the K3s test server (a protocol stand-in, not K3s)")
+    p.add_argument("--port", type=int, default=6443)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--state-dir", metavar="DIR", help="keep the CA and registrations here")
+    p.add_argument("--token-out", metavar="FILE", help="write the join token here (0600)")
+    p.add_argument("--san", action="append", default=[], help="extra name or IP in its certificate")
+    p.set_defaults(handler=serve.command)
+
+
+def _register_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from builder import token
+
+    p = sub.add_parser("token", help="join token tools")
+    tsub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    check = tsub.add_parser("check", help="check a K3s server and token: CA pin, token accepted")
+    check.add_argument("--server", required=True, help="https://host:6443")
+    check.add_argument("--token-file", required=True)
+    check.add_argument("--timeout", type=float, default=10.0)
+    check.set_defaults(handler=token.check_command)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_build,
     _register_inspect,
     _register_personalize,
+    _register_test_server,
+    _register_token,
 ]
 
 

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
-import re
 import stat
+from pathlib import Path
 
 from builder.config import Cluster
 from builder.errors import UserError
 from builder.secret import Secret
+from firstboot.token import TokenError
+from firstboot.token import parse as parse_token
 
 log = logging.getLogger("pifleet.token")
-
-_SECURE = re.compile(r"^K10[0-9a-f]{64}::[^:\s]+:[^\s]+$")
-_SECURE_PREFIX = re.compile(r"^K10[0-9a-f]{64}::")
-_BOOTSTRAP = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
 
 
 def read_token(cluster: Cluster, where: str) -> Secret:
@@ -29,21 +28,16 @@ def read_token(cluster: Cluster, where: str) -> Secret:
             raise UserError(
                 f"{where}: {key}: environment variable {cluster.token_env} is not set or empty"
             )
-    token = text.strip()
-    if not token:
-        raise UserError(f"{where}: {key}: the token is empty")
-    if any(c.isspace() for c in token):
-        raise UserError(f"{where}: {key}: the token contains whitespace or several lines")
-    if token.startswith("K10") and not _SECURE.match(token):
-        raise UserError(
-            f"{where}: {key}: malformed secure token (expected K10<64 hex CA hash>::<user>:<password>)"
-        )
-    if not _SECURE_PREFIX.match(token):
+    try:
+        parsed = parse_token(text)
+    except TokenError as exc:
+        raise UserError(f"{where}: {key}: {exc}") from None
+    if parsed.ca_hash is None:
         log.warning(
             "warning: the join token carries no CA hash, so devices cannot pin the server's CA; "
             "use the server's K10... secure token"
         )
-    return Secret(token)
+    return Secret(parsed.text())
 
 
 def _read_file(cluster: Cluster, where: str) -> str:
@@ -65,9 +59,17 @@ def _read_file(cluster: Cluster, where: str) -> str:
     return text
 
 
-def is_secure(token: Secret) -> bool:
-    return bool(_SECURE_PREFIX.match(token.reveal()))
+def check_command(args: argparse.Namespace) -> int:
+    """`pifleet token check`: the agent's own server check, from the operator's machine."""
+    from firstboot.checkserver import check
 
-
-def is_bootstrap(token: Secret) -> bool:
-    return bool(_BOOTSTRAP.match(token.reveal()))
+    path = Path(args.token_file)
+    try:
+        parsed = parse_token(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the token: {exc.strerror}") from None
+    except TokenError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    ok, line = check(args.server, parsed, args.timeout)
+    print(line if ok else f"error: {line}")
+    return 0 if ok else 1

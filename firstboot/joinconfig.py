@@ -75,7 +75,9 @@ def load_join_config(data: bytes, where: str = JOIN_CONFIG_PATH) -> JoinConfig:
     raw = _load(data, where)
     _check_keys(raw, JoinConfig, where)
     if raw.get("version") != SCHEMA_VERSION:
-        raise JoinConfigError(f"{where}: version: expected {SCHEMA_VERSION}, got {raw.get('version')!r}")
+        raise JoinConfigError(
+            f"{where}: version: expected {SCHEMA_VERSION}, got {raw.get('version')!r}"
+        )
     if not isinstance(raw.get("server"), str) or not raw["server"].startswith("https://"):
         raise JoinConfigError(f"{where}: server: must be an https:// URL")
     if raw.get("role", "agent") not in ("agent", "server"):

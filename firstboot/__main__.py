@@ -1,0 +1,102 @@
+"""python3 -m firstboot {run,check-server,status}: the agent's command line (a contract)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from firstboot import joinconfig
+from firstboot.paths import Root
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m firstboot", description="pifleet first-boot agent"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run", help="join this device to the fleet (the systemd service runs this)"
+    )
+    run.add_argument(
+        "--root", default="/", help="resolve every absolute path under this directory (tests)"
+    )
+    run.add_argument(
+        "--config", default=joinconfig.JOIN_CONFIG_PATH, help="join config (device path)"
+    )
+    check = sub.add_parser("check-server", help="check a K3s server and a token, print one line")
+    check.add_argument("--server", required=True, help="https://host:6443")
+    check.add_argument("--token-file", required=True, help="file holding the token")
+    check.add_argument("--timeout", type=float, default=10.0)
+    status = sub.add_parser("status", help="show the persisted join state (no secrets)")
+    status.add_argument("--root", default="/")
+    status.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "check-server":
+        return _check(args)
+    return _status(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from firstboot.machine import Agent
+    from firstboot.report import Reporter
+
+    try:
+        return Agent(Root(args.root), args.config, Reporter()).run()
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: one line, exit 1 so systemd restarts and the state resumes
+        sys.stderr.write(
+            "pifleet-firstboot: failed state=internal reason="
+            + type(exc).__name__
+            + ": "
+            + str(exc)
+            + "\n"
+        )
+        return 1
+
+
+def _check(args: argparse.Namespace) -> int:
+    from firstboot.checkserver import check
+    from firstboot.token import TokenError, parse
+
+    try:
+        with open(args.token_file, encoding="utf-8") as f:
+            token = parse(f.read())
+    except OSError as exc:
+        print("error: cannot read " + args.token_file + ": " + str(exc.strerror))
+        return 1
+    except TokenError as exc:
+        print("error: " + args.token_file + ": " + str(exc))
+        return 1
+    ok, line = check(args.server, token, args.timeout)
+    print(line if ok else "error: " + line)
+    return 0 if ok else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from firstboot.state import StateStore
+
+    state = StateStore(Root(args.root)).load()
+    if args.json:
+        print(json.dumps(asdict(state), indent=2, sort_keys=True))
+        return 0
+    print("state:     " + state.state)
+    print("node name: " + str(state.node_name or "(not named yet)"))
+    if state.ca_hash:
+        print("server CA: sha256 " + state.ca_hash)
+    if state.failed_state:
+        print("failed in: " + state.failed_state + ": " + str(state.failed_reason))
+    print("boots:     " + str(state.boots))
+    for entry in state.history[-8:]:
+        print("  " + str(entry.get("at")) + "  " + str(entry.get("state")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

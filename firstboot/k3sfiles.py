@@ -1,0 +1,95 @@
+"""The files that make K3s join: config.yaml, the token file, the systemd unit and its env file.
+
+The unit matches what the official K3s installer writes (Type=notify,
+KillMode=process, Delegate=yes, Restart=always, TimeoutStartSec=0, modprobe
+pre-steps, an env file with mode 0600). config.yaml uses YAML block style with
+JSON-quoted scalars, so no value can break its structure.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, List
+
+CONFIG_PATH = "/etc/rancher/k3s/config.yaml"
+TOKEN_PATH = "/etc/rancher/k3s/join-token"
+NODE_PASSWORD_PATH = "/etc/rancher/node/password"
+
+
+def unit_name(role: str) -> str:
+    return "k3s-agent.service" if role == "agent" else "k3s.service"
+
+
+def unit_path(role: str) -> str:
+    return "/etc/systemd/system/" + unit_name(role)
+
+
+def env_path(role: str) -> str:
+    return unit_path(role) + ".env"
+
+
+def config_yaml(
+    server: str, node_name: str, labels: List[str], taints: List[str], kubelet_args: List[str]
+) -> bytes:
+    lines = [
+        "# Written by pifleet-firstboot; K3s reads it at every start.",
+        "server: " + json.dumps(server),
+        "token-file: " + json.dumps(TOKEN_PATH),
+        "node-name: " + json.dumps(node_name),
+    ]
+    for key, values in (
+        ("node-label", labels),
+        ("node-taint", taints),
+        ("kubelet-arg", kubelet_args),
+    ):
+        if values:
+            lines.append(key + ":")
+            lines.extend("  - " + json.dumps(v) for v in values)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def unit_file(role: str, k3s_binary: str) -> bytes:
+    command = "agent" if role == "agent" else "server"
+    return (
+        "[Unit]\n"
+        "Description=Lightweight Kubernetes\n"
+        "Documentation=https://k3s.io\n"
+        "Wants=network-online.target\n"
+        "After=network-online.target\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+        "\n"
+        "[Service]\n"
+        "Type=notify\n"
+        "EnvironmentFile=-/etc/default/%N\n"
+        "EnvironmentFile=-/etc/sysconfig/%N\n"
+        "EnvironmentFile=-" + env_path(role) + "\n"
+        "KillMode=process\n"
+        "Delegate=yes\n"
+        "User=root\n"
+        "LimitNOFILE=1048576\n"
+        "LimitNPROC=infinity\n"
+        "LimitCORE=infinity\n"
+        "TasksMax=infinity\n"
+        "TimeoutStartSec=0\n"
+        "Restart=always\n"
+        "RestartSec=5s\n"
+        "ExecStartPre=-/sbin/modprobe br_netfilter\n"
+        "ExecStartPre=-/sbin/modprobe overlay\n"
+        "ExecStart=" + k3s_binary + " \\\n"
+        "    " + command + " \\\n"
+    ).encode()
+
+
+def env_file() -> bytes:
+    # The token is in TOKEN_PATH (named by config.yaml), never in the environment.
+    return b"# K3s environment (pifleet-firstboot): proxies and the like go here.\n"
+
+
+def merge_labels(fleet: List[str], device: List[str]) -> List[str]:
+    """Fleet labels plus device labels; for the same key the device wins."""
+    merged: Dict[str, str] = {}
+    for item in list(fleet) + list(device):
+        merged[item.split("=", 1)[0]] = item
+    return list(merged.values())
