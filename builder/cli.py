@@ -103,12 +103,49 @@ def _register_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.set_defaults(handler=token.check_command)
 
 
+def _register_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from builder.qemu import base
+
+    p = sub.add_parser(
+        "base", help="build (or reuse) a QEMU-bootable base laid out like Pi OS Trixie"
+    )
+    p.add_argument("--arch", choices=("arm64", "armhf"), default="arm64")
+    p.add_argument("--suite", default="trixie")
+    p.add_argument("--mirror", default=base.DEFAULT_MIRROR, help="Debian mirror URL")
+    p.add_argument(
+        "-o", "--output", metavar="PATH", help="copy the image here (else print its cache path)"
+    )
+    p.add_argument("--rebuild", action="store_true", help="build again even when cached")
+    p.set_defaults(handler=base.command)
+
+
+def _register_boot_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from builder.qemu import boottest
+
+    p = sub.add_parser("boot-test", help="boot an image under QEMU and prove it joins a K3s server")
+    p.add_argument(
+        "image", help="the image to test (never modified: a copy-on-write overlay is used)"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=900, help="seconds until the node must have joined"
+    )
+    p.add_argument("--kernel", help="kernel to boot (default: /boot/vmlinuz from the image)")
+    p.add_argument("--initrd", help="initrd to boot (default: /boot/initrd.img from the image)")
+    p.add_argument("--server", help="a real K3s server URL (default: start the K3s test server)")
+    p.add_argument("--token-file", help="token for --server")
+    p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
+    p.add_argument("--keep", metavar="DIR", help="keep the VM disk and console log in DIR")
+    p.set_defaults(handler=boottest.command)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_build,
     _register_inspect,
     _register_personalize,
     _register_test_server,
     _register_token,
+    _register_base,
+    _register_boot_test,
 ]
 
 

@@ -59,17 +59,22 @@ def _read_file(cluster: Cluster, where: str) -> str:
     return text
 
 
-def check_command(args: argparse.Namespace) -> int:
-    """`pifleet token check`: the agent's own server check, from the operator's machine."""
-    from firstboot.checkserver import check
-
-    path = Path(args.token_file)
+def read_token_file(path: Path) -> Secret:
+    """A token from a file named on the command line; one-line errors, never the token."""
     try:
         parsed = parse_token(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UserError(f"{path}: cannot read the token: {exc.strerror}") from None
     except TokenError as exc:
         raise UserError(f"{path}: {exc}") from None
-    ok, line = check(args.server, parsed, args.timeout)
+    return Secret(parsed.text())
+
+
+def check_command(args: argparse.Namespace) -> int:
+    """`pifleet token check`: the agent's own server check, from the operator's machine."""
+    from firstboot.checkserver import check
+
+    token = parse_token(read_token_file(Path(args.token_file)).reveal())
+    ok, line = check(args.server, token, args.timeout)
     print(line if ok else f"error: {line}")
     return 0 if ok else 1

@@ -1,0 +1,276 @@
+"""`pifleet base`: a QEMU-bootable Debian Trixie image laid out exactly like Raspberry Pi OS Trixie.
+
+MBR; p1 FAT32 `bootfs` at sector 16384 (512 MiB, mounted at /boot/firmware,
+with config.txt, cmdline.txt and a default NoCloud seed); p2 ext4 `rootfs`
+without the 64bit feature; fstab and cmdline by PARTUUID; cloud-init seeded
+from /boot/firmware as Pi OS configures it; /etc/machine-id `uninitialized`.
+Unlike Pi OS it carries a generic Debian kernel (and a host-built initramfs) in
+/boot of the root filesystem, so `pifleet boot-test` can boot it under `-M virt`.
+
+Results are cached under the cache directory keyed by every input, so a
+second request returns in seconds. Needs root (mmdebstrap --mode=root and
+binfmt_misc); the image assembly itself is rootless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from builder.cache import cache_dir
+from builder.console import human_size
+from builder.disk.table import MBR_FAT32_LBA, MBR_LINUX, Partition, PartitionTable, write_table
+from builder.errors import UserError
+from builder.qemu import debian, initramfs
+from builder.run import run
+
+log = logging.getLogger("pifleet.base")
+
+RECIPE_VERSION = 3  # bump when anything below changes what a base contains
+MIB = 1024 * 1024
+BOOT_START = 16384  # sectors, as Raspberry Pi OS Trixie
+BOOT_SIZE = 512 * MIB
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+PACKAGES = (
+    "systemd-sysv", "udev", "dbus", "kmod", "python3", "cloud-init", "openssl", "ca-certificates",
+    "iproute2", "netbase", "systemd-timesyncd", "systemd-resolved", "openssh-server", "sudo",
+)  # fmt: skip
+KERNELS = {"arm64": "linux-image-arm64", "armhf": "linux-image-armmp-lpae"}
+PYTHONS = {"trixie": "python3.13"}
+
+RASPBERRY_PI_CFG = """\
+# configure cloud-init with NoCloud, as Raspberry Pi OS Trixie does
+datasource_list: [ NoCloud, None ]
+datasource:
+  NoCloud:
+    seedfrom: file:///boot/firmware
+ssh_deletekeys: false
+ssh_genkeytypes: []
+"""
+SSH_KEYS_UNIT = """\
+[Unit]
+Description=Regenerate SSH host keys
+Before=ssh.service
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    arch: str
+    suite: str = "trixie"
+    mirror: str = DEFAULT_MIRROR
+
+    @property
+    def name(self) -> str:
+        return f"pifleet-debian-{self.suite}-{self.arch}"
+
+    def key(self) -> str:
+        facts = {
+            **asdict(self),
+            "packages": PACKAGES,
+            "kernel": KERNELS[self.arch],
+            "recipe": RECIPE_VERSION,
+        }
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def disk_id(self) -> str:
+        return self.key()[:8]
+
+
+def ensure_base(
+    arch: str, suite: str = "trixie", mirror: str = DEFAULT_MIRROR, rebuild: bool = False
+) -> Path:
+    """The cached base image for these inputs, built first when absent (or with `rebuild`)."""
+    if arch not in KERNELS:
+        raise UserError(f"pifleet base: arch must be arm64 or armhf, got {arch!r}")
+    if suite not in PYTHONS:
+        raise UserError(
+            f"pifleet base: only Debian {', '.join(PYTHONS)} is supported, got {suite!r}"
+        )
+    recipe = Recipe(arch, suite, mirror)
+    final = cache_dir("base") / recipe.key() / f"{recipe.name}.img"
+    if final.exists() and not rebuild:
+        log.info("base %s is cached: %s", recipe.name, final)
+        return final
+    if os.geteuid() != 0:
+        raise UserError(
+            "pifleet base needs root (mmdebstrap --mode=root, binfmt_misc): run it with sudo"
+        )
+    work = final.parent / f".build-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    started = time.monotonic()
+    try:
+        image = build(recipe, work)
+        image.replace(final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info(
+        "built %s (%s) in %.0f s",
+        final,
+        human_size(final.stat().st_size),
+        time.monotonic() - started,
+    )
+    return final
+
+
+def build(recipe: Recipe, work: Path) -> Path:
+    rootfs, downloads = work / "rootfs", work / "debs"
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "1735689600"))  # 2025-01-01 by default
+    spec = debian.Bootstrap(
+        recipe.suite,
+        recipe.arch,
+        recipe.mirror,
+        PACKAGES,
+        KERNELS[recipe.arch],
+        PYTHONS[recipe.suite],
+    )
+    debian.bootstrap(spec, rootfs, downloads)
+    version = debian.unpack_kernel(rootfs, downloads)
+    log.info("kernel %s unpacked; building the initramfs on the host", version)
+    busybox = debian.busybox_binary(downloads, work / "busybox")
+    initramfs.build(rootfs, version, busybox, rootfs / f"boot/initrd.img-{version}", epoch)
+    (rootfs / "boot/initrd.img").symlink_to(f"initrd.img-{version}")
+    log.info("byte-compiling Python %s", debian.compile_python(rootfs, spec.python))
+    configure_rootfs(rootfs, recipe.disk_id)
+    boot = work / "boot"
+    write_boot_files(boot, recipe.disk_id)
+    return assemble(work / f"{recipe.name}.img", rootfs, boot, recipe.disk_id, epoch)
+
+
+def configure_rootfs(rootfs: Path, disk_id: str) -> None:
+    """What Raspberry Pi OS Trixie has that a plain Debian bootstrap lacks."""
+    cfg = rootfs / "etc/cloud/cloud.cfg.d/99_raspberry-pi.cfg"
+    cfg.write_text(RASPBERRY_PI_CFG)
+    (rootfs / "etc/fstab").write_text(
+        "proc                  /proc           proc    defaults          0       0\n"
+        f"PARTUUID={disk_id}-01  /boot/firmware  vfat    defaults          0       2\n"
+        f"PARTUUID={disk_id}-02  /               ext4    defaults,noatime  0       1\n"
+    )
+    (rootfs / "boot/firmware").mkdir(parents=True, exist_ok=True)
+    (rootfs / "etc/hostname").write_text("raspberrypi\n")
+    (rootfs / "etc/hosts").write_text(
+        "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\traspberrypi\n"
+    )
+    (rootfs / "etc/machine-id").write_text("uninitialized\n")
+    (rootfs / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    unit = rootfs / "etc/systemd/system/regenerate_ssh_host_keys.service"
+    unit.write_text(SSH_KEYS_UNIT)
+    _enable(rootfs, "regenerate_ssh_host_keys.service", "multi-user.target")
+    _enable(rootfs, "systemd-networkd.service", "multi-user.target", "/usr/lib/systemd/system/")
+    _enable(
+        rootfs,
+        "systemd-networkd-wait-online.service",
+        "network-online.target",
+        "/usr/lib/systemd/system/",
+    )
+    for cache in ("var/cache/apt", "var/lib/apt/lists"):
+        shutil.rmtree(rootfs / cache, ignore_errors=True)
+        (rootfs / cache).mkdir(parents=True)
+    (rootfs / "etc/resolv.conf").unlink(missing_ok=True)
+    (rootfs / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+
+
+def _enable(rootfs: Path, unit: str, target: str, where: str = "/etc/systemd/system/") -> None:
+    wants = rootfs / f"etc/systemd/system/{target}.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / unit
+    link.unlink(missing_ok=True)
+    link.symlink_to(where + unit)
+
+
+def write_boot_files(boot: Path, disk_id: str) -> None:
+    boot.mkdir(parents=True)
+    (boot / "cmdline.txt").write_text(
+        f"console=serial0,115200 console=tty1 root=PARTUUID={disk_id}-02 rootfstype=ext4 fsck.repair=yes rootwait\n"
+    )
+    (boot / "config.txt").write_text(
+        "# pifleet QEMU test base: laid out like Raspberry Pi OS Trixie; boots under QEMU -M virt\n"
+        "# with the generic Debian kernel in the root filesystem's /boot (no Pi firmware here).\n"
+        "[all]\narm_64bit=1\n"
+    )
+    (boot / "meta-data").write_text("instance-id: pifleet-base\n")
+    (boot / "user-data").write_text(
+        "#cloud-config\nhostname: raspberrypi\nmanage_etc_hosts: true\n"
+    )
+    (boot / "network-config").write_text(
+        "network:\n  version: 2\n  ethernets:\n    eth0:\n      dhcp4: true\n      optional: true\n"
+    )
+
+
+def assemble(image: Path, rootfs: Path, boot: Path, disk_id: str, epoch: int) -> Path:
+    """Partition table, FAT and ext4 written straight into the image file (no loop devices)."""
+    used = int(
+        subprocess.run(
+            ["du", "-sbx", str(rootfs)], capture_output=True, text=True, check=True
+        ).stdout.split()[0]
+    )
+    root_size = -(-(used * 5 // 4 + 384 * MIB) // (4 * MIB)) * 4 * MIB
+    root_start = BOOT_START * 512 + BOOT_SIZE
+    with open(image, "wb") as f:
+        f.truncate(root_start + root_size)
+    table = PartitionTable(
+        "mbr",
+        disk_id,
+        (
+            Partition(1, BOOT_START * 512, BOOT_SIZE, f"0x{MBR_FAT32_LBA:02x}", f"{disk_id}-01"),
+            Partition(2, root_start, root_size, f"0x{MBR_LINUX:02x}", f"{disk_id}-02"),
+        ),
+    )
+    write_table(image, table)
+    env = {
+        "SOURCE_DATE_EPOCH": str(epoch),
+        "MTOOLS_SKIP_CHECK": "1",
+        "E2FSPROGS_FAKE_TIME": str(epoch),
+    }
+    run(["mkfs.vfat", "-F", "32", "-n", "bootfs", "-i", disk_id, "--invariant", "--offset", str(BOOT_START),
+         str(image), str(BOOT_SIZE // 1024)], env=env, what="mkfs.vfat")  # fmt: skip
+    run(
+        ["mcopy", "-i", f"{image}@@{BOOT_START * 512}", *map(str, sorted(boot.iterdir())), "::/"],
+        env=env,
+        what="mcopy",
+    )
+    uuid = f"{disk_id}-0000-4000-8000-{disk_id}0000"
+    run(["mke2fs", "-q", "-F", "-t", "ext4", "-O", "^64bit", "-L", "rootfs", "-U", uuid,
+         "-E", f"offset={root_start}", "-d", str(rootfs), str(image), f"{root_size // 1024}k"],
+        env=env, what="mke2fs")  # fmt: skip
+    log.info(
+        "assembled %s: root filesystem %s (%s used)",
+        image.name,
+        human_size(root_size),
+        human_size(used),
+    )
+    return image
+
+
+def command(args: argparse.Namespace) -> int:
+    path = ensure_base(args.arch, args.suite, args.mirror, args.rebuild)
+    if args.output:
+        out = Path(args.output)
+        from builder.atomic import replace_when_done
+        from builder.disk.sparse import copy_file
+
+        with replace_when_done(out, 0o644) as tmp:
+            copy_file(path, tmp)
+        path = out
+    print(path)
+    return 0

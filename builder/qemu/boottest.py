@@ -1,0 +1,269 @@
+"""`pifleet boot-test IMAGE`: boot the exact image under QEMU and prove it joins.
+
+The image is attached through a qcow2 overlay (never written). Its boot
+partition, as the guest sees it, gets the test server's URL and a token; the
+serial console is followed for milestones (kernel, systemd, cloud-init
+finished, every first-boot agent state, joined) and the test server records
+the registration. Exit 0 when the node joined within --timeout, 1 otherwise
+with the last 50 console lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.disk.image import Image
+from builder.errors import UserError
+from builder.flavor import detect
+from builder.qemu import overlay
+from builder.qemu.testserver import K3sTestServer
+from builder.qemu.vm import VM, kernel_command_line, require_qemu
+from builder.secret import Secret
+from firstboot import joinconfig
+
+log = logging.getLogger("pifleet.boot-test")
+
+MILESTONES = (
+    ("kernel started", re.compile(r"Booting Linux on|Linux version \d")),
+    ("root filesystem found", re.compile(r"pifleet initramfs: root is")),
+    ("systemd started", re.compile(r"systemd\[1\]: |Welcome to ")),
+    ("cloud-init started", re.compile(r"Cloud-init v\. \S+ running 'init-local'")),
+    ("cloud-init finished", re.compile(r"Cloud-init v\. \S+ finished at")),
+)
+AGENT_STATE = re.compile(r"pifleet-firstboot: state=(\w+)")
+AGENT_JOINED = re.compile(r"pifleet-firstboot: joined node=(\S+)")
+AGENT_FAILED = re.compile(r"pifleet-firstboot: failed state=(\w+) reason=(.*)")
+LOGIN = re.compile(r"^(\S+) login:")
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    image: Path
+    timeout: float = 900.0
+    kernel: Path | None = None
+    initrd: Path | None = None
+    server: str | None = None  # a real server; None starts the K3s test server
+    token: Secret | None = None  # with `server`, or to override the test server's token
+    keep: Path | None = None  # keep the VM's disk and console log here
+    server_down_for: float = 0.0  # the test server is unreachable for this long at first
+
+
+@dataclass
+class BootResult:
+    joined: bool = False
+    node: str | None = None
+    failure: str | None = None
+    milestones: list[tuple[str, float]] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)
+    login_hostname: str | None = None
+    cloud_init: str | None = None  # the "finished" line
+    console: list[str] = field(default_factory=list)
+    peak_rss_kib: int = 0
+    overlay: Path | None = None
+    seconds: float = 0.0
+
+    def tail(self, n: int = 50) -> list[str]:
+        return self.console[-n:]
+
+
+def boot_test(opts: BootOptions, on_milestone: object = None) -> BootResult:
+    """Boot `opts.image` and follow it until the node joins, fails, or time runs out."""
+    image = Image.open(opts.image)
+    flavor = detect(image)
+    machine = require_qemu(flavor.arch)
+    if opts.server is not None and opts.token is None:
+        raise UserError("--server needs --token-file (the token the image should join with)")
+    with contextlib.ExitStack() as stack:
+        work = _workdir(stack, opts.keep)
+        kernel, initrd = _kernel_and_initrd(image, opts, work)
+        cmdline = (image.boot.read("/cmdline.txt") or b"").decode(errors="replace")
+        server, token = _server(stack, opts, work)
+        disk = work / "disk.qcow2"
+        overlay.create(opts.image, disk)
+        overlay.write_boot_files(
+            opts.image, disk, _redirect(image, server, token), image.epoch or int(time.time())
+        )
+        result = BootResult(overlay=disk)
+        vm = stack.enter_context(
+            VM(
+                machine,
+                disk,
+                kernel,
+                initrd,
+                kernel_command_line(cmdline, machine),
+                work / "console.log",
+            )
+        )
+        if isinstance(server, K3sTestServer) and opts.server_down_for > 0:
+            server.set_down(True)
+            timer = threading.Timer(opts.server_down_for, server.set_down, args=(False,))
+            timer.start()
+            stack.callback(timer.cancel)
+        _follow(vm, opts.timeout, result, on_milestone)
+        result.peak_rss_kib = vm.peak_rss_kib
+        vm.stop()
+        if isinstance(server, K3sTestServer):
+            result.registered = server.registered_nodes()
+            if result.joined and result.node not in result.registered:
+                result.joined = False
+                result.failure = (
+                    f"the agent reported joined as {result.node} but the server has no such node"
+                )
+        return result
+    raise AssertionError("unreachable")
+
+
+def _workdir(stack: contextlib.ExitStack, keep: Path | None) -> Path:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        return keep
+    tmp = Path(tempfile.mkdtemp(prefix="pifleet-boot-"))
+    stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+    return tmp
+
+
+def _kernel_and_initrd(image: Image, opts: BootOptions, work: Path) -> tuple[Path, Path | None]:
+    if opts.kernel is not None:
+        return opts.kernel, opts.initrd
+    found = {}
+    for name in ("/boot/vmlinuz", "/boot/initrd.img"):
+        data = image.root.read(name)
+        if data is not None:
+            found[name] = work / Path(name).name
+            found[name].write_bytes(data)
+    if "/boot/vmlinuz" not in found:
+        raise UserError(
+            f"{image.path}: no generic kernel (/boot/vmlinuz) in the image; a Raspberry Pi kernel does "
+            "not boot under QEMU -M virt: give --kernel and --initrd"
+        )
+    return found["/boot/vmlinuz"], found.get("/boot/initrd.img")
+
+
+def _server(
+    stack: contextlib.ExitStack, opts: BootOptions, work: Path
+) -> tuple[K3sTestServer | str, Secret]:
+    if opts.server is not None:
+        assert opts.token is not None
+        return opts.server, opts.token
+    server = stack.enter_context(K3sTestServer(state_dir=work / "k3s-test-server"))
+    log.info("K3s test server on %s (the guest sees %s)", server.url, server.guest_url)
+    return server, opts.token or Secret(server.mint_token())
+
+
+def _redirect(image: Image, server: K3sTestServer | str, token: Secret) -> dict[str, bytes | None]:
+    """Boot-partition files that point the agent at this boot's server, keeping the device's identity."""
+    device_path = f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.DEVICE_FILE}"
+    raw = image.boot.read(device_path)
+    device = joinconfig.load_device_config(raw, device_path) if raw else joinconfig.DeviceConfig()
+    url = server.guest_url if isinstance(server, K3sTestServer) else server
+    updated = joinconfig.DeviceConfig(device.hostname, device.node_labels, device.node_taints, url)
+    return {
+        device_path: joinconfig.dump_device_config(updated),
+        f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.BOOT_TOKEN_FILE}": (token.reveal() + "\n").encode(),
+    }
+
+
+def _follow(vm: VM, timeout: float, result: BootResult, on_milestone: object) -> None:
+    seen: set[str] = set()
+    started = time.monotonic()
+
+    def mark(name: str, seconds: float) -> None:
+        if name not in seen:
+            seen.add(name)
+            result.milestones.append((name, seconds))
+            if callable(on_milestone):
+                on_milestone(name, seconds)
+
+    for line in vm.lines(timeout):
+        result.console.append(line.text)
+        for name, pattern in MILESTONES:
+            if pattern.search(line.text):
+                mark(name, line.seconds)
+        if "finished at" in line.text and "Cloud-init" in line.text:
+            result.cloud_init = line.text.strip()
+        if (state := AGENT_STATE.search(line.text)) is not None:
+            mark(f"agent: {state.group(1)}", line.seconds)
+        if (login := LOGIN.search(line.text)) is not None:
+            result.login_hostname = login.group(1)
+        if (failed := AGENT_FAILED.search(line.text)) is not None:
+            result.failure = f"agent failed in {failed.group(1)}: {failed.group(2)}"
+            break
+        if (joined := AGENT_JOINED.search(line.text)) is not None:
+            result.joined, result.node = True, joined.group(1)
+            mark("joined", line.seconds)
+            break
+    result.seconds = time.monotonic() - started
+    if not result.joined and result.failure is None:
+        result.failure = (
+            f"no join within {timeout:.0f} s"
+            if vm.running
+            else "QEMU exited before the node joined"
+        )
+
+
+def timeline(result: BootResult) -> Iterator[str]:
+    for name, seconds in result.milestones:
+        yield f"{seconds:8.1f} s  {name}"
+
+
+def write_junit(path: Path, image: Path, result: BootResult) -> None:
+    """A JUnit XML report CI systems understand: one test case, milestones as properties."""
+    from xml.etree import ElementTree as ET
+
+    suite = ET.Element(
+        "testsuite", name="pifleet boot-test", tests="1", failures="0" if result.joined else "1"
+    )
+    case = ET.SubElement(suite, "testcase", classname="pifleet.boot-test", name=f"boot {image.name}",
+                         time=f"{result.seconds:.1f}")  # fmt: skip
+    props = ET.SubElement(case, "properties")
+    for name, seconds in result.milestones:
+        ET.SubElement(props, "property", name=name, value=f"{seconds:.1f}")
+    if not result.joined:
+        failure = ET.SubElement(case, "failure", message=result.failure or "did not join")
+        failure.text = "\n".join(result.tail())
+    ET.SubElement(case, "system-out").text = "\n".join(result.console)
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def command(args: argparse.Namespace) -> int:
+    from builder.token import read_token_file
+
+    image = Path(args.image)
+    token = read_token_file(Path(args.token_file)) if args.token_file else None
+    opts = BootOptions(
+        image=image,
+        timeout=args.timeout,
+        kernel=Path(args.kernel) if args.kernel else None,
+        initrd=Path(args.initrd) if args.initrd else None,
+        server=args.server,
+        token=token,
+        keep=Path(args.keep) if args.keep else None,
+    )
+    print(f"booting {image} under QEMU (timeout {args.timeout:.0f} s)", flush=True)
+    result = boot_test(opts, on_milestone=lambda name, s: print(f"{s:8.1f} s  {name}", flush=True))
+    if args.junit:
+        write_junit(Path(args.junit), image, result)
+    if result.joined:
+        registered = (
+            f"; the server registered {', '.join(result.registered)}" if result.registered else ""
+        )
+        print(f"joined: node {result.node} in {result.seconds:.0f} s{registered}")
+        print(f"peak QEMU RSS {result.peak_rss_kib / 1024:.0f} MiB")
+        return 0
+    print(f"FAILED: {result.failure}")
+    print("last console lines:")
+    for line in result.tail():
+        print(f"  | {line}")
+    if opts.keep:
+        print(f"VM disk and console log kept in {opts.keep}")
+    return 1

@@ -1,0 +1,185 @@
+"""Bootstrapping a Debian root filesystem for a foreign architecture, fast.
+
+mmdebstrap installs the packages under qemu-user emulation. What made this
+slow is avoided: no initramfs is generated in the chroot (initramfs-tools is
+never installed; the kernel package is unpacked, not installed), and Python's
+byte-compilation is diverted to a no-op during installation and done natively
+on the host afterwards when a matching python3.X exists (else in the chroot).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import BuildError, UserError
+from builder.run import require_tool, run
+
+log = logging.getLogger("pifleet.base")
+
+EXCLUDES = (
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/lintian/*",
+)
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    suite: str
+    arch: str
+    mirror: str
+    packages: tuple[str, ...]
+    kernel_meta: str  # e.g. linux-image-arm64; its versioned dependency is unpacked
+    python: str  # the suite's python3.X, whose byte-compilation is moved to the host
+
+    @property
+    def diverted(self) -> tuple[str, ...]:
+        return (f"/usr/lib/{self.python}/py_compile.py", "/usr/bin/py3compile")
+
+
+def bootstrap(spec: Bootstrap, rootfs: Path, downloads: Path) -> None:
+    """Install `spec` into the empty directory `rootfs`; kernel and busybox .debs go to `downloads`."""
+    require_tool("mmdebstrap", "mmdebstrap")
+    if shutil.which("arch-test") is None:
+        raise UserError(
+            "arch-test not found: install the 'arch-test' package (tools/setup.sh does)"
+        )
+    ensure_binfmt(spec.arch)
+    downloads.mkdir(parents=True, exist_ok=True)
+    argv = [
+        "mmdebstrap",
+        "--variant=minbase",
+        f"--arch={spec.arch}",
+        "--mode=root",
+        "--format=directory",
+        f"--include={','.join(spec.packages)}",
+        "--aptopt=Acquire::Retries 3",
+        *(f"--dpkgopt={x}" for x in EXCLUDES),
+        f"--essential-hook={_divert_hook(spec)}",
+        f"--customize-hook={_download_hook(spec, downloads)}",
+        f"--customize-hook={_undivert_hook(spec)}",
+        spec.suite,
+        str(rootfs),
+        spec.mirror,
+    ]
+    log.info("installing Debian %s %s packages (mmdebstrap, qemu-user)", spec.suite, spec.arch)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.startswith("E:")]
+        raise BuildError(f"mmdebstrap failed: {(lines or proc.stderr.splitlines() or ['?'])[-1]}")
+
+
+def _divert_hook(spec: Bootstrap) -> str:
+    """Make byte-compilation a no-op while packages install (it would run emulated)."""
+    steps = []
+    for path in spec.diverted:
+        steps.append(
+            f'dpkg-divert --root "$1" --quiet --local --rename --divert {path}.pifleet --add {path}'
+            f' && mkdir -p "$1{Path(path).parent}" && printf "#!/bin/sh\\n" > "$1{path}"'
+            f' && chmod 0755 "$1{path}"'
+        )
+    return " && ".join(steps)
+
+
+def _undivert_hook(spec: Bootstrap) -> str:
+    steps = []
+    for path in spec.diverted:
+        steps.append(
+            f'rm -f "$1{path}" && dpkg-divert --root "$1" --quiet --rename --remove {path}'
+        )
+    return " && ".join(steps)
+
+
+def _download_hook(spec: Bootstrap, downloads: Path) -> str:
+    """Fetch the kernel image and busybox-static .debs with mmdebstrap's apt, natively."""
+    return (
+        f'cd "{downloads}" && export APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" && '
+        f"kernel=$(apt-cache depends {spec.kernel_meta} | "
+        "awk '/Depends: linux-image-[0-9]/ {print $2; exit}') && "
+        'apt-get download -q "$kernel" busybox-static >/dev/null'
+    )
+
+
+def ensure_binfmt(arch: str) -> None:
+    """Register qemu-user for `arch` with binfmt_misc (root; needed only by `pifleet base`)."""
+    name = {"arm64": "qemu-aarch64", "armhf": "qemu-arm"}[arch]
+    misc = Path("/proc/sys/fs/binfmt_misc")
+    if (misc / name).exists():
+        return
+    if not (misc / "register").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(misc)], what="mounting binfmt_misc")
+    conf = Path(f"/usr/lib/binfmt.d/{name}.conf")
+    if not conf.exists():
+        raise UserError(f"{conf} not found: install the 'qemu-user-static' package")
+    rule = next(ln for ln in conf.read_text().splitlines() if ln.startswith(":"))
+    try:
+        (misc / "register").write_text(rule)
+    except OSError as exc:
+        raise BuildError(f"cannot register {name} with binfmt_misc: {exc.strerror}") from None
+
+
+def unpack_kernel(rootfs: Path, downloads: Path) -> str:
+    """Unpack the downloaded linux-image .deb into `rootfs` (no maintainer scripts); its version."""
+    debs = sorted(downloads.glob("linux-image-*.deb"))
+    if not debs:
+        raise BuildError("the kernel package was not downloaded")
+    run(["dpkg-deb", "-x", str(debs[-1]), str(rootfs)], what="unpacking the kernel")
+    versions = sorted(p.name.removeprefix("vmlinuz-") for p in (rootfs / "boot").glob("vmlinuz-*"))
+    if not versions:
+        raise BuildError(f"{debs[-1].name} has no /boot/vmlinuz-*")
+    version = versions[-1]
+    run(["depmod", "-b", str(rootfs), version], what="depmod")
+    (rootfs / "boot/vmlinuz").unlink(missing_ok=True)
+    (rootfs / "boot/vmlinuz").symlink_to(f"vmlinuz-{version}")
+    return version
+
+
+def busybox_binary(downloads: Path, scratch: Path) -> Path:
+    debs = sorted(downloads.glob("busybox-static_*.deb"))
+    if not debs:
+        raise BuildError("busybox-static was not downloaded")
+    run(["dpkg-deb", "-x", str(debs[-1]), str(scratch)], what="unpacking busybox-static")
+    return scratch / "bin/busybox"
+
+
+def compile_python(rootfs: Path, python: str) -> str:
+    """Byte-compile the Python code in `rootfs`; natively when the host has the same python3.X."""
+    targets = [f"/usr/lib/{python}", "/usr/lib/python3/dist-packages"]
+    host = _host_python(python)
+    if host is not None:
+        argv = [host, "-m", "compileall", "-q", "-j0", "-s", str(rootfs), "-p", "/"]
+        subprocess.run(argv + [str(rootfs) + t for t in targets], capture_output=True, check=False)
+        return f"natively with {host}"
+    subprocess.run(
+        ["chroot", str(rootfs), f"/usr/bin/{python}", "-m", "compileall", "-q", "-j0", *targets],
+        capture_output=True,
+        check=False,
+    )
+    return "in the chroot (no host " + python + ": slower)"
+
+
+def _host_python(python: str) -> str | None:
+    candidates = [shutil.which(python)]
+    candidates += [
+        str(p) for p in sorted(Path.home().glob(f".pyenv/versions/{python[6:]}.*/bin/{python}"))
+    ]
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.implementation.cache_tag)"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == "cpython-" + python[6:].replace(
+            ".", ""
+        ):
+            return candidate
+    return None

@@ -1,0 +1,102 @@
+"""A copy-on-write view of an image for a test boot, with boot-partition edits in it.
+
+The image under test is never written: QEMU gets a qcow2 overlay backed by
+it. Files for the test boot (the test server's URL and token) are written by
+carving the boot partition out to a sparse file, editing that with mtools, and
+copying only the byte ranges that changed into the overlay with `qemu-io`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from builder.disk import sparse
+from builder.disk.fat import FatFilesystem
+from builder.disk.table import read_table
+from builder.errors import BuildError
+from builder.run import require_tool, run
+
+log = logging.getLogger("pifleet.overlay")
+
+_BLOCK = 64 * 1024
+
+
+def create(image: Path, overlay: Path) -> None:
+    """A qcow2 overlay backed by the raw `image` (absolute path, so the overlay can move)."""
+    require_tool("qemu-img", "qemu-utils")
+    run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            str(image.resolve()),
+            "-F",
+            "raw",
+            str(overlay),
+        ],
+        what="qemu-img create",
+    )
+
+
+def write_boot_files(image: Path, overlay: Path, files: dict[str, bytes | None], epoch: int) -> int:
+    """Write (None: delete) `files` in the boot partition as seen through `overlay`.
+
+    Returns the number of bytes written to the overlay.
+    """
+    boot = next(p for p in read_table(image).partitions if p.is_fat)
+    with tempfile.TemporaryDirectory(prefix="pifleet-overlay-", dir=overlay.parent) as tmp:
+        original = Path(tmp) / "boot.orig"
+        edited = Path(tmp) / "boot.edited"
+        sparse.extract(image, boot.start, boot.size, original)
+        shutil.copyfile(original, edited)  # small: a FAT partition is mostly holes
+        fat = FatFilesystem(edited, 0, epoch)
+        for path, data in files.items():
+            if data is None:
+                fat.stage_delete(path)
+            else:
+                fat.stage(path, data)
+        fat.flush()
+        commands, chunks = [], Path(tmp) / "chunks"
+        chunks.mkdir()
+        for offset, length in changed_ranges(original, edited):
+            chunk = chunks / f"{offset}"
+            with open(edited, "rb") as f:
+                f.seek(offset)
+                chunk.write_bytes(f.read(length))
+            commands += ["-c", f"write -q -s {chunk} {boot.start + offset} {length}"]
+        if commands:
+            run(["qemu-io", "-f", "qcow2", *commands, str(overlay)], what="qemu-io write")
+        return sum(int(c.split()[-1]) for c in commands if c.startswith("write"))
+
+
+def changed_ranges(a: Path, b: Path) -> list[tuple[int, int]]:
+    """Block-aligned (offset, length) runs where `a` and `b` differ; holes compare as zeros."""
+    size = os.path.getsize(a)
+    if os.path.getsize(b) != size:
+        raise BuildError("the edited boot partition changed size")
+    runs: list[tuple[int, int]] = []
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        blocks = sorted(set(_blocks(fa.fileno(), size)) | set(_blocks(fb.fileno(), size)))
+        for block in blocks:
+            length = min(_BLOCK, size - block)
+            if os.pread(fa.fileno(), length, block) == os.pread(fb.fileno(), length, block):
+                continue
+            if runs and sum(runs[-1]) == block:
+                runs[-1] = (runs[-1][0], runs[-1][1] + length)
+            else:
+                runs.append((block, length))
+    return runs
+
+
+def _blocks(fd: int, size: int) -> Iterator[int]:
+    for off, length in sparse.data_ranges(fd, 0, size):
+        first = off - off % _BLOCK
+        yield from range(first, off + length, _BLOCK)

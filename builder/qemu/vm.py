@@ -1,0 +1,213 @@
+"""Booting an image under QEMU's `-M virt` and following its serial console.
+
+The disk is a qcow2 overlay (the image under test is never written), the
+network is user-mode (the guest reaches host services on 127.0.0.1 at
+10.0.2.2), and QEMU is driven through QMP: a clean `quit` at the end, and a
+kill only when QMP no longer answers. Every QEMU process ends with the `VM`
+context, also on Ctrl-C or a test failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import BuildError, UserError
+from builder.run import require_tool
+
+log = logging.getLogger("pifleet.vm")
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+@dataclass(frozen=True)
+class Machine:
+    arch: str
+    qemu: str
+    cpu: str
+    console: str  # the serial device the kernel sees
+    memory: int  # MiB
+
+
+MACHINES = {
+    "arm64": Machine("arm64", "qemu-system-aarch64", "cortex-a72", "ttyAMA0", 1536),
+    "armhf": Machine("armhf", "qemu-system-arm", "cortex-a15", "ttyAMA0", 1024),
+}
+
+
+@dataclass(frozen=True)
+class ConsoleLine:
+    seconds: float  # since QEMU started
+    text: str
+
+
+def kernel_command_line(cmdline_txt: str, machine: Machine) -> str:
+    """cmdline.txt adapted to QEMU: the console on the virt machine's UART, eth0 naming."""
+    words = []
+    for word in cmdline_txt.split():
+        if word.startswith("console="):
+            continue
+        words.append(word)
+    # net.ifnames=0: the NIC is eth0, as on a Raspberry Pi, so the seed's network config applies.
+    return " ".join([f"console={machine.console},115200", *words, "net.ifnames=0"])
+
+
+class VM:
+    def __init__(
+        self,
+        machine: Machine,
+        disk: Path,
+        kernel: Path,
+        initrd: Path | None,
+        append: str,
+        console_log: Path,
+        smp: int = 2,
+    ) -> None:
+        self.machine = machine
+        self.disk = disk
+        self.kernel = kernel
+        self.initrd = initrd
+        self.append = append
+        self.console_log = console_log
+        self.smp = smp
+        self._control = Path(tempfile.mkdtemp(prefix="pifleet-qmp-"))  # short: AF_UNIX paths
+        self.qmp_socket = self._control / "qmp.sock"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lines: queue.Queue[ConsoleLine | None] = queue.Queue()
+        self._started = 0.0
+        self.peak_rss_kib = 0
+
+    def argv(self) -> list[str]:
+        m = self.machine
+        argv = [
+            m.qemu,
+            "-M", "virt",
+            "-cpu", m.cpu,
+            "-smp", str(self.smp),
+            "-m", str(m.memory),
+            "-accel", "tcg,thread=multi",
+            "-display", "none",
+            "-monitor", "none",
+            "-serial", "stdio",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+            "-kernel", str(self.kernel),
+            "-append", self.append,
+            "-drive", f"if=none,id=hd0,file={self.disk},format=qcow2,discard=unmap",
+            "-device", "virtio-blk-pci,drive=hd0",
+            "-netdev", "user,id=net0",
+            "-device", "virtio-net-pci,netdev=net0,romfile=",
+            "-device", "virtio-rng-pci",
+            "-no-reboot",
+        ]  # fmt: skip
+        if self.initrd is not None:
+            argv += ["-initrd", str(self.initrd)]
+        return argv
+
+    def __enter__(self) -> VM:
+        require_tool(self.machine.qemu, "qemu-system-arm")
+        log.debug("qemu: %s", " ".join(self.argv()))
+        self._started = time.monotonic()
+        self._proc = subprocess.Popen(
+            self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        threading.Thread(target=self._read_console, name="qemu-console", daemon=True).start()
+        threading.Thread(target=self._watch_rss, name="qemu-rss", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self._control, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def lines(self, timeout: float) -> Iterator[ConsoleLine]:
+        """Console lines as they come, until QEMU exits or `timeout` seconds pass in total."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                line = self._lines.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                if not self.running and self._lines.empty():
+                    return
+                continue
+            if line is None:
+                return
+            yield line
+
+    def _read_console(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        with open(self.console_log, "w", encoding="utf-8", errors="replace") as out:
+            for raw in self._proc.stdout:
+                text = _ANSI.sub("", raw.decode("utf-8", errors="replace")).rstrip("\n")
+                out.write(text + "\n")
+                out.flush()
+                self._lines.put(ConsoleLine(time.monotonic() - self._started, text))
+        self._lines.put(None)
+
+    def _watch_rss(self) -> None:
+        status = Path(f"/proc/{self._proc.pid if self._proc else 0}/status")
+        while self.running:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
+            except OSError:
+                return
+            time.sleep(0.5)
+
+    def stop(self, grace: float = 20.0) -> None:
+        """QMP `quit`; SIGTERM then SIGKILL only if QEMU does not go."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            self.qmp("quit")
+        except (OSError, BuildError) as exc:
+            log.debug("qmp quit failed: %s", exc)
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None:
+                proc.send_signal(sig)
+            try:
+                proc.wait(timeout=grace if sig is None else 5)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def qmp(self, command: str) -> object:
+        """Run one QMP command and return its result."""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        monitor = QEMUMonitorProtocol(str(self.qmp_socket))
+        try:
+            monitor.connect()
+            return monitor.cmd(command)
+        except Exception as exc:  # the library raises its own error types
+            raise BuildError(f"QMP {command}: {exc}") from None
+        finally:
+            monitor.close()
+
+
+def require_qemu(arch: str) -> Machine:
+    if arch not in MACHINES:
+        raise UserError(f"no QEMU machine for architecture {arch!r} (arm64 or armhf)")
+    machine = MACHINES[arch]
+    require_tool(machine.qemu, "qemu-system-arm")
+    if not os.access("/dev/null", os.W_OK):
+        raise BuildError("/dev/null is not writable")
+    return machine
