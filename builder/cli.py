@@ -138,6 +138,40 @@ def _register_boot_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.set_defaults(handler=boottest.command)
 
 
+def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from builder import demo
+
+    p = sub.add_parser(
+        "demo", help="base -> build the example -> boot-test it under QEMU -> joined"
+    )
+    p.add_argument(
+        "--config", default=str(demo.EXAMPLE), help="fleet YAML (default: the bundled example)"
+    )
+    p.add_argument("-o", "--output-dir", metavar="DIR", help="overrides output.dir")
+    p.add_argument("--timeout", type=float, default=900)
+    p.set_defaults(handler=demo.command)
+
+
+def _register_flash(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from builder import flash
+
+    p = sub.add_parser(
+        "flash", help="write an image to an SD card with its .bmap, verify, personalize"
+    )
+    p.add_argument("image", help="image to write (its .bmap next to it is used when present)")
+    p.add_argument(
+        "target", help="the whole card, e.g. /dev/sdb or /dev/mmcblk0 (or an image file)"
+    )
+    p.add_argument("--bmap", metavar="FILE", help="bmap file (default: IMAGE.bmap)")
+    p.add_argument("--config", help="fleet YAML, to personalize the card for --device")
+    p.add_argument("--device", metavar="HOST", help="device to personalize the card as")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--dry-run", action="store_true", help="show what would be written; write nothing"
+    )
+    p.set_defaults(handler=flash.command)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_build,
     _register_inspect,
@@ -146,6 +180,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     _register_token,
     _register_base,
     _register_boot_test,
+    _register_demo,
+    _register_flash,
 ]
 
 

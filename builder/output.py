@@ -7,6 +7,7 @@ with the image when the whole build has succeeded (see builder.build).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -14,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import firstboot
-from builder import __version__
+from builder import __version__, bmap
 from builder.atomic import replace_when_done
 from builder.console import progress
-from builder.disk.sparse import sha256_file
 from builder.errors import BuildError
 from builder.plan import Input, Plan
 
@@ -36,8 +36,14 @@ def write_all(
     """Write every output for the image being built at `image_tmp`; renamed when `stack` closes."""
     final = plan.image_path
     with progress("hashing image", image_tmp.stat().st_size) as bar:
-        image_sha = sha256_file(image_tmp, bar.advance)
-    written = [Written(final, image_sha)]
+        result = bmap.scan(image_tmp, bar.advance)
+    written = [Written(final, result.sha256)]
+    if plan.config.output.bmap:
+        data = bmap.render(result)
+        bmap_path = final.with_name(final.name + ".bmap")
+        tmp = stack.enter_context(replace_when_done(bmap_path, 0o644))
+        tmp.write_bytes(data)
+        written.append(Written(bmap_path, hashlib.sha256(data).hexdigest()))
     for fmt in plan.config.output.formats:
         if fmt != "img":
             raise BuildError(f"output format {fmt} is not available in this build")

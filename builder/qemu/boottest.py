@@ -56,6 +56,7 @@ class BootOptions:
     token: Secret | None = None  # with `server`, or to override the test server's token
     keep: Path | None = None  # keep the VM's disk and console log here
     server_down_for: float = 0.0  # the test server is unreachable for this long at first
+    server_state: Path | None = None  # the test server's CA and registry (default: fresh)
 
 
 @dataclass
@@ -155,7 +156,8 @@ def _server(
     if opts.server is not None:
         assert opts.token is not None
         return opts.server, opts.token
-    server = stack.enter_context(K3sTestServer(state_dir=work / "k3s-test-server"))
+    state = opts.server_state or work / "k3s-test-server"
+    server = stack.enter_context(K3sTestServer(state_dir=state))
     log.info("K3s test server on %s (the guest sees %s)", server.url, server.guest_url)
     return server, opts.token or Secret(server.mint_token())
 

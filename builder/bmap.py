@@ -1,0 +1,151 @@
+"""Block maps (bmap format 2.0, as bmaptool reads them): which blocks of an image hold data.
+
+`scan` reads an image's data once and computes, in the same pass, the sha256
+of the whole image (holes hashed as zeros, never read) and of every mapped
+range, the two on separate cores. `write_bmap` turns that into a .bmap file;
+`copy` writes only the mapped ranges to a card or file and verifies them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+from builder.console import human_size
+from builder.disk.sparse import Advance, data_ranges
+from builder.errors import BuildError, UserError
+
+BLOCK = 4096
+_CHUNK = 4 * 1024 * 1024
+_ZEROS = bytes(_CHUNK)
+
+
+@dataclass(frozen=True)
+class Range:
+    first: int  # block numbers, inclusive
+    last: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Scan:
+    size: int
+    sha256: str  # of the whole image
+    ranges: tuple[Range, ...]
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.size // BLOCK)
+
+    @property
+    def mapped_blocks(self) -> int:
+        return sum(r.last - r.first + 1 for r in self.ranges)
+
+
+def mapped_spans(fd: int, size: int) -> list[tuple[int, int]]:
+    """Block-aligned (first, last) block spans covering every data extent, merged."""
+    spans: list[tuple[int, int]] = []
+    for off, length in data_ranges(fd, 0, size):
+        first, last = off // BLOCK, (off + length - 1) // BLOCK
+        if spans and first <= spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], last))
+        else:
+            spans.append((first, last))
+    return spans
+
+
+def scan(path: Path, advance: Advance | None = None) -> Scan:
+    whole = hashlib.sha256()
+    ranges = []
+    with open(path, "rb") as f, ThreadPoolExecutor(max_workers=1) as other_core:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        pos = 0
+        for first, last in mapped_spans(fd, size):
+            start, end = first * BLOCK, min((last + 1) * BLOCK, size)
+            _zeros(whole, start - pos)
+            part = hashlib.sha256()
+            while start < end:
+                chunk = os.pread(fd, min(_CHUNK, end - start), start)
+                if not chunk:
+                    raise BuildError(f"{path}: unexpected end of file at byte {start}")
+                pending = other_core.submit(whole.update, chunk)  # hashlib releases the GIL
+                part.update(chunk)
+                pending.result()
+                start += len(chunk)
+                if advance is not None:
+                    advance(len(chunk))
+            ranges.append(Range(first, last, part.hexdigest()))
+            pos = end
+        _zeros(whole, size - pos)
+    return Scan(size, whole.hexdigest(), tuple(ranges))
+
+
+def _zeros(digest: hashlib._Hash, count: int) -> None:
+    while count > 0:
+        step = min(count, _CHUNK)
+        digest.update(_ZEROS if step == _CHUNK else _ZEROS[:step])
+        count -= step
+
+
+def render(result: Scan) -> bytes:
+    """The .bmap file (version 2.0) for `result`, with its own checksum filled in."""
+    mapped = result.mapped_blocks * BLOCK
+    percent = 100.0 * result.mapped_blocks / max(result.blocks, 1)
+    lines = [
+        '<?xml version="1.0" ?>',
+        "<!-- Block map of an image: the blocks that hold data and must be written.",
+        "     Written by pifleet; read by bmaptool and `pifleet flash`. -->",
+        '<bmap version="2.0">',
+        f"    <!-- Image size in bytes: {human_size(result.size)} -->",
+        f"    <ImageSize> {result.size} </ImageSize>",
+        "    <!-- Size of a block in bytes -->",
+        f"    <BlockSize> {BLOCK} </BlockSize>",
+        "    <!-- Count of blocks in the image file -->",
+        f"    <BlocksCount> {result.blocks} </BlocksCount>",
+        f"    <!-- Count of mapped blocks: {human_size(mapped)} or {percent:.1f}% -->",
+        f"    <MappedBlocksCount> {result.mapped_blocks} </MappedBlocksCount>",
+        "    <!-- Type of checksum used in this file -->",
+        "    <ChecksumType> sha256 </ChecksumType>",
+        "    <!-- The checksum of this bmap file, computed with this field all '0'. -->",
+        f"    <BmapFileChecksum> {'0' * 64} </BmapFileChecksum>",
+        "    <BlockMap>",
+    ]
+    for r in result.ranges:
+        span = f"{r.first}-{r.last}" if r.last != r.first else f"{r.first}"
+        lines.append(f'        <Range chksum="{r.sha256}"> {span} </Range>')
+    lines += ["    </BlockMap>", "</bmap>", ""]
+    text = "\n".join(lines)
+    checksum = hashlib.sha256(text.encode()).hexdigest()
+    return text.replace("0" * 64, checksum, 1).encode()
+
+
+def parse(data: bytes, where: str) -> Scan:
+    """A .bmap file back into a Scan (whole-image sha256 unknown: ''), its checksum verified."""
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise UserError(f"{where}: not a bmap file: {exc}") from None
+    if root.tag != "bmap" or not root.get("version", "").startswith("2."):
+        raise UserError(f"{where}: unsupported bmap version {root.get('version')!r} (need 2.x)")
+
+    def text(tag: str) -> str:
+        node = root.find(tag)
+        if node is None or node.text is None:
+            raise UserError(f"{where}: bmap has no <{tag}>")
+        return node.text.strip()
+
+    stated = text("BmapFileChecksum")
+    if hashlib.sha256(data.replace(stated.encode(), b"0" * 64, 1)).hexdigest() != stated:
+        raise UserError(f"{where}: the bmap file's own checksum does not match (corrupt file?)")
+    if text("ChecksumType") != "sha256" or int(text("BlockSize")) != BLOCK:
+        raise UserError(f"{where}: only sha256 bmaps with {BLOCK}-byte blocks are supported")
+    ranges = []
+    for node in root.iter("Range"):
+        first, _, last = (node.text or "").strip().partition("-")
+        ranges.append(Range(int(first), int(last or first), node.get("chksum", "")))
+    return Scan(int(text("ImageSize")), "", tuple(ranges))

@@ -1,0 +1,61 @@
+"""`pifleet demo`: the README's main job, offline, on the bundled example.
+
+  1. `pifleet base`: a QEMU-bootable base laid out like Raspberry Pi OS Trixie (cached);
+  2. `pifleet build config/example.yaml` on it, with the K3s test stand-in as K3s;
+  3. `pifleet personalize` the first device of the example (its seed names it);
+  4. `pifleet boot-test` of that device image against the K3s test server: "joined".
+
+The K3s test server's state lives in the output directory, so the token the
+image is built with is the one the booted device presents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from builder import build, personalize
+from builder.config import load
+from builder.plan import resolve
+from builder.qemu import base, boottest
+from builder.qemu.testserver import K3sTestServer
+
+log = logging.getLogger("pifleet.demo")
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
+
+
+def command(args: argparse.Namespace) -> int:
+    config = load(Path(args.config))
+    print(f"[1/4] base image for {config.arch} (built once, then cached)", flush=True)
+    base_image = base.ensure_base(config.arch)
+    out = (Path(args.output_dir) if args.output_dir else config.output.dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    server_state = out / "k3s-test-server"
+    with K3sTestServer(state_dir=server_state) as server:
+        token = server.mint_token()
+    os.environ[config.cluster.token_env or "PIFLEET_TOKEN"] = token
+    print(f"[2/4] pifleet build {args.config}", flush=True)
+    plan = resolve(config, base_override=base_image, output_dir=out)
+    golden = build.build(plan)[0].path
+    device = config.devices[0]
+    print(f"[3/4] pifleet personalize --device {device.hostname}", flush=True)
+    device_image = out / f"{device.hostname}.img"
+    personalize.personalize_copy(
+        golden, device_image, config, device, personalize.secrets_for(config, device)
+    )
+    print(f"[4/4] pifleet boot-test {device_image}", flush=True)
+    opts = boottest.BootOptions(image=device_image, timeout=args.timeout, server_state=server_state)
+    result = boottest.boot_test(
+        opts, on_milestone=lambda name, s: print(f"{s:8.1f} s  {name}", flush=True)
+    )
+    if result.joined:
+        print(
+            f"joined: {result.node} registered with the K3s test server in {result.seconds:.0f} s"
+        )
+        return 0
+    print(f"FAILED: {result.failure}")
+    for line in result.tail():
+        print(f"  | {line}")
+    return 1
