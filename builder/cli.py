@@ -172,6 +172,18 @@ def _register_flash(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=flash.command)
 
 
+def _register_sources(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from builder import catalog, sources
+
+    p = sub.add_parser("images", help="list the catalog of base images")
+    p.set_defaults(handler=catalog.command)
+    p = sub.add_parser(
+        "fetch", help="download and verify a config's base and K3s, for offline builds"
+    )
+    p.add_argument("config", help="fleet YAML file")
+    p.set_defaults(handler=sources.fetch_command)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_build,
     _register_inspect,
@@ -182,6 +194,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     _register_boot_test,
     _register_demo,
     _register_flash,
+    _register_sources,
 ]
 
 

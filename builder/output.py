@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import firstboot
-from builder import __version__, bmap
+from builder import __version__, bmap, compress, imager
 from builder.atomic import replace_when_done
 from builder.console import progress
-from builder.errors import BuildError
 from builder.plan import Input, Plan
 
 log = logging.getLogger("pifleet.output")
@@ -28,6 +27,7 @@ log = logging.getLogger("pifleet.output")
 class Written:
     path: Path  # final name
     sha256: str
+    staged: Path | None = None  # where it is until the build renames it into place
 
 
 def write_all(
@@ -37,16 +37,36 @@ def write_all(
     final = plan.image_path
     with progress("hashing image", image_tmp.stat().st_size) as bar:
         result = bmap.scan(image_tmp, bar.advance)
-    written = [Written(final, result.sha256)]
+    written = [Written(final, result.sha256, image_tmp)]
     if plan.config.output.bmap:
         data = bmap.render(result)
         bmap_path = final.with_name(final.name + ".bmap")
         tmp = stack.enter_context(replace_when_done(bmap_path, 0o644))
         tmp.write_bytes(data)
         written.append(Written(bmap_path, hashlib.sha256(data).hexdigest()))
-    for fmt in plan.config.output.formats:
-        if fmt != "img":
-            raise BuildError(f"output format {fmt} is not available in this build")
+    compressed = [
+        _compressed(plan, image_tmp, fmt, stack)
+        for fmt in plan.config.output.formats
+        if fmt != "img"
+    ]
+    written += compressed
+    download = next((w for w in compressed if w.path.name.endswith(".xz")), written[0])
+    assert download.staged is not None
+    listing = imager.os_list(
+        f"{plan.config.name} (pifleet)",
+        f"{plan.config.name}: K3s fleet image built by pifleet {__version__}",
+        plan.config.arch,
+        result.size,
+        result.sha256,
+        download.path.name,
+        download.staged.stat().st_size,
+        download.sha256,
+        plan.epoch,
+    )
+    list_tmp = stack.enter_context(
+        replace_when_done(plan.output_dir / f"{plan.config.name}.os_list.json", 0o644)
+    )
+    list_tmp.write_bytes(listing)
     sums = "".join(f"{w.sha256}  {w.path.name}\n" for w in written)
     sums_tmp = stack.enter_context(replace_when_done(plan.output_dir / "SHA256SUMS", 0o644))
     sums_tmp.write_text(sums)
@@ -55,6 +75,13 @@ def write_all(
         json.dumps(manifest(plan, facts, written), indent=2, sort_keys=True) + "\n"
     )
     return written
+
+
+def _compressed(plan: Plan, image_tmp: Path, fmt: str, stack: contextlib.ExitStack) -> Written:
+    final = plan.output_dir / f"{plan.config.name}.{fmt}"
+    tmp = stack.enter_context(replace_when_done(final, 0o644))
+    log.info("compressing %s", final.name)
+    return Written(final, compress.compress(image_tmp, tmp, fmt), tmp)
 
 
 def manifest(plan: Plan, facts: dict[str, Any], written: list[Written]) -> dict[str, Any]:

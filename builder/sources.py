@@ -1,54 +1,124 @@
-"""Where the base image and the K3s binary come from: local files (catalog and downloads
-are resolved by builder.catalog / builder.fetch).
+"""Where the base image and K3s come from: catalog names, URLs, releases or local files,
+all verified, downloaded once, and turned into files the build can read.
+
+Compressed bases are decompressed once into `<cache>/bases/<sha256 of the
+download>/` (sparse), checked against the published `extract_sha256` when
+there is one, and never written to afterwards.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 from pathlib import Path
 
+from builder import catalog, compress
+from builder.atomic import replace_when_done
+from builder.cache import cache_dir
 from builder.config import BaseSource, K3sSource
+from builder.console import progress
 from builder.digests import sha256_of
 from builder.errors import UserError
+from builder.fetch import fetch, fetch_text
 from builder.plan import Input
+
+log = logging.getLogger("pifleet.sources")
 
 
 def obtain_base(src: BaseSource, arch: str, *, where: str) -> Input:
     if src.path is not None:
         return local_base(src.path, src.sha256, where=f"{where}.path")
-    raise UserError(
-        f"{where}: only base.path is supported in this build (catalog and URLs: pifleet fetch)"
+    if src.url is not None:
+        assert src.sha256 is not None  # the config requires it
+        download = fetch(src.url, src.sha256, where=f"{where}.url")
+        return _raw_base(download, src.sha256, None, origin=src.url, where=where)
+    assert src.name is not None
+    entry = catalog.entry(src.name, arch, where)
+    if entry.source == "pifleet-base":
+        from builder.qemu.base import ensure_base
+
+        path = ensure_base(arch)
+        return Input(role="base", path=path, sha256=None, origin=entry.name)
+    resolved = catalog.resolve(entry, src.os_list, where)
+    log.info(
+        "base %s resolves to %s (%s)", entry.name, resolved.url, resolved.release_date or "undated"
     )
+    download = fetch(resolved.url, resolved.sha256, where=where)
+    found = _raw_base(
+        download, resolved.sha256, resolved.extract_sha256, origin=entry.name, where=where
+    )
+    return Input("base", found.path, found.sha256, found.origin, version=resolved.release_date)
+
+
+def local_base(path: Path, sha256: str | None, *, where: str) -> Input:
+    """A base from disk. A raw .img without an expected sha256 is hashed by the build, while it
+    copies (the digest is only for the manifest)."""
+    _check_file(path, where)
+    if compress.kind(path) != "img":
+        digest = _verified(path, sha256, where)
+        return _raw_base(path, digest, None, origin=str(path), where=where)
+    if sha256 is None:
+        return Input(role="base", path=path.resolve(), sha256=None, origin=str(path))
+    return Input("base", path.resolve(), _verified(path, sha256, where), str(path))
+
+
+def _raw_base(
+    download: Path, digest: str, extract_sha256: str | None, *, origin: str, where: str
+) -> Input:
+    """`download` as a raw image: itself when raw, else decompressed once into the cache."""
+    if compress.kind(download) == "img":
+        return Input("base", download, digest, origin)
+    name = download.name
+    for suffix in compress.COMPRESSED:
+        name = name.removesuffix(suffix)
+    raw = cache_dir("bases") / digest / (name if name.endswith(".img") else name + ".img")
+    if raw.exists():
+        return Input("base", raw, None, origin)
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    log.info("decompressing %s", download.name)
+    with replace_when_done(raw, 0o444) as tmp, progress("decompressing", None) as bar:
+        raw_digest = compress.decompress(download, tmp, bar.advance)
+        if extract_sha256 and raw_digest != extract_sha256.lower():
+            raise UserError(
+                f"{where}: the decompressed image's sha256 is {raw_digest}, not the published {extract_sha256}"
+            )
+    return Input("base", raw, None, origin)
 
 
 def obtain_k3s(src: K3sSource, arch: str, *, where: str) -> Input:
     if src.binary is not None:
         return local_k3s(src.binary, src.sha256, where=f"{where}.binary")
-    raise UserError(
-        f"{where}: only k3s.binary is supported in this build (releases: pifleet fetch)"
+    version = catalog.k3s_version(src.version, src.channel, src.channel_url, where)
+    binary_url, sums_url, _airgap = catalog.k3s_assets(src.release_url, version, arch)
+    sums = fetch_text(sums_url, where)
+    asset = binary_url.rsplit("/", 1)[1]
+    path = fetch(binary_url, catalog.checksum_for(sums, asset, where), name=asset, where=where)
+    return Input(
+        "k3s", path, sha256_of(path), f"{src.release_url}/{version}/{asset}", version=version
     )
+
+
+def local_k3s(path: Path, sha256: str | None, *, where: str) -> Input:
+    _check_file(path, where)
+    return Input("k3s", path.resolve(), _verified(path, sha256, where), str(path))
 
 
 def obtain_airgap(src: K3sSource, arch: str, k3s: Input, *, where: str) -> Input | None:
     if src.airgap_path is not None:
-        return _local_file("airgap-images", src.airgap_path, None, where=f"{where}.airgap_images")
-    if src.airgap_images:
-        raise UserError(f"{where}.airgap_images: downloading air-gap images needs k3s.version")
-    return None
-
-
-def local_base(path: Path, sha256: str | None, *, where: str) -> Input:
-    """A raw base image. Without an expected sha256 the digest (for the manifest only) is left
-    to the build, which computes it while copying."""
-    if path.suffix != ".img":
-        raise UserError(f"{where}: {path}: expected a raw .img file")
-    if sha256 is None:
-        _check_file(path, where)
-        return Input(role="base", path=path.resolve(), sha256=None, origin=str(path))
-    return _local_file("base", path, sha256, where=where)
-
-
-def local_k3s(path: Path, sha256: str | None, *, where: str) -> Input:
-    return _local_file("k3s", path, sha256, where=where)
+        _check_file(src.airgap_path, f"{where}.airgap_images")
+        digest = sha256_of(src.airgap_path)
+        return Input("airgap-images", src.airgap_path.resolve(), digest, str(src.airgap_path))
+    if not src.airgap_images:
+        return None
+    if k3s.version is None:
+        raise UserError(
+            f"{where}.airgap_images: true needs k3s.version or k3s.channel (or give a file)"
+        )
+    _binary, sums_url, airgap_url = catalog.k3s_assets(src.release_url, k3s.version, arch)
+    asset = airgap_url.rsplit("/", 1)[1]
+    digest = catalog.checksum_for(fetch_text(sums_url, where), asset, where)
+    path = fetch(airgap_url, digest, name=asset, where=where)
+    return Input("airgap-images", path, digest, airgap_url, version=k3s.version)
 
 
 def _check_file(path: Path, where: str) -> None:
@@ -58,8 +128,7 @@ def _check_file(path: Path, where: str) -> None:
         raise UserError(f"{where}: {path} is not a regular file")
 
 
-def _local_file(role: str, path: Path, sha256: str | None, *, where: str) -> Input:
-    _check_file(path, where)
+def _verified(path: Path, sha256: str | None, where: str) -> str:
     try:
         digest = sha256_of(path)
     except OSError as exc:
@@ -68,4 +137,20 @@ def _local_file(role: str, path: Path, sha256: str | None, *, where: str) -> Inp
         raise UserError(
             f"{where}: sha256 mismatch for {path}: expected {sha256.lower()}, got {digest}"
         )
-    return Input(role=role, path=path.resolve(), sha256=digest, origin=str(path))
+    return digest
+
+
+def fetch_command(args: argparse.Namespace) -> int:
+    """`pifleet fetch CONFIG`: download and verify everything a build needs, for offline use."""
+    from builder.config import load
+
+    config = load(Path(args.config))
+    where = str(config.source)
+    base = obtain_base(config.base, config.arch, where=f"{where}: base")
+    k3s = obtain_k3s(config.k3s, config.arch, where=f"{where}: k3s")
+    airgap = obtain_airgap(config.k3s, config.arch, k3s, where=f"{where}: k3s")
+    for item in (base, k3s, airgap):
+        if item is not None:
+            version = f" {item.version}" if item.version else ""
+            print(f"{item.role:14} {item.origin}{version}\n{'':14} -> {item.path}")
+    return 0

@@ -9,7 +9,7 @@ APT_PACKAGES=(
   mtools e2fsprogs dosfstools fdisk bmap-tools cloud-init eatmydata
   xz-utils zstd unzip gzip openssl openssh-client
   qemu-system-arm qemu-utils qemu-user-static ipxe-qemu
-  mmdebstrap arch-test cpio ca-certificates debian-archive-keyring
+  mmdebstrap arch-test cpio kmod ca-certificates debian-archive-keyring
   python3 python3-venv make
 )
 # Real arm64/armhf ELF files used as stand-in K3s binaries in tests. The two

@@ -121,7 +121,10 @@ def ensure_base(
         image = build(recipe, work)
         image.replace(final)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("PIFLEET_KEEP_BASE_WORK"):
+            log.info("kept the work directory %s", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     log.info(
         "built %s (%s) in %.0f s",
         final,

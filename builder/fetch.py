@@ -1,0 +1,204 @@
+"""Downloads: content-addressed cache, resumable, sha256-verified before anything uses them.
+
+A file with a known sha256 lives at `<cache>/downloads/sha256/<digest>/<name>`;
+a cache hit does no network I/O. A download goes to `<cache>/downloads/partial/`
+and resumes there with an HTTP Range request after an interruption; it is
+hashed as it streams and promoted into the cache only when the digest
+matches. Transient failures are retried with backoff; every final failure is
+one line (404, TLS, DNS, refused, disk full). requests honours HTTPS_PROXY and
+REQUESTS_CA_BUNDLE; `file://` URLs serve offline copies.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import requests
+
+from builder import __version__
+from builder.cache import cache_dir
+from builder.console import progress
+from builder.errors import BuildError, UserError
+
+log = logging.getLogger("pifleet.fetch")
+
+ATTEMPTS = 4
+_CHUNK = 1024 * 1024
+_session: requests.Session | None = None
+
+
+def session() -> requests.Session:
+    global _session
+    if _session is None:
+        _session = requests.Session()
+        _session.headers["User-Agent"] = f"pifleet/{__version__}"
+    return _session
+
+
+def cached(sha256: str, name: str) -> Path:
+    return cache_dir("downloads") / "sha256" / sha256 / name
+
+
+def fetch(url: str, sha256: str, *, name: str | None = None, where: str = "download") -> Path:
+    """The verified file at `url` (from the cache when already there)."""
+    sha256 = sha256.lower()
+    name = name or Path(unquote(urlsplit(url).path)).name or "download"
+    final = cached(sha256, name)
+    if final.exists():
+        log.debug("cache hit for %s", url)
+        return final
+    partial = cache_dir("downloads") / "partial" / f"{sha256}.part"
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            _download(url, partial, where)
+            break
+        except _Transient as exc:
+            if attempt == ATTEMPTS:
+                raise BuildError(
+                    f"{where}: {url}: {exc} (gave up after {ATTEMPTS} attempts)"
+                ) from None
+            delay = random.uniform(0, min(30.0, 2.0**attempt))
+            log.warning("warning: %s: %s; retrying in %.0f s", url, exc, delay)
+            time.sleep(delay)
+    actual = _sha256(partial)
+    if actual != sha256:
+        partial.unlink(missing_ok=True)
+        raise UserError(f"{where}: sha256 mismatch for {url}: expected {sha256}, got {actual}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, final)
+    return final
+
+
+def fetch_text(url: str, where: str, limit: int = 32 * 1024 * 1024) -> str:
+    """A small document (OS list, checksum file, channel answer); not cached: it changes."""
+    if url.startswith("file://") or "://" not in url:
+        path = Path(unquote(urlsplit(url).path) if url.startswith("file://") else url)
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"{where}: {path}: {exc.strerror}") from None
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with _get(url, where, {}) as response:
+                body = response.raw.read(limit + 1, decode_content=True)
+            if len(body) > limit:
+                raise UserError(f"{where}: {url}: larger than {limit} bytes")
+            return body.decode("utf-8")
+        except _Transient as exc:
+            if attempt == ATTEMPTS:
+                raise BuildError(
+                    f"{where}: {url}: {exc} (gave up after {ATTEMPTS} attempts)"
+                ) from None
+            time.sleep(random.uniform(0, 2.0**attempt))
+    raise AssertionError("unreachable")
+
+
+def final_url(url: str, where: str) -> str:
+    """Where `url` redirects to (the K3s channel server answers with a redirect)."""
+    try:
+        response = session().head(url, allow_redirects=True, timeout=30)
+    except requests.RequestException as exc:
+        raise BuildError(f"{where}: {url}: {_describe(exc)}") from None
+    if response.status_code >= 400:
+        raise UserError(f"{where}: {url}: HTTP {response.status_code}")
+    return response.url
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection lost, timeout, 5xx)."""
+
+
+def _get(url: str, where: str, headers: dict[str, str]) -> requests.Response:
+    try:
+        response = session().get(url, stream=True, timeout=(20, 60), headers=headers)
+    except requests.exceptions.SSLError as exc:
+        raise UserError(f"{where}: {url}: TLS error: {_describe(exc)}") from None
+    except requests.exceptions.ConnectionError as exc:
+        message = _describe(exc)
+        if "Name or service not known" in message or "resolve" in message.lower():
+            raise UserError(f"{where}: {url}: cannot resolve the host name") from None
+        raise _Transient(message) from None
+    except requests.RequestException as exc:
+        raise _Transient(_describe(exc)) from None
+    if response.status_code in (404, 410):
+        response.close()
+        raise UserError(f"{where}: {url}: not found (HTTP {response.status_code})")
+    if response.status_code >= 500 or response.status_code == 429:
+        response.close()
+        raise _Transient(f"HTTP {response.status_code}")
+    if response.status_code >= 400:
+        response.close()
+        raise UserError(f"{where}: {url}: HTTP {response.status_code}")
+    return response
+
+
+def _download(url: str, partial: Path, where: str) -> None:
+    if url.startswith("file://"):
+        source = Path(unquote(urlsplit(url).path))
+        if not source.is_file():
+            raise UserError(f"{where}: {source} does not exist")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        _copy_to(source, partial)
+        return
+    have = partial.stat().st_size if partial.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with _get(url, where, headers) as response:
+        if have and response.status_code != 206:
+            have = 0  # the server ignored the Range: start over
+        total = int(response.headers.get("Content-Length", "0")) + have or None
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with (
+                open(partial, "ab" if have else "wb") as out,
+                progress(Path(partial).name[:12], total) as bar,
+            ):
+                bar.advance(have)
+                for chunk in response.iter_content(_CHUNK):
+                    out.write(chunk)
+                    bar.advance(len(chunk))
+        except requests.RequestException as exc:
+            raise _Transient(f"interrupted: {_describe(exc)}") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise BuildError(
+                    f"{where}: disk full while downloading {url} into {partial.parent}"
+                ) from None
+            raise
+
+
+def _copy_to(source: Path, dest: Path) -> None:
+    with open(source, "rb") as fin, open(dest, "wb") as fout:
+        while chunk := fin.read(_CHUNK):
+            fout.write(chunk)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in (
+        "Connection refused",
+        "timed out",
+        "Name or service not known",
+        "certificate verify failed",
+    ):
+        if marker in text:
+            return (
+                marker.lower()
+                if marker != "Name or service not known"
+                else "cannot resolve the host name"
+            )
+    return text.splitlines()[0][:200] if text else type(exc).__name__
