@@ -29,7 +29,7 @@ from builder.errors import BuildError, UserError
 
 log = logging.getLogger("pifleet.fetch")
 
-ATTEMPTS = 4
+ATTEMPTS = int(os.environ.get("PIFLEET_FETCH_ATTEMPTS", "4"))  # tries per download before giving up
 _CHUNK = 1024 * 1024
 _session: requests.Session | None = None
 
@@ -160,7 +160,8 @@ def _download(url: str, partial: Path, where: str) -> None:
                 progress(Path(partial).name[:12], total) as bar,
             ):
                 bar.advance(have)
-                for chunk in response.iter_content(_CHUNK):
+                # Small reads: what arrived before a connection drops is on disk to resume from.
+                for chunk in response.iter_content(64 * 1024):
                     out.write(chunk)
                     bar.advance(len(chunk))
         except requests.RequestException as exc:
