@@ -153,7 +153,14 @@ def load(path: Path) -> FleetConfig:
     from builder.schema import validate
 
     validate(raw, path)
-    return _Builder(path, raw).build()
+    config = _Builder(path, raw).build()
+    if config.devices_file is not None:
+        from dataclasses import replace
+
+        from builder.inventory import merged
+
+        config = replace(config, devices=merged(config))
+    return config
 
 
 class _Builder:

@@ -91,3 +91,12 @@ def _one_of_message(error: ValidationError) -> str:
             _TYPE_NAMES.get(sub.get("type", ""), "a value") if isinstance(sub, dict) else "?"
         )
     return f"must be {' or '.join(dict.fromkeys(kinds))}, got {error.instance!r}"
+
+
+def device_errors(raw: Any) -> list[ValidationError]:
+    """Schema errors of one inventory row against the `devices:` item definition."""
+    schema = json.loads(SCHEMA_PATH.read_text())
+    item = {**schema["$defs"]["device"], "$defs": schema["$defs"]}
+    cls = jsonschema.validators.validator_for(schema)
+    error = best_match(cls(item).iter_errors(raw))
+    return [error] if error is not None else []
