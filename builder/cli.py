@@ -221,6 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130 if isinstance(exc, KeyboardInterrupt) else 143
     except BrokenPipeError:
         return 1
+    except Exception as exc:  # a bug: still one line; the traceback with -v
+        if args.verbose:
+            raise
+        print(
+            f"pifleet: internal error: {type(exc).__name__}: {exc} (run with -v for details)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

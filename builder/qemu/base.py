@@ -7,6 +7,9 @@ from /boot/firmware as Pi OS configures it; /etc/machine-id `uninitialized`.
 Unlike Pi OS it carries a generic Debian kernel (and a host-built initramfs) in
 /boot of the root filesystem, so `pifleet boot-test` can boot it under `-M virt`.
 
+Unlike Pi OS it also has no udev hwdb.bin (see debian.skip_hwdb): building it
+emulated costs minutes, and nothing a boot test checks needs it.
+
 Results are cached under the cache directory keyed by every input, so a
 second request returns in seconds. Needs root (mmdebstrap --mode=root and
 binfmt_misc); the image assembly itself is rootless.
@@ -34,7 +37,7 @@ from builder.run import run
 
 log = logging.getLogger("pifleet.base")
 
-RECIPE_VERSION = 3  # bump when anything below changes what a base contains
+RECIPE_VERSION = 4  # bump when anything below changes what a base contains
 MIB = 1024 * 1024
 BOOT_START = 16384  # sectors, as Raspberry Pi OS Trixie
 BOOT_SIZE = 512 * MIB
@@ -152,6 +155,7 @@ def build(recipe: Recipe, work: Path) -> Path:
     initramfs.build(rootfs, version, busybox, rootfs / f"boot/initrd.img-{version}", epoch)
     (rootfs / "boot/initrd.img").symlink_to(f"initrd.img-{version}")
     log.info("byte-compiling Python %s", debian.compile_python(rootfs, spec.python))
+    debian.skip_hwdb(rootfs)
     configure_rootfs(rootfs, recipe.disk_id)
     boot = work / "boot"
     write_boot_files(boot, recipe.disk_id)

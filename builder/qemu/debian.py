@@ -10,6 +10,7 @@ on the host afterwards when a matching python3.X exists (else in the chroot).
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -41,8 +42,17 @@ class Bootstrap:
     python: str  # the suite's python3.X, whose byte-compilation is moved to the host
 
     @property
-    def diverted(self) -> tuple[str, ...]:
-        return (f"/usr/lib/{self.python}/py_compile.py", "/usr/bin/py3compile")
+    def diverted(self) -> dict[str, str]:
+        """Files replaced while packages install, and their stand-in content: work that would
+        run emulated and is either redone natively afterwards or not needed in a base."""
+        noop = "#!/bin/sh\n"
+        return {
+            f"/usr/lib/{self.python}/py_compile.py": noop,  # python3.X postinst: byte-compiles the stdlib
+            "/usr/bin/py3compile": noop,  # every python3-* postinst
+            "/usr/bin/systemd-hwdb": noop,  # udev's hwdb.bin: see skip_hwdb
+            "/usr/bin/ssh-keygen": noop,  # openssh-server postinst: host keys are removed anyway
+            "/usr/share/i18n/SUPPORTED": "",  # locales postinst greps every supported locale
+        }
 
 
 def bootstrap(spec: Bootstrap, rootfs: Path, downloads: Path) -> None:
@@ -78,12 +88,12 @@ def bootstrap(spec: Bootstrap, rootfs: Path, downloads: Path) -> None:
 
 
 def _divert_hook(spec: Bootstrap) -> str:
-    """Make byte-compilation a no-op while packages install (it would run emulated)."""
+    """Put the stand-ins of `spec.diverted` in place before the non-essential packages install."""
     steps = []
-    for path in spec.diverted:
+    for path, content in spec.diverted.items():
         steps.append(
             f'dpkg-divert --root "$1" --quiet --local --rename --divert {path}.pifleet --add {path}'
-            f' && mkdir -p "$1{Path(path).parent}" && printf "#!/bin/sh\\n" > "$1{path}"'
+            f' && mkdir -p "$1{Path(path).parent}" && printf {shlex.quote(content)} > "$1{path}"'
             f' && chmod 0755 "$1{path}"'
         )
     return " && ".join(steps)
@@ -147,7 +157,19 @@ def busybox_binary(downloads: Path, scratch: Path) -> Path:
     if not debs:
         raise BuildError("busybox-static was not downloaded")
     run(["dpkg-deb", "-x", str(debs[-1]), str(scratch)], what="unpacking busybox-static")
-    return scratch / "bin/busybox"
+    for candidate in ("usr/bin/busybox", "bin/busybox"):  # merged /usr or not
+        if (scratch / candidate).is_file():
+            return scratch / candidate
+    raise BuildError(f"{debs[-1].name} has no busybox binary")
+
+
+def skip_hwdb(rootfs: Path) -> None:
+    """No udev hwdb.bin in a QEMU test base: building it takes minutes emulated, and udev works
+    without it (it only adds vendor names and the like). Its first-boot rebuild is masked too,
+    or every boot test would pay those minutes under TCG."""
+    unit = rootfs / "etc/systemd/system/systemd-hwdb-update.service"
+    unit.unlink(missing_ok=True)
+    unit.symlink_to("/dev/null")
 
 
 def compile_python(rootfs: Path, python: str) -> str:
