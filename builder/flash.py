@@ -1,10 +1,13 @@
 """`pifleet flash IMAGE /dev/sdX`: write an image to an SD card, safely, with its .bmap.
 
-Refused: anything that is not a whole removable/USB/MMC disk, anything with a
-mounted partition, and the disk holding `/`. pifleet unmounts nothing. The
-card's model, size and serial are shown and the user must confirm (or pass
---yes). Only the mapped ranges are written; they are read back from the card
-(page cache dropped first) and checked; then the card is personalized.
+Refused: anything that is not a whole removable/USB/MMC disk, a card with no
+medium, anything with a partition mounted (directly or through device-mapper
+or RAID), the disk holding `/`, and the image (or its .bmap) itself. pifleet
+unmounts nothing. The card's model, size and serial are shown and the user
+must confirm (or pass --yes); so must a regular file that already holds data.
+Only the mapped ranges are written, each checked against the .bmap as it is
+read from the image; they are then read back from the card (page cache
+dropped first) and checked again; then the card is personalized.
 
 Every sysfs/procfs read goes through `system_root`, so the rules are tested on
 fabricated trees.
@@ -13,12 +16,15 @@ fabricated trees.
 from __future__ import annotations
 
 import argparse
+import errno
+import hashlib
 import os
 import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from builder import bmap
 from builder.console import human_size, progress
@@ -45,7 +51,8 @@ class Target:
 
     def summary(self) -> str:
         if not self.block:
-            return f"{self.path} (a regular file)"
+            held = f", {human_size(self.size)}" if self.size else ""
+            return f"{self.path} (a regular file{held})"
         facts = [self.model or "unknown model", human_size(self.size)]
         if self.serial:
             facts.append(f"serial {self.serial}")
@@ -62,6 +69,8 @@ def describe(path: Path, system_root: Path = Path("/")) -> Target:
         if path.parent.is_dir() and not str(path).startswith("/dev/"):
             return Target(path, block=False)
         raise UserError(f"{path}: no such device or file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: {exc.strerror}") from None
     if stat.S_ISREG(st.st_mode):
         return Target(path, block=False, size=st.st_size)
     if not stat.S_ISBLK(st.st_mode):
@@ -70,31 +79,30 @@ def describe(path: Path, system_root: Path = Path("/")) -> Target:
     node = sysdev.resolve()
     if not node.exists():
         raise UserError(f"{path}: the kernel does not know this device (no {sysdev})")
+    return _block_target(path, node, system_root)
+
+
+def _block_target(path: Path, node: Path, system_root: Path) -> Target:
     partition = (node / "partition").exists()
     disk = node.parent if partition else node
     children = tuple(sorted(p.name for p in disk.iterdir() if (p / "partition").exists()))
     devs = {_read(disk / "dev")} | {_read(disk / c / "dev") for c in children}
-    mounted, root_dev = _mounts(system_root)
+    mounts, root_devs = _mounts(system_root)
+    above = _closure(system_root, devs, "holders", parents=False)
+    vendor = _read(disk / "device/vendor")
+    model = _read(disk / "device/model") or _read(disk / "device/name")
     return Target(
         path=path,
         block=True,
         name=node.name,
         size=int(_read(disk / "size") or 0) * 512,
-        model=" ".join(
-            filter(
-                None,
-                [
-                    _read(disk / "device/vendor"),
-                    _read(disk / "device/model") or _read(disk / "device/name"),
-                ],
-            )
-        ),
+        model=" ".join(filter(None, [vendor, model])),
         serial=_read(disk / "device/serial") or _udev_serial(system_root, _read(disk / "dev")),
-        transport="usb" if "/usb" in str(disk) else ("mmc" if "/mmc" in str(disk) else ""),
+        transport=_transport(disk, system_root),
         removable=_read(disk / "removable") == "1",
         partition=partition,
-        mounted=tuple(sorted(point for dev, point in mounted if dev in devs)),
-        holds_root=bool(devs & _with_slaves(system_root, root_dev)),
+        mounted=tuple(sorted({point for found, point in mounts if found & above})),
+        holds_root=bool(devs & _closure(system_root, root_devs, "slaves", parents=True)),
         children=children,
     )
 
@@ -106,38 +114,78 @@ def _read(path: Path) -> str:
         return ""
 
 
+def _transport(disk: Path, system_root: Path) -> str:
+    """usb or mmc from the disk's place in the device tree (judged below `system_root` only)."""
+    try:
+        where = "/" + str(disk.relative_to(system_root.resolve()))
+    except ValueError:
+        where = str(disk)
+    return "usb" if "/usb" in where else ("mmc" if "/mmc" in where else "")
+
+
 def _udev_serial(system_root: Path, dev: str) -> str:
+    found = {}
     for line in _read(system_root / f"run/udev/data/b{dev}").splitlines():
-        if line.startswith("E:ID_SERIAL_SHORT=") or line.startswith("E:ID_SERIAL="):
-            return line.split("=", 1)[1]
-    return ""
+        key, _, value = line.partition("=")
+        found[key] = value
+    return found.get("E:ID_SERIAL_SHORT") or found.get("E:ID_SERIAL", "")
 
 
-def _mounts(system_root: Path) -> tuple[list[tuple[str, str]], str]:
-    """(major:minor, mount point) of every mount, and the major:minor holding /."""
-    mounts, root = [], ""
+def _mounts(system_root: Path) -> tuple[list[tuple[set[str], str]], set[str]]:
+    """(major:minor set, mount point) of every mount, and the major:minor set holding /.
+
+    A mount's own major:minor is anonymous (0:NN) on btrfs and the like, so the
+    device named as its source counts too.
+    """
+    mounts: list[tuple[set[str], str]] = []
+    root: set[str] = set()
     for line in _read(system_root / "proc/self/mountinfo").splitlines():
         fields = line.split()
-        if len(fields) > 4:
-            mounts.append((fields[2], fields[4]))
-            if fields[4] == "/":
-                root = fields[2]
+        if len(fields) < 5:
+            continue
+        devs = {fields[2]} | _source_dev(system_root, fields)
+        point = _unescape(fields[4])
+        mounts.append((devs, point))
+        if point == "/":
+            root |= devs  # every mount stacked on / counts: refusing too much is safe
     return mounts, root
 
 
-def _with_slaves(system_root: Path, dev: str) -> set[str]:
-    """`dev`, its parent disk and, through device-mapper slaves, every disk under it."""
-    found, todo = set(), [dev]
+def _source_dev(system_root: Path, fields: list[str]) -> set[str]:
+    """major:minor of the /dev/... source after the ' - ' separator of a mountinfo line."""
+    try:
+        source = fields[fields.index("-", 6) + 2]
+    except (ValueError, IndexError):
+        return set()
+    if not source.startswith("/dev/"):
+        return set()
+    name = (system_root / source[1:]).resolve().name  # /dev/mapper/x -> dm-0
+    dev = _read(system_root / "sys/class/block" / name / "dev")
+    return {dev} if dev else set()
+
+
+def _unescape(point: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in octal (\\040)."""
+    for code in ("040", "011", "012", "134"):
+        point = point.replace(f"\\{code}", chr(int(code, 8)))
+    return point
+
+
+def _closure(system_root: Path, devs: set[str], link: str, parents: bool) -> set[str]:
+    """`devs` and every device reached through sysfs `link` ("slaves": what they are built on;
+    "holders": device-mapper/RAID built on them), and with `parents` their whole disks."""
+    found: set[str] = set()
+    todo = list(devs)
     while todo:
         current = todo.pop()
         if not current or current in found:
             continue
         found.add(current)
         node = (system_root / "sys/dev/block" / current).resolve()
-        if (node / "partition").exists():
+        if parents and (node / "partition").exists():
             todo.append(_read(node.parent / "dev"))
-        for slave in (node / "slaves").glob("*") if (node / "slaves").exists() else []:
-            todo.append(_read(slave.resolve() / "dev"))
+        if (node / link).is_dir():
+            todo += [_read(other.resolve() / "dev") for other in (node / link).iterdir()]
     return found
 
 
@@ -154,47 +202,105 @@ def refusal(target: Target, image_size: int) -> str | None:
         return f"{t.path} is not a removable, USB or MMC disk ({t.model or 'internal disk?'})"
     if t.mounted:
         return f"{t.path} is mounted at {', '.join(t.mounted)}; unmount it first (pifleet unmounts nothing)"
-    if t.size and image_size > t.size:
+    if t.size == 0:
+        return f"{t.path} has no medium (0 bytes): is a card in the reader?"
+    if image_size > t.size:
         return f"{t.path} is too small: {human_size(t.size)} for a {human_size(image_size)} image"
     return None
 
 
+def _span(r: bmap.Range, size: int) -> tuple[int, int]:
+    return r.first * bmap.BLOCK, min((r.last + 1) * bmap.BLOCK, size)
+
+
+def _open_target(target: Path, size: int) -> int:
+    """A write descriptor on the card (exclusive: the kernel refuses a mounted one), or on a
+    fresh regular file of the image's size whose unmapped ranges are holes, not old data."""
+    try:
+        if target.is_block_device():
+            return os.open(target, os.O_WRONLY | os.O_EXCL)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        os.ftruncate(fd, size)
+        return fd
+    except PermissionError:
+        raise UserError(
+            f"{target}: permission denied (writing a card needs sudo or the disk group)"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise UserError(f"{target}: busy: mounted or in use by another program") from None
+        raise BuildError(f"{target}: cannot open for writing: {exc.strerror}") from None
+
+
 def write(image: Path, target: Path, plan: bmap.Scan, advance: Advance | None = None) -> int:
-    """Write `plan`'s mapped ranges of `image` to `target`; bytes written."""
-    flags = os.O_WRONLY | (os.O_EXCL if target.is_block_device() else os.O_CREAT)
-    if not target.is_block_device():
-        with open(target, "wb") as f:
-            f.truncate(plan.size)  # a fresh file: unmapped ranges are holes, not old data
+    """Write `plan`'s mapped ranges of `image` to `target`; bytes written.
+
+    Each range is hashed as it is read from the image and checked against the
+    plan, so an image changed after its .bmap was made is caught here, not
+    blamed on the card.
+    """
     written = 0
-    with open(image, "rb") as src:
-        fd = os.open(target, flags)
-        try:
+    fd = _open_target(target, plan.size)
+    try:
+        with open(image, "rb") as src:
             for r in plan.ranges:
-                start, end = r.first * bmap.BLOCK, min((r.last + 1) * bmap.BLOCK, plan.size)
-                while start < end:
-                    chunk = os.pread(src.fileno(), min(_CHUNK, end - start), start)
-                    written += os.pwrite(fd, chunk, start)
-                    start += len(chunk)
-                    if advance is not None:
-                        advance(len(chunk))
+                count, digest = _write_range(src, fd, target, r, plan.size, advance)
+                written += count
+                if r.sha256 and digest != r.sha256:
+                    raise BuildError(
+                        f"{image}: blocks {r.first}-{r.last} differ from its bmap (image changed "
+                        f"after the bmap was made?); {target} is incomplete"
+                    )
+        try:
             os.fsync(fd)
-        finally:
-            os.close(fd)
+        except OSError as exc:
+            raise BuildError(f"{target}: flushing the writes failed: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     return written
+
+
+def _write_range(
+    src: BinaryIO, fd: int, target: Path, r: bmap.Range, size: int, advance: Advance | None
+) -> tuple[int, str]:
+    """Copy one range from the image to the target; (bytes written, sha256 of what was read)."""
+    start, end = _span(r, size)
+    digest = hashlib.sha256()
+    written = 0
+    while start < end:
+        chunk = os.pread(src.fileno(), min(_CHUNK, end - start), start)
+        if not chunk:
+            raise BuildError(f"{src.name}: ended early at byte {start} (changed while flashing?)")
+        digest.update(chunk)
+        view = memoryview(chunk)
+        while view:  # a short write is continued, never skipped
+            try:
+                done = os.pwrite(fd, view, start)
+            except OSError as exc:
+                raise BuildError(
+                    f"{target}: write failed at byte {start}: {exc.strerror} (card removed or failing?)"
+                ) from None
+            view, start, written = view[done:], start + done, written + done
+        if advance is not None:
+            advance(len(chunk))
+    return written, digest.hexdigest()
 
 
 def verify(target: Path, plan: bmap.Scan) -> None:
     """Read the mapped ranges back from the card itself (cache dropped) and check them."""
-    import hashlib
-
     fd = os.open(target, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         for r in plan.ranges:
-            start, end = r.first * bmap.BLOCK, min((r.last + 1) * bmap.BLOCK, plan.size)
+            start, end = _span(r, plan.size)
             digest = hashlib.sha256()
             while start < end:
-                chunk = os.pread(fd, min(_CHUNK, end - start), start)
+                try:
+                    chunk = os.pread(fd, min(_CHUNK, end - start), start)
+                except OSError as exc:
+                    raise BuildError(
+                        f"{target}: read back failed at byte {start}: {exc.strerror}"
+                    ) from None
                 if not chunk:
                     raise BuildError(f"{target}: read back ended early at byte {start}")
                 digest.update(chunk)
@@ -219,9 +325,13 @@ def confirm(
         raise UserError(f"{target.path}: not confirmed; nothing was written")
 
 
+def bmap_path(image: Path, bmap_file: Path | None) -> Path:
+    return bmap_file or image.with_name(image.name + ".bmap")
+
+
 def image_plan(image: Path, bmap_file: Path | None) -> bmap.Scan:
     """The ranges to write: from the .bmap next to the image when there is one, else scanned."""
-    candidate = bmap_file or image.with_name(image.name + ".bmap")
+    candidate = bmap_path(image, bmap_file)
     if candidate.exists():
         plan = bmap.parse(candidate.read_bytes(), str(candidate))
         if plan.size != image.stat().st_size:
@@ -235,12 +345,24 @@ def image_plan(image: Path, bmap_file: Path | None) -> bmap.Scan:
         return bmap.scan(image, bar.advance)
 
 
+def _refuse_own_inputs(target: Target, image: Path, bmap_file: Path | None) -> None:
+    """A regular-file target must not be the image or its bmap: it is truncated first."""
+    if target.block or not target.path.exists():
+        return
+    for own in (image, bmap_path(image, bmap_file)):
+        if own.exists() and os.path.samefile(target.path, own):
+            raise UserError(
+                f"{target.path}: is the {'image' if own == image else 'bmap'} being flashed itself"
+            )
+
+
 def flash(
     image: Path, target_path: Path, bmap_file: Path | None, yes: bool, dry_run: bool
 ) -> Target:
     if not image.is_file():
         raise UserError(f"{image}: no such image file")
     target = describe(target_path)
+    _refuse_own_inputs(target, image, bmap_file)
     plan = image_plan(image, bmap_file)
     reason = refusal(target, plan.size)
     if reason:
@@ -255,7 +377,7 @@ def flash(
             f"dry run: would write {human_size(mapped)} to {target.path} and verify it; nothing written"
         )
         return target
-    if target.block and not yes:
+    if (target.block or target.size > 0) and not yes:
         confirm(target, image, plan)
     with progress(f"writing {target.path}", mapped) as bar:
         written = write(image, target_path, plan, bar.advance)
