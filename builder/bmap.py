@@ -2,15 +2,17 @@
 
 `scan` reads an image's data once and computes, in the same pass, the sha256
 of the whole image (holes hashed as zeros, never read) and of every mapped
-range, the two on separate cores. `write_bmap` turns that into a .bmap file;
-`copy` writes only the mapped ranges to a card or file and verifies them.
+range, the two on separate cores. `render` turns that into a .bmap file and
+`parse` reads one back (for `pifleet flash`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -22,6 +24,7 @@ from builder.errors import BuildError, UserError
 BLOCK = 4096
 _CHUNK = 4 * 1024 * 1024
 _ZEROS = bytes(_CHUNK)
+_IN_FLIGHT = 4  # chunks the whole-image digest may lag behind: 16 MiB
 
 
 @dataclass(frozen=True)
@@ -59,30 +62,68 @@ def mapped_spans(fd: int, size: int) -> list[tuple[int, int]]:
 
 
 def scan(path: Path, advance: Advance | None = None) -> Scan:
-    whole = hashlib.sha256()
-    ranges = []
     with open(path, "rb") as f, ThreadPoolExecutor(max_workers=1) as other_core:
+        whole = _Behind(other_core)
         fd = f.fileno()
         size = os.fstat(fd).st_size
+        ranges = []
         pos = 0
         for first, last in mapped_spans(fd, size):
             start, end = first * BLOCK, min((last + 1) * BLOCK, size)
-            _zeros(whole, start - pos)
-            part = hashlib.sha256()
-            while start < end:
-                chunk = os.pread(fd, min(_CHUNK, end - start), start)
-                if not chunk:
-                    raise BuildError(f"{path}: unexpected end of file at byte {start}")
-                pending = other_core.submit(whole.update, chunk)  # hashlib releases the GIL
-                part.update(chunk)
-                pending.result()
-                start += len(chunk)
-                if advance is not None:
-                    advance(len(chunk))
-            ranges.append(Range(first, last, part.hexdigest()))
+            whole.zeros(start - pos)
+            ranges.append(Range(first, last, _hash_range(path, fd, start, end, whole, advance)))
             pos = end
-        _zeros(whole, size - pos)
-    return Scan(size, whole.hexdigest(), tuple(ranges))
+        whole.zeros(size - pos)
+        digest = whole.hexdigest()
+    return Scan(size, digest, tuple(ranges))
+
+
+def _hash_range(
+    path: Path, fd: int, start: int, end: int, whole: _Behind, advance: Advance | None
+) -> str:
+    """sha256 of [start, end) of `fd`, which also goes to `whole`."""
+    part = hashlib.sha256()
+    while start < end:
+        chunk = os.pread(fd, min(_CHUNK, end - start), start)
+        if not chunk:
+            raise BuildError(f"{path}: unexpected end of file at byte {start}")
+        whole.update(chunk)
+        part.update(chunk)
+        start += len(chunk)
+        if advance is not None:
+            advance(len(chunk))
+    return part.hexdigest()
+
+
+class _Behind:
+    """The whole image's sha256, fed in order on another core (hashlib releases the GIL).
+
+    The image is hashed as one sequence, holes as zeros, so that is the longest job: it
+    runs behind the caller, who reads the data and hashes the ranges meanwhile, at most
+    a few chunks ahead (bounded memory).
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._pool = pool
+        self._digest = hashlib.sha256()
+        self._pending: deque[Future[None]] = deque()
+
+    def update(self, chunk: bytes) -> None:
+        self._queue(self._digest.update, chunk)
+
+    def zeros(self, count: int) -> None:
+        if count > 0:
+            self._queue(_zeros, self._digest, count)
+
+    def hexdigest(self) -> str:
+        while self._pending:
+            self._pending.popleft().result()
+        return self._digest.hexdigest()
+
+    def _queue(self, fn: Callable[..., None], *args: object) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) > _IN_FLIGHT:
+            self._pending.popleft().result()
 
 
 def _zeros(digest: hashlib._Hash, count: int) -> None:

@@ -63,7 +63,7 @@ def build(plan: Plan) -> list[output.Written]:
     """Build the golden image for `plan`; returns the outputs written."""
     plan = examine_base(plan)
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(replace_when_done(plan.image_path, 0o644))
+        tmp = stack.enter_context(replace_when_done(plan.image_path, output.PRIVATE))
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
         # The base's digest is only for the manifest: hash it on the other core while copying.
         base_digest = pool.submit(sha256_of, plan.base.path) if plan.base.sha256 is None else None

@@ -23,6 +23,12 @@ from builder.plan import Input, Plan
 log = logging.getLogger("pifleet.output")
 
 
+# Images carry the join token in their root filesystem: like every file holding a secret,
+# they are readable by their owner only.
+PRIVATE = 0o600
+PUBLIC = 0o644
+
+
 @dataclass(frozen=True)
 class Written:
     path: Path  # final name
@@ -33,26 +39,43 @@ class Written:
 def write_all(
     plan: Plan, image_tmp: Path, facts: dict[str, Any], stack: contextlib.ExitStack
 ) -> list[Written]:
-    """Write every output for the image being built at `image_tmp`; renamed when `stack` closes."""
+    """Write every output for the image being built at `image_tmp`; renamed when `stack` closes.
+
+    SHA256SUMS, written last, lists every other file written.
+    """
     final = plan.image_path
     with progress("hashing image", image_tmp.stat().st_size) as bar:
         result = bmap.scan(image_tmp, bar.advance)
     written = [Written(final, result.sha256, image_tmp)]
     if plan.config.output.bmap:
-        data = bmap.render(result)
-        bmap_path = final.with_name(final.name + ".bmap")
-        tmp = stack.enter_context(replace_when_done(bmap_path, 0o644))
-        tmp.write_bytes(data)
-        written.append(Written(bmap_path, hashlib.sha256(data).hexdigest()))
+        written.append(_write(stack, final.with_name(final.name + ".bmap"), bmap.render(result)))
     compressed = [
         _compressed(plan, image_tmp, fmt, stack)
         for fmt in plan.config.output.formats
         if fmt != "img"
     ]
     written += compressed
-    download = next((w for w in compressed if w.path.name.endswith(".xz")), written[0])
+    listing = _imager_list(plan, result, compressed, written[0])
+    written.append(_write(stack, plan.output_dir / f"{plan.config.name}.os_list.json", listing))
+    text = json.dumps(manifest(plan, facts, written), indent=2, sort_keys=True) + "\n"
+    written.append(_write(stack, plan.output_dir / "manifest.json", text.encode()))
+    sums = "".join(f"{w.sha256}  {w.path.name}\n" for w in written)
+    _write(stack, plan.output_dir / "SHA256SUMS", sums.encode())
+    return written
+
+
+def _write(stack: contextlib.ExitStack, final: Path, data: bytes) -> Written:
+    """A small public output, staged beside `final`."""
+    tmp = stack.enter_context(replace_when_done(final, PUBLIC))
+    tmp.write_bytes(data)
+    return Written(final, hashlib.sha256(data).hexdigest(), tmp)
+
+
+def _imager_list(plan: Plan, result: bmap.Scan, compressed: list[Written], image: Written) -> bytes:
+    """The Imager OS list; the download is the .img.xz (Imager's own format) when there is one."""
+    download = next((w for w in compressed if w.path.name.endswith(".xz")), image)
     assert download.staged is not None
-    listing = imager.os_list(
+    return imager.os_list(
         f"{plan.config.name} (pifleet)",
         f"{plan.config.name}: K3s fleet image built by pifleet {__version__}",
         plan.config.arch,
@@ -63,23 +86,11 @@ def write_all(
         download.sha256,
         plan.epoch,
     )
-    list_tmp = stack.enter_context(
-        replace_when_done(plan.output_dir / f"{plan.config.name}.os_list.json", 0o644)
-    )
-    list_tmp.write_bytes(listing)
-    sums = "".join(f"{w.sha256}  {w.path.name}\n" for w in written)
-    sums_tmp = stack.enter_context(replace_when_done(plan.output_dir / "SHA256SUMS", 0o644))
-    sums_tmp.write_text(sums)
-    manifest_tmp = stack.enter_context(replace_when_done(plan.output_dir / "manifest.json", 0o644))
-    manifest_tmp.write_text(
-        json.dumps(manifest(plan, facts, written), indent=2, sort_keys=True) + "\n"
-    )
-    return written
 
 
 def _compressed(plan: Plan, image_tmp: Path, fmt: str, stack: contextlib.ExitStack) -> Written:
     final = plan.output_dir / f"{plan.config.name}.{fmt}"
-    tmp = stack.enter_context(replace_when_done(final, 0o644))
+    tmp = stack.enter_context(replace_when_done(final, PRIVATE))
     log.info("compressing %s", final.name)
     return Written(final, compress.compress(image_tmp, tmp, fmt), tmp)
 

@@ -3,7 +3,9 @@ all verified, downloaded once, and turned into files the build can read.
 
 Compressed bases are decompressed once into `<cache>/bases/<sha256 of the
 download>/` (sparse), checked against the published `extract_sha256` when
-there is one, and never written to afterwards.
+there is one, and never written to afterwards. The manifest records the sha256
+of the file the user named or downloaded (the one they can check), so a
+decompressed base is never hashed again.
 """
 
 from __future__ import annotations
@@ -71,18 +73,19 @@ def _raw_base(
     name = download.name
     for suffix in compress.COMPRESSED:
         name = name.removesuffix(suffix)
+    digest = digest.lower()
     raw = cache_dir("bases") / digest / (name if name.endswith(".img") else name + ".img")
     if raw.exists():
-        return Input("base", raw, None, origin)
+        return Input("base", raw, digest, origin)
     raw.parent.mkdir(parents=True, exist_ok=True)
     log.info("decompressing %s", download.name)
     with replace_when_done(raw, 0o444) as tmp, progress("decompressing", None) as bar:
-        raw_digest = compress.decompress(download, tmp, bar.advance)
+        raw_digest = compress.decompress(download, tmp, bar.advance, hashed=bool(extract_sha256))
         if extract_sha256 and raw_digest != extract_sha256.lower():
             raise UserError(
                 f"{where}: the decompressed image's sha256 is {raw_digest}, not the published {extract_sha256}"
             )
-    return Input("base", raw, None, origin)
+    return Input("base", raw, digest, origin)
 
 
 def obtain_k3s(src: K3sSource, arch: str, *, where: str) -> Input:

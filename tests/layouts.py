@@ -104,15 +104,19 @@ def make_pi_image(
     extra_partition: bool = False,
     gpt: bool = False,
     fill: int = 0,
+    content: Path | None = None,
 ) -> Path:
     """Write a Pi-layout image to `path`. `root_slack`: make the root fs this much bigger than
-    its content (a tight root filesystem forces the build to grow it)."""
+    its content (a tight root filesystem forces the build to grow it). `fill`: bytes of
+    incompressible data; `content`: a directory copied to /usr/share/content (real-ish files)."""
     work = path.parent / f".{path.name}.work"
     shutil.rmtree(work, ignore_errors=True)
     rootdir, bootdir = work / "root", work / "boot"
     partuuid = f"{disk_id:08x}-02"
     _populate_root(rootdir, layout, arch, partuuid)
     _fill(rootdir / "usr/share/filler", fill)
+    if content is not None:
+        shutil.copytree(content, rootdir / "usr/share/content", symlinks=True)
     _populate_boot(bootdir, layout, partuuid)
     boot_off = layout.boot_start * 512
     root_off = boot_off + layout.boot_size

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import lzma
+import os
 import subprocess
 import zipfile
 from collections.abc import Iterator
@@ -178,6 +179,40 @@ def test_every_compression_decompresses_to_the_same_sparse_image(tmp_path: Path)
         dest = tmp_path / f"{name}.raw"
         assert compress.decompress(src, dest) == sha(raw), name
         assert dest.read_bytes() == raw and dest.stat().st_blocks * 512 < MIB, name
+
+
+def test_sparse_writes_keep_every_data_byte_across_chunk_boundaries(tmp_path: Path) -> None:
+    """Runs of data blocks that straddle 4 MiB read chunks, a short tail, zero chunks."""
+    block = 64 * 1024
+    data = bytearray(2 * 4 * MIB + 3 * block + 100)
+    data[:10] = b"\x55" * 10  # first block
+    data[4 * MIB - 5 : 4 * MIB + block + 1] = b"\xaa" * (block + 6)  # straddles the chunk edge
+    data[-1] = 1  # the short last block
+    for name, raw, hashed in (("a.img", bytes(data), True), ("b.img", bytes(5 * MIB), False)):
+        dest = tmp_path / name
+        digest = compress.write_sparse(io.BytesIO(raw), dest, hashed=hashed)
+        assert digest == (sha(raw) if hashed else None)
+        assert dest.read_bytes() == raw
+    assert (tmp_path / "b.img").stat().st_blocks == 0, "all zeros: all hole"
+    with open(tmp_path / "a.img", "rb") as f:
+        first_hole = os.lseek(f.fileno(), 0, os.SEEK_HOLE)
+        next_data = os.lseek(f.fileno(), first_hole, os.SEEK_DATA)
+    assert (first_hole, next_data) == (block, 4 * MIB - block), "zero blocks became holes"
+
+
+@pytest.mark.parametrize("tool", ["xz", "zstd", "gzip"])
+def test_truncated_compressed_base_is_one_line_and_leaves_nothing(
+    tmp_path: Path, tool: str
+) -> None:
+    packed = subprocess.run([tool, "-c"], input=raw_image(), capture_output=True, check=True)
+    suffix = {"xz": "xz", "zstd": "zst", "gzip": "gz"}[tool]
+    src = tmp_path / f"base.img.{suffix}"
+    src.write_bytes(packed.stdout[: len(packed.stdout) // 2])
+    dest = tmp_path / "out.img"
+    with pytest.raises(UserError) as info:
+        compress.decompress(src, dest, hashed=False)
+    assert str(info.value).startswith(f"{src}: cannot decompress: ")
+    assert "\n" not in str(info.value) and not dest.exists()
 
 
 def test_zip_with_two_images_is_refused(tmp_path: Path) -> None:
