@@ -16,20 +16,26 @@ fabricated trees.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import functools
 import hashlib
 import os
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from builder import bmap
+from builder.atomic import replace_when_done
 from builder.console import human_size, progress
 from builder.disk.sparse import Advance
 from builder.errors import BuildError, UserError
+
+if TYPE_CHECKING:
+    from builder.config import Device, FleetConfig
 
 _CHUNK = 4 * 1024 * 1024
 
@@ -213,48 +219,56 @@ def _span(r: bmap.Range, size: int) -> tuple[int, int]:
     return r.first * bmap.BLOCK, min((r.last + 1) * bmap.BLOCK, size)
 
 
-def _open_target(target: Path, size: int) -> int:
+def _open_target(target: Path, size: int, name: Path) -> int:
     """A write descriptor on the card (exclusive: the kernel refuses a mounted one), or on a
     fresh regular file of the image's size whose unmapped ranges are holes, not old data."""
     try:
         if target.is_block_device():
             return os.open(target, os.O_WRONLY | os.O_EXCL)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.ftruncate(fd, size)
         return fd
     except PermissionError:
         raise UserError(
-            f"{target}: permission denied (writing a card needs sudo or the disk group)"
+            f"{name}: permission denied (writing a card needs sudo or the disk group)"
         ) from None
     except OSError as exc:
         if exc.errno == errno.EBUSY:
-            raise UserError(f"{target}: busy: mounted or in use by another program") from None
-        raise BuildError(f"{target}: cannot open for writing: {exc.strerror}") from None
+            raise UserError(f"{name}: busy: mounted or in use by another program") from None
+        raise BuildError(f"{name}: cannot open for writing: {exc.strerror}") from None
 
 
-def write(image: Path, target: Path, plan: bmap.Scan, advance: Advance | None = None) -> int:
-    """Write `plan`'s mapped ranges of `image` to `target`; bytes written.
+def write(
+    image: Path,
+    target: Path,
+    plan: bmap.Scan,
+    advance: Advance | None = None,
+    shown: Path | None = None,
+) -> int:
+    """Write `plan`'s mapped ranges of `image` to `target` (called `shown` in messages, when it
+    is a temporary stand-in); bytes written.
 
     Each range is hashed as it is read from the image and checked against the
     plan, so an image changed after its .bmap was made is caught here, not
     blamed on the card.
     """
+    name = shown or target
     written = 0
-    fd = _open_target(target, plan.size)
+    fd = _open_target(target, plan.size, name)
     try:
         with open(image, "rb") as src:
             for r in plan.ranges:
-                count, digest = _write_range(src, fd, target, r, plan.size, advance)
+                count, digest = _write_range(src, fd, name, r, plan.size, advance)
                 written += count
                 if r.sha256 and digest != r.sha256:
                     raise BuildError(
                         f"{image}: blocks {r.first}-{r.last} differ from its bmap (image changed "
-                        f"after the bmap was made?); {target} is incomplete"
+                        f"after the bmap was made?); flashing {name} stopped"
                     )
         try:
             os.fsync(fd)
         except OSError as exc:
-            raise BuildError(f"{target}: flushing the writes failed: {exc.strerror}") from None
+            raise BuildError(f"{name}: flushing the writes failed: {exc.strerror}") from None
     finally:
         os.close(fd)
     return written
@@ -286,8 +300,9 @@ def _write_range(
     return written, digest.hexdigest()
 
 
-def verify(target: Path, plan: bmap.Scan) -> None:
+def verify(target: Path, plan: bmap.Scan, shown: Path | None = None) -> None:
     """Read the mapped ranges back from the card itself (cache dropped) and check them."""
+    name = shown or target
     fd = os.open(target, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -299,15 +314,15 @@ def verify(target: Path, plan: bmap.Scan) -> None:
                     chunk = os.pread(fd, min(_CHUNK, end - start), start)
                 except OSError as exc:
                     raise BuildError(
-                        f"{target}: read back failed at byte {start}: {exc.strerror}"
+                        f"{name}: read back failed at byte {start}: {exc.strerror}"
                     ) from None
                 if not chunk:
-                    raise BuildError(f"{target}: read back ended early at byte {start}")
+                    raise BuildError(f"{name}: read back ended early at byte {start}")
                 digest.update(chunk)
                 start += len(chunk)
             if r.sha256 and digest.hexdigest() != r.sha256:
                 raise BuildError(
-                    f"{target}: blocks {r.first}-{r.last} read back differently: bad card?"
+                    f"{name}: blocks {r.first}-{r.last} read back differently: bad card?"
                 )
     finally:
         os.close(fd)
@@ -357,8 +372,17 @@ def _refuse_own_inputs(target: Target, image: Path, bmap_file: Path | None) -> N
 
 
 def flash(
-    image: Path, target_path: Path, bmap_file: Path | None, yes: bool, dry_run: bool
+    image: Path,
+    target_path: Path,
+    bmap_file: Path | None,
+    yes: bool,
+    dry_run: bool,
+    then: Callable[[Path], None] | None = None,
 ) -> Target:
+    """Write and verify `image` on the target, then run `then` on it (personalization).
+
+    A regular-file target is written under a temporary name and appears only
+    when all of it succeeded; a card is written in place."""
     if not image.is_file():
         raise UserError(f"{image}: no such image file")
     target = describe(target_path)
@@ -379,14 +403,28 @@ def flash(
         return target
     if (target.block or target.size > 0) and not yes:
         confirm(target, image, plan)
-    with progress(f"writing {target.path}", mapped) as bar:
-        written = write(image, target_path, plan, bar.advance)
-    with progress("verifying", mapped):
-        verify(target_path, plan)
-    print(
-        f"wrote and verified {human_size(written)} ({written / max(mapped, 1):.3f}x the mapped data)"
-    )
+    with _destination(target) as dest:
+        with progress(f"writing {target.path}", mapped) as bar:
+            written = write(image, dest, plan, bar.advance, target.path)
+        with progress("verifying", mapped):
+            verify(dest, plan, target.path)
+        print(
+            f"wrote and verified {human_size(written)} ({written / max(mapped, 1):.3f}x the mapped data)"
+        )
+        if then is not None:
+            then(dest)
     return target
+
+
+@contextlib.contextmanager
+def _destination(target: Target) -> Iterator[Path]:
+    """Where to write: the card itself, or a temporary file renamed onto the target file
+    (0600: the image holds the join token) once complete."""
+    if target.block:
+        yield target.path
+        return
+    with replace_when_done(target.path, 0o600) as tmp:
+        yield tmp
 
 
 def command(args: argparse.Namespace) -> int:
@@ -399,22 +437,25 @@ def command(args: argparse.Namespace) -> int:
 
         config = load(Path(args.config))
         device = find_device(config, args.device)
-    target_path = Path(args.target)
-    target = flash(
+    then = None
+    if config is not None and device is not None:
+        then = functools.partial(_personalize_card, config, device, args.target)
+    flash(
         Path(args.image),
-        target_path,
+        Path(args.target),
         Path(args.bmap) if args.bmap else None,
         args.yes,
         args.dry_run,
+        then,
     )
-    if args.dry_run:
-        if device is not None:
-            print(f"dry run: would then personalize the card as {device.hostname}")
-        return 0
-    if config is not None and device is not None:
-        from builder.personalize import apply, open_golden, record_known_hosts, secrets_for
-
-        changed = apply(open_golden(target_path), config, device, secrets_for(config, device))
-        record_known_hosts(config, [device])
-        print(f"personalized {target.path} as {device.hostname} ({changed} files)")
+    if args.dry_run and device is not None:
+        print(f"dry run: would then personalize the card as {device.hostname}")
     return 0
+
+
+def _personalize_card(config: FleetConfig, device: Device, shown: str, written: Path) -> None:
+    from builder.personalize import apply, open_golden, record_known_hosts, secrets_for
+
+    changed = apply(open_golden(written), config, device, secrets_for(config, device))
+    record_known_hosts(config, [device])
+    print(f"personalized {shown} as {device.hostname} ({changed} files)")

@@ -100,7 +100,7 @@ def personalize_copy(
     golden: Path, dest: Path, config: FleetConfig, device: Device, secrets: DeviceSecrets
 ) -> None:
     """Clone `golden` (reflink where possible, else sparse) to `dest` and personalize the clone."""
-    with replace_when_done(dest, 0o644) as tmp:
+    with replace_when_done(dest, 0o600) as tmp:  # holds the token, host key, node password
         copy_file(golden, tmp)
         apply(open_golden(tmp), config, device, secrets)
 

@@ -155,6 +155,8 @@ def test_flash_writes_exactly_the_mapped_ranges_and_verifies(work: Path) -> None
     assert "wrote and verified" in proc.stdout
     size, ranges = read_bmap(work / (GOLDEN + ".bmap"))
     assert card.stat().st_size == size == image.stat().st_size
+    assert card.stat().st_mode & 0o777 == 0o600  # it holds the join token
+    assert [p.name for p in work.iterdir() if p.name.startswith(".card.img")] == []
     for start, end, chksum in ranges:
         assert sha256_of(card, start, end - start) == chksum == sha256_of(image, start, end - start)
     # The whole card equals the image (unmapped ranges read as zeros, as in the image) ...
@@ -244,8 +246,9 @@ def test_an_image_changed_after_its_bmap_is_not_blamed_on_the_card(work: Path) -
     assert proc.returncode == 0, proc.stderr
     proc = run("flash", GOLDEN, "card.img", cwd=work)
     one_line_error(
-        proc, 1, "edge-fleet.img: blocks", "differ from its bmap", "card.img is incomplete"
+        proc, 1, "edge-fleet.img: blocks", "differ from its bmap", "flashing card.img stopped"
     )
+    assert sorted(p.name for p in work.iterdir() if "card" in p.name) == []  # no partial card
 
 
 # --- refusals and dry runs through the real CLI --------------------------------------------

@@ -135,6 +135,7 @@ def test_personalize_cli_copy_and_in_place(golden: tuple[Path, Path]) -> None:
     assert proc.returncode == 0, proc.stderr
     assert hashlib.sha256(image.read_bytes()).hexdigest() == before, "the golden image is untouched"
     device_image = d / "out" / "pi-007.img"
+    assert device_image.stat().st_mode & 0o777 == 0o600  # token, host key, node password
     assert yaml.safe_load(fat_read(device_image, "/meta-data"))["local-hostname"] == "pi-007"
     assert TEST_TOKEN not in proc.stderr + proc.stdout
     key = (d / "out/devices/pi-007/node-password").read_text().strip()

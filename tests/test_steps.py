@@ -9,6 +9,7 @@ import yaml
 from builder.config import load
 from builder.steps.cloudinit import seed_files
 from builder.steps.cmdline import edit, meta_instance_id
+from builder.steps.locale import enable, supported_entry
 from tests.conftest import fleet_yaml
 
 
@@ -52,3 +53,22 @@ def test_instance_id_follows_the_seed(tmp_path: Path) -> None:
     (tmp_path / "f.yaml").write_text(fleet_yaml(extra="timezone: Europe/Berlin"))
     changed = seed_files(load(tmp_path / "f.yaml"))
     assert meta_instance_id(changed["/meta-data"]) not in ids
+
+
+PI_OS_LOCALE_GEN = "# This file lists locales that you wish to have built.\n\n# de_DE.UTF-8 UTF-8\nen_GB.UTF-8 UTF-8\n# en_US.UTF-8 UTF-8\n"
+SUPPORTED = b"de_DE.UTF-8 UTF-8\nde_DE ISO-8859-1\nen_GB.UTF-8 UTF-8\nen_US.UTF-8 UTF-8\n"
+
+
+def test_locale_is_uncommented_once_and_unknown_ones_are_named() -> None:
+    entry = supported_entry(SUPPORTED, "de_DE.UTF-8")
+    assert entry == "de_DE.UTF-8 UTF-8"
+    once = enable(PI_OS_LOCALE_GEN, entry)
+    assert once is not None
+    assert "\nde_DE.UTF-8 UTF-8\nen_GB.UTF-8 UTF-8\n# en_US.UTF-8 UTF-8\n" in once
+    assert enable(once, entry) is None  # already enabled: nothing to rewrite
+    assert enable(PI_OS_LOCALE_GEN, "en_GB.UTF-8 UTF-8") is None
+    assert enable("", "fr_FR.UTF-8 UTF-8") == "fr_FR.UTF-8 UTF-8\n"  # emptied locale.gen
+    assert supported_entry(SUPPORTED, "de_DE") == "de_DE ISO-8859-1"
+    assert supported_entry(SUPPORTED, "xx_YY.UTF-8") is None
+    assert supported_entry(None, "xx_YY.UTF-8") == "xx_YY.UTF-8 UTF-8"
+    assert supported_entry(None, "de_DE") is None

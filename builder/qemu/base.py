@@ -37,7 +37,7 @@ from builder.run import run
 
 log = logging.getLogger("pifleet.base")
 
-RECIPE_VERSION = 4  # bump when anything below changes what a base contains
+RECIPE_VERSION = 6  # bump when anything below changes what a base contains
 MIB = 1024 * 1024
 BOOT_START = 16384  # sectors, as Raspberry Pi OS Trixie
 BOOT_SIZE = 512 * MIB
@@ -45,9 +45,11 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 PACKAGES = (
     "systemd-sysv", "udev", "dbus", "kmod", "python3", "cloud-init", "openssl", "ca-certificates",
     "iproute2", "netbase", "systemd-timesyncd", "systemd-resolved", "openssh-server", "sudo",
+    "e2fsprogs", "locales", "tzdata",  # as Pi OS: cloud-init's resizefs, locale and timezone
 )  # fmt: skip
 KERNELS = {"arm64": "linux-image-arm64", "armhf": "linux-image-armmp-lpae"}
 PYTHONS = {"trixie": "python3.13"}
+DEFAULT_LOCALE = "en_US.UTF-8"  # pifleet's default `locale:` (Pi OS ships en_GB.UTF-8)
 
 RASPBERRY_PI_CFG = """\
 # configure cloud-init with NoCloud, as Raspberry Pi OS Trixie does
@@ -156,6 +158,7 @@ def build(recipe: Recipe, work: Path) -> Path:
     (rootfs / "boot/initrd.img").symlink_to(f"initrd.img-{version}")
     log.info("byte-compiling Python %s", debian.compile_python(rootfs, spec.python))
     debian.skip_hwdb(rootfs)
+    debian.set_default_locale(rootfs, DEFAULT_LOCALE)
     configure_rootfs(rootfs, recipe.disk_id)
     boot = work / "boot"
     write_boot_files(boot, recipe.disk_id)
@@ -190,6 +193,12 @@ def configure_rootfs(rootfs: Path, disk_id: str) -> None:
         "network-online.target",
         "/usr/lib/systemd/system/",
     )
+    # Pi OS brings its network up with NetworkManager; this base uses systemd-networkd, whose
+    # wait-online ignores links cloud-init marks `optional` (as Imager's network-config does)
+    # and then stalls boot for its full 2 minutes. Here the wired link is what a boot waits for.
+    online = rootfs / "etc/systemd/network/10-cloud-init-eth0.network.d/pifleet-online.conf"
+    online.parent.mkdir(parents=True, exist_ok=True)
+    online.write_text("[Link]\nRequiredForOnline=yes\n")
     for cache in ("var/cache/apt", "var/lib/apt/lists"):
         shutil.rmtree(rootfs / cache, ignore_errors=True)
         (rootfs / cache).mkdir(parents=True)

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,8 @@ MILESTONES = (
 AGENT_STATE = re.compile(r"pifleet-firstboot: state=(\w+)")
 AGENT_JOINED = re.compile(r"pifleet-firstboot: joined node=(\S+)")
 AGENT_FAILED = re.compile(r"pifleet-firstboot: failed state=(\w+) reason=(.*)")
+Milestone = Callable[[str, float], None]  # (name, seconds since QEMU started)
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 LOGIN = re.compile(r"^(\S+) login:")
 
 
@@ -55,7 +57,7 @@ class BootOptions:
     server: str | None = None  # a real server; None starts the K3s test server
     token: Secret | None = None  # with `server`, or to override the test server's token
     keep: Path | None = None  # keep the VM's disk and console log here
-    server_down_for: float = 0.0  # the test server is unreachable for this long at first
+    server_down_for: float = 0.0  # test server unreachable until this long after the agent's verify
     server_state: Path | None = None  # the test server's CA and registry (default: fresh)
 
 
@@ -72,12 +74,13 @@ class BootResult:
     peak_rss_kib: int = 0
     overlay: Path | None = None
     seconds: float = 0.0
+    powered_off: bool = False  # the guest shut down cleanly: its disk is consistent
 
     def tail(self, n: int = 50) -> list[str]:
         return self.console[-n:]
 
 
-def boot_test(opts: BootOptions, on_milestone: object = None) -> BootResult:
+def boot_test(opts: BootOptions, on_milestone: Milestone | None = None) -> BootResult:
     """Boot `opts.image` and follow it until the node joins, fails, or time runs out."""
     image = Image.open(opts.image)
     flavor = detect(image)
@@ -106,11 +109,9 @@ def boot_test(opts: BootOptions, on_milestone: object = None) -> BootResult:
             )
         )
         if isinstance(server, K3sTestServer) and opts.server_down_for > 0:
-            server.set_down(True)
-            timer = threading.Timer(opts.server_down_for, server.set_down, args=(False,))
-            timer.start()
-            stack.callback(timer.cancel)
+            on_milestone = _outage(stack, server, opts.server_down_for, on_milestone)
         _follow(vm, opts.timeout, result, on_milestone)
+        result.powered_off = vm.power_off()
         result.peak_rss_kib = vm.peak_rss_kib
         vm.stop()
         if isinstance(server, K3sTestServer):
@@ -122,6 +123,28 @@ def boot_test(opts: BootOptions, on_milestone: object = None) -> BootResult:
                 )
         return result
     raise AssertionError("unreachable")
+
+
+def _outage(
+    stack: contextlib.ExitStack,
+    server: K3sTestServer,
+    seconds: float,
+    on_milestone: Milestone | None,
+) -> Milestone:
+    """Take the server down now and bring it back `seconds` after the agent first needs it
+    (its verify state), so the agent really meets an unreachable server and must retry."""
+    server.set_down(True)
+    timer = threading.Timer(seconds, server.set_down, args=(False,))
+    stack.callback(timer.cancel)
+
+    def milestone(name: str, at: float) -> None:
+        if name == "agent: verify":
+            log.info("the test server stays unreachable for %.0f s more", seconds)
+            timer.start()
+        if on_milestone is not None:
+            on_milestone(name, at)
+
+    return milestone
 
 
 def _workdir(stack: contextlib.ExitStack, keep: Path | None) -> Path:
@@ -175,7 +198,7 @@ def _redirect(image: Image, server: K3sTestServer | str, token: Secret) -> dict[
     }
 
 
-def _follow(vm: VM, timeout: float, result: BootResult, on_milestone: object) -> None:
+def _follow(vm: VM, timeout: float, result: BootResult, on_milestone: Milestone | None) -> None:
     seen: set[str] = set()
     started = time.monotonic()
 
@@ -183,7 +206,7 @@ def _follow(vm: VM, timeout: float, result: BootResult, on_milestone: object) ->
         if name not in seen:
             seen.add(name)
             result.milestones.append((name, seconds))
-            if callable(on_milestone):
+            if on_milestone is not None:
                 on_milestone(name, seconds)
 
     for line in vm.lines(timeout):
@@ -232,9 +255,14 @@ def write_junit(path: Path, image: Path, result: BootResult) -> None:
         ET.SubElement(props, "property", name=name, value=f"{seconds:.1f}")
     if not result.joined:
         failure = ET.SubElement(case, "failure", message=result.failure or "did not join")
-        failure.text = "\n".join(result.tail())
-    ET.SubElement(case, "system-out").text = "\n".join(result.console)
+        failure.text = _xml_text("\n".join(result.tail()))
+    ET.SubElement(case, "system-out").text = _xml_text("\n".join(result.console))
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def _xml_text(text: str) -> str:
+    """Console text as XML 1.0 allows it: a serial console carries control characters."""
+    return _NOT_XML.sub("\ufffd", text)
 
 
 def command(args: argparse.Namespace) -> int:

@@ -163,6 +163,22 @@ def busybox_binary(downloads: Path, scratch: Path) -> Path:
     raise BuildError(f"{debs[-1].name} has no busybox binary")
 
 
+def set_default_locale(rootfs: Path, locale: str) -> None:
+    """/etc/locale.gen listing every supported locale with only `locale` enabled (as the
+    locales package writes it; its postinst ran with an empty list, see `diverted`), that
+    locale built (emulated, seconds) and made the default: as Pi OS ships en_GB.UTF-8, so
+    a seed asking for the default locale costs the first boot nothing."""
+    supported = (rootfs / "usr/share/i18n/SUPPORTED").read_text().splitlines()
+    lines = [
+        "# This file lists locales that you wish to have built. Run locale-gen after editing.",
+        "",
+    ]
+    lines += [ln if ln.split()[0] == locale else f"# {ln}" for ln in supported if ln.strip()]
+    (rootfs / "etc/locale.gen").write_text("\n".join(lines) + "\n")
+    run(["chroot", str(rootfs), "locale-gen"], what="locale-gen in the new root filesystem")
+    (rootfs / "etc/default/locale").write_text(f"LANG={locale}\n")
+
+
 def skip_hwdb(rootfs: Path) -> None:
     """No udev hwdb.bin in a QEMU test base: building it takes minutes emulated, and udev works
     without it (it only adds vendor names and the like). Its first-boot rebuild is masked too,

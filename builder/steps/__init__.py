@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from builder.disk.image import Image
 from builder.plan import Plan
-from builder.steps import agent, cloudinit, cmdline, join, k3s
+from builder.steps import agent, cloudinit, cmdline, join, k3s, locale
 
 Step = Callable[[Image, Plan], None]
 
@@ -19,6 +19,7 @@ Step = Callable[[Image, Plan], None]
 ORDER: tuple[tuple[str, Step], ...] = (
     ("cloudinit", cloudinit.apply),
     ("cmdline", cmdline.apply),
+    ("locale", locale.apply),
     ("k3s", k3s.apply),
     ("agent", agent.apply),
     ("join", join.apply),

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Benchmark `pifleet base` and `pifleet boot-test` (issue 6 figures).
+
+Prints, for each architecture asked for (default: arm64):
+  - `pifleet base` time from the cache (seconds), and with --fresh a rebuild
+    from Debian packages (target: a fresh arm64 base in under 10 minutes);
+  - the boot-test milestones of an image built by `pifleet build` from that base
+    with the K3s test stand-in: kernel -> cloud-init finished -> agent joined;
+  - the QEMU process's peak RSS.
+
+Usage: bench/boot.py [--fresh] [--arch arm64|armhf ...]   (needs root for a fresh base)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from builder.qemu.boottest import BootOptions, boot_test  # noqa: E402
+from tests.test_boot import device_image  # noqa: E402
+
+
+def base_seconds(arch: str, fresh: bool) -> float:
+    argv = [sys.executable, "-m", "builder", "-q", "base", "--arch", arch]
+    start = time.monotonic()
+    subprocess.run(
+        [*argv, *(["--rebuild"] if fresh else [])],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    return time.monotonic() - start
+
+
+def boot(arch: str, workdir: Path) -> None:
+    image, state = device_image(workdir, arch)
+    result = boot_test(BootOptions(image=image, timeout=1200, server_state=state))
+    marks = dict(result.milestones)
+    print(f"  boot-test {'joined' if result.joined else 'FAILED: ' + str(result.failure)}")
+    for name, seconds in result.milestones:
+        print(f"    {seconds:7.1f} s  {name}")
+    if {"kernel started", "cloud-init finished", "joined"} <= marks.keys():
+        kernel, cloud, joined = marks["kernel started"], marks["cloud-init finished"], marks["joined"]
+        print(
+            f"  kernel -> cloud-init finished {cloud - kernel:.0f} s, "
+            f"-> agent joined {joined - kernel:.0f} s"
+        )
+    print(f"  peak QEMU RSS {result.peak_rss_kib / 1024:.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fresh", action="store_true", help="also time a rebuild of the base")
+    parser.add_argument("--arch", action="append", choices=("arm64", "armhf"))
+    args = parser.parse_args()
+    for arch in args.arch or ["arm64"]:
+        print(f"{arch}:")
+        if args.fresh:
+            print(f"  pifleet base, fresh   {base_seconds(arch, True):7.1f} s  (target < 600 s)")
+        print(f"  pifleet base, cached  {base_seconds(arch, False):7.1f} s")
+        with tempfile.TemporaryDirectory(prefix="pifleet-bench-boot-") as tmp:
+            boot(arch, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""QEMU boot tests: an image built by `pifleet build` boots, runs cloud-init and joins.
+
+The base comes from `pifleet base` (cached by its inputs; built when absent),
+the image from the real CLI with the K3s test stand-in as its K3s binary, and
+the boot from `pifleet boot-test` against the K3s test server. Every claim is
+checked twice where it can be: on the guest's serial console and in what the
+guest left on its disk (the qcow2 overlay, flattened and read with debugfs and
+mtools) or in the test server's own records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+from builder.qemu import base
+from builder.qemu.boottest import BootOptions, boot_test
+from builder.qemu.testserver import K3sTestServer
+from builder.secret import Secret
+from tests.conftest import REPO, pifleet
+from tests.test_build import fat_names, partitions
+
+pytestmark = pytest.mark.slow
+
+STANDIN = REPO / "tests/fixtures/k3s-standin"
+DEVICE = "edge-007"
+BOOT_TIMEOUT = "900"
+
+
+def fleet_yaml(arch: str, base_image: Path) -> str:
+    return f"""\
+name: boot-fleet
+arch: {arch}
+base: {{path: {base_image}}}
+k3s: {{binary: {STANDIN}, test_standin: true}}
+cluster:
+  server: https://k3s.example.internal:6443
+  token_file: token
+  node_labels: {{fleet: boot}}
+users:
+  - name: ops
+    sudo: true
+    ssh_authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@laptop']
+devices:
+  - hostname: {DEVICE}
+    labels: {{zone: lab}}
+output: {{dir: out, formats: [img], bmap: false}}
+"""
+
+
+def device_image(workdir: Path, arch: str) -> tuple[Path, Path]:
+    """Build the golden image with the real CLI and personalize DEVICE: (image, server state).
+
+    The K3s test server's state (CA and token password) is made first so the
+    token the image carries is one the server accepts.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = workdir / "vm" / "k3s-test-server"
+    token = workdir / "token"
+    token.write_text(K3sTestServer(state_dir=state).mint_token() + "\n")
+    token.chmod(0o600)
+    (workdir / "fleet.yaml").write_text(fleet_yaml(arch, base.ensure_base(arch)))
+    built = pifleet("build", "fleet.yaml", cwd=workdir)
+    assert built.returncode == 0, built.stderr
+    image = workdir / f"{DEVICE}.img"
+    made = pifleet(
+        "personalize", "out/boot-fleet.img", "--config", "fleet.yaml", "--device", DEVICE,
+        "-o", str(image), cwd=workdir,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return image, state
+
+
+@pytest.fixture(scope="module")
+def arm64_device(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return device_image(tmp_path_factory.mktemp("arm64"), "arm64")
+
+
+def guest_disk(overlay: Path, tmp: Path) -> tuple[Path, Path]:
+    """The disk as the guest left it, read with independent tools: (whole disk, root partition).
+
+    The overlay over the image is flattened to one raw file (qemu-img), the root
+    partition cut out of it (dd) and checked: after the clean power-off the
+    boot test does, e2fsck must find it clean with no journal to replay.
+    """
+    disk = tmp / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(overlay), str(disk)], check=True)
+    start = partitions(disk)[1]["start"] * 512
+    root = tmp / "root.ext4"
+    subprocess.run(
+        ["dd", f"if={disk}", f"of={root}", "bs=4M", "iflag=skip_bytes", f"skip={start}",
+         "conv=sparse", "status=none"],
+        check=True,
+    )  # fmt: skip
+    fsck = subprocess.run(["e2fsck", "-fn", str(root)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    return disk, root
+
+
+def ext4_read(root: Path, path: str) -> bytes:
+    out = subprocess.run(
+        ["debugfs", "-R", f"cat {path}", str(root)], capture_output=True, check=True
+    )
+    return out.stdout
+
+
+def token_of(state: Path) -> str:
+    return K3sTestServer(state_dir=state).mint_token()
+
+
+def assert_joined_on_disk(overlay: Path, tmp: Path, node: str) -> None:
+    """What the guest wrote: cloud-init's result, the hostname, the agent's final state,
+    and no token left in the boot partition."""
+    disk, root = guest_disk(overlay, tmp)
+    result = json.loads(ext4_read(root, "/var/lib/cloud/data/result.json"))
+    assert result["v1"]["errors"] == [], result
+    assert result["v1"]["datasource"].startswith("DataSourceNoCloud"), result
+    assert ext4_read(root, "/etc/hostname").decode().strip() == node
+    state = json.loads(ext4_read(root, "/var/lib/pifleet/state.json"))
+    assert (state["state"], state["node_name"]) == ("done", node)
+    assert state["history"][-1]["state"] == "done"
+    listing = subprocess.run(
+        ["debugfs", "-R", "ls /var/lib/pifleet", str(root)], capture_output=True, text=True
+    ).stdout
+    assert "joined" in listing
+    seed_dir = fat_names(disk, "/pifleet")
+    assert "device.json" in seed_dir
+    assert "/token" not in seed_dir and "node-password" not in seed_dir, seed_dir
+
+
+def test_arm64_image_boots_runs_cloud_init_and_joins(
+    arm64_device: tuple[Path, Path], tmp_path: Path
+) -> None:
+    image, state = arm64_device
+    before = image.stat().st_mtime_ns, os.path.getsize(image)
+    vm = state.parent
+    junit = tmp_path / "junit.xml"
+    proc = pifleet(
+        "boot-test", str(image), "--keep", str(vm), "--junit", str(junit),
+        "--timeout", BOOT_TIMEOUT, cwd=tmp_path, timeout=1200,
+    )  # fmt: skip
+    console = (vm / "console.log").read_text()
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert f"joined: node {DEVICE}" in proc.stdout
+    for milestone in ("kernel started", "cloud-init finished", "agent: verify", "joined"):
+        assert milestone in proc.stdout, proc.stdout
+    # The serial console: cloud-init finished, every agent state in order, no traceback.
+    assert "Cloud-init v. " in console and " finished at " in console
+    states = [
+        ln.split("state=")[1].split()[0] for ln in console.splitlines() if "firstboot: state=" in ln
+    ]
+    assert states == ["load", "network", "clock", "verify", "configure", "start", "cleanup"], states
+    assert f"pifleet-firstboot: joined node={DEVICE}" in console
+    assert "Traceback" not in console
+    # The test server's own records: exactly one node, under the expected name.
+    assert K3sTestServer(state_dir=state).registered_nodes() == [DEVICE]
+    # The guest's disk, read back after the VM stopped; the image itself untouched.
+    assert "the guest did not power off" not in proc.stderr
+    assert_joined_on_disk(vm / "disk.qcow2", tmp_path, DEVICE)
+    assert (image.stat().st_mtime_ns, os.path.getsize(image)) == before
+    report = ElementTree.parse(junit).getroot()
+    assert report.get("failures") == "0"
+    assert {p.get("name") for p in report.iter("property")} >= {"kernel started", "joined"}
+    token = token_of(state)
+    for text in (proc.stdout, proc.stderr, console, junit.read_text()):
+        assert token not in text and token.split(":")[-1] not in text
+
+
+def test_server_unreachable_at_first_then_joins(
+    arm64_device: tuple[Path, Path], tmp_path: Path
+) -> None:
+    image, state = arm64_device
+    server_state = tmp_path / "server"  # the same CAs and token, no node registered yet
+    shutil.copytree(state, server_state)
+    (server_state / "registry.json").unlink(missing_ok=True)
+    result = boot_test(
+        BootOptions(
+            image=image, timeout=float(BOOT_TIMEOUT), keep=tmp_path / "vm",
+            server_state=server_state, server_down_for=60.0,
+        )
+    )  # fmt: skip
+    assert result.joined, (result.failure, result.tail())
+    waits = [ln for ln in result.console if "verify: waiting for the server" in ln]
+    assert len(waits) >= 2, "the agent never met the unreachable server"
+    marks = dict(result.milestones)
+    assert marks["joined"] - marks["agent: verify"] >= 60.0
+    assert K3sTestServer(state_dir=server_state).registered_nodes() == [DEVICE]
+
+
+def test_wrong_token_stops_with_a_clear_status(
+    arm64_device: tuple[Path, Path], tmp_path: Path
+) -> None:
+    image, state = arm64_device
+    right = token_of(state)
+    wrong = right.rsplit(":", 1)[0] + ":not-the-password"
+    result = boot_test(
+        BootOptions(
+            image=image, timeout=float(BOOT_TIMEOUT), keep=tmp_path / "vm",
+            server_state=state, token=Secret(wrong),
+        )
+    )  # fmt: skip
+    assert not result.joined
+    assert result.failure is not None and "agent failed in verify" in result.failure
+    failed = [ln for ln in result.console if "pifleet-firstboot: failed state=verify" in ln]
+    assert failed and "token" in failed[0] and "401" in failed[0], failed
+    console = "\n".join(result.console)
+    assert wrong.split(":")[-1] not in console and right.split(":")[-1] not in console
