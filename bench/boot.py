@@ -48,7 +48,11 @@ def boot(arch: str, workdir: Path) -> None:
     for name, seconds in result.milestones:
         print(f"    {seconds:7.1f} s  {name}")
     if {"kernel started", "cloud-init finished", "joined"} <= marks.keys():
-        kernel, cloud, joined = marks["kernel started"], marks["cloud-init finished"], marks["joined"]
+        kernel, cloud, joined = (
+            marks["kernel started"],
+            marks["cloud-init finished"],
+            marks["joined"],
+        )
         print(
             f"  kernel -> cloud-init finished {cloud - kernel:.0f} s, "
             f"-> agent joined {joined - kernel:.0f} s"
