@@ -9,6 +9,7 @@ this file only parses arguments and maps errors to exit codes
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
@@ -21,6 +22,13 @@ from builder.errors import PifleetError
 log = logging.getLogger("pifleet")
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def _handler(spec: str) -> Handler:
+    """`module:function`, imported only for the command that runs (start-up stays fast)."""
+    module, _, name = spec.partition(":")
+    handler: Handler = getattr(importlib.import_module(module), name)
+    return handler
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +46,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _register_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from builder import build
 
     p = sub.add_parser("build", help="build the fleet's golden image from a config file")
     p.add_argument("config", help="fleet YAML file")
@@ -48,20 +55,18 @@ def _register_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--per-device", action="store_true", help="also write <host>.img for every device"
     )
-    p.set_defaults(handler=build.command)
+    p.set_defaults(handler="builder.build:command")
 
 
 def _register_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from builder import inspect
 
     p = sub.add_parser("inspect", help="show what is inside an image")
     p.add_argument("image", help="image file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=inspect.command)
+    p.set_defaults(handler="builder.inspect:command")
 
 
 def _register_personalize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from builder import personalize
 
     p = sub.add_parser(
         "personalize", help="write one device's identity into a copy of the golden image"
@@ -76,11 +81,10 @@ def _register_personalize(sub: argparse._SubParsersAction[argparse.ArgumentParse
     )
     p.add_argument("--in-place", action="store_true", help="personalize IMAGE itself")
     p.add_argument("--rotate-keys", action="store_true", help="new SSH host key and node password")
-    p.set_defaults(handler=personalize.command)
+    p.set_defaults(handler="builder.personalize:command")
 
 
 def _register_test_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from builder.qemu import serve
 
     p = sub.add_parser("test-server", help="run the K3s test server (a protocol stand-in, not K3s)")
     p.add_argument("--port", type=int, default=6443)
@@ -88,11 +92,10 @@ def _register_test_server(sub: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--state-dir", metavar="DIR", help="keep the CA and registrations here")
     p.add_argument("--token-out", metavar="FILE", help="write the join token here (0600)")
     p.add_argument("--san", action="append", default=[], help="extra name or IP in its certificate")
-    p.set_defaults(handler=serve.command)
+    p.set_defaults(handler="builder.qemu.serve:command")
 
 
 def _register_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from builder import token
 
     p = sub.add_parser("token", help="join token tools")
     tsub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -100,27 +103,25 @@ def _register_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument("--server", required=True, help="https://host:6443")
     check.add_argument("--token-file", required=True)
     check.add_argument("--timeout", type=float, default=10.0)
-    check.set_defaults(handler=token.check_command)
+    check.set_defaults(handler="builder.token:check_command")
 
 
 def _register_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from builder.qemu import base
 
     p = sub.add_parser(
         "base", help="build (or reuse) a QEMU-bootable base laid out like Pi OS Trixie"
     )
     p.add_argument("--arch", choices=("arm64", "armhf"), default="arm64")
     p.add_argument("--suite", default="trixie")
-    p.add_argument("--mirror", default=base.DEFAULT_MIRROR, help="Debian mirror URL")
+    p.add_argument("--mirror", help="Debian mirror URL (default: http://deb.debian.org/debian)")
     p.add_argument(
         "-o", "--output", metavar="PATH", help="copy the image here (else print its cache path)"
     )
     p.add_argument("--rebuild", action="store_true", help="build again even when cached")
-    p.set_defaults(handler=base.command)
+    p.set_defaults(handler="builder.qemu.base:command")
 
 
 def _register_boot_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from builder.qemu import boottest
 
     p = sub.add_parser("boot-test", help="boot an image under QEMU and prove it joins a K3s server")
     p.add_argument(
@@ -135,25 +136,21 @@ def _register_boot_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--token-file", help="token for --server")
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
     p.add_argument("--keep", metavar="DIR", help="keep the VM disk and console log in DIR")
-    p.set_defaults(handler=boottest.command)
+    p.set_defaults(handler="builder.qemu.boottest:command")
 
 
 def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from builder import demo
 
     p = sub.add_parser(
         "demo", help="base -> build the example -> boot-test it under QEMU -> joined"
     )
-    p.add_argument(
-        "--config", default=str(demo.EXAMPLE), help="fleet YAML (default: the bundled example)"
-    )
+    p.add_argument("--config", help="fleet YAML (default: the bundled config/example.yaml)")
     p.add_argument("-o", "--output-dir", metavar="DIR", help="overrides output.dir")
     p.add_argument("--timeout", type=float, default=900)
-    p.set_defaults(handler=demo.command)
+    p.set_defaults(handler="builder.demo:command")
 
 
 def _register_flash(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from builder import flash
 
     p = sub.add_parser(
         "flash", help="write an image to an SD card with its .bmap, verify, personalize"
@@ -169,19 +166,18 @@ def _register_flash(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--dry-run", action="store_true", help="show what would be written; write nothing"
     )
-    p.set_defaults(handler=flash.command)
+    p.set_defaults(handler="builder.flash:command")
 
 
 def _register_sources(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from builder import catalog, sources
 
     p = sub.add_parser("images", help="list the catalog of base images")
-    p.set_defaults(handler=catalog.command)
+    p.set_defaults(handler="builder.catalog:command")
     p = sub.add_parser(
         "fetch", help="download and verify a config's base and K3s, for offline builds"
     )
     p.add_argument("config", help="fleet YAML file")
-    p.set_defaults(handler=sources.fetch_command)
+    p.set_defaults(handler="builder.sources:fetch_command")
 
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
@@ -209,10 +205,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    handler: Handler = args.handler
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return handler(args)
+        return _handler(args.handler)(args)
     except PifleetError as exc:
         print(f"pifleet: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -27,7 +27,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
 
 
 def command(args: argparse.Namespace) -> int:
-    config = load(Path(args.config))
+    config = load(Path(args.config) if args.config else EXAMPLE)
     print(f"[1/4] base image for {config.arch} (built once, then cached)", flush=True)
     base_image = base.ensure_base(config.arch)
     out = (Path(args.output_dir) if args.output_dir else config.output.dir).resolve()

@@ -137,7 +137,18 @@ def assert_joined_on_disk(overlay: Path, tmp: Path, node: str) -> None:
 def test_arm64_image_boots_runs_cloud_init_and_joins(
     arm64_device: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    image, state = arm64_device
+    boots_and_joins(*arm64_device, tmp_path)
+
+
+@pytest.mark.armhf_boot
+def test_armhf_image_boots_runs_cloud_init_and_joins(tmp_path: Path) -> None:
+    """Opt-in (`pytest -m armhf_boot`): a second base build and a slower boot under
+    qemu-system-arm; see README."""
+    boots_and_joins(*device_image(tmp_path / "armhf", "armhf"), tmp_path)
+
+
+def boots_and_joins(image: Path, state: Path, tmp_path: Path) -> None:
+    """`pifleet boot-test` through the real CLI, then every claim checked independently."""
     before = image.stat().st_mtime_ns, os.path.getsize(image)
     vm = state.parent
     junit = tmp_path / "junit.xml"

@@ -279,7 +279,7 @@ def assemble(image: Path, rootfs: Path, boot: Path, disk_id: str, epoch: int) ->
 
 
 def command(args: argparse.Namespace) -> int:
-    path = ensure_base(args.arch, args.suite, args.mirror, args.rebuild)
+    path = ensure_base(args.arch, args.suite, args.mirror or DEFAULT_MIRROR, args.rebuild)
     if args.output:
         out = Path(args.output)
         from builder.atomic import replace_when_done

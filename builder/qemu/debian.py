@@ -83,8 +83,13 @@ def bootstrap(spec: Bootstrap, rootfs: Path, downloads: Path) -> None:
     log.info("installing Debian %s %s packages (mmdebstrap, qemu-user)", spec.suite, spec.arch)
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.startswith("E:")]
-        raise BuildError(f"mmdebstrap failed: {(lines or proc.stderr.splitlines() or ['?'])[-1]}")
+        raise BuildError(f"mmdebstrap failed: {first_error(proc.stderr + proc.stdout)}")
+
+
+def first_error(output: str) -> str:
+    """The line that says why: apt's first `E:` (later ones only say that something failed)."""
+    errors = [ln[2:].strip() for ln in output.splitlines() if ln.startswith("E:")]
+    return (errors or [ln for ln in output.splitlines() if ln.strip()][-1:] or ["no output"])[0]
 
 
 def _divert_hook(spec: Bootstrap) -> str:

@@ -1,4 +1,4 @@
-"""`pifleet boot-test --junit`: the report parses, whatever the serial console printed."""
+"""Pieces of the QEMU half that need no QEMU: the JUnit report, mmdebstrap errors."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from builder.qemu.boottest import BootResult, write_junit
+from builder.qemu.debian import first_error
 
 
 def test_console_control_characters_still_give_valid_xml(tmp_path: Path) -> None:
@@ -26,3 +27,17 @@ def test_console_control_characters_still_give_valid_xml(tmp_path: Path) -> None
     assert [(p.get("name"), p.get("value")) for p in suite.iter("property")] == [
         ("kernel started", "1.5")
     ]
+
+
+def test_mmdebstrap_failure_names_the_cause() -> None:
+    output = (
+        "I: running apt-get update...\n"
+        "E: Failed to fetch http://deb.debian.org/debian/dists/trixie/main/binary-armhf/Packages.xz"
+        "  File has unexpected size (9246492 != 9246996). Mirror sync in progress?\n"
+        "   Hashes of expected file:\n"
+        "E: Some index files failed to download.\n"
+        "E: mmdebstrap failed to run\n"
+    )
+    assert first_error(output).startswith("Failed to fetch http://deb.debian.org/")
+    assert first_error("W: something\nlast words\n") == "last words"
+    assert first_error("") == "no output"
