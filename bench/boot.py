@@ -44,7 +44,7 @@ def boot(arch: str, workdir: Path) -> None:
     image, state = device_image(workdir, arch)
     result = boot_test(BootOptions(image=image, timeout=1200, server_state=state))
     marks = dict(result.milestones)
-    print(f"  boot-test {'joined' if result.joined else 'FAILED: ' + str(result.failure)}")
+    print(f"  boot-test {'passed' if result.passed else 'FAILED: ' + str(result.failure)}")
     for name, seconds in result.milestones:
         print(f"    {seconds:7.1f} s  {name}")
     if {"kernel started", "cloud-init finished", "joined"} <= marks.keys():

@@ -50,7 +50,7 @@ def command(args: argparse.Namespace) -> int:
     result = boottest.boot_test(
         opts, on_milestone=lambda name, s: print(f"{s:8.1f} s  {name}", flush=True)
     )
-    if result.joined:
+    if result.passed:
         print(
             f"joined: {result.node} registered with the K3s test server in {result.seconds:.0f} s"
         )

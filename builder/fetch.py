@@ -12,7 +12,6 @@ REQUESTS_CA_BUNDLE; `file://` URLs serve offline copies.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import random
@@ -25,6 +24,7 @@ import requests
 from builder import __version__
 from builder.cache import cache_dir
 from builder.console import progress
+from builder.disk.sparse import sha256_file
 from builder.errors import BuildError, UserError
 
 log = logging.getLogger("pifleet.fetch")
@@ -67,7 +67,7 @@ def fetch(url: str, sha256: str, *, name: str | None = None, where: str = "downl
             delay = random.uniform(0, min(30.0, 2.0**attempt))
             log.warning("warning: %s: %s; retrying in %.0f s", url, exc, delay)
             time.sleep(delay)
-    actual = _sha256(partial)
+    actual = sha256_file(partial)
     if actual != sha256:
         partial.unlink(missing_ok=True)
         raise UserError(f"{where}: sha256 mismatch for {url}: expected {sha256}, got {actual}")
@@ -178,14 +178,6 @@ def _copy_to(source: Path, dest: Path) -> None:
     with open(source, "rb") as fin, open(dest, "wb") as fout:
         while chunk := fin.read(_CHUNK):
             fout.write(chunk)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _describe(exc: BaseException) -> str:

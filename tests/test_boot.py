@@ -196,7 +196,7 @@ def test_server_unreachable_at_first_then_joins(
             server_state=server_state, server_down_for=60.0,
         )
     )  # fmt: skip
-    assert result.joined, (result.failure, result.tail())
+    assert result.passed and result.joined, (result.failure, result.tail())
     waits = [ln for ln in result.console if "verify: waiting for the server" in ln]
     assert len(waits) >= 2, "the agent never met the unreachable server"
     marks = dict(result.milestones)

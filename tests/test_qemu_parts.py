@@ -1,12 +1,13 @@
-"""Pieces of the QEMU half that need no QEMU: the JUnit report, mmdebstrap errors."""
+"""Pieces of the QEMU half that need no QEMU: console following, the JUnit report, mmdebstrap errors."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from xml.etree import ElementTree
 
-from builder.qemu.boottest import BootResult, write_junit
+from builder.qemu.boottest import BootResult, follow, verdict, write_junit
 from builder.qemu.debian import first_error
+from builder.qemu.vm import ConsoleLine
 
 
 def test_console_control_characters_still_give_valid_xml(tmp_path: Path) -> None:
@@ -41,3 +42,61 @@ def test_mmdebstrap_failure_names_the_cause() -> None:
     assert first_error(output).startswith("Failed to fetch http://deb.debian.org/")
     assert first_error("W: something\nlast words\n") == "last words"
     assert first_error("") == "no output"
+
+
+# Lines as a real armhf boot printed them: the agent joined before cloud-init's final stage.
+ARMHF_BOOT = [
+    "[    0.000000] Booting Linux on physical CPU 0x0",
+    "[   45.301519] cloud-init[310]: Cloud-init v. 25.1.4 running 'init-local' at Wed, 25 Nov "
+    "2026 10:05:07 +0000. Up 43.87 seconds.",
+    "[   61.957646] python3[400]: pifleet-firstboot: state=start starting K3s",
+    "edge-007 login: [  OK  ] Finished sshd-keygen.service - Generate sshd host keys.",
+    "[   78.673329] python3[400]: pifleet-firstboot: joined node=edge-007",
+    "[   79.733577] cloud-init[310]: Cloud-init v. 25.1.4 running 'modules:final' at Wed, 25 "
+    "Nov 2026 10:05:42 +0000. Up 78.64 seconds.",
+    "[   80.960698] cloud-init[310]: Cloud-init v. 25.1.4 finished at Wed, 25 Nov 2026 10:05:45 "
+    "+0000. Datasource DataSourceNoCloud [seed=ds_config_seedfrom,file:///boot/firmware].",
+    "[   81.0] a line after the boot passed, never read",
+]
+
+
+def replay(lines: list[str]) -> BootResult:
+    result = BootResult()
+    follow((ConsoleLine(float(i), text) for i, text in enumerate(lines)), result)
+    return result
+
+
+def test_a_boot_passes_once_joined_and_cloud_init_finished_in_either_order() -> None:
+    result = replay(ARMHF_BOOT)
+    assert (result.joined, result.node, result.login_hostname) == (True, "edge-007", "edge-007")
+    assert result.cloud_init is not None and "finished at" in result.cloud_init
+    assert verdict(result, 900, running=True) is None
+    assert result.console[-1].startswith("[   80.9")  # stopped reading once both were seen
+    names = [name for name, _ in result.milestones]
+    assert names == [
+        "kernel started", "cloud-init started", "agent: start", "joined", "cloud-init finished"
+    ]  # fmt: skip
+
+
+def test_joined_without_cloud_init_finishing_or_a_failed_stage_does_not_pass() -> None:
+    joined_only = replay(ARMHF_BOOT[:5])
+    assert joined_only.joined
+    assert verdict(joined_only, 900, running=True) == (
+        "timed out after 900 s waiting for cloud-init to finish"
+    )
+    assert verdict(replay(ARMHF_BOOT[:3]), 900, running=False) == (
+        "QEMU exited while waiting for the node to join"
+    )
+    failed_stage = "[FAILED] Failed to start cloud-config.service - Cloud-init: Config Stage."
+    broken = replay([*ARMHF_BOOT[:3], failed_stage, *ARMHF_BOOT[3:]])
+    assert broken.joined and broken.cloud_init is not None
+    assert verdict(broken, 900, running=True) == f"cloud-init failed: {failed_stage}"
+
+
+def test_an_agent_failure_ends_the_boot_at_once() -> None:
+    failed = "[ 42.4] python3[423]: pifleet-firstboot: failed state=verify reason=the server rejected the token (401 Unauthorized)"
+    result = replay([*ARMHF_BOOT[:3], failed, *ARMHF_BOOT[3:]])
+    assert (
+        result.failure == "agent failed in verify: the server rejected the token (401 Unauthorized)"
+    )
+    assert not result.joined and result.console[-1] == failed

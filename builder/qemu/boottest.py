@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from builder.errors import UserError
 from builder.flavor import detect
 from builder.qemu import overlay
 from builder.qemu.testserver import K3sTestServer
-from builder.qemu.vm import VM, kernel_command_line, require_qemu
+from builder.qemu.vm import VM, ConsoleLine, kernel_command_line, require_qemu
 from builder.secret import Secret
 from firstboot import joinconfig
 
@@ -40,6 +40,9 @@ MILESTONES = (
     ("cloud-init started", re.compile(r"Cloud-init v\. \S+ running 'init-local'")),
     ("cloud-init finished", re.compile(r"Cloud-init v\. \S+ finished at")),
 )
+CLOUD_INIT_DONE = re.compile(r"Cloud-init v\. \S+ finished at")
+# systemd's console line for a failed cloud-init stage (the seed or a module went wrong)
+CLOUD_INIT_FAILED = re.compile(r"Failed to start (cloud-init|cloud-config|cloud-final)\S*")
 AGENT_STATE = re.compile(r"pifleet-firstboot: state=(\w+)")
 AGENT_JOINED = re.compile(r"pifleet-firstboot: joined node=(\S+)")
 AGENT_FAILED = re.compile(r"pifleet-firstboot: failed state=(\w+) reason=(.*)")
@@ -70,11 +73,17 @@ class BootResult:
     registered: list[str] = field(default_factory=list)
     login_hostname: str | None = None
     cloud_init: str | None = None  # the "finished" line
+    cloud_init_errors: list[str] = field(default_factory=list)  # failed cloud-init stages
     console: list[str] = field(default_factory=list)
     peak_rss_kib: int = 0
     overlay: Path | None = None
     seconds: float = 0.0
     powered_off: bool = False  # the guest shut down cleanly: its disk is consistent
+
+    @property
+    def passed(self) -> bool:
+        """The node joined and cloud-init finished without a failed stage."""
+        return self.failure is None
 
     def tail(self, n: int = 50) -> list[str]:
         return self.console[-n:]
@@ -110,7 +119,9 @@ def boot_test(opts: BootOptions, on_milestone: Milestone | None = None) -> BootR
         )
         if isinstance(server, K3sTestServer) and opts.server_down_for > 0:
             on_milestone = _outage(stack, server, opts.server_down_for, on_milestone)
-        _follow(vm, opts.timeout, result, on_milestone)
+        follow(vm.lines(opts.timeout), result, on_milestone)
+        if result.failure is None:
+            result.failure = verdict(result, opts.timeout, vm.running)
         result.powered_off = vm.power_off()
         result.peak_rss_kib = vm.peak_rss_kib
         vm.stop()
@@ -198,7 +209,12 @@ def _redirect(image: Image, server: K3sTestServer | str, token: Secret) -> dict[
     }
 
 
-def _follow(vm: VM, timeout: float, result: BootResult, on_milestone: Milestone | None) -> None:
+def follow(
+    lines: Iterable[ConsoleLine],
+    result: BootResult,
+    on_milestone: Milestone | None = None,
+) -> None:
+    """Read the console into `result` until the boot passed or the agent failed."""
     seen: set[str] = set()
     started = time.monotonic()
 
@@ -209,13 +225,17 @@ def _follow(vm: VM, timeout: float, result: BootResult, on_milestone: Milestone 
             if on_milestone is not None:
                 on_milestone(name, seconds)
 
-    for line in vm.lines(timeout):
+    # Done when the node joined and cloud-init finished (its final stage may end after the
+    # agent, which waits only for the config stage), or as soon as the agent fails.
+    for line in lines:
         result.console.append(line.text)
         for name, pattern in MILESTONES:
             if pattern.search(line.text):
                 mark(name, line.seconds)
-        if "finished at" in line.text and "Cloud-init" in line.text:
+        if CLOUD_INIT_DONE.search(line.text):
             result.cloud_init = line.text.strip()
+        if CLOUD_INIT_FAILED.search(line.text):
+            result.cloud_init_errors.append(line.text.strip())
         if (state := AGENT_STATE.search(line.text)) is not None:
             mark(f"agent: {state.group(1)}", line.seconds)
         if (login := LOGIN.search(line.text)) is not None:
@@ -226,19 +246,23 @@ def _follow(vm: VM, timeout: float, result: BootResult, on_milestone: Milestone 
         if (joined := AGENT_JOINED.search(line.text)) is not None:
             result.joined, result.node = True, joined.group(1)
             mark("joined", line.seconds)
+        if result.joined and result.cloud_init is not None:
             break
     result.seconds = time.monotonic() - started
-    if not result.joined and result.failure is None:
-        result.failure = (
-            f"no join within {timeout:.0f} s"
-            if vm.running
-            else "QEMU exited before the node joined"
-        )
 
 
-def timeline(result: BootResult) -> Iterator[str]:
-    for name, seconds in result.milestones:
-        yield f"{seconds:8.1f} s  {name}"
+def verdict(result: BootResult, timeout: float, running: bool) -> str | None:
+    """Why the boot does not count as a pass, or None when it does."""
+    if result.cloud_init_errors:
+        return f"cloud-init failed: {result.cloud_init_errors[0]}"
+    if result.joined and result.cloud_init is not None:
+        return None
+    waiting = "cloud-init to finish" if result.joined else "the node to join"
+    return (
+        f"timed out after {timeout:.0f} s waiting for {waiting}"
+        if running
+        else (f"QEMU exited while waiting for {waiting}")
+    )
 
 
 def write_junit(path: Path, image: Path, result: BootResult) -> None:
@@ -246,14 +270,14 @@ def write_junit(path: Path, image: Path, result: BootResult) -> None:
     from xml.etree import ElementTree as ET
 
     suite = ET.Element(
-        "testsuite", name="pifleet boot-test", tests="1", failures="0" if result.joined else "1"
+        "testsuite", name="pifleet boot-test", tests="1", failures="0" if result.passed else "1"
     )
     case = ET.SubElement(suite, "testcase", classname="pifleet.boot-test", name=f"boot {image.name}",
                          time=f"{result.seconds:.1f}")  # fmt: skip
     props = ET.SubElement(case, "properties")
     for name, seconds in result.milestones:
         ET.SubElement(props, "property", name=name, value=f"{seconds:.1f}")
-    if not result.joined:
+    if not result.passed:
         failure = ET.SubElement(case, "failure", message=result.failure or "did not join")
         failure.text = _xml_text("\n".join(result.tail()))
     ET.SubElement(case, "system-out").text = _xml_text("\n".join(result.console))
@@ -283,11 +307,13 @@ def command(args: argparse.Namespace) -> int:
     result = boot_test(opts, on_milestone=lambda name, s: print(f"{s:8.1f} s  {name}", flush=True))
     if args.junit:
         write_junit(Path(args.junit), image, result)
-    if result.joined:
+    if result.passed:
         registered = (
             f"; the server registered {', '.join(result.registered)}" if result.registered else ""
         )
-        print(f"joined: node {result.node} in {result.seconds:.0f} s{registered}")
+        print(
+            f"joined: node {result.node} in {result.seconds:.0f} s, cloud-init finished{registered}"
+        )
         print(f"peak QEMU RSS {result.peak_rss_kib / 1024:.0f} MiB")
         return 0
     print(f"FAILED: {result.failure}")
