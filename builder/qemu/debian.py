@@ -81,9 +81,17 @@ def bootstrap(spec: Bootstrap, rootfs: Path, downloads: Path) -> None:
         spec.mirror,
     ]
     log.info("installing Debian %s %s packages (mmdebstrap, qemu-user)", spec.suite, spec.arch)
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    output: list[str] = []
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # minutes of work: show mmdebstrap's own progress lines
+            output.append(line)
+            if line.startswith("I: "):
+                log.info("  mmdebstrap: %s", line[3:].rstrip().split(" in shell: ")[0])
     if proc.returncode != 0:
-        raise BuildError(f"mmdebstrap failed: {first_error(proc.stderr + proc.stdout)}")
+        raise BuildError(f"mmdebstrap failed: {first_error(''.join(output))}")
 
 
 def first_error(output: str) -> str:
