@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import workdir  # noqa: E402
 from builder.disk.sparse import sha256_file  # noqa: E402
 from tests.conftest import TEST_TOKEN, fleet_yaml  # noqa: E402
 from tests.layouts import MIB, TRIXIE, elf_for, make_pi_image  # noqa: E402
@@ -49,56 +49,48 @@ def prepare(d: Path) -> None:
     (d / "fleet.yaml").write_text(fleet_yaml(k3s="k3s: {binary: k3s-arm64}"))
 
 
-def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--prepare":
-        prepare(Path(sys.argv[2]))
-        return
-    with tempfile.TemporaryDirectory(
-        prefix="pifleet-bench-", dir=os.environ.get("BENCH_DIR")
-    ) as tmp:
-        d = Path(tmp)
-        subprocess.run([sys.executable, __file__, "--prepare", str(d)], check=True)
-        k3s = d / "k3s-arm64"
-        size = (d / "base.img").stat().st_size
-        data = (d / "base.img").stat().st_blocks * 512
+def measure(d: Path, _prepared: float) -> None:
+    k3s = d / "k3s-arm64"
+    size = (d / "base.img").stat().st_size
+    data = (d / "base.img").stat().st_blocks * 512
+    subprocess.run(["sync"], check=True)
+    cp_times, build_times = [], []
+    rss = 0
+    for i in range(3):
+        subprocess.run(["sync"], check=True)  # no writeback of an earlier run in the timing
+        t, _ = timed(["cp", "--sparse=always", str(d / "base.img"), str(d / f"cp{i}.img")])
+        cp_times.append(t)
+        (d / f"cp{i}.img").unlink()
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
         subprocess.run(["sync"], check=True)
-        cp_times, build_times = [], []
-        rss = 0
-        for i in range(3):
-            subprocess.run(["sync"], check=True)  # no writeback of an earlier run in the timing
-            t, _ = timed(["cp", "--sparse=always", str(d / "base.img"), str(d / f"cp{i}.img")])
-            cp_times.append(t)
-            (d / f"cp{i}.img").unlink()
-            env = {**os.environ, "PYTHONPATH": str(REPO)}
-            subprocess.run(["sync"], check=True)
-            t, rss = timed(
-                [sys.executable, "-m", "builder", "-q", "build", "fleet.yaml", "-o", f"out{i}"],
-                cwd=d,
-                env=env,
-            )
-            build_times.append(t)
-        cp_best, build_best = min(cp_times), min(build_times)
-        start = time.monotonic()
-        sha256_file(d / "out0" / "edge-fleet.img")
-        digest = time.monotonic() - start
-        print(
-            f"base image            {size / MIB:.0f} MiB ({data / MIB:.0f} MiB data), K3s binary {k3s.stat().st_size / MIB:.0f} MiB"
+        t, rss = timed(
+            [sys.executable, "-m", "builder", "-q", "build", "fleet.yaml", "-o", f"out{i}"],
+            cwd=d,
+            env=env,
         )
-        print(
-            f"cp --sparse=always    {cp_best:.2f} s (best of 3: {', '.join(f'{t:.2f}' for t in cp_times)})"
-        )
-        print(
-            f"pifleet build         {build_best:.2f} s (best of 3: {', '.join(f'{t:.2f}' for t in build_times)})"
-        )
-        print(f"ratio build / cp      {build_best / cp_best:.2f}  (target <= 1.5)")
-        print(
-            f"  of which: sha256 of the output image for SHA256SUMS alone takes {digest:.2f} s"
-            f" ({digest / cp_best:.2f} x cp)"
-        )
-        print(
-            f"peak RSS              {rss / 1024:.1f} MiB (largest of pifleet and its tools; target < 150)"
-        )
+        build_times.append(t)
+    cp_best, build_best = min(cp_times), min(build_times)
+    start = time.monotonic()
+    sha256_file(d / "out0" / "edge-fleet.img")
+    digest = time.monotonic() - start
+    print(
+        f"base image            {size / MIB:.0f} MiB ({data / MIB:.0f} MiB data), K3s binary {k3s.stat().st_size / MIB:.0f} MiB"
+    )
+    print(
+        f"cp --sparse=always    {cp_best:.2f} s (best of 3: {', '.join(f'{t:.2f}' for t in cp_times)})"
+    )
+    print(
+        f"pifleet build         {build_best:.2f} s (best of 3: {', '.join(f'{t:.2f}' for t in build_times)})"
+    )
+    print(f"ratio build / cp      {build_best / cp_best:.2f}  (target <= 1.5)")
+    print(
+        f"  of which: sha256 of the output image for SHA256SUMS alone takes {digest:.2f} s"
+        f" ({digest / cp_best:.2f} x cp)"
+    )
+    print(
+        f"peak RSS              {rss / 1024:.1f} MiB (largest of pifleet and its tools; target < 150)"
+    )
 
 
 if __name__ == "__main__":
-    main()
+    workdir.run(__file__, prepare, measure)

@@ -20,13 +20,13 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import workdir  # noqa: E402
 from builder.compress import compress  # noqa: E402
 from tests.conftest import TEST_TOKEN, fleet_yaml  # noqa: E402
 from tests.layouts import MIB, TRIXIE, make_pi_image  # noqa: E402
@@ -158,28 +158,18 @@ def report_zstd(d: Path) -> None:
     print(f"throughput ratio      {cli / ours:.2f}  (pifleet / zstd CLI; target >= 0.9)")
 
 
-def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--prepare":
-        prepare(Path(sys.argv[2]))
-        return
-    with tempfile.TemporaryDirectory(
-        prefix="pifleet-bench-", dir=os.environ.get("BENCH_DIR")
-    ) as tmp:
-        d = Path(tmp)
-        start = time.monotonic()
-        subprocess.run([sys.executable, __file__, "--prepare", str(d)], check=True)
-        prepared = time.monotonic() - start
-        base, xz_file = d / "base.img", d / "base.img.xz"
-        print(
-            f"base image            {base.stat().st_size / MIB:.0f} MiB "
-            f"({base.stat().st_blocks * 512 / MIB:.0f} MiB data, of which "
-            f"{int((d / 'content-bytes').read_text()) / MIB:.0f} MiB host files); "
-            f".img.xz {xz_file.stat().st_size / MIB:.0f} MiB (made in {prepared:.0f} s)"
-        )
-        base.unlink()
-        report_build(d)
-        report_zstd(d)
+def measure(d: Path, prepared: float) -> None:
+    base, xz_file = d / "base.img", d / "base.img.xz"
+    print(
+        f"base image            {base.stat().st_size / MIB:.0f} MiB "
+        f"({base.stat().st_blocks * 512 / MIB:.0f} MiB data, of which "
+        f"{int((d / 'content-bytes').read_text()) / MIB:.0f} MiB host files); "
+        f".img.xz {xz_file.stat().st_size / MIB:.0f} MiB (made in {prepared:.0f} s)"
+    )
+    base.unlink()
+    report_build(d)
+    report_zstd(d)
 
 
 if __name__ == "__main__":
-    main()
+    workdir.run(__file__, prepare, measure)
