@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builder.qemu.testserver import K3sTestServer  # noqa: E402
+from builder.testserver.server import K3sTestServer  # noqa: E402
 from tests.agent_helpers import agent_env, make_device, stop_services  # noqa: E402
 
 

@@ -31,10 +31,10 @@ from xml.etree import ElementTree as ET
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builder.config import load  # noqa: E402
-from builder.devicekeys import ensure_identity  # noqa: E402
+from builder.config.fleet import load  # noqa: E402
 from builder.disk.sparse import copy_file, try_reflink  # noqa: E402
-from builder.personalize import apply, open_golden, personalize_fleet, secrets_for  # noqa: E402
+from builder.fleet.devicekeys import ensure_identity  # noqa: E402
+from builder.fleet.personalize import apply, open_golden, personalize_fleet, secrets_for  # noqa: E402
 from tests.conftest import TEST_TOKEN, fleet_yaml  # noqa: E402
 from tests.layouts import MIB, TRIXIE, make_pi_image  # noqa: E402
 

@@ -5,7 +5,7 @@
     cache + customize + outputs) vs `xz -dc -T0 base.img.xz > /dev/null` of the same file,
     measured in the same run. Target: ratio <= 1.3.
 (b) Compressing the built image to `.img.zst` with pifleet's own code path
-    (builder.compress.compress) vs the `zstd -T0` CLI on the same image: throughput of each
+    (builder.sources.compress.compress) vs the `zstd -T0` CLI on the same image: throughput of each
     (apparent image bytes per second) and the ratio. Target: >= 0.9.
 
 The base's root filesystem holds a few hundred MiB of real files copied from this host's
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import workdir  # noqa: E402
-from builder.compress import compress  # noqa: E402
+from builder.sources.compress import compress  # noqa: E402
 from tests.conftest import TEST_TOKEN, fleet_yaml  # noqa: E402
 from tests.layouts import MIB, TRIXIE, make_pi_image  # noqa: E402
 

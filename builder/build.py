@@ -15,18 +15,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from builder import inspect, output
-from builder.atomic import replace_when_done
-from builder.config import load
-from builder.console import human_size, progress
-from builder.digests import sha256_of
+from builder import inspect
+from builder.config.fleet import load
 from builder.disk.ext4 import last_write_time
+from builder.disk.flavor import detect, require_supported
 from builder.disk.image import Image
 from builder.disk.sparse import copy_file
-from builder.errors import UserError
-from builder.flavor import detect, require_supported
+from builder.outputs import artifacts
 from builder.plan import Plan, resolve, source_date_epoch
+from builder.sources.digests import sha256_of
 from builder.steps import ORDER
+from builder.util.atomic import replace_when_done
+from builder.util.console import human_size, progress
+from builder.util.errors import UserError
 
 log = logging.getLogger("pifleet.build")
 
@@ -51,7 +52,7 @@ def command(args: argparse.Namespace) -> int:
     for w in written[1:]:
         log.info("  %s", w.path.name)
     if args.per_device:
-        from builder.personalize import personalize_fleet
+        from builder.fleet.personalize import personalize_fleet
 
         if not config.devices:
             raise UserError(f"{config.source}: devices: --per-device needs at least one device")
@@ -59,11 +60,11 @@ def command(args: argparse.Namespace) -> int:
     return 0
 
 
-def build(plan: Plan) -> list[output.Written]:
+def build(plan: Plan) -> list[artifacts.Written]:
     """Build the golden image for `plan`; returns the outputs written."""
     plan = examine_base(plan)
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(replace_when_done(plan.image_path, output.PRIVATE))
+        tmp = stack.enter_context(replace_when_done(plan.image_path, artifacts.PRIVATE))
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
         # The base's digest is only for the manifest: hash it on the other core while copying.
         base_digest = pool.submit(sha256_of, plan.base.path) if plan.base.sha256 is None else None
@@ -75,7 +76,7 @@ def build(plan: Plan) -> list[output.Written]:
         facts = inspect.collect(tmp)
         if base_digest is not None:
             plan = replace(plan, base=replace(plan.base, sha256=base_digest.result()))
-        return output.write_all(plan, tmp, facts, stack)
+        return artifacts.write_all(plan, tmp, facts, stack)
     raise AssertionError("unreachable")
 
 

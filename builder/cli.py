@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from builder import __version__
-from builder.console import setup_logging
-from builder.errors import PifleetError
+from builder.util.console import setup_logging
+from builder.util.errors import PifleetError
 
 log = logging.getLogger("pifleet")
 
@@ -81,7 +81,7 @@ def _register_personalize(sub: argparse._SubParsersAction[argparse.ArgumentParse
     )
     p.add_argument("--in-place", action="store_true", help="personalize IMAGE itself")
     p.add_argument("--rotate-keys", action="store_true", help="new SSH host key and node password")
-    p.set_defaults(handler="builder.personalize:command")
+    p.set_defaults(handler="builder.fleet.personalize:command")
 
 
 def _register_test_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -92,7 +92,7 @@ def _register_test_server(sub: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--state-dir", metavar="DIR", help="keep the CA and registrations here")
     p.add_argument("--token-out", metavar="FILE", help="write the join token here (0600)")
     p.add_argument("--san", action="append", default=[], help="extra name or IP in its certificate")
-    p.set_defaults(handler="builder.qemu.serve:command")
+    p.set_defaults(handler="builder.testserver.serve:command")
 
 
 def _register_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -103,7 +103,7 @@ def _register_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument("--server", required=True, help="https://host:6443")
     check.add_argument("--token-file", required=True)
     check.add_argument("--timeout", type=float, default=10.0)
-    check.set_defaults(handler="builder.token:check_command")
+    check.set_defaults(handler="builder.config.token:check_command")
 
 
 def _register_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -166,18 +166,18 @@ def _register_flash(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--dry-run", action="store_true", help="show what would be written; write nothing"
     )
-    p.set_defaults(handler="builder.flash:command")
+    p.set_defaults(handler="builder.fleet.flash:command")
 
 
 def _register_sources(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("images", help="list the catalog of base images")
-    p.set_defaults(handler="builder.catalog:command")
+    p.set_defaults(handler="builder.sources.catalog:command")
     p = sub.add_parser(
         "fetch", help="download and verify a config's base and K3s, for offline builds"
     )
     p.add_argument("config", help="fleet YAML file")
-    p.set_defaults(handler="builder.sources:fetch_command")
+    p.set_defaults(handler="builder.sources.obtain:fetch_command")
 
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [

@@ -16,11 +16,12 @@ import logging
 import os
 from pathlib import Path
 
-from builder import build, personalize
-from builder.config import load
+from builder import build
+from builder.config.fleet import load
+from builder.fleet import personalize
 from builder.plan import resolve
 from builder.qemu import base, boottest
-from builder.qemu.testserver import K3sTestServer
+from builder.testserver.server import K3sTestServer
 
 log = logging.getLogger("pifleet.demo")
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.yaml"

@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from builder.console import human_size
+from builder.disk.flavor import detect, elf_arch
 from builder.disk.image import Image
-from builder.flavor import detect, elf_arch
 from builder.steps import agent, cmdline, join, k3s
+from builder.util.console import human_size
 from firstboot import joinconfig
 
 

@@ -12,11 +12,11 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from builder.config import FleetConfig
-from builder.errors import UserError
-from builder.flavor import Flavor
-from builder.secret import Secret
-from builder.token import read_token
+from builder.config.fleet import FleetConfig
+from builder.config.token import read_token
+from builder.disk.flavor import Flavor
+from builder.util.errors import UserError
+from builder.util.secret import Secret
 
 log = logging.getLogger("pifleet.plan")
 
@@ -67,7 +67,7 @@ def resolve(
     output_dir: Path | None = None,
 ) -> Plan:
     """Find, fetch and verify every input named by `config` (CLI overrides win)."""
-    from builder import sources
+    from builder.sources import obtain as sources
 
     where = str(config.source)
     token = read_token(config.cluster, where)

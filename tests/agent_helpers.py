@@ -14,7 +14,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from builder.qemu.testserver import K3sTestServer
+from builder.testserver.server import K3sTestServer
 from firstboot import joinconfig
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,8 +21,8 @@ import pytest
 
 from builder.qemu import base
 from builder.qemu.boottest import BootOptions, boot_test
-from builder.qemu.testserver import K3sTestServer
-from builder.secret import Secret
+from builder.testserver.server import K3sTestServer
+from builder.util.secret import Secret
 from tests.conftest import REPO, pifleet
 from tests.test_build import fat_names, partitions
 

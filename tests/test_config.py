@@ -8,9 +8,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from builder.config import load, parse_size
-from builder.errors import UserError
-from builder.schema import SCHEMA_PATH
+from builder.config.fleet import load, parse_size
+from builder.config.schema import SCHEMA_PATH
+from builder.util.errors import UserError
 from tests.conftest import fleet_yaml
 
 REPO = Path(__file__).resolve().parent.parent

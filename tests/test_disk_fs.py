@@ -11,7 +11,7 @@ import pytest
 
 from builder.disk.ext4 import Directory, File, Symlink
 from builder.disk.image import Image
-from builder.errors import BuildError, UserError
+from builder.util.errors import BuildError, UserError
 
 EPOCH = 1_700_000_000
 

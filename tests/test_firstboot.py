@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.qemu.testserver import K3sTestServer
+from builder.testserver.server import K3sTestServer
 from tests.agent_helpers import (
     DEFAULT_NODE,
     REPO,

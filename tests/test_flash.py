@@ -20,9 +20,10 @@ from xml.etree import ElementTree as ET
 import pytest
 import yaml
 
-from builder import bmap, flash
 from builder.disk.table import read_table
-from builder.errors import BuildError, UserError
+from builder.fleet import flash
+from builder.outputs import bmap
+from builder.util.errors import BuildError, UserError
 from tests.conftest import REPO, TEST_TOKEN, fleet_yaml, pifleet
 
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}

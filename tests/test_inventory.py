@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.config import load
-from builder.errors import UserError
+from builder.config.fleet import load
+from builder.util.errors import UserError
 from tests.conftest import fleet_yaml
 
 

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from builder.config import load
-from builder.devicekeys import ensure_identity
+from builder.config.fleet import load
 from builder.disk.table import read_table
-from builder.personalize import personalize_fleet
+from builder.fleet.devicekeys import ensure_identity
+from builder.fleet.personalize import personalize_fleet
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
 
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from builder import compress
-from builder.config import BaseSource, K3sSource
-from builder.errors import BuildError, UserError
-from builder.sources import obtain_airgap, obtain_base, obtain_k3s
+from builder.config.fleet import BaseSource, K3sSource
+from builder.sources import compress
+from builder.sources.obtain import obtain_airgap, obtain_base, obtain_k3s
+from builder.util.errors import BuildError, UserError
 from tests.http_fixture import AssetServer
 from tests.layouts import elf_for
 

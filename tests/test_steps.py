@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from builder.config import load
-from builder.steps.cloudinit import seed_files
+from builder.config.fleet import load
+from builder.seed.cloudinit import seed_files
 from builder.steps.cmdline import edit, meta_instance_id
 from builder.steps.locale import enable, supported_entry
 from tests.conftest import fleet_yaml

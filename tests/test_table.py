@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from builder.disk.table import read_table, resized, write_table
-from builder.errors import UserError
+from builder.util.errors import UserError
 
 MIB = 1024 * 1024
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from builder.qemu.testserver import K3sTestServer, free_port
+from builder.testserver.server import K3sTestServer, free_port
 from tests.conftest import REPO, pifleet
 
 

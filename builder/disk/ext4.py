@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from builder.disk import sparse
-from builder.errors import BuildError
-from builder.run import no_fsync_env, run, stream
+from builder.util.errors import BuildError
+from builder.util.run import no_fsync_env, run, stream
 
 log = logging.getLogger("pifleet.ext4")
 

@@ -13,8 +13,8 @@ import logging
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from builder.errors import BuildError, UserError
-from builder.run import run
+from builder.util.errors import BuildError, UserError
+from builder.util.run import run
 
 log = logging.getLogger("pifleet.fat")
 

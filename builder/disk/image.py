@@ -12,11 +12,11 @@ import logging
 import os
 from pathlib import Path
 
-from builder.console import human_size
 from builder.disk.ext4 import Ext4Filesystem, is_ext4
 from builder.disk.fat import FatFilesystem
 from builder.disk.table import Partition, PartitionTable, read_table, resized, write_table
-from builder.errors import UserError
+from builder.util.console import human_size
+from builder.util.errors import UserError
 
 log = logging.getLogger("pifleet.image")
 

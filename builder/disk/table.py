@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from builder.errors import UserError
+from builder.util.errors import UserError
 
 SECTOR = 512
 _MBR_SIGNATURE = b"\x55\xaa"

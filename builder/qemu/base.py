@@ -28,12 +28,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from builder.cache import cache_dir
-from builder.console import human_size
 from builder.disk.table import MBR_FAT32_LBA, MBR_LINUX, Partition, PartitionTable, write_table
-from builder.errors import UserError
 from builder.qemu import debian, initramfs
-from builder.run import run
+from builder.util.cache import cache_dir
+from builder.util.console import human_size
+from builder.util.errors import UserError
+from builder.util.run import run
 
 log = logging.getLogger("pifleet.base")
 
@@ -282,8 +282,8 @@ def command(args: argparse.Namespace) -> int:
     path = ensure_base(args.arch, args.suite, args.mirror or DEFAULT_MIRROR, args.rebuild)
     if args.output:
         out = Path(args.output)
-        from builder.atomic import replace_when_done
         from builder.disk.sparse import copy_file
+        from builder.util.atomic import replace_when_done
 
         with replace_when_done(out, 0o644) as tmp:
             copy_file(path, tmp)

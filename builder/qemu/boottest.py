@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.disk.flavor import detect
 from builder.disk.image import Image
-from builder.errors import UserError
-from builder.flavor import detect
 from builder.qemu import overlay
-from builder.qemu.testserver import K3sTestServer
 from builder.qemu.vm import VM, ConsoleLine, kernel_command_line, require_qemu
-from builder.secret import Secret
+from builder.testserver.server import K3sTestServer
+from builder.util.errors import UserError
+from builder.util.secret import Secret
 from firstboot import joinconfig
 
 log = logging.getLogger("pifleet.boot-test")
@@ -289,7 +289,7 @@ def _xml_text(text: str) -> str:
 
 
 def command(args: argparse.Namespace) -> int:
-    from builder.token import read_token_file
+    from builder.config.token import read_token_file
 
     image = Path(args.image)
     token = read_token_file(Path(args.token_file)) if args.token_file else None

@@ -16,8 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.errors import BuildError, UserError
-from builder.run import require_tool, run
+from builder.util.errors import BuildError, UserError
+from builder.util.run import require_tool, run
 
 log = logging.getLogger("pifleet.base")
 

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from builder.errors import BuildError
+from builder.util.errors import BuildError
 
 # What the virt machine's root disk needs, by module name; whatever is built in is skipped.
 ROOT_MODULES = ("virtio_pci", "virtio_mmio", "virtio_blk", "ext4", "crc32c_generic")

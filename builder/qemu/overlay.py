@@ -18,8 +18,8 @@ from pathlib import Path
 from builder.disk import sparse
 from builder.disk.fat import FatFilesystem
 from builder.disk.table import read_table
-from builder.errors import BuildError
-from builder.run import require_tool, run
+from builder.util.errors import BuildError
+from builder.util.run import require_tool, run
 
 log = logging.getLogger("pifleet.overlay")
 

@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.errors import BuildError, UserError
-from builder.run import require_tool
+from builder.util.errors import BuildError, UserError
+from builder.util.run import require_tool
 
 log = logging.getLogger("pifleet.vm")
 

@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from builder.disk.image import Image
 from builder.plan import Plan
-from builder.steps import agent, cloudinit, cmdline, join, k3s, locale
+from builder.seed import cloudinit
+from builder.steps import agent, cmdline, join, k3s, locale
 
 Step = Callable[[Image, Plan], None]
 

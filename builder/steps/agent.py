@@ -12,7 +12,7 @@ from builder import __version__
 from builder.disk.ext4 import Directory, File, Symlink
 from builder.disk.image import Image
 from builder.plan import Plan
-from builder.render import render
+from builder.util.render import render
 
 AGENT_DIR = "/usr/lib/pifleet"
 UNIT_NAME = "pifleet-firstboot.service"

@@ -8,8 +8,8 @@ configured.
 from __future__ import annotations
 
 from builder.disk.image import Image
-from builder.errors import UserError
 from builder.plan import Plan
+from builder.util.errors import UserError
 
 CMDLINE = "/cmdline.txt"
 CGROUP_FLAGS = ("cgroup_memory=1", "cgroup_enable=memory")

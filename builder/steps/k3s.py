@@ -8,10 +8,10 @@ script) is accepted only when the config says `k3s.test_standin: true`.
 from __future__ import annotations
 
 from builder.disk.ext4 import Directory, File, Symlink
+from builder.disk.flavor import elf_arch
 from builder.disk.image import Image
-from builder.errors import UserError
-from builder.flavor import elf_arch
 from builder.plan import Plan
+from builder.util.errors import UserError
 
 BIN_DIR = "/usr/local/bin"
 K3S_PATH = f"{BIN_DIR}/k3s"

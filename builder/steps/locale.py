@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from builder.disk.ext4 import File
 from builder.disk.image import Image
-from builder.errors import UserError
 from builder.plan import Plan
+from builder.util.errors import UserError
 
 LOCALE_GEN = "/etc/locale.gen"
 SUPPORTED = "/usr/share/i18n/SUPPORTED"

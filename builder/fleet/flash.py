@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from builder import bmap
-from builder.atomic import replace_when_done
-from builder.console import human_size, progress
 from builder.disk.sparse import Advance
-from builder.errors import BuildError, UserError
+from builder.outputs import bmap
+from builder.util.atomic import replace_when_done
+from builder.util.console import human_size, progress
+from builder.util.errors import BuildError, UserError
 
 if TYPE_CHECKING:
-    from builder.config import Device, FleetConfig
+    from builder.config.fleet import Device, FleetConfig
 
 _CHUNK = 4 * 1024 * 1024
 
@@ -432,8 +432,8 @@ def command(args: argparse.Namespace) -> int:
         raise UserError("--config and --device go together (personalize the card for one device)")
     config = device = None
     if args.config:
-        from builder.config import load
-        from builder.personalize import find_device
+        from builder.config.fleet import load
+        from builder.fleet.personalize import find_device
 
         config = load(Path(args.config))
         device = find_device(config, args.device)
@@ -454,7 +454,7 @@ def command(args: argparse.Namespace) -> int:
 
 
 def _personalize_card(config: FleetConfig, device: Device, shown: str, written: Path) -> None:
-    from builder.personalize import apply, open_golden, record_known_hosts, secrets_for
+    from builder.fleet.personalize import apply, open_golden, record_known_hosts, secrets_for
 
     changed = apply(open_golden(written), config, device, secrets_for(config, device))
     record_known_hosts(config, [device])

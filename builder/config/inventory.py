@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from builder.config import Device, FleetConfig, _Builder
-from builder.errors import UserError
-from builder.schema import describe
+from builder.config.fleet import Device, FleetConfig, _Builder
+from builder.config.schema import describe
+from builder.util.errors import UserError
 
 COLUMNS = (
     "hostname",
@@ -132,7 +132,7 @@ def _yaml_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _check_schema(raw: Any) -> None:
-    from builder.schema import device_errors
+    from builder.config.schema import device_errors
 
     for error in device_errors(raw):
         key, message = describe(error)

@@ -13,11 +13,11 @@ import os
 from dataclasses import dataclass
 
 from builder import __version__
-from builder.config import Device, FleetConfig, StaticAddress, Wifi
+from builder.config.fleet import Device, FleetConfig, StaticAddress, Wifi
 from builder.disk.image import Image
-from builder.errors import UserError
 from builder.plan import Plan
-from builder.render import render
+from builder.util.errors import UserError
+from builder.util.render import render
 
 SEED_FILES = ("/user-data", "/meta-data", "/network-config")
 SSH_SWITCH = "/ssh"  # Raspberry Pi OS enables sshd at first boot when this file exists

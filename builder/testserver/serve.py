@@ -7,8 +7,8 @@ import logging
 import time
 from pathlib import Path
 
-from builder.atomic import write_atomic
-from builder.qemu.testserver import K3sTestServer
+from builder.testserver.server import K3sTestServer
+from builder.util.atomic import write_atomic
 
 log = logging.getLogger("pifleet.test-server")
 

@@ -15,22 +15,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.atomic import replace_when_done
-from builder.config import Device, FleetConfig, load
-from builder.devicekeys import (
+from builder.config.fleet import Device, FleetConfig, load
+from builder.disk.ext4 import last_write_time
+from builder.disk.image import Image
+from builder.disk.sparse import copy_file
+from builder.fleet.devicekeys import (
     ensure_identity,
     identity_dir,
     known_hosts_line,
     write_known_hosts,
 )
-from builder.disk.ext4 import last_write_time
-from builder.disk.image import Image
-from builder.disk.sparse import copy_file
-from builder.errors import UserError
 from builder.plan import source_date_epoch
-from builder.secret import Secret
+from builder.seed.cloudinit import HostKey, seed_files
 from builder.steps import cmdline
-from builder.steps.cloudinit import HostKey, seed_files
+from builder.util.atomic import replace_when_done
+from builder.util.errors import UserError
+from builder.util.secret import Secret
 from firstboot import joinconfig
 
 log = logging.getLogger("pifleet.personalize")

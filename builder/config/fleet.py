@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.errors import UserError
-from builder.yamlfile import read_yaml
+from builder.util.errors import UserError
+from builder.util.yamlfile import read_yaml
 from firstboot.joinconfig import valid_hostname
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.json"
 DEFAULT_RELEASE_URL = "https://github.com/k3s-io/k3s/releases/download"
 DEFAULT_CHANNEL_URL = "https://update.k3s.io/v1-release/channels"
 
@@ -150,14 +149,14 @@ def load(path: Path) -> FleetConfig:
     raw = read_yaml(path, what="fleet config")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of settings at the top level")
-    from builder.schema import validate
+    from builder.config.schema import validate
 
     validate(raw, path)
     config = _Builder(path, raw).build()
     if config.devices_file is not None:
         from dataclasses import replace
 
-        from builder.inventory import merged
+        from builder.config.inventory import merged
 
         config = replace(config, devices=merged(config))
     return config

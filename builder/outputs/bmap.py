@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from builder.console import human_size
 from builder.disk.sparse import Advance, data_ranges
-from builder.errors import BuildError, UserError
+from builder.util.console import human_size
+from builder.util.errors import BuildError, UserError
 
 BLOCK = 4096
 _CHUNK = 4 * 1024 * 1024

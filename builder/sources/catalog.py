@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urljoin
 
-from builder.errors import UserError
-from builder.fetch import fetch_text, final_url
-from builder.yamlfile import read_yaml
+from builder.sources.fetch import fetch_text, final_url
+from builder.util.errors import UserError
+from builder.util.yamlfile import read_yaml
 
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "images"
 IMAGER_OS_LIST = "https://downloads.raspberrypi.com/os_list_imagingutility_v4.json"

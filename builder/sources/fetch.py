@@ -22,10 +22,10 @@ from urllib.parse import unquote, urlsplit
 import requests
 
 from builder import __version__
-from builder.cache import cache_dir
-from builder.console import progress
 from builder.disk.sparse import sha256_file
-from builder.errors import BuildError, UserError
+from builder.util.cache import cache_dir
+from builder.util.console import progress
+from builder.util.errors import BuildError, UserError
 
 log = logging.getLogger("pifleet.fetch")
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from builder.atomic import write_atomic
-from builder.errors import UserError
-from builder.secret import Secret
-from builder.steps.cloudinit import HostKey
+from builder.seed.cloudinit import HostKey
+from builder.util.atomic import write_atomic
+from builder.util.errors import UserError
+from builder.util.secret import Secret
 
 PRIVATE = "ssh_host_ed25519_key"
 PUBLIC = "ssh_host_ed25519_key.pub"

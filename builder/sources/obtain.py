@@ -14,15 +14,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from builder import catalog, compress
-from builder.atomic import replace_when_done
-from builder.cache import cache_dir
-from builder.config import BaseSource, K3sSource
-from builder.console import progress
-from builder.digests import sha256_of
-from builder.errors import UserError
-from builder.fetch import fetch, fetch_text
+from builder.config.fleet import BaseSource, K3sSource
 from builder.plan import Input
+from builder.sources import catalog, compress
+from builder.sources.digests import sha256_of
+from builder.sources.fetch import fetch, fetch_text
+from builder.util.atomic import replace_when_done
+from builder.util.cache import cache_dir
+from builder.util.console import progress
+from builder.util.errors import UserError
 
 log = logging.getLogger("pifleet.sources")
 
@@ -145,7 +145,7 @@ def _verified(path: Path, sha256: str | None, where: str) -> str:
 
 def fetch_command(args: argparse.Namespace) -> int:
     """`pifleet fetch CONFIG`: download and verify everything a build needs, for offline use."""
-    from builder.config import load
+    from builder.config.fleet import load
 
     config = load(Path(args.config))
     where = str(config.source)

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import firstboot
-from builder import __version__, bmap, compress, imager
-from builder.atomic import replace_when_done
-from builder.console import progress
+from builder import __version__
+from builder.outputs import bmap, imager
 from builder.plan import Input, Plan
+from builder.sources import compress
+from builder.util.atomic import replace_when_done
+from builder.util.console import progress
 
 log = logging.getLogger("pifleet.output")
 

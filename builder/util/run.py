@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from builder.errors import BuildError, UserError
+from builder.util.errors import BuildError, UserError
 
 log = logging.getLogger("pifleet.run")
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import IO
 
 from builder.disk.sparse import Advance, sha256_file
-from builder.errors import BuildError, UserError
-from builder.run import require_tool
+from builder.util.errors import BuildError, UserError
+from builder.util.run import require_tool
 
 _CHUNK = 4 * 1024 * 1024
 _BLOCK = 64 * 1024

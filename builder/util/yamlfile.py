@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from builder.errors import UserError
+from builder.util.errors import UserError
 
 
 class _StrictLoader(yaml.SafeLoader):

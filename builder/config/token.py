@@ -8,9 +8,9 @@ import os
 import stat
 from pathlib import Path
 
-from builder.config import Cluster
-from builder.errors import UserError
-from builder.secret import Secret
+from builder.config.fleet import Cluster
+from builder.util.errors import UserError
+from builder.util.secret import Secret
 from firstboot.token import TokenError
 from firstboot.token import parse as parse_token
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from builder.disk.image import Image
-from builder.errors import UserError
+from builder.util.errors import UserError
 
 EM_ARM = 40
 EM_AARCH64 = 183

@@ -13,9 +13,9 @@ import hashlib
 import os
 from pathlib import Path
 
-from builder.atomic import write_atomic
-from builder.cache import cache_dir
 from builder.disk.sparse import Advance, sha256_file
+from builder.util.atomic import write_atomic
+from builder.util.cache import cache_dir
 
 
 def sha256_of(path: Path, advance: Advance | None = None) -> str:
