@@ -12,24 +12,15 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from builder.config.fleet import FleetConfig
+from builder.config.model import FleetConfig
 from builder.config.token import read_token
 from builder.disk.flavor import Flavor
+from builder.sources import obtain as sources
+from builder.sources.obtain import Input
 from builder.util.errors import UserError
 from builder.util.secret import Secret
 
 log = logging.getLogger("pifleet.plan")
-
-
-@dataclass(frozen=True)
-class Input:
-    """A file that went into the build, as the manifest records it."""
-
-    role: str  # "base", "k3s", "airgap-images"
-    path: Path
-    sha256: str | None  # None until the build has hashed it (see builder.build)
-    origin: str  # catalog name, URL or the path the user gave
-    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,8 +58,6 @@ def resolve(
     output_dir: Path | None = None,
 ) -> Plan:
     """Find, fetch and verify every input named by `config` (CLI overrides win)."""
-    from builder.sources import obtain as sources
-
     where = str(config.source)
     token = read_token(config.cluster, where)
     if base_override is not None:

@@ -35,8 +35,7 @@ from builder.util.console import human_size, progress
 from builder.util.errors import BuildError, UserError
 
 if TYPE_CHECKING:
-    from builder.config.fleet import Device, FleetConfig
-
+    from builder.config.model import Device, FleetConfig
 _CHUNK = 4 * 1024 * 1024
 
 

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.config.fleet import Device, FleetConfig, load
+from builder.config.fleet import load
+from builder.config.model import Device, FleetConfig
 from builder.disk.ext4 import last_write_time
 from builder.disk.image import Image
 from builder.disk.sparse import copy_file

@@ -17,8 +17,9 @@ from typing import Any
 import firstboot
 from builder import __version__
 from builder.outputs import bmap, imager
-from builder.plan import Input, Plan
+from builder.plan import Plan
 from builder.sources import compress
+from builder.sources.obtain import Input
 from builder.util.atomic import replace_when_done
 from builder.util.console import progress
 
