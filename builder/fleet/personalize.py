@@ -17,9 +17,9 @@ from pathlib import Path
 
 from builder.config.fleet import load
 from builder.config.model import Device, FleetConfig
-from builder.disk.ext4 import last_write_time
 from builder.disk.image import Image
 from builder.disk.sparse import copy_file
+from builder.disk.superblock import last_write_time
 from builder.fleet.devicekeys import (
     ensure_identity,
     identity_dir,
