@@ -30,4 +30,16 @@ def load(path: Path) -> FleetConfig:
     config = FleetReader(path, raw).build()
     if config.devices_file is not None:
         config = replace(config, devices=merged(config))
+    _check_servers(config)
     return config
+
+
+def _check_servers(config: FleetConfig) -> None:
+    """Every server of a cluster pifleet creates is one of the fleet's devices."""
+    names = {d.hostname for d in config.devices}
+    for i, server in enumerate(config.cluster.servers):
+        if server not in names:
+            raise UserError(
+                f"{config.where(f'cluster.servers[{i}]')}: {server!r} is not among the devices"
+                " (devices: or devices_file:)"
+            )

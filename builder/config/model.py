@@ -48,6 +48,15 @@ class Cluster:
     node_labels: tuple[str, ...]
     node_taints: tuple[str, ...]
     kubelet_args: tuple[str, ...]
+    create: bool = False  # pifleet makes the CA set and token (`pifleet cluster init`)
+    servers: tuple[str, ...] = ()  # with create: devices running `k3s server`, first initialises
+    agent_token: bool = False  # with create: agents join with a separate agent-only token
+
+    def role_of(self, hostname: str) -> Literal["agent", "server"]:
+        """The K3s role of one device: from `servers` when pifleet creates the cluster."""
+        if self.create:
+            return "server" if hostname in self.servers else "agent"
+        return self.role
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from builder.config.devices import DeviceReader
@@ -100,18 +101,49 @@ class FleetReader(DeviceReader):
 
     def cluster(self, value: dict[str, Any]) -> Cluster:
         has_file, has_env = "token_file" in value, "token_env" in value
-        if has_file == has_env:
+        create = self.creation(value)
+        if not create and has_file == has_env:
             raise self.fail("cluster", "give exactly one of token_file or token_env")
         return Cluster(
             server=value["server"].rstrip("/"),
-            token_file=self.rel(value["token_file"]) if has_file else None,
+            token_file=self.rel(value["token_file"]) if has_file else self.created_token(create),
             token_env=value.get("token_env"),
             token_in_boot=bool(value.get("token_in_boot", False)),
             role=value.get("role", "agent"),
             node_labels=self.labels(value.get("node_labels", {}), "cluster.node_labels"),
             node_taints=self.taints(value.get("node_taints", []), "cluster.node_taints"),
             kubelet_args=self.kubelet_args(value.get("kubelet_args", [])),
+            create=create,
+            servers=tuple(value.get("servers", [])),
+            agent_token=bool(value.get("agent_token", False)),
         )
+
+    def creation(self, value: dict[str, Any]) -> bool:
+        """`create: true` and the keys that go with it, or without it."""
+        if not value.get("create", False):
+            for key in ("servers", "agent_token"):
+                if key in value:
+                    raise self.fail(f"cluster.{key}", "only meaningful with cluster.create: true")
+            return False
+        for key, why in (
+            ("token_file", "the token is cluster/token, made by `pifleet cluster init`"),
+            ("token_env", "the token is cluster/token, made by `pifleet cluster init`"),
+            (
+                "role",
+                "servers get role server from cluster.servers; every other device is an agent",
+            ),
+        ):
+            if key in value:
+                raise self.fail(f"cluster.{key}", f"not with cluster.create: true ({why})")
+        if not value.get("servers"):
+            raise self.fail(
+                "cluster.servers",
+                "required with cluster.create: true (the devices that run k3s server)",
+            )
+        return True
+
+    def created_token(self, create: bool) -> Path | None:
+        return self.dir / "cluster" / "token" if create else None
 
     def kubelet_args(self, value: list[str]) -> tuple[str, ...]:
         for i, item in enumerate(value):
