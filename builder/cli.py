@@ -1,7 +1,7 @@
 """argparse front of `pifleet`: parse, dispatch, turn expected failures into one line.
 
 Subcommands: build, inspect, personalize, flash, boot-test, base, fetch, images,
-test-server, token, demo, cluster. Each handler lives in the module that owns the work;
+test-server, token, demo, cluster, status. Each handler lives in the module that owns the work;
 this file only parses arguments and maps errors to exit codes
 (0 ok, 1 runtime failure, 2 bad input, 130 interrupted).
 """
@@ -180,6 +180,19 @@ def _register_sources(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(handler="builder.sources.obtain:fetch_command")
 
 
+def _register_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+    p = sub.add_parser(
+        "status", help="which of the fleet's devices joined the cluster, which did not"
+    )
+    p.add_argument("config", help="fleet YAML file")
+    p.add_argument("--kubeconfig", metavar="FILE", help="default: $KUBECONFIG, ~/.kube/config")
+    p.add_argument("--watch", action="store_true", help="redraw as nodes join, until all are Ready")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between --watch reads")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler="builder.fleet.status:command")
+
+
 def _register_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser(
@@ -206,6 +219,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     _register_flash,
     _register_sources,
     _register_cluster,
+    _register_status,
 ]
 
 

@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
 import secrets
 import socket
 import ssl
@@ -51,6 +52,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from builder.testserver import kubeapi
 
 GUEST_HOST = "10.0.2.2"  # the host, as QEMU's user-mode network shows it to the guest
 REJECTED = (
@@ -155,6 +158,7 @@ class K3sTestServer:
         self.server_ca = CertificateAuthority(self.state_dir, "server-ca")
         self.client_ca = CertificateAuthority(self.state_dir, "client-ca")
         self.password = self._load_password()
+        self.kube = kubeapi.KubeApi(kubeapi.NodeStore(), self._admin_token())
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._context = self._serving_context(extra_sans)
@@ -180,6 +184,7 @@ class K3sTestServer:
         httpd.socket = self._context.wrap_socket(httpd.socket, server_side=True)
         self._port = httpd.server_address[1]
         self._httpd = httpd
+        self._write_kubeconfig()
         self._thread = threading.Thread(
             target=httpd.serve_forever, name="k3s-test-server", daemon=True
         )
@@ -240,6 +245,29 @@ class K3sTestServer:
             path.write_text(secrets.token_hex(16))
             path.chmod(0o600)
         return path.read_text().strip()
+
+    def _admin_token(self) -> str:
+        """The Kubernetes API's admin bearer token, kept 0600 from its first byte."""
+        path = self.state_dir / "kube-admin-token"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(24))
+        return path.read_text().strip()
+
+    def _write_kubeconfig(self) -> None:
+        """`<state_dir>/kubeconfig.yaml` (0600): kubectl and `pifleet status` read the nodes."""
+        data = kubeapi.kubeconfig(self.url, self.server_ca.pem, self.kube.admin_token)
+        path = self.state_dir / "kubeconfig.yaml"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig.yaml"
 
     def _serving_context(self, extra_sans: tuple[str, ...]) -> ssl.SSLContext:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -311,6 +339,8 @@ class K3sTestServer:
                     nodes.append(name)
             self._save_registry(registry)
         if kind == "client":
+            self.kube.store.register(name)
+        if kind == "client":
             subject = x509.Name(
                 [
                     x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
@@ -366,6 +396,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/ping":
             self._record(False)
             return self._reply(200, b"pong")
+        if state.kube.handles(self.path):
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            return kubeapi.send(self, state.kube.answer("GET", self.path, headers))
         auth = state.check_credentials(self.headers.get("Authorization"))
         self._record(auth == 200)
         if self.path not in _AUTHENTICATED_GETS:
