@@ -1,7 +1,7 @@
 """argparse front of `pifleet`: parse, dispatch, turn expected failures into one line.
 
 Subcommands: build, inspect, personalize, flash, boot-test, base, fetch, images,
-test-server, token, demo, cluster, status. Each handler lives in the module that owns the work;
+test-server, token, demo, cluster, status, diagnose. Each handler lives in the module that owns the work;
 this file only parses arguments and maps errors to exit codes
 (0 ok, 1 runtime failure, 2 bad input, 130 interrupted).
 """
@@ -193,6 +193,17 @@ def _register_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.set_defaults(handler="builder.fleet.status:command")
 
 
+def _register_diagnose(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+    p = sub.add_parser(
+        "diagnose", help="what a pulled card says about its first boot, and what to do"
+    )
+    p.add_argument("target", help="the card (/dev/sdX) or a disk image read back from a device")
+    p.add_argument("--journal", action="store_true", help="also show the last journal lines")
+    p.add_argument("--json", action="store_true", help="the report as the agent wrote it")
+    p.set_defaults(handler="builder.fleet.diagnose:command")
+
+
 def _register_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser(
@@ -220,6 +231,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     _register_sources,
     _register_cluster,
     _register_status,
+    _register_diagnose,
 ]
 
 

@@ -1,4 +1,4 @@
-"""python3 -m firstboot {run,check-server,status}: the agent's command line (a contract)."""
+"""python3 -m firstboot {run,check-server,status,collect}: the agent's command line (a contract)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     status = sub.add_parser("status", help="show the persisted join state (no secrets)")
     status.add_argument("--root", default="/")
     status.add_argument("--json", action="store_true")
+    collect = sub.add_parser("collect", help="write a support bundle (tar.gz, secrets removed)")
+    collect.add_argument("--root", default="/")
+    collect.add_argument("-o", "--output", help="default: ./pifleet-collect-<time>.tar.gz")
     args = parser.parse_args(argv)
+    if args.command == "collect":
+        return _collect(args)
     if args.command == "run":
         return _run(args)
     if args.command == "check-server":
@@ -57,6 +62,22 @@ def _run(args: argparse.Namespace) -> int:
             + "\n"
         )
         return 1
+
+
+def _collect(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from firstboot.collect import write_bundle
+
+    name = "pifleet-collect-" + time.strftime("%Y%m%d-%H%M%S") + ".tar.gz"
+    try:
+        path = write_bundle(Root(args.root), Path(args.output or name))
+    except OSError as exc:
+        print("error: cannot write " + str(args.output or name) + ": " + str(exc.strerror))
+        return 1
+    print("wrote " + str(path) + " (secrets removed; check it before you send it)")
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:

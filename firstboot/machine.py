@@ -17,9 +17,10 @@ import signal
 import time
 from typing import Callable, Dict, Optional
 
-from firstboot import joinconfig, k3sfiles, naming, network, preflight
+from firstboot import card, collect, joinconfig, k3sfiles, naming, network, preflight
 from firstboot.clock import Clock, clock_for, synchronized
 from firstboot.paths import Root, remove, write_atomic
+from firstboot.redact import Redactor
 from firstboot.report import Reporter
 from firstboot.server import (
     ServerError,
@@ -103,6 +104,7 @@ class Agent:
         current = self.state.state if self.state.state in self.handlers else "load"
         try:
             self.prepare()
+            self.attach_card()
             self.report.ready()
             if self.state.failed_state:
                 self.report.progress(current, "retrying after: " + str(self.state.failed_reason))
@@ -150,6 +152,20 @@ class Agent:
             self.device = joinconfig.load_device_config(raw, device_path)
         except joinconfig.JoinConfigError as exc:
             raise Terminal(str(exc)) from None
+
+    def attach_card(self) -> None:
+        """Keep the story on the boot partition (`pifleet/report.json`), secrets redacted."""
+        known = []
+        for path in (self.join.token_file, k3sfiles.NODE_PASSWORD_PATH,
+                     self.boot_file(joinconfig.BOOT_TOKEN_FILE),
+                     self.boot_file(joinconfig.BOOT_NODE_PASSWORD_FILE)):  # fmt: skip
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                known.append(self.root(path).read_text().strip())
+        known += collect.network_secrets(self.root, self.join.boot_dir.rstrip("/"))
+        directory = self.root(self.boot_file(card.REPORT_NAME)).parent
+        name = self.state.node_name or (self.device.hostname if self.device else "") or "?"
+        report = card.CardReport(directory, name, self.server, Redactor(known))
+        self.report.listeners.append(report)
 
     def boot_file(self, name: str) -> str:
         return self.join.boot_dir.rstrip("/") + "/" + joinconfig.BOOT_SUBDIR + "/" + name

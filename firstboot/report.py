@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Optional
+from typing import Any, List, Optional
 
 try:  # python3-systemd, when the image ships it
     from systemd import daemon as _sd_daemon
@@ -46,6 +46,12 @@ def notify(message: str) -> None:
 class Reporter:
     def __init__(self, stream=None) -> None:  # type: ignore[no-untyped-def]
         self.stream = stream or sys.stderr
+        # Objects with on_event(kind, state, text), e.g. the card report on the boot partition.
+        self.listeners: List[Any] = []
+
+    def _tell(self, kind: str, state: str, text: str) -> None:
+        for listener in self.listeners:
+            listener.on_event(kind, state, text)
 
     def _line(self, text: str, state: Optional[str] = None, priority: int = 6) -> None:
         self.stream.write(PREFIX + " " + text + "\n")
@@ -58,23 +64,28 @@ class Reporter:
     def state(self, name: str, text: str) -> None:
         self._line("state=" + name + " " + text, name)
         notify("STATUS=" + name + ": " + text)
+        self._tell("state", name, text)
 
     def progress(self, name: str, text: str) -> None:
         """A detail within a state (waiting, retrying): status only, plus a console line."""
         self._line(name + ": " + text, name)
         notify("STATUS=" + name + ": " + text)
+        self._tell("progress", name, text)
 
     def warning(self, text: str) -> None:
         self._line("warning: " + text, "warning", priority=4)
         notify("STATUS=warning: " + text)
+        self._tell("warning", "warning", text)
 
     def joined(self, node: str) -> None:
         self._line("joined node=" + node, "done")
         notify("STATUS=joined as " + node)
+        self._tell("joined", "done", node)
 
     def failed(self, state: str, reason: str) -> None:
         self._line("failed state=" + state + " reason=" + reason, state, priority=3)
         notify("STATUS=failed in " + state + ": " + reason)
+        self._tell("failed", state, reason)
 
     def ready(self) -> None:
         notify("READY=1")
