@@ -184,3 +184,16 @@ def test_personalize_refuses_an_image_not_built_by_pifleet(fleet_dir: Path) -> N
     )
     assert proc.returncode == 2
     assert "not built by `pifleet build`" in proc.stderr
+
+
+def test_output_into_a_missing_folder_is_one_line(fleet_dir: Path) -> None:
+    """Was `internal error: FileNotFoundError` naming pifleet's temporary file."""
+    devices = "devices:\n  - hostname: edge-001"
+    (fleet_dir / "fleet.yaml").write_text(fleet_yaml(devices=devices))
+    assert pifleet("build", "fleet.yaml", cwd=fleet_dir).returncode == 0
+    done = pifleet(
+        "personalize", "out/edge-fleet.img", "--config", "fleet.yaml", "--device", "edge-001",
+        "-o", "nowhere/edge-001.img", cwd=fleet_dir,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "pifleet: error: nowhere/edge-001.img: no folder nowhere to write it in\n"

@@ -152,6 +152,8 @@ def command(args: argparse.Namespace) -> int:
         dest = Path(args.output) if args.output else image.with_name(f"{device.hostname}.img")
         if dest.resolve() == image.resolve():
             raise UserError(f"{dest}: the output would overwrite the golden image; use --in-place")
+        if not dest.parent.is_dir():
+            raise UserError(f"{dest}: no folder {dest.parent} to write it in")
         personalize_copy(image, dest, config, device, secrets)
         log.info("wrote %s for %s", dest, device.hostname)
     log.info(
