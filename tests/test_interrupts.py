@@ -1,0 +1,170 @@
+"""Interrupted host commands (issue 14, item 5): SIGINT and SIGKILL at random moments of
+`build`, `build --per-device`, `personalize`, `fetch` and `flash` to a file.
+
+After every trial:
+- an output under its final name is whole: it equals what an uninterrupted run made
+  (the build is reproducible), and every SHA256SUMS matches the files it lists;
+- after SIGINT nothing temporary is left, in the work folder or in TMPDIR;
+- after SIGKILL the next run of the same command cleans what the killed one left and
+  succeeds;
+- the base image and the download cache are untouched and still verify.
+
+The trials draw their moments from one seed, printed (and named in every failure),
+so a failure can be replayed with PIFLEET_TRIAL_SEED=<seed>.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TEST_TOKEN, fleet_yaml
+from tests.http_fixture import AssetServer
+from tests.layouts import LAYOUTS, make_pi_image
+
+TRIALS_PER_SIGNAL = 20
+DEVICES = "devices:\n" + "".join(f"  - hostname: edge-00{i}\n" for i in range(1, 4))
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "build": ("build", "fleet.yaml"),
+    "per-device": ("build", "fleet.yaml", "--per-device", "-o", "fleet-out"),
+    "personalize": ("personalize", "golden.img", "--config", "fleet.yaml", "--device", "edge-002",
+                    "-o", "dev/edge-002.img"),
+    "fetch": ("fetch", "fetch.yaml"),
+    "flash": ("flash", "golden.img", "card.img", "--yes", "--config", "fleet.yaml",
+              "--device", "edge-001"),
+}  # fmt: skip
+TEMP = re.compile(r"(^\..+\.pifleet-[0-9]+\.tmp$)|(^\.build-[0-9]+$)|(\.part$)")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Bench:
+    work: Path
+    cache: Path
+    tmpdir: Path
+    base_sha: str
+    reference: dict[str, str]  # final output (relative path) -> sha256 of an uninterrupted run
+    seconds: dict[str, float]  # command -> how long an uninterrupted run took
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(REPO), "PIFLEET_CACHE": str(self.cache),
+                "TMPDIR": str(self.tmpdir), "PIFLEET_TOKEN": TEST_TOKEN}  # fmt: skip
+
+    def start(self, command: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "builder", *COMMANDS[command]],
+            cwd=self.work, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    def run(self, command: str) -> float:
+        began = time.monotonic()
+        proc = self.start(command)
+        _out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{command}: {err.decode()[-2000:]}"
+        return time.monotonic() - began
+
+    def outputs(self) -> dict[str, Path]:
+        """Every final-named output there is now (not temporary, not an input)."""
+        found = {}
+        for folder in ("out", "fleet-out", "dev"):
+            for path in (self.work / folder).rglob("*") if (self.work / folder).exists() else ():
+                if path.is_file() and not TEMP.search(path.name):
+                    found[str(path.relative_to(self.work))] = path
+        if (self.work / "card.img").exists():
+            found["card.img"] = self.work / "card.img"
+        return found
+
+    def leftovers(self) -> list[str]:
+        left = [str(p) for p in self.work.rglob("*") if TEMP.search(p.name)]
+        left += [str(p) for p in self.tmpdir.iterdir()]
+        return sorted(left)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
+    root = tmp_path_factory.mktemp("interrupts")
+    work, cache, tmpdir = root / "work", root / "cache", root / "tmp"
+    for d in (work, cache, tmpdir, work / "dev"):
+        d.mkdir()
+    base = make_pi_image(work / "base.img", LAYOUTS["trixie"], "arm64")
+    (work / "token").write_text(TEST_TOKEN + "\n")
+    (work / "token").chmod(0o600)
+    (work / "fleet.yaml").write_text(fleet_yaml(devices=DEVICES, output="output: {dir: out}"))
+    packed = lzma.compress(base.read_bytes(), preset=0)
+    with AssetServer(files={"/base.img.xz": packed}) as assets:
+        url = f"{assets.url}/base.img.xz"
+        fetch = fleet_yaml(
+            base=f"base: {{url: '{url}', sha256: {hashlib.sha256(packed).hexdigest()}}}"
+        )
+        (work / "fetch.yaml").write_text(fetch)
+        b = Bench(work, cache, tmpdir, sha256(base), {}, {})
+        b.seconds["build"] = b.run("build")
+        shutil.copyfile(work / "out" / "edge-fleet.img", work / "golden.img")
+        for command in ("per-device", "personalize", "fetch", "flash"):
+            b.seconds[command] = b.run(command)
+        b.reference = {name: sha256(path) for name, path in b.outputs().items()}
+        yield b
+
+
+def check_whole(b: Bench, seed: int, trial: str) -> None:
+    where = f"seed {seed}, {trial}"
+    for name, path in b.outputs().items():
+        if name == "card.img":  # written in place by design: checked after a completed run
+            continue
+        assert name in b.reference, f"{where}: unexpected output {name}"
+        assert sha256(path) == b.reference[name], f"{where}: {name} is not whole"
+    for sums in b.work.rglob("SHA256SUMS"):
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            listed = sums.parent / name.lstrip("*")
+            assert listed.exists(), f"{where}: {sums} lists {name}, which is missing"
+            assert sha256(listed) == digest, f"{where}: {sums} does not match {name}"
+    assert sha256(b.work / "base.img") == b.base_sha, f"{where}: the base changed"
+    for entry in (b.cache / "downloads" / "sha256").glob("*/*"):
+        assert sha256(entry) == entry.parent.name, f"{where}: cache entry {entry} is corrupt"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_interrupted_commands_leave_nothing_half_done(bench: Bench, sig: signal.Signals) -> None:
+    seed = int(os.environ.get("PIFLEET_TRIAL_SEED", random.SystemRandom().randrange(1 << 32)))
+    print(f"trial seed {seed} (replay: PIFLEET_TRIAL_SEED={seed})")
+    rng = random.Random(seed + sig)
+    for trial in range(TRIALS_PER_SIGNAL):
+        command = rng.choice(sorted(COMMANDS))
+        delay = rng.uniform(0.1, max(0.2, bench.seconds[command] * 0.95))
+        name = f"trial {trial}: {sig.name} {command} after {delay:.2f} s"
+        proc = bench.start(command)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(sig)
+        proc.communicate(timeout=120)
+        check_whole(bench, seed, name)
+        if sig == signal.SIGINT:
+            assert bench.leftovers() == [], f"seed {seed}, {name}: left {bench.leftovers()}"
+        else:
+            bench.run(command)  # the next run cleans up after the killed one and succeeds
+            assert bench.leftovers() == [], f"seed {seed}, {name}: left {bench.leftovers()}"
+            check_whole(bench, seed, name + " then rerun")
+            if command == "flash":
+                assert sha256(bench.work / "card.img") == bench.reference["card.img"]
