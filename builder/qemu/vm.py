@@ -73,6 +73,7 @@ class VM:
         append: str,
         console_log: Path,
         smp: int = 2,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.machine = machine
         self.disk = disk
@@ -81,6 +82,7 @@ class VM:
         self.append = append
         self.console_log = console_log
         self.smp = smp
+        self.extra = extra  # more QEMU arguments, e.g. ("-rtc", "base=1970-01-01")
         self._control = Path(tempfile.mkdtemp(prefix="pifleet-qmp-"))  # short: AF_UNIX paths
         self.qmp_socket = self._control / "qmp.sock"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -112,7 +114,7 @@ class VM:
         ]  # fmt: skip
         if self.initrd is not None:
             argv += ["-initrd", str(self.initrd)]
-        return argv
+        return argv + list(self.extra)
 
     def __enter__(self) -> VM:
         require_tool(self.machine.qemu, "qemu-system-arm")
@@ -205,14 +207,14 @@ class VM:
             except subprocess.TimeoutExpired:
                 continue
 
-    def qmp(self, command: str) -> object:
-        """Run one QMP command and return its result."""
+    def qmp(self, command: str, **arguments: object) -> object:
+        """Run one QMP command (with `arguments`, e.g. set_link name=net0 up=False)."""
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
         monitor = QEMUMonitorProtocol(str(self.qmp_socket))
         try:
             monitor.connect()
-            return monitor.cmd(command)
+            return monitor.cmd(command, **arguments)
         except Exception as exc:  # the library raises its own error types
             raise BuildError(f"QMP {command}: {exc}") from None
         finally:
