@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("build", "sources", "personalize_flash", "agent_startup", "boot")
+ORDER = ("build", "sources", "personalize_flash", "agent_startup", "boot", "faults")
 
 
 def main() -> int:
