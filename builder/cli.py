@@ -145,7 +145,12 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "demo", help="base -> build the example -> boot-test it under QEMU -> joined"
     )
     p.add_argument("--config", help="fleet YAML (default: the bundled config/example.yaml)")
-    p.add_argument("-o", "--output-dir", metavar="DIR", help="overrides output.dir")
+    p.add_argument(
+        "-o",
+        "--output-dir",
+        metavar="DIR",
+        help="overrides output.dir (the bundled example: ./out)",
+    )
     p.add_argument("--timeout", type=float, default=900)
     p.set_defaults(handler="builder.demo:command")
 
