@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder import __version__
+from builder import version
 from builder.disk.entries import Directory, File, Symlink
 from builder.disk.image import Image
 from builder.plan import Plan
@@ -29,7 +29,7 @@ def apply(image: Image, plan: Plan) -> None:
             image.root.stage(Directory(f"{AGENT_DIR}/{rel}", 0o755))
         else:
             image.root.stage(File(f"{AGENT_DIR}/{rel}", 0o644, data=src.read_bytes()))
-    unit = render(UNIT_NAME, version=__version__, agent_dir=AGENT_DIR)
+    unit = render(UNIT_NAME, version=version(), agent_dir=AGENT_DIR)
     image.root.stage(File(UNIT_PATH, 0o644, data=unit))
     image.root.stage(Symlink(WANTS_LINK, UNIT_PATH))
 
