@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 
 from builder import build
-from builder.config.fleet import FleetConfig, load
+from builder.config.fleet import load
+from builder.config.model import FleetConfig
 from builder.fleet import personalize
 from builder.plan import resolve
 from builder.qemu import base, boottest
