@@ -17,3 +17,10 @@ def version() -> str:
         return metadata.version("pifleet")
     except metadata.PackageNotFoundError:
         return "0+unknown"  # run from a checkout that was never installed
+
+
+def __getattr__(name: str) -> str:
+    """`builder.__version__`, also lazy, for code that still imports the old constant."""
+    if name == "__version__":
+        return version()
+    raise AttributeError(f"module 'builder' has no attribute {name!r}")
