@@ -26,6 +26,9 @@ import pytest
 
 from tests.conftest import REPO, TEST_TOKEN, fleet_yaml
 
+# About 75 s on 2 busy cores, most of it pip installing the dependencies into the new venv.
+pytestmark = pytest.mark.slow
+
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 CATALOG = sorted(p.name for p in (REPO / "images").glob("*.yaml"))
 # Run-time files and the checkout file each must carry the contents of.
@@ -108,7 +111,15 @@ def installed(dists: Dists, tmp_path_factory: pytest.TempPathFactory) -> Install
     work = root / "work"
     work.mkdir()
     env = Installed(root / "venv", work)
-    proc = env.run(str(root / "venv/bin/python"), "-m", "pip", "install", "-q", str(dists.wheel))
+    proc = env.run(
+        str(root / "venv/bin/python"),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-compile",
+        str(dists.wheel),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return env
 
