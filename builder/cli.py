@@ -14,8 +14,9 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
-from builder import __version__
+from builder import version
 from builder.util.console import setup_logging
 from builder.util.errors import PifleetError
 
@@ -31,12 +32,29 @@ def _handler(spec: str) -> Handler:
     return handler
 
 
+class _Version(argparse.Action):
+    """--version, which reads the installed package's metadata only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        print(f"pifleet {version()}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pifleet",
         description="Build, personalize, flash and boot-test Raspberry Pi images for a K3s fleet.",
     )
-    parser.add_argument("--version", action="version", version=f"pifleet {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log every command run")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -145,7 +163,12 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "demo", help="base -> build the example -> boot-test it under QEMU -> joined"
     )
     p.add_argument("--config", help="fleet YAML (default: the bundled config/example.yaml)")
-    p.add_argument("-o", "--output-dir", metavar="DIR", help="overrides output.dir")
+    p.add_argument(
+        "-o",
+        "--output-dir",
+        metavar="DIR",
+        help="overrides output.dir (the bundled example: ./out)",
+    )
     p.add_argument("--timeout", type=float, default=900)
     p.set_defaults(handler="builder.demo:command")
 

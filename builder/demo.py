@@ -6,7 +6,9 @@
   4. `pifleet boot-test` of that device image against the K3s test server: "joined".
 
 The K3s test server's state lives in the output directory, so the token the
-image is built with is the one the booted device presents.
+image is built with is the one the booted device presents. The bundled example
+and the stand-in come from the installed package (builder/data/), so the demo
+runs from a wheel as from a checkout; its output goes to ./out unless -o says.
 """
 
 from __future__ import annotations
@@ -18,27 +20,43 @@ from pathlib import Path
 
 from builder import build
 from builder.config.fleet import load
+from builder.config.model import FleetConfig
 from builder.fleet import personalize
 from builder.plan import resolve
 from builder.qemu import base, boottest
 from builder.testserver.server import K3sTestServer
+from builder.util import bundled
 
 log = logging.getLogger("pifleet.demo")
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
+
+
+def inputs(
+    config_file: str | None, output_dir: str | None
+) -> tuple[FleetConfig, Path | None, Path]:
+    """The fleet config the demo builds, the K3s binary that overrides its own, the output dir.
+
+    The bundled example names the stand-in relative to a checkout (../tests/fixtures/), which
+    an installed pifleet does not have: for it the stand-in is the package's own copy and the
+    output goes to ./out, never into the installed package.
+    """
+    if config_file:
+        config = load(Path(config_file))
+        return config, None, (Path(output_dir) if output_dir else config.output.dir).resolve()
+    config = load(bundled.data("example.yaml"))
+    return config, bundled.data("k3s-standin"), Path(output_dir or "out").resolve()
 
 
 def command(args: argparse.Namespace) -> int:
-    config = load(Path(args.config) if args.config else EXAMPLE)
+    config, k3s_binary, out = inputs(args.config, args.output_dir)
     print(f"[1/4] base image for {config.arch} (built once, then cached)", flush=True)
     base_image = base.ensure_base(config.arch)
-    out = (Path(args.output_dir) if args.output_dir else config.output.dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     server_state = out / "k3s-test-server"
     with K3sTestServer(state_dir=server_state) as server:
         token = server.mint_token()
     os.environ[config.cluster.token_env or "PIFLEET_TOKEN"] = token
-    print(f"[2/4] pifleet build {args.config}", flush=True)
-    plan = resolve(config, base_override=base_image, output_dir=out)
+    print(f"[2/4] pifleet build {config.source}", flush=True)
+    plan = resolve(config, base_override=base_image, k3s_override=k3s_binary, output_dir=out)
     golden = build.build(plan)[0].path
     device = config.devices[0]
     print(f"[3/4] pifleet personalize --device {device.hostname}", flush=True)

@@ -14,8 +14,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.util.cache import cache_dir
+
 MIB = 1024 * 1024
-CACHE = Path(os.environ.get("PIFLEET_TEST_ELF_DIR", Path.home() / ".cache/pifleet/test-elf"))
+# Where tools/setup.sh put the test ELFs: $PIFLEET_CACHE/test-elf as the session started
+# (tests that point PIFLEET_CACHE elsewhere later still find them).
+CACHE = Path(os.environ.get("PIFLEET_TEST_ELF_DIR") or cache_dir("test-elf"))
 
 
 def elf_for(arch: str) -> Path:

@@ -11,9 +11,10 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
+from builder.util import bundled
 from builder.util.errors import UserError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.json"
+SCHEMA_PATH = bundled.data("schema.json")
 _TYPE_NAMES = {
     "string": "a string",
     "integer": "an integer",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import firstboot
-from builder import __version__
+from builder import version
 from builder.config.labels import image_id
 from builder.outputs import bmap, imager
 from builder.plan import Plan
@@ -81,7 +81,7 @@ def _imager_list(plan: Plan, result: bmap.Scan, compressed: list[Written], image
     assert download.staged is not None
     return imager.os_list(
         f"{plan.config.name} (pifleet)",
-        f"{plan.config.name}: K3s fleet image built by pifleet {__version__}",
+        f"{plan.config.name}: K3s fleet image built by pifleet {version()}",
         plan.config.arch,
         result.size,
         result.sha256,
@@ -104,7 +104,7 @@ def manifest(plan: Plan, facts: dict[str, Any], written: list[Written]) -> dict[
     facts = dict(facts)
     facts["image"] = {k: v for k, v in facts["image"].items() if k != "path"}
     return {
-        "pifleet_version": __version__,
+        "pifleet_version": version(),
         "agent_version": firstboot.__version__,
         "fleet": plan.config.name,
         "image_id": image_id(plan.config),

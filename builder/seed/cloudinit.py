@@ -12,7 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from builder import __version__
+from builder import version
 from builder.config.model import Device, FleetConfig, StaticAddress, Wifi
 from builder.disk.image import Image
 from builder.plan import Plan
@@ -43,7 +43,7 @@ def seed_files(
     static: StaticAddress | None = (device.static if device else None) or config.network.static
     user_data = render(
         "user-data",
-        version=__version__,
+        version=version(),
         fleet=config.name,
         hostname=hostname,
         timezone=config.timezone,
@@ -53,7 +53,7 @@ def seed_files(
     )
     network = render(
         "network-config",
-        version=__version__,
+        version=version(),
         ethernet=config.network.ethernet,
         static=static,
         wifi=wifi,

@@ -19,10 +19,11 @@ from typing import Any
 from urllib.parse import quote, unquote, urljoin
 
 from builder.sources.fetch import fetch_text, final_url
+from builder.util import bundled
 from builder.util.errors import UserError
 from builder.util.yamlfile import read_yaml
 
-CATALOG_DIR = Path(__file__).resolve().parent.parent / "images"
+CATALOG_DIR = bundled.data("images")
 IMAGER_OS_LIST = "https://downloads.raspberrypi.com/os_list_imagingutility_v4.json"
 _ENTRY_KEYS = {
     "name",

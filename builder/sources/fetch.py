@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
-from builder import __version__
+from builder import version
 from builder.disk.sparse import sha256_file
 from builder.util.cache import cache_dir
 from builder.util.console import progress
@@ -38,7 +38,7 @@ def session() -> requests.Session:
     global _session
     if _session is None:
         _session = requests.Session()
-        _session.headers["User-Agent"] = f"pifleet/{__version__}"
+        _session.headers["User-Agent"] = f"pifleet/{version()}"
     return _session
 
 

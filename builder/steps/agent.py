@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import firstboot
-from builder import __version__
+from builder import version
 from builder.disk.entries import Directory, File, Symlink
 from builder.disk.image import Image
 from builder.plan import Plan
+from builder.util import bundled
 from builder.util.render import render
 
 AGENT_DIR = "/usr/lib/pifleet"
@@ -21,7 +21,7 @@ WANTS_LINK = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
 
 
 def apply(image: Image, plan: Plan) -> None:
-    package = Path(firstboot.__file__).resolve().parent
+    package = bundled.package_dir("firstboot")
     image.root.stage(Directory(AGENT_DIR, 0o755))
     for src in agent_files(package):
         rel = src.relative_to(package.parent).as_posix()
@@ -29,7 +29,7 @@ def apply(image: Image, plan: Plan) -> None:
             image.root.stage(Directory(f"{AGENT_DIR}/{rel}", 0o755))
         else:
             image.root.stage(File(f"{AGENT_DIR}/{rel}", 0o644, data=src.read_bytes()))
-    unit = render(UNIT_NAME, version=__version__, agent_dir=AGENT_DIR)
+    unit = render(UNIT_NAME, version=version(), agent_dir=AGENT_DIR)
     image.root.stage(File(UNIT_PATH, 0o644, data=unit))
     image.root.stage(Symlink(WANTS_LINK, UNIT_PATH))
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import jinja2
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+from builder.util import bundled
+
+TEMPLATES = bundled.package_dir("builder") / "templates"
 
 
 def _yaml_scalar(value: object) -> str:
