@@ -48,7 +48,7 @@ PACKAGES = (
     "e2fsprogs", "locales", "tzdata",  # as Pi OS: cloud-init's resizefs, locale and timezone
 )  # fmt: skip
 KERNELS = {"arm64": "linux-image-arm64", "armhf": "linux-image-armmp-lpae"}
-PYTHONS = {"trixie": "python3.13"}
+PYTHONS = {"trixie": "python3.13", "bookworm": "python3.11"}
 DEFAULT_LOCALE = "en_US.UTF-8"  # pifleet's default `locale:` (Pi OS ships en_GB.UTF-8)
 
 RASPBERRY_PI_CFG = """\

@@ -10,6 +10,7 @@ on the host afterwards when a matching python3.X exists (else in the chroot).
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import shutil
 import subprocess
@@ -91,13 +92,65 @@ def bootstrap(spec: Bootstrap, rootfs: Path, downloads: Path) -> None:
             if line.startswith("I: "):
                 log.info("  mmdebstrap: %s", line[3:].rstrip().split(" in shell: ")[0])
     if proc.returncode != 0:
-        raise BuildError(f"mmdebstrap failed: {first_error(''.join(output))}")
+        text = "".join(output)
+        mismatch = index_mismatch(text)
+        if mismatch is not None:
+            raise BuildError(f"Debian {spec.suite} {spec.arch}: {mismatch}")
+        raise BuildError(f"mmdebstrap failed: {first_error(text)}")
 
 
 def first_error(output: str) -> str:
     """The line that says why: apt's first `E:` (later ones only say that something failed)."""
     errors = [ln[2:].strip() for ln in output.splitlines() if ln.startswith("E:")]
     return (errors or [ln for ln in output.splitlines() if ln.strip()][-1:] or ["no output"])[0]
+
+
+FETCH_FAILED = re.compile(r"^E: Failed to fetch (\S+)\s+(.*)$")
+UNEXPECTED_SIZE = re.compile(r"File has unexpected size \((\d+) != (\d+)\)")
+FILESIZE = re.compile(r"^\s*- Filesize:(\d+)")
+
+
+def index_mismatch(output: str) -> str | None:
+    """One line for apt's "index does not match its Release file" failure (a mirror caught
+    mid-sync, or broken): which index, the sizes when apt names them, and the way out."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        failed = FETCH_FAILED.match(line)
+        if failed is None:
+            continue
+        url, reason = failed.groups()
+        size = UNEXPECTED_SIZE.search(reason)
+        if size is not None:
+            served, listed = size.groups()
+            detail = f"{served} bytes served, {listed} listed"
+        elif reason.startswith("Hash Sum mismatch"):
+            detail = "hash sum mismatch" + _hash_sizes(lines[i + 1 :])
+        else:
+            continue
+        return (
+            f"the mirror's index {url} does not match its Release file ({detail}; mirror sync "
+            "in progress?): try again later, or another --suite or --mirror"
+        )
+    return None
+
+
+def _hash_sizes(details: list[str]) -> str:
+    """`, N bytes served, M listed` from the Filesize lines under apt's "Hashes of expected
+    file:" and "Hashes of received file:", when both are there."""
+    sizes: dict[str, str] = {}
+    section = ""
+    for line in details:
+        if not line.startswith(" "):
+            break
+        if "Hashes of expected file" in line:
+            section = "listed"
+        elif "Hashes of received file" in line:
+            section = "served"
+        elif (size := FILESIZE.match(line)) is not None and section:
+            sizes.setdefault(section, size.group(1))
+    if len(sizes) < 2:
+        return ""
+    return f", {sizes['served']} bytes served, {sizes['listed']} listed"
 
 
 def _divert_hook(spec: Bootstrap) -> str:
