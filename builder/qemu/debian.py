@@ -207,7 +207,7 @@ def unpack_kernel(rootfs: Path, downloads: Path) -> str:
     debs = sorted(downloads.glob("linux-image-*.deb"))
     if not debs:
         raise BuildError("the kernel package was not downloaded")
-    run(["dpkg-deb", "-x", str(debs[-1]), str(rootfs)], what="unpacking the kernel")
+    _unpack_keeping_symlinks(debs[-1], rootfs)
     versions = sorted(p.name.removeprefix("vmlinuz-") for p in (rootfs / "boot").glob("vmlinuz-*"))
     if not versions:
         raise BuildError(f"{debs[-1].name} has no /boot/vmlinuz-*")
@@ -216,6 +216,20 @@ def unpack_kernel(rootfs: Path, downloads: Path) -> str:
     (rootfs / "boot/vmlinuz").unlink(missing_ok=True)
     (rootfs / "boot/vmlinuz").symlink_to(f"vmlinuz-{version}")
     return version
+
+
+def _unpack_keeping_symlinks(deb: Path, rootfs: Path) -> None:
+    """`dpkg-deb -x`, except that directories `rootfs` has as symlinks stay symlinks: with a
+    merged /usr (/lib -> usr/lib), Bookworm's kernel package still ships /lib/modules, and
+    `dpkg-deb -x` would replace the /lib link with a directory holding only the modules."""
+    argv = ["tar", "-x", "--keep-directory-symlink", "-C", str(rootfs)]
+    with subprocess.Popen(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE
+    ) as deb_out:
+        tar = subprocess.run(argv, stdin=deb_out.stdout, capture_output=True, check=False)
+    if deb_out.returncode != 0 or tar.returncode != 0:
+        why = tar.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["dpkg-deb failed"]
+        raise BuildError(f"unpacking {deb.name} failed: {why[0]}")
 
 
 def busybox_binary(downloads: Path, scratch: Path) -> Path:
