@@ -44,7 +44,7 @@ def command(args: argparse.Namespace) -> int:
     with K3sTestServer(state_dir=server_state) as server:
         token = server.mint_token()
     os.environ[config.cluster.token_env or "PIFLEET_TOKEN"] = token
-    print(f"[2/4] pifleet build {args.config}", flush=True)
+    print(f"[2/4] pifleet build {args.config or 'config/example.yaml'}", flush=True)
     plan = resolve(config, base_override=base_image, output_dir=out)
     golden = build.build(plan)[0].path
     device = config.devices[0]

@@ -22,6 +22,7 @@ binfmt_misc); the image assembly itself is rootless.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -156,6 +157,9 @@ def ensure_base(
             log.info("kept the work directory %s", work)
         else:
             shutil.rmtree(work, ignore_errors=True)
+            if not final.exists():  # a failed first build leaves no empty entry in the cache
+                with contextlib.suppress(OSError):
+                    final.parent.rmdir()
     log.info(
         "built %s (%s) in %.0f s",
         final,
