@@ -6,21 +6,33 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 CACHE ?= $(or $(PIFLEET_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/pifleet)
 export PIFLEET_CACHE := $(CACHE)
 
+# `make demo ARCH=armhf` shows an ARMv7 device joining. Each architecture's base comes from its
+# own Debian suite: armhf's is the boot tests' setting (ARMHF_SUITE in tests/test_boot.py; the
+# Debian mirror's trixie armhf index does not match its Release file).
+ARCH ?= arm64
+ARMHF_SUITE := $(shell sed -n 's/^ARMHF_SUITE = "\([a-z]*\)".*/\1/p' tests/test_boot.py)
+SUITE_arm64 := trixie
+SUITE_armhf := $(ARMHF_SUITE)
+SUITE ?= $(SUITE_$(ARCH))
+PIFLEET_BASE = $(SUDO) env PIFLEET_CACHE="$(CACHE)" $(PY) -m builder base
+
 .PHONY: setup base demo test lint bench
 setup:
 	bash tools/setup.sh
 
-# The QEMU-bootable arm64 base the demo and the boot tests start from (cached by its inputs).
+# The QEMU-bootable base the demo starts from (cached by its inputs).
 base: setup
-	$(SUDO) env PIFLEET_CACHE="$(CACHE)" $(PY) -m builder base --arch arm64 >/dev/null
+	$(PIFLEET_BASE) --arch $(ARCH) --suite $(SUITE) >/dev/null
 
 # Main job on the bundled example: build a base, build the fleet image from it,
 # boot it under QEMU against the K3s test server and show that it joined.
 demo: base
-	$(PY) -m builder demo
+	$(PY) -m builder demo --arch $(ARCH) --suite $(SUITE)
 
-# The whole test suite, slow QEMU boots included, plus lint and type checks.
-test: base
+# The whole test suite, slow QEMU boots (arm64 and armhf) included, plus lint and type checks.
+test: setup
+	$(PIFLEET_BASE) --arch arm64 --suite $(SUITE_arm64) >/dev/null
+	$(PIFLEET_BASE) --arch armhf --suite $(SUITE_armhf) >/dev/null
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest

@@ -25,11 +25,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from builder.qemu.boottest import BootOptions, boot_test  # noqa: E402
-from tests.test_boot import device_image  # noqa: E402
+from tests.test_boot import SUITES, device_image  # noqa: E402
 
 
 def base_seconds(arch: str, fresh: bool) -> float:
-    argv = [sys.executable, "-m", "builder", "-q", "base", "--arch", arch]
+    """The base the boot tests use: its suite is their setting (tests/test_boot.py SUITES)."""
+    argv = [sys.executable, "-m", "builder", "-q", "base", "--arch", arch, "--suite", SUITES[arch]]
     start = time.monotonic()
     subprocess.run(
         [*argv, *(["--rebuild"] if fresh else [])],

@@ -130,8 +130,11 @@ def _register_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "base", help="build (or reuse) a QEMU-bootable base laid out like Pi OS Trixie"
     )
     p.add_argument("--arch", choices=("arm64", "armhf"), default="arm64")
-    p.add_argument("--suite", default="trixie")
-    p.add_argument("--mirror", help="Debian mirror URL (default: http://deb.debian.org/debian)")
+    p.add_argument("--suite", default="trixie", help="Debian suite: trixie (default) or bookworm")
+    p.add_argument(
+        "--mirror",
+        help="Debian mirror URL, or a whole sources.list line (default: http://deb.debian.org/debian)",
+    )
     p.add_argument(
         "-o", "--output", metavar="PATH", help="copy the image here (else print its cache path)"
     )
@@ -163,6 +166,8 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "demo", help="base -> build the example -> boot-test it under QEMU -> joined"
     )
     p.add_argument("--config", help="fleet YAML (default: the bundled config/example.yaml)")
+    p.add_argument("--arch", choices=("arm64", "armhf"), help="overrides the config's arch")
+    p.add_argument("--suite", default="trixie", help="Debian suite of the base (as `base`)")
     p.add_argument(
         "-o",
         "--output-dir",

@@ -1,6 +1,7 @@
 """`pifleet demo`: the README's main job, offline, on the bundled example.
 
-  1. `pifleet base`: a QEMU-bootable base laid out like Raspberry Pi OS Trixie (cached);
+  1. `pifleet base`: a QEMU-bootable base laid out like Raspberry Pi OS Trixie (cached), for
+     the example's architecture or `--arch` (and `--suite`, for armhf: bookworm, see README);
   2. `pifleet build config/example.yaml` on it, with the K3s test stand-in as K3s;
   3. `pifleet personalize` the first device of the example (its seed names it);
   4. `pifleet boot-test` of that device image against the K3s test server: "joined".
@@ -14,6 +15,7 @@ runs from a wheel as from a checkout; its output goes to ./out unless -o says.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -48,8 +50,13 @@ def inputs(
 
 def command(args: argparse.Namespace) -> int:
     config, k3s_binary, out = inputs(args.config, args.output_dir)
-    print(f"[1/4] base image for {config.arch} (built once, then cached)", flush=True)
-    base_image = base.ensure_base(config.arch)
+    if args.arch and args.arch != config.arch:
+        config = dataclasses.replace(config, arch=args.arch)
+    print(
+        f"[1/4] base image for {config.arch}, Debian {args.suite} (built once, then cached)",
+        flush=True,
+    )
+    base_image = base.ensure_base(config.arch, args.suite)
     out.mkdir(parents=True, exist_ok=True)
     server_state = out / "k3s-test-server"
     with K3sTestServer(state_dir=server_state) as server:

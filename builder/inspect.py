@@ -47,6 +47,7 @@ def collect(path: Path) -> dict[str, Any]:
             "pretty_name": flavor.pretty_name,
             "family": flavor.family,
             "codename": flavor.codename,
+            "suite": _apt_suite(image),
             "arch": flavor.arch,
             "boot_mount": flavor.boot_mount,
             "cloud_init": flavor.cloud_init,
@@ -57,6 +58,14 @@ def collect(path: Path) -> dict[str, Any]:
         "agent": _agent_facts(image),
         "seed": _seed_facts(image),
     }
+
+
+def _apt_suite(image: Image) -> str | None:
+    """The suite the first `deb` line of /etc/apt/sources.list installs from: what a pifleet
+    base was bootstrapped from (mmdebstrap writes it), and Pi OS's Debian suite."""
+    text = (image.root.read("/etc/apt/sources.list") or b"").decode(errors="replace")
+    match = re.search(r"^deb\s+(?:\[[^\]]*\]\s+)?\S+\s+(\S+)", text, re.M)
+    return match.group(1) if match else None
 
 
 def _cmdline_facts(image: Image) -> dict[str, Any]:
@@ -157,7 +166,10 @@ def format_facts(facts: dict[str, Any]) -> str:
         lines.append(
             f"  p{p['number']}       {human_size(p['size']):>10} at {p['start']:>12}  type {p['type']}  {p['uuid']}"
         )
-    lines.append(f"os         {os_['pretty_name']} — {os_['name']}, boot at {os_['boot_mount']}")
+    suite = f", apt suite {os_['suite']}" if os_.get("suite") else ""
+    lines.append(
+        f"os         {os_['pretty_name']} — {os_['name']}, boot at {os_['boot_mount']}{suite}"
+    )
     lines.append(
         f"cloud-init {'yes' if os_['cloud_init'] else 'NO'}; seed files: {', '.join(seed['files']) or 'none'}"
     )

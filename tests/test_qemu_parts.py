@@ -1,13 +1,21 @@
-"""Pieces of the QEMU half that need no QEMU: console following, the JUnit report, mmdebstrap errors."""
+"""Pieces of the QEMU half that need no QEMU: console following, the JUnit report, mmdebstrap
+errors (the index-mismatch one also from a real mmdebstrap against a local mirror)."""
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
+import os
 from pathlib import Path
 from xml.etree import ElementTree
 
+import pytest
+
 from builder.qemu.boottest import BootResult, follow, verdict, write_junit
-from builder.qemu.debian import first_error
+from builder.qemu.debian import first_error, index_mismatch
 from builder.qemu.vm import ConsoleLine
+from tests.conftest import pifleet
+from tests.http_fixture import AssetServer
 
 
 def test_console_control_characters_still_give_valid_xml(tmp_path: Path) -> None:
@@ -42,6 +50,95 @@ def test_mmdebstrap_failure_names_the_cause() -> None:
     assert first_error(output).startswith("Failed to fetch http://deb.debian.org/")
     assert first_error("W: something\nlast words\n") == "last words"
     assert first_error("") == "no output"
+    assert (
+        index_mismatch("E: Unable to locate package nosuch\nE: mmdebstrap failed to run\n") is None
+    )
+
+
+# apt 2.6's words (the first from the Debian mirror's trixie armhf index on 2026-11-25).
+SIZE_MISMATCH = """\
+E: Failed to fetch http://deb.debian.org/debian/dists/trixie/main/binary-armhf/Packages.xz  \
+File has unexpected size (9246492 != 9246996). Mirror sync in progress? [IP: 151.101.2.132 80]
+   Hashes of expected file:
+    - Filesize:9246996 [weak]
+    - SHA256:4f0c3d5c
+   Release file created at: Fri, 21 Nov 2026 08:21:04 +0000
+E: Some index files failed to download. They have been ignored, or old ones used instead.
+"""
+HASH_MISMATCH = """\
+E: Failed to fetch http://m.example/debian/dists/sid/main/binary-armhf/Packages.xz  Hash Sum mismatch
+   Hashes of expected file:
+    - Filesize:9400000 [weak]
+    - SHA256:d9298a10
+   Hashes of received file:
+    - SHA256:51064500
+    - Filesize:9399000 [weak]
+   Last modification reported: Wed, 25 Nov 2026 13:55:19 +0000
+E: Some index files failed to download. They have been ignored, or old ones used instead.
+"""
+
+
+def test_an_index_that_does_not_match_its_release_file_is_named_with_its_sizes() -> None:
+    assert index_mismatch(SIZE_MISMATCH) == (
+        "the mirror's index http://deb.debian.org/debian/dists/trixie/main/binary-armhf/Packages.xz"
+        " does not match its Release file (9246492 bytes served, 9246996 listed; mirror sync in"
+        " progress?): try again later, or another --suite or --mirror"
+    )
+    hashed = index_mismatch(HASH_MISMATCH)
+    assert hashed is not None
+    assert "dists/sid/main/binary-armhf/Packages.xz does not match its Release file" in hashed
+    assert "(hash sum mismatch, 9399000 bytes served, 9400000 listed;" in hashed
+    no_sizes = HASH_MISMATCH.replace("    - Filesize:9399000 [weak]\n", "")
+    assert "(hash sum mismatch; mirror sync" in (index_mismatch(no_sizes) or "")
+
+
+def fake_repo(packages: bytes, listed: bytes, listed_size: int) -> dict[str, bytes]:
+    """A one-index Debian repository whose unsigned Release lists `listed` (its sha256) and
+    `listed_size` for main/binary-armhf/Packages, which serves `packages`."""
+    digest = hashlib.sha256(listed).hexdigest()
+    release = (
+        "Origin: pifleet-test\nSuite: bookworm\nCodename: bookworm\n"
+        f"Date: {email.utils.formatdate(usegmt=True)}\nArchitectures: armhf\nComponents: main\n"
+        f"SHA256:\n {digest} {listed_size} main/binary-armhf/Packages\n"
+    )
+    return {
+        "/debian/dists/bookworm/Release": release.encode(),
+        "/debian/dists/bookworm/main/binary-armhf/Packages": packages,
+    }
+
+
+INDEX = b"Package: hello\nVersion: 1.0\nArchitecture: armhf\n\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="pifleet base needs root (mmdebstrap --mode=root)")
+@pytest.mark.parametrize(
+    ("listed", "listed_size", "words"),
+    [
+        (INDEX, len(INDEX) + 504, f"({len(INDEX)} bytes served, {len(INDEX) + 504} listed;"),
+        (b"another index", len(INDEX), f"(hash sum mismatch, {len(INDEX)} bytes served, {len(INDEX)} listed;"),
+    ],
+    ids=["size", "hash"],
+)  # fmt: skip
+def test_pifleet_base_names_a_mismatched_index_in_one_line(
+    tmp_path: Path, listed: bytes, listed_size: int, words: str
+) -> None:
+    """A real mmdebstrap (and apt) against a real mirror on 127.0.0.1 serving a bad index."""
+    with AssetServer(files=fake_repo(INDEX, listed, listed_size)) as mirror:
+        line = f"deb [trusted=yes] {mirror.url}/debian bookworm main"
+        proc = pifleet(
+            "-q", "base", "--arch", "armhf", "--suite", "bookworm", "--mirror", line,
+            cwd=tmp_path, env={"PIFLEET_CACHE": str(tmp_path / "cache")}, timeout=120,
+        )  # fmt: skip
+        index = f"{mirror.url}/debian/dists/bookworm/main/binary-armhf/Packages"
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr  # -q: progress off, the error alone
+    assert proc.stderr.startswith(
+        f"pifleet: error: Debian bookworm armhf: the mirror's index {index} does not match its"
+        " Release file "
+    ), proc.stderr
+    assert words in proc.stderr and "another --suite or --mirror" in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+    assert list((tmp_path / "cache/base").iterdir()) == []  # nothing left in the cache
 
 
 # Lines as a real armhf boot printed them: the agent joined before cloud-init's final stage.

@@ -1,4 +1,8 @@
-"""`pifleet base`: a QEMU-bootable Debian Trixie image laid out exactly like Raspberry Pi OS Trixie.
+"""`pifleet base`: a QEMU-bootable Debian image laid out exactly like Raspberry Pi OS Trixie.
+
+Trixie by default; `--suite bookworm` where a mirror's Trixie index does not verify
+(the Debian mirror's armhf one, November 2026). Only the suite's own parts differ: its
+python3.X, and how its cloud-init is told to read the seed in /boot/firmware (SUITES).
 
 MBR; p1 FAT32 `bootfs` at sector 16384 (512 MiB, mounted at /boot/firmware,
 with config.txt, cmdline.txt and a default NoCloud seed); p2 ext4 `rootfs`
@@ -18,6 +22,7 @@ binfmt_misc); the image assembly itself is rootless.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -48,7 +53,6 @@ PACKAGES = (
     "e2fsprogs", "locales", "tzdata",  # as Pi OS: cloud-init's resizefs, locale and timezone
 )  # fmt: skip
 KERNELS = {"arm64": "linux-image-arm64", "armhf": "linux-image-armmp-lpae"}
-PYTHONS = {"trixie": "python3.13"}
 DEFAULT_LOCALE = "en_US.UTF-8"  # pifleet's default `locale:` (Pi OS ships en_GB.UTF-8)
 
 RASPBERRY_PI_CFG = """\
@@ -60,6 +64,31 @@ datasource:
 ssh_deletekeys: false
 ssh_genkeytypes: []
 """
+# cloud-init 22.4 (Bookworm) would read `seedfrom: file:///boot/firmware` as
+# /boot/firmwaremeta-data, and reads no network-config from a seedfrom at all. Its NoCloud
+# finds the same files by the label of the partition that holds them (mounted at
+# /boot/firmware or not), network-config included.
+BOOKWORM_CFG = """\
+# configure cloud-init with NoCloud reading the seed in /boot/firmware (the bootfs partition)
+datasource_list: [ NoCloud, None ]
+datasource:
+  NoCloud:
+    fs_label: bootfs
+ssh_deletekeys: false
+ssh_genkeytypes: []
+"""
+
+
+@dataclass(frozen=True)
+class Suite:
+    python: str  # its python3.X, whose byte-compilation is moved to the host
+    cloud_cfg: str  # /etc/cloud/cloud.cfg.d/99_raspberry-pi.cfg
+
+
+SUITES = {
+    "trixie": Suite("python3.13", RASPBERRY_PI_CFG),
+    "bookworm": Suite("python3.11", BOOKWORM_CFG),
+}
 SSH_KEYS_UNIT = """\
 [Unit]
 Description=Regenerate SSH host keys
@@ -105,10 +134,8 @@ def ensure_base(
     """The cached base image for these inputs, built first when absent (or with `rebuild`)."""
     if arch not in KERNELS:
         raise UserError(f"pifleet base: arch must be arm64 or armhf, got {arch!r}")
-    if suite not in PYTHONS:
-        raise UserError(
-            f"pifleet base: only Debian {', '.join(PYTHONS)} is supported, got {suite!r}"
-        )
+    if suite not in SUITES:
+        raise UserError(f"pifleet base: --suite must be one of {', '.join(SUITES)}, got {suite!r}")
     recipe = Recipe(arch, suite, mirror)
     final = cache_dir("base") / recipe.key() / f"{recipe.name}.img"
     if final.exists() and not rebuild:
@@ -130,6 +157,9 @@ def ensure_base(
             log.info("kept the work directory %s", work)
         else:
             shutil.rmtree(work, ignore_errors=True)
+            if not final.exists():  # a failed first build leaves no empty entry in the cache
+                with contextlib.suppress(OSError):
+                    final.parent.rmdir()
     log.info(
         "built %s (%s) in %.0f s",
         final,
@@ -148,7 +178,7 @@ def build(recipe: Recipe, work: Path) -> Path:
         recipe.mirror,
         PACKAGES,
         KERNELS[recipe.arch],
-        PYTHONS[recipe.suite],
+        SUITES[recipe.suite].python,
     )
     debian.bootstrap(spec, rootfs, downloads)
     version = debian.unpack_kernel(rootfs, downloads)
@@ -159,16 +189,16 @@ def build(recipe: Recipe, work: Path) -> Path:
     log.info("byte-compiling Python %s", debian.compile_python(rootfs, spec.python))
     debian.skip_hwdb(rootfs)
     debian.set_default_locale(rootfs, DEFAULT_LOCALE)
-    configure_rootfs(rootfs, recipe.disk_id)
+    configure_rootfs(rootfs, recipe.disk_id, SUITES[recipe.suite].cloud_cfg)
     boot = work / "boot"
     write_boot_files(boot, recipe.disk_id)
     return assemble(work / f"{recipe.name}.img", rootfs, boot, recipe.disk_id, epoch)
 
 
-def configure_rootfs(rootfs: Path, disk_id: str) -> None:
+def configure_rootfs(rootfs: Path, disk_id: str, cloud_cfg: str = RASPBERRY_PI_CFG) -> None:
     """What Raspberry Pi OS Trixie has that a plain Debian bootstrap lacks."""
     cfg = rootfs / "etc/cloud/cloud.cfg.d/99_raspberry-pi.cfg"
-    cfg.write_text(RASPBERRY_PI_CFG)
+    cfg.write_text(cloud_cfg)
     (rootfs / "etc/fstab").write_text(
         "proc                  /proc           proc    defaults          0       0\n"
         f"PARTUUID={disk_id}-01  /boot/firmware  vfat    defaults          0       2\n"

@@ -10,6 +10,7 @@ on the host afterwards when a matching python3.X exists (else in the chroot).
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import shutil
 import subprocess
@@ -91,13 +92,65 @@ def bootstrap(spec: Bootstrap, rootfs: Path, downloads: Path) -> None:
             if line.startswith("I: "):
                 log.info("  mmdebstrap: %s", line[3:].rstrip().split(" in shell: ")[0])
     if proc.returncode != 0:
-        raise BuildError(f"mmdebstrap failed: {first_error(''.join(output))}")
+        text = "".join(output)
+        mismatch = index_mismatch(text)
+        if mismatch is not None:
+            raise BuildError(f"Debian {spec.suite} {spec.arch}: {mismatch}")
+        raise BuildError(f"mmdebstrap failed: {first_error(text)}")
 
 
 def first_error(output: str) -> str:
     """The line that says why: apt's first `E:` (later ones only say that something failed)."""
     errors = [ln[2:].strip() for ln in output.splitlines() if ln.startswith("E:")]
     return (errors or [ln for ln in output.splitlines() if ln.strip()][-1:] or ["no output"])[0]
+
+
+FETCH_FAILED = re.compile(r"^E: Failed to fetch (\S+)\s+(.*)$")
+UNEXPECTED_SIZE = re.compile(r"File has unexpected size \((\d+) != (\d+)\)")
+FILESIZE = re.compile(r"^\s*- Filesize:(\d+)")
+
+
+def index_mismatch(output: str) -> str | None:
+    """One line for apt's "index does not match its Release file" failure (a mirror caught
+    mid-sync, or broken): which index, the sizes when apt names them, and the way out."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        failed = FETCH_FAILED.match(line)
+        if failed is None:
+            continue
+        url, reason = failed.groups()
+        size = UNEXPECTED_SIZE.search(reason)
+        if size is not None:
+            served, listed = size.groups()
+            detail = f"{served} bytes served, {listed} listed"
+        elif reason.startswith("Hash Sum mismatch"):
+            detail = "hash sum mismatch" + _hash_sizes(lines[i + 1 :])
+        else:
+            continue
+        return (
+            f"the mirror's index {url} does not match its Release file ({detail}; mirror sync "
+            "in progress?): try again later, or another --suite or --mirror"
+        )
+    return None
+
+
+def _hash_sizes(details: list[str]) -> str:
+    """`, N bytes served, M listed` from the Filesize lines under apt's "Hashes of expected
+    file:" and "Hashes of received file:", when both are there."""
+    sizes: dict[str, str] = {}
+    section = ""
+    for line in details:
+        if not line.startswith(" "):
+            break
+        if "Hashes of expected file" in line:
+            section = "listed"
+        elif "Hashes of received file" in line:
+            section = "served"
+        elif (size := FILESIZE.match(line)) is not None and section:
+            sizes.setdefault(section, size.group(1))
+    if len(sizes) < 2:
+        return ""
+    return f", {sizes['served']} bytes served, {sizes['listed']} listed"
 
 
 def _divert_hook(spec: Bootstrap) -> str:
@@ -154,7 +207,7 @@ def unpack_kernel(rootfs: Path, downloads: Path) -> str:
     debs = sorted(downloads.glob("linux-image-*.deb"))
     if not debs:
         raise BuildError("the kernel package was not downloaded")
-    run(["dpkg-deb", "-x", str(debs[-1]), str(rootfs)], what="unpacking the kernel")
+    _unpack_keeping_symlinks(debs[-1], rootfs)
     versions = sorted(p.name.removeprefix("vmlinuz-") for p in (rootfs / "boot").glob("vmlinuz-*"))
     if not versions:
         raise BuildError(f"{debs[-1].name} has no /boot/vmlinuz-*")
@@ -163,6 +216,20 @@ def unpack_kernel(rootfs: Path, downloads: Path) -> str:
     (rootfs / "boot/vmlinuz").unlink(missing_ok=True)
     (rootfs / "boot/vmlinuz").symlink_to(f"vmlinuz-{version}")
     return version
+
+
+def _unpack_keeping_symlinks(deb: Path, rootfs: Path) -> None:
+    """`dpkg-deb -x`, except that directories `rootfs` has as symlinks stay symlinks: with a
+    merged /usr (/lib -> usr/lib), Bookworm's kernel package still ships /lib/modules, and
+    `dpkg-deb -x` would replace the /lib link with a directory holding only the modules."""
+    argv = ["tar", "-x", "--keep-directory-symlink", "-C", str(rootfs)]
+    with subprocess.Popen(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE
+    ) as deb_out:
+        tar = subprocess.run(argv, stdin=deb_out.stdout, capture_output=True, check=False)
+    if deb_out.returncode != 0 or tar.returncode != 0:
+        why = tar.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["dpkg-deb failed"]
+        raise BuildError(f"unpacking {deb.name} failed: {why[0]}")
 
 
 def busybox_binary(downloads: Path, scratch: Path) -> Path:
