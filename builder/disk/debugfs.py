@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 
 from builder.disk.entries import Directory, Entry, Inode, Symlink
 from builder.util.errors import BuildError
+from builder.util.private import write_private
 
 
 def parse_stat(section: str) -> Inode | None:
@@ -70,7 +71,7 @@ def entry_script(entry: Entry, inode: Inode | None, tmp: Path, index: int) -> li
             source = entry.source
             if source is None:
                 source = tmp / f"f{index}"
-                source.write_bytes(entry.data or b"")
+                write_private(source, entry.data or b"")
             script += [f'write "{source}" "{p}"', f'sif "{p}" mode 0{stat.S_IFREG | entry.mode:o}']
     script += [f'sif "{p}" uid {entry.uid}', f'sif "{p}" gid {entry.gid}']
     return script

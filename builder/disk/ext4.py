@@ -22,7 +22,9 @@ from builder.disk import sparse
 from builder.disk.debugfs import entry_script, mkdir_script, parents, parse_stat
 from builder.disk.entries import Directory, Entry, File, Inode, Symlink
 from builder.disk.superblock import Usage, read_superblock
+from builder.util.atomic import remove_stale, temp_path_for
 from builder.util.errors import BuildError
+from builder.util.private import create_private, private_dir
 from builder.util.run import no_fsync_env, run, stream
 
 log = logging.getLogger("pifleet.ext4")
@@ -120,8 +122,9 @@ class Ext4Filesystem:
         inode = self.stat(real)
         if inode is None or inode.kind != "regular":
             return None
-        with tempfile.TemporaryDirectory(prefix="pifleet-ext4-") as tmp:
-            dest = Path(tmp) / "f"
+        with private_dir("ext4") as tmp:
+            dest = tmp / "f"
+            os.close(create_private(dest))  # debugfs keeps the mode of a file it truncates
             _out, errors = self._debugfs([f'dump "{real}" "{dest}"'])
             if errors or not dest.exists():
                 raise BuildError(f"reading {path} from the root filesystem: {'; '.join(errors)}")
@@ -190,9 +193,9 @@ class Ext4Filesystem:
         dirs = parents({e.path for e in changed})
         current = self.stat_many(sorted(dirs | {e.path for e in changed}))
         script = mkdir_script(dirs, current, {e.path for e in changed if isinstance(e, Directory)})
-        with tempfile.TemporaryDirectory(prefix="pifleet-ext4-") as tmp:
+        with private_dir("ext4") as tmp:
             for i, entry in enumerate(changed):
-                script += entry_script(entry, current[entry.path], Path(tmp), i)
+                script += entry_script(entry, current[entry.path], tmp, i)
             _out, errors = self._debugfs(script, write=True)
         if errors:
             raise BuildError(f"writing to the root filesystem of {self.image}: {errors[0]}")
@@ -250,7 +253,8 @@ class Ext4Filesystem:
         image, resized there and put back (holes stay holes both ways).
         """
         old_size = self.usage().size
-        part = self.image.with_name(f".{self.image.name}.rootfs-resize.tmp")
+        remove_stale(self.image.parent)
+        part = temp_path_for(self.image.with_name(f"{self.image.name}.rootfs-resize"))
         try:
             sparse.extract(self.image, self.offset, old_size, part)
             os.truncate(part, new_size)

@@ -10,10 +10,10 @@ the same content gives the same bytes.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path, PurePosixPath
 
 from builder.util.errors import BuildError, UserError
+from builder.util.private import private_dir, write_private
 from builder.util.run import run
 
 log = logging.getLogger("pifleet.fat")
@@ -107,10 +107,10 @@ class FatFilesystem:
         for path in paths:
             by_dir.setdefault(str(PurePosixPath(path).parent), []).append(path)
         found: dict[str, bytes] = {}
-        with tempfile.TemporaryDirectory(prefix="pifleet-fat-") as tmp:
+        with private_dir("fat") as tmp:
             for i, (_directory, members) in enumerate(sorted(by_dir.items())):
-                dest = Path(tmp) / str(i)
-                dest.mkdir()
+                dest = tmp / str(i)
+                dest.mkdir(mode=0o700)
                 # Missing files make mcopy exit non-zero but the others are still copied.
                 run(
                     ["mcopy", "-n", "-i", self._spec, *(f"::{p}" for p in members), f"{dest}/"],
@@ -128,15 +128,15 @@ class FatFilesystem:
         for path, data in sorted(files.items()):
             p = PurePosixPath(path)
             by_dir.setdefault(str(p.parent), {})[p.name] = data
-        with tempfile.TemporaryDirectory(prefix="pifleet-fat-") as tmp:
+        with private_dir("fat") as tmp:
             for directory, entries in by_dir.items():
                 self._mkdirs(directory)
-                stage_dir = Path(tmp) / f"d{len(list(Path(tmp).iterdir()))}"
-                stage_dir.mkdir()
+                stage_dir = tmp / f"d{len(list(tmp.iterdir()))}"
+                stage_dir.mkdir(mode=0o700)
                 sources = []
                 for name, data in entries.items():
                     src = stage_dir / name
-                    src.write_bytes(data)
+                    write_private(src, data)
                     sources.append(str(src))
                 target = "::" + (directory.rstrip("/") + "/" if directory != "/" else "/")
                 try:

@@ -47,7 +47,7 @@ def _open_target(target: Path, size: int, name: Path) -> int:
     try:
         if target.is_block_device():
             return os.open(target, os.O_WRONLY | os.O_EXCL)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         os.ftruncate(fd, size)
         return fd
     except PermissionError:

@@ -20,6 +20,9 @@ from pathlib import Path
 from builder.util.errors import BuildError, UserError
 
 log = logging.getLogger("pifleet.run")
+# Whatever a tool creates (a debugfs dump, an mcopy copy, a qemu-img overlay) may hold a
+# secret: it is 0600 (0700 for a folder) from its first byte.
+PRIVATE_UMASK = 0o077
 
 
 def require_tool(name: str, package: str) -> str:
@@ -67,7 +70,9 @@ def run(
     full_env = None if env is None else {**os.environ, **env}
     started = time.monotonic()
     try:
-        proc = subprocess.run(args, input=input, capture_output=True, env=full_env, check=False)
+        proc = subprocess.run(
+            args, input=input, capture_output=True, env=full_env, check=False, umask=PRIVATE_UMASK
+        )
     except FileNotFoundError as exc:
         raise UserError(f"{args[0]} not found: run tools/setup.sh to install host tools") from exc
     log.debug(
@@ -99,7 +104,7 @@ def stream(
     log.debug("run: %s (streamed)", " ".join(args))
     full_env = None if env is None else {**os.environ, **env}
     with subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, umask=PRIVATE_UMASK
     ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         while chunk := proc.stdout.read(1 << 20):
