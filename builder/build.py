@@ -18,7 +18,7 @@ from pathlib import Path
 from builder import inspect
 from builder.config.fleet import load
 from builder.disk.flavor import detect, require_supported
-from builder.disk.image import Image
+from builder.disk.image import Image, check_tool_path
 from builder.disk.sparse import copy_file
 from builder.disk.superblock import last_write_time
 from builder.outputs import artifacts
@@ -62,6 +62,7 @@ def command(args: argparse.Namespace) -> int:
 
 def build(plan: Plan) -> list[artifacts.Written]:
     """Build the golden image for `plan`; returns the outputs written."""
+    check_tool_path(plan.image_path, "output: ")
     plan = examine_base(plan)
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(replace_when_done(plan.image_path, artifacts.PRIVATE))

@@ -14,9 +14,7 @@ from tests.test_build import root_read
 
 
 @pytest.mark.parametrize("layout", ["trixie", "ubuntu"])
-def test_built_image_mounts_the_boot_partition_for_root_only(
-    tmp_path: Path, layout: str
-) -> None:
+def test_built_image_mounts_the_boot_partition_for_root_only(tmp_path: Path, layout: str) -> None:
     make_pi_image(tmp_path / "base.img", LAYOUTS[layout])
     (tmp_path / "token").write_text("K10" + "ab" * 32 + "::server:x\n")
     (tmp_path / "token").chmod(0o600)

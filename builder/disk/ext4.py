@@ -19,11 +19,11 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from builder.disk import sparse
-from builder.disk.debugfs import entry_script, mkdir_script, parents, parse_stat
+from builder.disk.debugfs import entry_script, mkdir_script, parents, parse_stat, quote
 from builder.disk.entries import Directory, Entry, File, Inode, Symlink
 from builder.disk.superblock import Usage, read_superblock
 from builder.util.atomic import remove_stale, temp_path_for
-from builder.util.errors import BuildError
+from builder.util.errors import BuildError, UserError
 from builder.util.private import create_private, private_dir
 from builder.util.run import no_fsync_env, run, stream
 
@@ -43,7 +43,7 @@ class Ext4Filesystem:
     def spec(self) -> str:
         """How e2fsprogs names this filesystem: the image with an offset option."""
         if "?" in str(self.image):
-            raise BuildError(f"{self.image}: e2fsprogs cannot open a path containing '?'")
+            raise UserError(f"{self.image}: e2fsprogs cannot open a path containing '?'")
         return f"{self.image}?offset={self.offset}"
 
     def _env(self) -> dict[str, str]:
@@ -75,7 +75,7 @@ class Ext4Filesystem:
         """Inode facts for each path (None where absent); symlinks are not followed."""
         if not paths:
             return {}
-        out, _errors = self._debugfs([f'stat "{p}"' for p in paths])
+        out, _errors = self._debugfs([f"stat {quote(p)}" for p in paths])
         sections = re.split(r"^debugfs: stat ", out, flags=re.M)[1:]
         result: dict[str, Inode | None] = {}
         for path, section in zip(paths, sections, strict=True):
@@ -125,7 +125,7 @@ class Ext4Filesystem:
         with private_dir("ext4") as tmp:
             dest = tmp / "f"
             os.close(create_private(dest))  # debugfs keeps the mode of a file it truncates
-            _out, errors = self._debugfs([f'dump "{real}" "{dest}"'])
+            _out, errors = self._debugfs([f"dump {quote(real)} {quote(dest)}"])
             if errors or not dest.exists():
                 raise BuildError(f"reading {path} from the root filesystem: {'; '.join(errors)}")
             return dest.read_bytes()
@@ -141,12 +141,15 @@ class Ext4Filesystem:
             digest.update(chunk)
 
         stream(
-            ["debugfs", "-R", f'cat "{path}"', self.spec], consume, env=self._env(), what="debugfs"
+            ["debugfs", "-R", f"cat {quote(path)}", self.spec],
+            consume,
+            env=self._env(),
+            what="debugfs",
         )
         return bytes(head), digest.hexdigest()
 
     def listdir(self, path: str) -> list[str]:
-        out, _ = self._debugfs([f'ls -p "{path}"'])
+        out, _ = self._debugfs([f"ls -p {quote(path)}"])
         names = []
         for line in out.splitlines():
             fields = line.split("/")

@@ -30,6 +30,8 @@ class FatFilesystem:
 
     @property
     def _spec(self) -> str:
+        if "@@" in str(self.image):  # mtools would split the name at the first @@
+            raise UserError(f"{self.image}: mtools cannot open a path containing '@@'")
         return f"{self.image}@@{self.offset}"
 
     def _env(self) -> dict[str, str]:
@@ -80,10 +82,10 @@ class FatFilesystem:
 
     def stage(self, path: str, data: bytes) -> None:
         """Write `data` to `path` at the next `flush()`; parent directories are created."""
-        self._staged[path] = data
+        self._staged[_plain(path)] = data
 
     def stage_delete(self, path: str) -> None:
-        self._staged[path] = None
+        self._staged[_plain(path)] = None
 
     def flush(self) -> int:
         """Apply staged changes that differ from what is on disk; returns how many changed."""
@@ -165,3 +167,10 @@ class FatFilesystem:
                 self._mtools(
                     "mmd", f"::{current}", what=f"creating {current} on the boot partition"
                 )
+
+
+def _plain(path: str) -> str:
+    """`path`, refused when mtools would expand it (wildcards) or it holds a control character."""
+    if any(c in path for c in "*?[]") or any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise UserError(f"{path!r}: not a plain name for the boot partition")
+    return path
