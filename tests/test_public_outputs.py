@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from builder.config.fleet import load
+from builder.seed.cloudinit import HostKey, seed_files
+from builder.steps.cmdline import meta_instance_id
 from builder.steps.fstab import private_boot
 from tests.conftest import fleet_yaml, pifleet
 from tests.layouts import LAYOUTS, make_pi_image
@@ -45,3 +48,36 @@ def test_fstab_edit_is_idempotent_and_keeps_columns() -> None:
     assert once.splitlines()[2] == text.splitlines()[2]
     assert private_boot(once, "/boot/firmware") is None
     assert private_boot(text, "/boot") is None
+
+
+WIFI = "network:\n  wifi: {ssid: 'edge net', country: DE, password_env: WIFI_PSK}"
+
+
+def test_instance_id_does_not_confirm_a_passphrase_guess(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id is public (meta-data, manifest.json): it must not depend on the PSK."""
+    (tmp_path / "f.yaml").write_text(fleet_yaml(network=WIFI))
+    ids = set()
+    for psk in ("correct horse battery", "wrong guess 12345"):
+        monkeypatch.setenv("WIFI_PSK", psk)
+        files = seed_files(load(tmp_path / "f.yaml"))
+        assert psk.encode() in files["/network-config"]
+        ids.add(meta_instance_id(files["/meta-data"]))
+    assert len(ids) == 1
+    (tmp_path / "f.yaml").write_text(fleet_yaml(network=WIFI.replace("edge net", "other net")))
+    other = meta_instance_id(seed_files(load(tmp_path / "f.yaml"))["/meta-data"])
+    assert other not in ids, "a change that is not secret still gives a new id"
+
+
+def test_instance_id_does_not_depend_on_the_host_private_key(tmp_path: Path) -> None:
+    (tmp_path / "f.yaml").write_text(fleet_yaml(devices="devices: [{hostname: pi-1}]"))
+    config = load(tmp_path / "f.yaml")
+    public = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl pi-1"
+    ids = {
+        meta_instance_id(
+            seed_files(config, config.devices[0], HostKey(private, public))["/meta-data"]
+        )
+        for private in ("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n", "guess\n")
+    }
+    assert len(ids) == 1
