@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -34,14 +35,16 @@ log = logging.getLogger("pifleet.build")
 
 def command(args: argparse.Namespace) -> int:
     config = load(Path(args.config))
-    plan = resolve(
-        config,
-        base_override=Path(args.base) if args.base else None,
-        k3s_override=Path(args.k3s_binary) if args.k3s_binary else None,
-        output_dir=Path(args.output_dir) if args.output_dir else None,
-    )
-    started = time.monotonic()
-    written = build(plan)
+    out = (Path(args.output_dir) if args.output_dir else config.output.dir).resolve()
+    with _removed_if_failed(out):
+        plan = resolve(
+            config,
+            base_override=Path(args.base) if args.base else None,
+            k3s_override=Path(args.k3s_binary) if args.k3s_binary else None,
+            output_dir=out,
+        )
+        started = time.monotonic()
+        written = build(plan)
     image = written[0]
     log.info(
         "built %s (%s) in %.1f s",
@@ -58,6 +61,24 @@ def command(args: argparse.Namespace) -> int:
             raise UserError(f"{config.source}: devices: --per-device needs at least one device")
         personalize_fleet(image.path, config, list(config.devices))
     return 0
+
+
+@contextlib.contextmanager
+def _removed_if_failed(out: Path) -> Iterator[None]:
+    """The output folder and the parents this run creates are removed again, if still empty,
+    when the build fails."""
+    fresh = []
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        fresh.append(folder)
+    try:
+        yield
+    except BaseException:
+        for folder in fresh:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def build(plan: Plan) -> list[artifacts.Written]:

@@ -71,6 +71,14 @@ class Ext4Filesystem:
 
     # -- reading -------------------------------------------------------------
 
+    def open_problem(self) -> str | None:
+        """Why debugfs cannot open this filesystem (damaged), or None when it can."""
+        _out, errors = self._debugfs(["stat /"])
+        opening = [e for e in errors if "while trying to open" in e or "not open" in e]
+        if not opening:
+            return None
+        return opening[0].removeprefix("debugfs: ").split(" while trying to open")[0]
+
     def stat_many(self, paths: list[str]) -> dict[str, Inode | None]:
         """Inode facts for each path (None where absent); symlinks are not followed."""
         if not paths:

@@ -10,6 +10,8 @@ Images without /etc/locale.gen (Ubuntu: its locale-gen takes the name) are left 
 
 from __future__ import annotations
 
+import difflib
+
 from builder.disk.entries import File
 from builder.disk.image import Image
 from builder.plan import Plan
@@ -29,11 +31,20 @@ def apply(image: Image, plan: Plan) -> None:
     if entry is None:
         raise UserError(
             f"{plan.config.where('locale')}: {locale!r} is not a locale the image supports "
-            f"(see {SUPPORTED} in the image), e.g. en_US.UTF-8"
+            f"(see {SUPPORTED} in the image){nearest(image.root.read(SUPPORTED), locale)}"
         )
     updated = enable(current.decode("utf-8", errors="replace"), entry)
     if updated is not None:
         image.root.stage(File(LOCALE_GEN, 0o644, data=updated.encode()))
+
+
+def nearest(supported: bytes | None, locale: str) -> str:
+    """'; nearest: a, b' from the image's SUPPORTED list (or an example without one)."""
+    if supported is None:
+        return ", e.g. en_US.UTF-8"
+    names = [ln.split()[0] for ln in supported.decode(errors="replace").splitlines() if ln.split()]
+    near = difflib.get_close_matches(locale, names, n=3, cutoff=0.5)
+    return f"; nearest: {', '.join(near)}" if near else ", e.g. en_US.UTF-8"
 
 
 def supported_entry(supported: bytes | None, locale: str) -> str | None:
