@@ -18,6 +18,7 @@ from pathlib import Path
 
 from builder import inspect
 from builder.config.fleet import load
+from builder.config.model import FleetConfig
 from builder.disk.flavor import detect, require_supported
 from builder.disk.image import Image, check_tool_path
 from builder.disk.sparse import copy_file
@@ -34,7 +35,11 @@ log = logging.getLogger("pifleet.build")
 
 
 def command(args: argparse.Namespace) -> int:
+    """Build the golden image, and with --per-device every device's image: all or nothing
+    (a failure or Ctrl-C removes every output of this run)."""
     config = load(Path(args.config))
+    if args.per_device and not config.devices:
+        raise UserError(f"{config.source}: devices: --per-device needs at least one device")
     out = (Path(args.output_dir) if args.output_dir else config.output.dir).resolve()
     with _removed_if_failed(out):
         plan = resolve(
@@ -45,22 +50,29 @@ def command(args: argparse.Namespace) -> int:
         )
         started = time.monotonic()
         written = build(plan)
-    image = written[0]
-    log.info(
-        "built %s (%s) in %.1f s",
-        image.path,
-        human_size(image.path.stat().st_size),
-        time.monotonic() - started,
-    )
-    for w in written[1:]:
-        log.info("  %s", w.path.name)
-    if args.per_device:
-        from builder.fleet.personalize import personalize_fleet
-
-        if not config.devices:
-            raise UserError(f"{config.source}: devices: --per-device needs at least one device")
-        personalize_fleet(image.path, config, list(config.devices))
+        image = written[0]
+        log.info(
+            "built %s (%s) in %.1f s",
+            image.path,
+            human_size(image.path.stat().st_size),
+            time.monotonic() - started,
+        )
+        for w in written[1:]:
+            log.info("  %s", w.path.name)
+        if args.per_device:
+            _per_device(image.path, config, written)
     return 0
+
+
+def _per_device(golden: Path, config: FleetConfig, written: list[artifacts.Written]) -> None:
+    from builder.fleet.personalize import personalize_fleet
+
+    try:
+        personalize_fleet(golden, config, list(config.devices))
+    except BaseException:
+        for path in [w.path for w in written] + [golden.with_name("SHA256SUMS")]:
+            path.unlink(missing_ok=True)  # the golden image and its outputs: nothing is left
+        raise
 
 
 @contextlib.contextmanager
