@@ -21,7 +21,7 @@ from builder.config.fleet import load
 from builder.config.model import FleetConfig
 from builder.disk.flavor import detect, require_supported
 from builder.disk.image import Image, check_tool_path
-from builder.disk.sparse import copy_file
+from builder.disk.sparse import allocated_bytes, copy_file
 from builder.disk.superblock import last_write_time
 from builder.outputs import artifacts
 from builder.plan import Plan, resolve, source_date_epoch
@@ -30,6 +30,7 @@ from builder.steps import ORDER
 from builder.util.atomic import replace_when_done
 from builder.util.console import human_size, progress
 from builder.util.errors import UserError
+from builder.util.space import reported_full, require_space
 
 log = logging.getLogger("pifleet.build")
 
@@ -97,7 +98,9 @@ def build(plan: Plan) -> list[artifacts.Written]:
     """Build the golden image for `plan`; returns the outputs written."""
     check_tool_path(plan.image_path, "output: ")
     plan = examine_base(plan)
-    with contextlib.ExitStack() as stack:
+    # A sparse copy needs the base's data blocks (a reflink needs none: checked anyway).
+    require_space(plan.output_dir, allocated_bytes(plan.base.path), plan.image_path.name)
+    with reported_full(plan.output_dir, plan.image_path.name), contextlib.ExitStack() as stack:
         tmp = stack.enter_context(replace_when_done(plan.image_path, artifacts.PRIVATE))
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
         # The base's digest is only for the manifest: hash it on the other core while copying.

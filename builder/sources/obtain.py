@@ -24,6 +24,7 @@ from builder.util.atomic import replace_when_done
 from builder.util.cache import cache_dir
 from builder.util.console import progress
 from builder.util.errors import UserError
+from builder.util.space import reported_full
 
 log = logging.getLogger("pifleet.sources")
 
@@ -92,7 +93,11 @@ def _raw_base(
     raw.parent.mkdir(parents=True, exist_ok=True)
     log.info("decompressing %s", download.name)
     try:
-        with replace_when_done(raw, 0o444) as tmp, progress("decompressing", None) as bar:
+        with (
+            reported_full(raw.parent, f"the decompressed base {raw.name}"),
+            replace_when_done(raw, 0o444) as tmp,
+            progress("decompressing", None) as bar,
+        ):
             raw_digest = compress.decompress(
                 download, tmp, bar.advance, hashed=bool(extract_sha256)
             )
