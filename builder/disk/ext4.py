@@ -25,7 +25,7 @@ from builder.disk.superblock import Usage, read_superblock
 from builder.util.atomic import remove_stale, temp_path_for
 from builder.util.errors import BuildError, UserError
 from builder.util.private import create_private, private_dir
-from builder.util.run import no_fsync_env, run, stream
+from builder.util.run import PRIVATE_UMASK, no_fsync_env, run, stream
 
 log = logging.getLogger("pifleet.ext4")
 
@@ -61,7 +61,7 @@ class Ext4Filesystem:
                 "debugfs: %s%s", script[0], f" (+{len(script) - 1} more)" if len(script) > 1 else ""
             )
             argv = ["debugfs", *(["-w"] if write else []), "-f", cmd.name, self.spec]
-            proc = run(argv, env=self._env(), what="debugfs")
+            proc = run(argv, env=self._env(), what="debugfs", umask=PRIVATE_UMASK)  # dumps
         errors = [
             line
             for line in proc.stderr.decode(errors="replace").splitlines()

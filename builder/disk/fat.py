@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from builder.util.errors import BuildError, UserError
 from builder.util.private import private_dir, write_private
-from builder.util.run import run
+from builder.util.run import PRIVATE_UMASK, run
 
 log = logging.getLogger("pifleet.fat")
 
@@ -118,6 +118,7 @@ class FatFilesystem:
                     ["mcopy", "-n", "-i", self._spec, *(f"::{p}" for p in members), f"{dest}/"],
                     env=self._env(),
                     check=False,
+                    umask=PRIVATE_UMASK,  # copies of seed files: secrets
                 )
                 for path in members:
                     copied = dest / PurePosixPath(path).name

@@ -18,7 +18,7 @@ from builder.disk.fat import FatFilesystem
 from builder.disk.table import read_table
 from builder.util.errors import BuildError
 from builder.util.private import private_dir, write_private
-from builder.util.run import require_tool, run
+from builder.util.run import PRIVATE_UMASK, require_tool, run
 
 log = logging.getLogger("pifleet.overlay")
 
@@ -42,6 +42,7 @@ def create(image: Path, overlay: Path) -> None:
             str(overlay),
         ],
         what="qemu-img create",
+        umask=PRIVATE_UMASK,  # the overlay will hold the boot's token
     )
 
 
