@@ -136,25 +136,34 @@ def test_corrupt_root_filesystem_says_damaged(fleet_dir: Path) -> None:
     refused(fleet_dir, "base.img", "damaged", "e2fsck")
 
 
-def test_unknown_timezone_names_the_nearest(fleet_dir: Path) -> None:
+def write_root_files(image: Path, files: dict[str, bytes], tmp: Path) -> None:
+    """Put `files` into the image's root filesystem with debugfs (parents created)."""
     from builder.disk.table import read_table
 
-    zi = fleet_dir / "tzdata.zi"
-    zi.write_text(
-        "# version 2025b\nZ Europe/Berlin 0:53:28 - LMT 1893 Ap\nL Europe/Berlin Arctic/Longyearbyen\n"
-    )
-    root = read_table(fleet_dir / "base.img").partitions[1].start
-    spec = f"{fleet_dir / 'base.img'}?offset={root}"
-    for cmd in (
-        "mkdir /usr/share",
-        "mkdir /usr/share/zoneinfo",
-        f"write {zi} /usr/share/zoneinfo/tzdata.zi",
-    ):
-        subprocess.run(["debugfs", "-w", "-R", cmd, spec], check=True, capture_output=True)
+    spec = f"{image}?offset={read_table(image).partitions[1].start}"
+    for i, (path, data) in enumerate(files.items()):
+        source = tmp / f"root-file-{i}"
+        source.write_bytes(data)
+        parts = Path(path).parts
+        cmds = [f"mkdir {'/'.join(parts[: n + 1])[1:]}" for n in range(1, len(parts) - 1)]
+        for cmd in [*cmds, f"write {source} {path}"]:
+            subprocess.run(["debugfs", "-w", "-R", cmd, spec], check=True, capture_output=True)
+
+
+def test_unknown_timezone_names_the_nearest(fleet_dir: Path, tmp_path: Path) -> None:
+    zi = b"# version 2025b\nZ Europe/Berlin 0:53:28 - LMT 1893 Ap\nL Europe/Berlin Arctic/Longyearbyen\n"
+    write_root_files(fleet_dir / "base.img", {"/usr/share/zoneinfo/tzdata.zi": zi}, tmp_path)
     (fleet_dir / "fleet.yaml").write_text(fleet_yaml(extra="timezone: Europe/Berlinn"))
     refused(fleet_dir, "fleet.yaml: timezone", "nearest: Europe/Berlin")
     (fleet_dir / "fleet.yaml").write_text(fleet_yaml(extra="timezone: Arctic/Longyearbyen"))
     assert pifleet("build", "fleet.yaml", cwd=fleet_dir).returncode == 0
+
+
+def test_unknown_locale_names_the_nearest(fleet_dir: Path, tmp_path: Path) -> None:
+    supported = b"de_DE.UTF-8 UTF-8\nde_DE ISO-8859-1\nen_GB.UTF-8 UTF-8\nen_US.UTF-8 UTF-8\n"
+    write_root_files(fleet_dir / "base.img", {"/usr/share/i18n/SUPPORTED": supported}, tmp_path)
+    (fleet_dir / "fleet.yaml").write_text(fleet_yaml(extra="locale: de_DE.UTF8"))
+    refused(fleet_dir, "fleet.yaml: locale", "nearest: de_DE.UTF-8")
 
 
 def test_failed_decompression_leaves_no_cache_folder(fleet_dir: Path) -> None:
