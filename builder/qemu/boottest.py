@@ -159,12 +159,8 @@ def _outage(
 
 def _workdir(stack: contextlib.ExitStack, keep: Path | None) -> Path:
     if keep is not None:
+        # A new folder is private; in any folder the VM disk and console log are 0600.
         keep.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if keep.stat().st_mode & 0o077:
-            raise UserError(
-                f"{keep}: --keep folder is open to other users and the VM disk holds the "
-                f"join token; run: chmod 700 {keep}"
-            )
         return keep
     tmp = Path(tempfile.mkdtemp(prefix="pifleet-boot-"))
     stack.callback(shutil.rmtree, tmp, ignore_errors=True)
