@@ -11,15 +11,17 @@ import argparse
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 from builder import inspect
 from builder.config.fleet import load
+from builder.config.model import FleetConfig
 from builder.disk.flavor import detect, require_supported
-from builder.disk.image import Image
-from builder.disk.sparse import copy_file
+from builder.disk.image import Image, check_tool_path
+from builder.disk.sparse import allocated_bytes, copy_file
 from builder.disk.superblock import last_write_time
 from builder.outputs import artifacts
 from builder.plan import Plan, resolve, source_date_epoch
@@ -28,42 +30,77 @@ from builder.steps import ORDER
 from builder.util.atomic import replace_when_done
 from builder.util.console import human_size, progress
 from builder.util.errors import UserError
+from builder.util.space import reported_full, require_space
 
 log = logging.getLogger("pifleet.build")
 
 
 def command(args: argparse.Namespace) -> int:
+    """Build the golden image, and with --per-device every device's image: all or nothing
+    (a failure or Ctrl-C removes every output of this run)."""
     config = load(Path(args.config))
-    plan = resolve(
-        config,
-        base_override=Path(args.base) if args.base else None,
-        k3s_override=Path(args.k3s_binary) if args.k3s_binary else None,
-        output_dir=Path(args.output_dir) if args.output_dir else None,
-    )
-    started = time.monotonic()
-    written = build(plan)
-    image = written[0]
-    log.info(
-        "built %s (%s) in %.1f s",
-        image.path,
-        human_size(image.path.stat().st_size),
-        time.monotonic() - started,
-    )
-    for w in written[1:]:
-        log.info("  %s", w.path.name)
-    if args.per_device:
-        from builder.fleet.personalize import personalize_fleet
-
-        if not config.devices:
-            raise UserError(f"{config.source}: devices: --per-device needs at least one device")
-        personalize_fleet(image.path, config, list(config.devices))
+    if args.per_device and not config.devices:
+        raise UserError(f"{config.source}: devices: --per-device needs at least one device")
+    out = (Path(args.output_dir) if args.output_dir else config.output.dir).resolve()
+    with _removed_if_failed(out):
+        plan = resolve(
+            config,
+            base_override=Path(args.base) if args.base else None,
+            k3s_override=Path(args.k3s_binary) if args.k3s_binary else None,
+            output_dir=out,
+        )
+        started = time.monotonic()
+        written = build(plan)
+        image = written[0]
+        log.info(
+            "built %s (%s) in %.1f s",
+            image.path,
+            human_size(image.path.stat().st_size),
+            time.monotonic() - started,
+        )
+        for w in written[1:]:
+            log.info("  %s", w.path.name)
+        if args.per_device:
+            _per_device(image.path, config, written)
     return 0
+
+
+def _per_device(golden: Path, config: FleetConfig, written: list[artifacts.Written]) -> None:
+    from builder.fleet.personalize import personalize_fleet
+
+    try:
+        personalize_fleet(golden, config, list(config.devices))
+    except BaseException:
+        for path in [w.path for w in written] + [golden.with_name("SHA256SUMS")]:
+            path.unlink(missing_ok=True)  # the golden image and its outputs: nothing is left
+        raise
+
+
+@contextlib.contextmanager
+def _removed_if_failed(out: Path) -> Iterator[None]:
+    """The output folder and the parents this run creates are removed again, if still empty,
+    when the build fails."""
+    fresh = []
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        fresh.append(folder)
+    try:
+        yield
+    except BaseException:
+        for folder in fresh:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def build(plan: Plan) -> list[artifacts.Written]:
     """Build the golden image for `plan`; returns the outputs written."""
+    check_tool_path(plan.image_path, "output: ")
     plan = examine_base(plan)
-    with contextlib.ExitStack() as stack:
+    # A sparse copy needs the base's data blocks (a reflink needs none: checked anyway).
+    require_space(plan.output_dir, allocated_bytes(plan.base.path), plan.image_path.name)
+    with reported_full(plan.output_dir, plan.image_path.name), contextlib.ExitStack() as stack:
         tmp = stack.enter_context(replace_when_done(plan.image_path, artifacts.PRIVATE))
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
         # The base's digest is only for the manifest: hash it on the other core while copying.

@@ -83,7 +83,7 @@ def _k3s_facts(image: Image) -> dict[str, Any] | None:
     if inode is None:
         return None
     head, digest = image.root.fingerprint(k3s.K3S_PATH)
-    arch = elf_arch(head)
+    arch = elf_arch(head, inode.size)
     tools = image.root.stat_many([f"{k3s.BIN_DIR}/{t}" for t in k3s.TOOLS])
     airgap = image.root.listdir(k3s.AIRGAP_DIR) if image.root.stat(k3s.AIRGAP_DIR) else []
     return {

@@ -8,6 +8,7 @@ from typing import Any
 from builder.config.model import Device, StaticAddress, Wifi
 from builder.config.values import _LABEL_VALUE, _TAINT, _scalar, _valid_label_key, static_address
 from builder.util.errors import UserError
+from builder.util.yamlfile import shown
 from firstboot.joinconfig import valid_hostname
 
 
@@ -35,7 +36,7 @@ class DeviceReader:
             label_key, sep, label_value = item.partition("=")
             if not sep or not _valid_label_key(label_key) or not _LABEL_VALUE.match(label_value):
                 where = f"{key}[{i}]" if isinstance(value, list) else f"{key}.{label_key}"
-                raise self.fail(where, f"must be a Kubernetes label key=value, got {item!r}")
+                raise self.fail(where, f"must be a Kubernetes label key=value, got {shown(item)}")
         return tuple(items)
 
     def taints(self, value: list[str], key: str) -> tuple[str, ...]:
@@ -44,7 +45,7 @@ class DeviceReader:
             if not match or not _valid_label_key(match["key"]):
                 raise self.fail(
                     f"{key}[{i}]",
-                    f"must be key[=value]:NoSchedule|PreferNoSchedule|NoExecute, got {item!r}",
+                    f"must be key[=value]:NoSchedule|PreferNoSchedule|NoExecute, got {shown(item)}",
                 )
         return tuple(value)
 
@@ -65,7 +66,7 @@ class DeviceReader:
         key = f"devices[{index}]"
         name = value["hostname"]
         if not valid_hostname(name):
-            raise self.fail(f"{key}.hostname", f"must be an RFC 1123 host name, got {name!r}")
+            raise self.fail(f"{key}.hostname", f"must be an RFC 1123 host name, got {shown(name)}")
         static = None
         if "address" in value:
             static = static_address(

@@ -12,6 +12,7 @@ YAML: a list of mappings with the keys of `devices:` items in config/schema.json
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from builder.config.devices import DeviceReader
 from builder.config.model import Device, FleetConfig
 from builder.config.schema import describe
 from builder.util.errors import UserError
+from builder.util.yamlfile import check_values, read_text
 
 COLUMNS = (
     "hostname",
@@ -45,13 +47,15 @@ class _RowChecker(DeviceReader):
 
 def load(path: Path) -> list[tuple[int, Device]]:
     """(line, device) for every row of the inventory at `path`."""
-    if not path.is_file():
-        raise UserError(f"{path}: devices_file not found")
-    rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _yaml_rows(path)
+    # A BOM: Excel's "CSV UTF-8" export starts with one.
+    text = read_text(path, "devices_file").removeprefix("\ufeff")
+    is_csv = path.suffix.lower() == ".csv"
+    rows = _csv_rows(text, path) if is_csv else _yaml_rows(text, path)
     checker = _RowChecker(path, {})
     devices, errors = [], []
     for index, (line, raw) in enumerate(rows):
         try:
+            raw = _from_csv(raw) if is_csv else raw
             _check_schema(raw)
             devices.append((line, checker.device(raw, index)))
         except UserError as exc:
@@ -87,23 +91,30 @@ def merged(config: FleetConfig) -> tuple[Device, ...]:
     return config.devices + tuple(d for _line, d in rows)
 
 
-def _csv_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        unknown = [c for c in header if c not in COLUMNS]
-        if "hostname" not in header or unknown:
-            problem = f"unknown column {unknown[0]!r}" if unknown else "no hostname column"
-            raise UserError(f"{path.name}:1: {problem} (columns: {', '.join(COLUMNS)})")
-        return [
-            (reader.line_num, _from_csv(row))
-            for row in reader
-            if any((v or "").strip() for v in row.values())
-        ]
+def _csv_rows(text: str, path: Path) -> list[tuple[int, dict[Any, Any]]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    unknown = [c for c in header if c not in COLUMNS]
+    if "hostname" not in header or unknown:
+        problem = f"unknown column {unknown[0]!r}" if unknown else "no hostname column"
+        raise UserError(f"{path.name}:1: {problem} (columns: {', '.join(COLUMNS)})")
+    rows = [
+        (reader.line_num, row)
+        for row in reader
+        if any((v if isinstance(v, str) else "x").strip() for v in row.values())
+    ]
+    check_values([{k: v for k, v in row.items() if k} for _line, row in rows], path)
+    return rows
 
 
-def _from_csv(row: dict[str, str | None]) -> dict[str, Any]:
+def _from_csv(row: dict[Any, Any]) -> dict[str, Any]:
+    if None in row:  # csv.DictReader's place for cells beyond the header
+        raise UserError(f"{len(row) - 1 + len(row[None])} fields but the header has {len(row) - 1}")
     cells = {k: (v or "").strip() for k, v in row.items() if k}
+    if not cells.get("wifi_ssid"):
+        stray = [k for k in ("wifi_country", "wifi_password_env") if cells.get(k)]
+        if stray:
+            raise UserError(f"{stray[0]}: given without wifi_ssid")
     out: dict[str, Any] = {"hostname": cells.get("hostname", "")}
     for key in ("labels", "taints", "dns"):
         if cells.get(key):
@@ -119,9 +130,9 @@ def _from_csv(row: dict[str, str | None]) -> dict[str, Any]:
     return out
 
 
-def _yaml_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _yaml_rows(text: str, path: Path) -> list[tuple[int, dict[str, Any]]]:
     try:
-        node = yaml.compose(path.read_text(encoding="utf-8"))
+        node = yaml.compose(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: YAML error: {exc}") from None
     if not isinstance(node, yaml.SequenceNode):
@@ -129,6 +140,7 @@ def _yaml_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
     for item in node.value:
         rows.append((item.start_mark.line + 1, yaml.safe_load(yaml.serialize(item))))
+    check_values([raw for _line, raw in rows], path)
     return rows
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from builder.config.devices import DeviceReader
 from builder.config.model import (
@@ -23,7 +26,10 @@ from builder.config.model import (
     User,
 )
 from builder.config.values import parse_size
+from builder.util.yamlfile import shown
 from firstboot.joinconfig import valid_hostname
+
+MAX_IMAGE_SIZE = 2 * 1024**4  # 2 TiB: the largest SD card sold
 
 
 class FleetReader(DeviceReader):
@@ -52,11 +58,18 @@ class FleetReader(DeviceReader):
             devices_file=self.rel(devices_file) if devices_file else None,
             output=self.output(raw.get("output", {})),
             agent=AgentTuning(
-                backoff_cap=float(raw.get("agent", {}).get("backoff_cap", 60)),
-                clock_sync_timeout=float(raw.get("agent", {}).get("clock_sync_timeout", 120)),
+                backoff_cap=self.seconds(raw.get("agent", {}), "backoff_cap", 60),
+                clock_sync_timeout=self.seconds(raw.get("agent", {}), "clock_sync_timeout", 120),
             ),
             config_hash=hashlib.sha256(canonical.encode()).hexdigest(),
         )
+
+    def seconds(self, agent: dict[str, Any], key: str, default: float) -> float:
+        """A finite number of seconds (the schema bounds it; NaN passes every bound)."""
+        value = float(agent.get(key, default))
+        if not math.isfinite(value):
+            raise self.fail(f"agent.{key}", f"must be a number of seconds, got {value}")
+        return value
 
     def base(self, value: str | dict[str, Any] | None, arch: str) -> BaseSource:
         if value is None:
@@ -105,7 +118,7 @@ class FleetReader(DeviceReader):
         if not create and has_file == has_env:
             raise self.fail("cluster", "give exactly one of token_file or token_env")
         return Cluster(
-            server=value["server"].rstrip("/"),
+            server=self.server(value["server"]),
             token_file=self.rel(value["token_file"]) if has_file else self.created_token(create),
             token_env=value.get("token_env"),
             token_in_boot=bool(value.get("token_in_boot", False)),
@@ -145,6 +158,24 @@ class FleetReader(DeviceReader):
     def created_token(self, create: bool) -> Path | None:
         return self.dir / "cluster" / "token" if create else None
 
+    def server(self, value: str) -> str:
+        """https://host[:port] with a real host name or address and a port in 1-65535."""
+        url = urlsplit(value.rstrip("/"))
+        try:
+            port = url.port
+        except ValueError:
+            raise self.fail("cluster.server", f"port must be 1-65535, got {shown(value)}") from None
+        host = url.hostname or ""
+        plain = re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host) is not None
+        if url.scheme != "https" or not (plain or _is_ip(host)) or url.username or url.password:
+            raise self.fail("cluster.server", f"must be https://host[:port], got {shown(value)}")
+        if port == 0 or url.path or url.query or url.fragment:
+            raise self.fail(
+                "cluster.server",
+                f"must be https://host[:port] and nothing more, got {shown(value)}",
+            )
+        return url.geturl()
+
     def kubelet_args(self, value: list[str]) -> tuple[str, ...]:
         for i, item in enumerate(value):
             if not re.match(r"^[a-z0-9][a-z0-9-]*=", item):
@@ -182,5 +213,21 @@ class FleetReader(DeviceReader):
             dir=self.rel(value.get("dir", "out")),
             formats=tuple(value.get("formats", ["img"])),
             bmap=bool(value.get("bmap", True)),
-            size=parse_size(str(size)) if size is not None else None,
+            size=self.size(size),
         )
+
+    def size(self, value: object) -> int | None:
+        if value is None:
+            return None
+        size = parse_size(str(value))
+        if not 0 < size <= MAX_IMAGE_SIZE:
+            raise self.fail("output.size", f"must be between 1 byte and 2T, got {shown(value)}")
+        return size
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -13,6 +13,7 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from builder.util import bundled
 from builder.util.errors import UserError
+from builder.util.yamlfile import shown
 
 SCHEMA_PATH = bundled.data("schema.json")
 _TYPE_NAMES = {
@@ -63,7 +64,7 @@ def describe(error: ValidationError) -> tuple[str, str]:
     value: Any = error.instance
     expected: Any = error.validator_value
     if isinstance(schema, dict) and "x-expected" in schema and kind != "type":
-        return key_path(path), f"must be {schema['x-expected']}, got {value!r}"
+        return key_path(path), f"must be {schema['x-expected']}, got {shown(value)}"
     if kind == "additionalProperties":
         known = sorted(schema.get("properties", {}))
         extra = sorted(set(value) - set(known))
@@ -77,10 +78,10 @@ def describe(error: ValidationError) -> tuple[str, str]:
         names = [
             _TYPE_NAMES.get(t, str(t)) for t in (wanted if isinstance(wanted, list) else [wanted])
         ]
-        return key_path(path), f"must be {' or '.join(names)}, got {value!r}"
+        return key_path(path), f"must be {' or '.join(names)}, got {shown(value)}"
     if kind == "enum":
         choices = ", ".join(repr(c) for c in expected)
-        return key_path(path), f"must be one of {choices}, got {value!r}"
+        return key_path(path), f"must be one of {choices}, got {shown(value)}"
     return key_path(path), error.message
 
 
@@ -91,7 +92,7 @@ def _one_of_message(error: ValidationError) -> str:
         kinds.append(
             _TYPE_NAMES.get(sub.get("type", ""), "a value") if isinstance(sub, dict) else "?"
         )
-    return f"must be {' or '.join(dict.fromkeys(kinds))}, got {error.instance!r}"
+    return f"must be {' or '.join(dict.fromkeys(kinds))}, got {shown(error.instance)}"
 
 
 def device_errors(raw: Any) -> list[ValidationError]:

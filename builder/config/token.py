@@ -55,7 +55,10 @@ def _read_file(cluster: Cluster, where: str) -> str:
     except OSError as exc:
         raise UserError(f"{where}: cluster.token_file: {path}: {exc.strerror}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("warning: %s is readable by other users; chmod 600 it", path)
+        raise UserError(
+            f"{where}: cluster.token_file: {path} is open to other users "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
+        )
     return text
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from builder.config.model import StaticAddress
 from builder.util.errors import UserError
+from builder.util.yamlfile import shown
 
 Fail = Callable[[str, str], UserError]
 
@@ -47,22 +48,23 @@ def static_address(
         iface = ipaddress.ip_interface(address)
     except ValueError:
         raise fail(
-            f"{key}.address", f"must be an address with prefix such as 10.0.0.5/24, got {address!r}"
+            f"{key}.address",
+            f"must be an address with prefix such as 10.0.0.5/24, got {shown(address)}",
         ) from None
     if "/" not in address:
-        raise fail(f"{key}.address", f"needs a prefix length such as /24, got {address!r}")
+        raise fail(f"{key}.address", f"needs a prefix length such as /24, got {shown(address)}")
     if gateway is not None:
         try:
             gw = ipaddress.ip_address(gateway)
         except ValueError:
-            raise fail(f"{key}.gateway", f"must be an IP address, got {gateway!r}") from None
+            raise fail(f"{key}.gateway", f"must be an IP address, got {shown(gateway)}") from None
         if gw not in iface.network:
             raise fail(f"{key}.gateway", f"{gateway} is not in {iface.network}")
     for i, server in enumerate(dns):
         try:
             ipaddress.ip_address(server)
         except ValueError:
-            raise fail(f"{key}.dns[{i}]", f"must be an IP address, got {server!r}") from None
+            raise fail(f"{key}.dns[{i}]", f"must be an IP address, got {shown(server)}") from None
     return StaticAddress(address=address, gateway=gateway, dns=tuple(dns))
 
 
@@ -70,6 +72,6 @@ def parse_size(text: str) -> int:
     """'4G', '3500M', '4GiB', '1073741824' -> bytes (powers of 1024)."""
     match = _SIZE.match(text.strip())
     if not match:
-        raise UserError(f"not a size: {text!r} (expected e.g. 4G or 3500M)")
+        raise UserError(f"not a size: {shown(text)} (expected e.g. 4G or 3500M)")
     number, unit = float(match.group(1)), match.group(2)
     return int(number * 1024 ** " KMGT".index(unit or " "))

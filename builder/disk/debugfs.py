@@ -7,7 +7,17 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from builder.disk.entries import Directory, Entry, Inode, Symlink
-from builder.util.errors import BuildError
+from builder.util.errors import BuildError, UserError
+from builder.util.private import write_private
+
+
+def quote(name: str | Path) -> str:
+    """`name` as one debugfs argument: in double quotes, a quote doubled (debugfs's parser,
+    lib/ss/parse.c). A line break would end the command and start another: refused."""
+    text = str(name)
+    if any(c in text for c in "\n\r\0"):
+        raise UserError(f"{text!r}: a name with a line break or NUL cannot be written to the image")
+    return '"' + text.replace('"', '""') + '"'
 
 
 def parse_stat(section: str) -> Inode | None:
@@ -42,10 +52,10 @@ def mkdir_script(dirs: set[str], current: dict[str, Inode | None], explicit: set
         inode = current.get(d)
         if inode is None:
             script += [
-                f'mkdir "{d}"',
-                f'sif "{d}" mode 040755',
-                f'sif "{d}" uid 0',
-                f'sif "{d}" gid 0',
+                f"mkdir {quote(d)}",
+                f"sif {quote(d)} mode 040755",
+                f"sif {quote(d)} uid 0",
+                f"sif {quote(d)} gid 0",
             ]
         elif inode.kind != "directory":
             raise BuildError(f"{d} exists in the root filesystem but is not a directory")
@@ -57,20 +67,23 @@ def entry_script(entry: Entry, inode: Inode | None, tmp: Path, index: int) -> li
     script = []
     if isinstance(entry, Directory):
         if inode is None:
-            script.append(f'mkdir "{p}"')
-        script.append(f'sif "{p}" mode 0{stat.S_IFDIR | entry.mode:o}')
+            script.append(f"mkdir {quote(p)}")
+        script.append(f"sif {quote(p)} mode 0{stat.S_IFDIR | entry.mode:o}")
     else:
         if inode is not None:
             if inode.kind == "directory":
                 raise BuildError(f"{p} is a directory in the root filesystem; expected a file")
-            script.append(f'rm "{p}"')
+            script.append(f"rm {quote(p)}")
         if isinstance(entry, Symlink):
-            script.append(f'symlink "{p}" "{entry.target}"')
+            script.append(f"symlink {quote(p)} {quote(entry.target)}")
         else:
             source = entry.source
             if source is None:
                 source = tmp / f"f{index}"
-                source.write_bytes(entry.data or b"")
-            script += [f'write "{source}" "{p}"', f'sif "{p}" mode 0{stat.S_IFREG | entry.mode:o}']
-    script += [f'sif "{p}" uid {entry.uid}', f'sif "{p}" gid {entry.gid}']
+                write_private(source, entry.data or b"")
+            script += [
+                f"write {quote(source)} {quote(p)}",
+                f"sif {quote(p)} mode 0{stat.S_IFREG | entry.mode:o}",
+            ]
+    script += [f"sif {quote(p)} uid {entry.uid}", f"sif {quote(p)} gid {entry.gid}"]
     return script

@@ -19,11 +19,13 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from builder.disk import sparse
-from builder.disk.debugfs import entry_script, mkdir_script, parents, parse_stat
+from builder.disk.debugfs import entry_script, mkdir_script, parents, parse_stat, quote
 from builder.disk.entries import Directory, Entry, File, Inode, Symlink
 from builder.disk.superblock import Usage, read_superblock
-from builder.util.errors import BuildError
-from builder.util.run import no_fsync_env, run, stream
+from builder.util.atomic import remove_stale, temp_path_for
+from builder.util.errors import BuildError, UserError
+from builder.util.private import create_private, private_dir
+from builder.util.run import PRIVATE_UMASK, no_fsync_env, run, stream
 
 log = logging.getLogger("pifleet.ext4")
 
@@ -41,7 +43,7 @@ class Ext4Filesystem:
     def spec(self) -> str:
         """How e2fsprogs names this filesystem: the image with an offset option."""
         if "?" in str(self.image):
-            raise BuildError(f"{self.image}: e2fsprogs cannot open a path containing '?'")
+            raise UserError(f"{self.image}: e2fsprogs cannot open a path containing '?'")
         return f"{self.image}?offset={self.offset}"
 
     def _env(self) -> dict[str, str]:
@@ -59,7 +61,7 @@ class Ext4Filesystem:
                 "debugfs: %s%s", script[0], f" (+{len(script) - 1} more)" if len(script) > 1 else ""
             )
             argv = ["debugfs", *(["-w"] if write else []), "-f", cmd.name, self.spec]
-            proc = run(argv, env=self._env(), what="debugfs")
+            proc = run(argv, env=self._env(), what="debugfs", umask=PRIVATE_UMASK)  # dumps
         errors = [
             line
             for line in proc.stderr.decode(errors="replace").splitlines()
@@ -69,11 +71,19 @@ class Ext4Filesystem:
 
     # -- reading -------------------------------------------------------------
 
+    def open_problem(self) -> str | None:
+        """Why debugfs cannot open this filesystem (damaged), or None when it can."""
+        _out, errors = self._debugfs(["stat /"])
+        opening = [e for e in errors if "while trying to open" in e or "not open" in e]
+        if not opening:
+            return None
+        return opening[0].removeprefix("debugfs: ").split(" while trying to open")[0]
+
     def stat_many(self, paths: list[str]) -> dict[str, Inode | None]:
         """Inode facts for each path (None where absent); symlinks are not followed."""
         if not paths:
             return {}
-        out, _errors = self._debugfs([f'stat "{p}"' for p in paths])
+        out, _errors = self._debugfs([f"stat {quote(p)}" for p in paths])
         sections = re.split(r"^debugfs: stat ", out, flags=re.M)[1:]
         result: dict[str, Inode | None] = {}
         for path, section in zip(paths, sections, strict=True):
@@ -120,9 +130,10 @@ class Ext4Filesystem:
         inode = self.stat(real)
         if inode is None or inode.kind != "regular":
             return None
-        with tempfile.TemporaryDirectory(prefix="pifleet-ext4-") as tmp:
-            dest = Path(tmp) / "f"
-            _out, errors = self._debugfs([f'dump "{real}" "{dest}"'])
+        with private_dir("ext4") as tmp:
+            dest = tmp / "f"
+            os.close(create_private(dest))  # debugfs keeps the mode of a file it truncates
+            _out, errors = self._debugfs([f"dump {quote(real)} {quote(dest)}"])
             if errors or not dest.exists():
                 raise BuildError(f"reading {path} from the root filesystem: {'; '.join(errors)}")
             return dest.read_bytes()
@@ -138,12 +149,15 @@ class Ext4Filesystem:
             digest.update(chunk)
 
         stream(
-            ["debugfs", "-R", f'cat "{path}"', self.spec], consume, env=self._env(), what="debugfs"
+            ["debugfs", "-R", f"cat {quote(path)}", self.spec],
+            consume,
+            env=self._env(),
+            what="debugfs",
         )
         return bytes(head), digest.hexdigest()
 
     def listdir(self, path: str) -> list[str]:
-        out, _ = self._debugfs([f'ls -p "{path}"'])
+        out, _ = self._debugfs([f"ls -p {quote(path)}"])
         names = []
         for line in out.splitlines():
             fields = line.split("/")
@@ -190,9 +204,9 @@ class Ext4Filesystem:
         dirs = parents({e.path for e in changed})
         current = self.stat_many(sorted(dirs | {e.path for e in changed}))
         script = mkdir_script(dirs, current, {e.path for e in changed if isinstance(e, Directory)})
-        with tempfile.TemporaryDirectory(prefix="pifleet-ext4-") as tmp:
+        with private_dir("ext4") as tmp:
             for i, entry in enumerate(changed):
-                script += entry_script(entry, current[entry.path], Path(tmp), i)
+                script += entry_script(entry, current[entry.path], tmp, i)
             _out, errors = self._debugfs(script, write=True)
         if errors:
             raise BuildError(f"writing to the root filesystem of {self.image}: {errors[0]}")
@@ -250,7 +264,8 @@ class Ext4Filesystem:
         image, resized there and put back (holes stay holes both ways).
         """
         old_size = self.usage().size
-        part = self.image.with_name(f".{self.image.name}.rootfs-resize.tmp")
+        remove_stale(self.image.parent)
+        part = temp_path_for(self.image.with_name(f"{self.image.name}.rootfs-resize"))
         try:
             sparse.extract(self.image, self.offset, old_size, part)
             os.truncate(part, new_size)

@@ -10,11 +10,11 @@ the same content gives the same bytes.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path, PurePosixPath
 
 from builder.util.errors import BuildError, UserError
-from builder.util.run import run
+from builder.util.private import private_dir, write_private
+from builder.util.run import PRIVATE_UMASK, run
 
 log = logging.getLogger("pifleet.fat")
 
@@ -30,6 +30,8 @@ class FatFilesystem:
 
     @property
     def _spec(self) -> str:
+        if "@@" in str(self.image):  # mtools would split the name at the first @@
+            raise UserError(f"{self.image}: mtools cannot open a path containing '@@'")
         return f"{self.image}@@{self.offset}"
 
     def _env(self) -> dict[str, str]:
@@ -80,10 +82,10 @@ class FatFilesystem:
 
     def stage(self, path: str, data: bytes) -> None:
         """Write `data` to `path` at the next `flush()`; parent directories are created."""
-        self._staged[path] = data
+        self._staged[_plain(path)] = data
 
     def stage_delete(self, path: str) -> None:
-        self._staged[path] = None
+        self._staged[_plain(path)] = None
 
     def flush(self) -> int:
         """Apply staged changes that differ from what is on disk; returns how many changed."""
@@ -107,15 +109,16 @@ class FatFilesystem:
         for path in paths:
             by_dir.setdefault(str(PurePosixPath(path).parent), []).append(path)
         found: dict[str, bytes] = {}
-        with tempfile.TemporaryDirectory(prefix="pifleet-fat-") as tmp:
+        with private_dir("fat") as tmp:
             for i, (_directory, members) in enumerate(sorted(by_dir.items())):
-                dest = Path(tmp) / str(i)
-                dest.mkdir()
+                dest = tmp / str(i)
+                dest.mkdir(mode=0o700)
                 # Missing files make mcopy exit non-zero but the others are still copied.
                 run(
                     ["mcopy", "-n", "-i", self._spec, *(f"::{p}" for p in members), f"{dest}/"],
                     env=self._env(),
                     check=False,
+                    umask=PRIVATE_UMASK,  # copies of seed files: secrets
                 )
                 for path in members:
                     copied = dest / PurePosixPath(path).name
@@ -128,15 +131,15 @@ class FatFilesystem:
         for path, data in sorted(files.items()):
             p = PurePosixPath(path)
             by_dir.setdefault(str(p.parent), {})[p.name] = data
-        with tempfile.TemporaryDirectory(prefix="pifleet-fat-") as tmp:
+        with private_dir("fat") as tmp:
             for directory, entries in by_dir.items():
                 self._mkdirs(directory)
-                stage_dir = Path(tmp) / f"d{len(list(Path(tmp).iterdir()))}"
-                stage_dir.mkdir()
+                stage_dir = tmp / f"d{len(list(tmp.iterdir()))}"
+                stage_dir.mkdir(mode=0o700)
                 sources = []
                 for name, data in entries.items():
                     src = stage_dir / name
-                    src.write_bytes(data)
+                    write_private(src, data)
                     sources.append(str(src))
                 target = "::" + (directory.rstrip("/") + "/" if directory != "/" else "/")
                 try:
@@ -165,3 +168,10 @@ class FatFilesystem:
                 self._mtools(
                     "mmd", f"::{current}", what=f"creating {current} on the boot partition"
                 )
+
+
+def _plain(path: str) -> str:
+    """`path`, refused when mtools would expand it (wildcards) or it holds a control character."""
+    if any(c in path for c in "*?[]") or any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise UserError(f"{path!r}: not a plain name for the boot partition")
+    return path

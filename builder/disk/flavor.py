@@ -45,6 +45,12 @@ class Flavor:
 def detect(image: Image) -> Flavor:
     os_release = parse_os_release(image.root.read("/etc/os-release") or b"")
     if not os_release:
+        damaged = image.root.open_problem()
+        if damaged is not None:
+            raise UserError(
+                f"{image.path}: the root filesystem (partition {image.root_partition.number}) "
+                f"is damaged: {damaged}; check it with: e2fsck -f '{image.root.spec}'"
+            )
         raise UserError(
             f"{image.path}: no /etc/os-release in the root filesystem: not a Linux image"
         )
@@ -90,9 +96,11 @@ def parse_os_release(data: bytes) -> dict[str, str]:
     return facts
 
 
-def elf_arch(header: bytes) -> str | None:
-    """'arm64', 'armhf', 'armel', another machine's name, or None when not ELF."""
-    if len(header) < 40 or header[:4] != b"\x7fELF":
+def elf_arch(header: bytes, size: int | None = None) -> str | None:
+    """'arm64', 'armhf', 'armel', another machine's name, or None when not a whole ELF
+    executable header (a truncated file is not one). With the file's `size`, its program and
+    section header tables must also lie inside it."""
+    if not _elf_header_ok(header, size):
         return None
     little = header[5] == 1
     machine = struct.unpack_from("<H" if little else ">H", header, 18)[0]
@@ -103,6 +111,30 @@ def elf_arch(header: bytes) -> str | None:
         return "armhf" if flags & EF_ARM_ABI_FLOAT_HARD else "armel"
     names = {3: "i386", 62: "amd64", 243: "riscv64", 8: "mips"}
     return names.get(machine, f"machine {machine}")
+
+
+def _elf_header_ok(header: bytes, size: int | None) -> bool:
+    """The ELF identification and header fields (see elf(5)) are those of a real executable."""
+    if len(header) < 52 or header[:4] != b"\x7fELF" or header[4] not in (1, 2):
+        return False
+    if header[5] not in (1, 2) or header[6] != 1:
+        return False
+    wide = header[4] == 2  # ELFCLASS64
+    end = "<" if header[5] == 1 else ">"
+    fields = end + ("HHIQQQIHHHHHH" if wide else "HHIIIIIHHHHHH")
+    if len(header) < struct.calcsize(fields) + 16:
+        return False
+    values: tuple[int, ...] = struct.unpack_from(fields, header, 16)
+    e_type, _machine, version, _entry, phoff, shoff, _flags, ehsize, phentsize, phnum = values[:10]
+    shentsize, shnum = values[10:12]
+    if e_type not in (2, 3) or version != 1 or ehsize != (64 if wide else 52) or phnum == 0:
+        return False
+    if phentsize != (56 if wide else 32) or phoff < ehsize:
+        return False
+    if size is None:
+        return True
+    tables_end = max(phoff + phnum * phentsize, shoff + shnum * shentsize if shoff else 0)
+    return bool(tables_end <= size)
 
 
 def _arch(image: Image) -> str:

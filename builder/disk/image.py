@@ -40,6 +40,7 @@ class Image:
     @classmethod
     def open(cls, path: Path, epoch: int = 0) -> Image:
         """Open `path` as a Pi image or raise a one-line UserError saying why it is not one."""
+        check_tool_path(path)
         table = read_table(path)
         boot = next((p for p in table.partitions if _has_fat(path, p)), None)
         if boot is None:
@@ -112,6 +113,16 @@ class Image:
         write_table(self.path, self.table)
         self.root_partition = self.table.partition(root.number)
         self.root.grow(new_root)
+
+
+def check_tool_path(path: Path, what: str = "") -> None:
+    """Refuse a path e2fsprogs (`image?offset=`) or mtools (`image@@offset`) would misread."""
+    text = str(path.absolute())
+    for mark, tool in (("?", "e2fsprogs"), ("@@", "mtools")):
+        if mark in text:
+            raise UserError(
+                f"{path}: {what}{tool} cannot open a path containing {mark!r}: rename or move it"
+            )
 
 
 def _has_fat(path: Path, part: Partition) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from builder.util.errors import BuildError
+from builder.util.private import open_private
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 _CHUNK = 64 * 1024 * 1024
@@ -96,7 +97,7 @@ def punch(fd: int, offset: int, length: int) -> None:
 
 def copy_file(src: Path, dst: Path, advance: Advance | None = None) -> None:
     """Copy `src` to a new file `dst` of the same size: reflink if possible, else sparse."""
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
+    with open(src, "rb") as fin, open_private(dst) as fout:
         if try_reflink(fin.fileno(), fout.fileno()):
             if advance is not None:
                 advance(os.fstat(fin.fileno()).st_size)
@@ -119,7 +120,7 @@ def try_reflink(src: int, dst: int) -> bool:
 
 def extract(image: Path, offset: int, length: int, dst: Path) -> None:
     """Carve [offset, offset+length) of `image` out into a new sparse file `dst`."""
-    with open(image, "rb") as fin, open(dst, "xb") as fout:
+    with open(image, "rb") as fin, open_private(dst) as fout:
         fout.truncate(length)
         copy_range(fin.fileno(), fout.fileno(), offset, 0, length)
 

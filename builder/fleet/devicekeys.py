@@ -43,8 +43,8 @@ def ensure_identity(out_dir: Path, hostname: str, rotate: bool = False) -> Devic
     paths = [directory / n for n in (PRIVATE, PUBLIC, NODE_PASSWORD)]
     if not rotate and all(p.exists() for p in paths):
         return _load(directory, hostname)
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # an existing folder too
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM,

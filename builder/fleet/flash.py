@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from builder.disk.sparse import Advance
+from builder.disk.table import read_table
 from builder.fleet.target import Target, describe, refusal
 from builder.outputs import bmap
 from builder.util.atomic import replace_when_done
 from builder.util.console import human_size, progress
-from builder.util.errors import BuildError, UserError
+from builder.util.errors import BuildError, PifleetError, UserError
 
 if TYPE_CHECKING:
     from builder.config.model import Device, FleetConfig
@@ -47,7 +48,7 @@ def _open_target(target: Path, size: int, name: Path) -> int:
     try:
         if target.is_block_device():
             return os.open(target, os.O_WRONLY | os.O_EXCL)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         os.ftruncate(fd, size)
         return fd
     except PermissionError:
@@ -207,6 +208,7 @@ def flash(
     when all of it succeeded; a card is written in place."""
     if not image.is_file():
         raise UserError(f"{image}: no such image file")
+    read_table(image)  # a disk image, not any file: refused before the card is touched
     target = describe(target_path)
     _refuse_own_inputs(target, image, bmap_file)
     plan = image_plan(image, bmap_file)
@@ -234,7 +236,13 @@ def flash(
             f"wrote and verified {human_size(written)} ({written / max(mapped, 1):.3f}x the mapped data)"
         )
         if then is not None:
-            then(dest)
+            try:
+                then(dest)
+            except PifleetError as exc:  # name the user's file, not pifleet's temporary one
+                if dest == target.path:
+                    raise
+                message = str(exc).replace(str(dest), str(target.path))
+                raise type(exc)(message) from None
     return target
 
 
@@ -255,10 +263,11 @@ def command(args: argparse.Namespace) -> int:
     config = device = None
     if args.config:
         from builder.config.fleet import load
-        from builder.fleet.personalize import find_device
+        from builder.fleet.personalize import find_device, open_golden
 
         config = load(Path(args.config))
         device = find_device(config, args.device)
+        open_golden(Path(args.image))  # what personalizing needs, checked before any write
     then = None
     if config is not None and device is not None:
         then = functools.partial(_personalize_card, config, device, args.target)

@@ -10,7 +10,9 @@ costs a few small FAT writes, never a rewrite of gigabytes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,14 +124,35 @@ def record_known_hosts(config: FleetConfig, devices: list[Device]) -> Path:
 
 
 def personalize_fleet(golden: Path, config: FleetConfig, devices: list[Device]) -> list[Path]:
-    """One image per device next to the golden image: clone, then write only its boot seed."""
-    written = []
+    """One image per device next to the golden image: clone, then write only its boot seed.
+
+    All or nothing: when a device fails or the run is interrupted, the device images and
+    the identities this run made are removed (identities of earlier runs stay: a reflashed
+    device needs them) and known_hosts is not written.
+    """
+    written: list[Path] = []
+    made = [
+        identity_dir(config.output.dir, d.hostname)
+        for d in devices
+        if not identity_dir(config.output.dir, d.hostname).exists()
+    ]
+    fresh_root = not (config.output.dir / "devices").exists()
     started = time.monotonic()
-    for device in devices:
-        dest = golden.with_name(f"{device.hostname}.img")
-        personalize_copy(golden, dest, config, device, secrets_for(config, device))
-        written.append(dest)
-    known = record_known_hosts(config, devices)
+    try:
+        for device in devices:
+            dest = golden.with_name(f"{device.hostname}.img")
+            personalize_copy(golden, dest, config, device, secrets_for(config, device))
+            written.append(dest)
+        known = record_known_hosts(config, devices)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+        if fresh_root:
+            with contextlib.suppress(OSError):
+                (config.output.dir / "devices").rmdir()
+        raise
     if devices:
         per = (time.monotonic() - started) / len(devices)
         log.info(

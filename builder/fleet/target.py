@@ -45,16 +45,20 @@ class Target:
 
 
 def describe(path: Path, system_root: Path = Path("/")) -> Target:
-    """What `path` is, from sysfs and procfs under `system_root`."""
+    """What `path` is, from sysfs and procfs under `system_root`. The rules judge the path
+    resolved (`//dev/sdb`, `sdb` typed in /dev, symlinks); messages name it as given."""
+    resolved = Path(os.path.realpath(path))
     try:
-        st = os.stat(path)
+        st = os.stat(resolved)
     except FileNotFoundError:
-        if path.parent.is_dir() and not str(path).startswith("/dev/"):
+        if resolved.parent.is_dir() and not resolved.is_relative_to("/dev"):
             return Target(path, block=False)
         raise UserError(f"{path}: no such device or file") from None
     except OSError as exc:
         raise UserError(f"{path}: {exc.strerror}") from None
     if stat.S_ISREG(st.st_mode):
+        if resolved.is_relative_to("/dev"):
+            raise UserError(f"{path}: a regular file in /dev, not a disk: a mistyped device name?")
         return Target(path, block=False, size=st.st_size)
     if not stat.S_ISBLK(st.st_mode):
         raise UserError(f"{path}: not a block device or regular file")

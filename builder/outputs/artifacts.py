@@ -28,9 +28,11 @@ log = logging.getLogger("pifleet.output")
 
 
 # Images carry the join token in their root filesystem: like every file holding a secret,
-# they are readable by their owner only.
+# they are readable by their owner only. So are their .bmap, manifest, OS list and
+# SHA256SUMS: a build is reproducible, so a public digest of an image (or of one of its
+# ranges) would confirm a guessed token or passphrase, one rebuild per guess.
 PRIVATE = 0o600
-PUBLIC = 0o644
+SIDECAR = PRIVATE  # the image's own mode
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,8 @@ def write_all(
 
 
 def _write(stack: contextlib.ExitStack, final: Path, data: bytes) -> Written:
-    """A small public output, staged beside `final`."""
-    tmp = stack.enter_context(replace_when_done(final, PUBLIC))
+    """A small output about the image, staged beside `final`, with the image's mode."""
+    tmp = stack.enter_context(replace_when_done(final, SIDECAR))
     tmp.write_bytes(data)
     return Written(final, hashlib.sha256(data).hexdigest(), tmp)
 

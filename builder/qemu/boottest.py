@@ -159,7 +159,8 @@ def _outage(
 
 def _workdir(stack: contextlib.ExitStack, keep: Path | None) -> Path:
     if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
+        # A new folder is private; in any folder the VM disk and console log are 0600.
+        keep.mkdir(mode=0o700, parents=True, exist_ok=True)
         return keep
     tmp = Path(tempfile.mkdtemp(prefix="pifleet-boot-"))
     stack.callback(shutil.rmtree, tmp, ignore_errors=True)

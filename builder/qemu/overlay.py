@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,8 @@ from builder.disk import sparse
 from builder.disk.fat import FatFilesystem
 from builder.disk.table import read_table
 from builder.util.errors import BuildError
-from builder.util.run import require_tool, run
+from builder.util.private import private_dir, write_private
+from builder.util.run import PRIVATE_UMASK, require_tool, run
 
 log = logging.getLogger("pifleet.overlay")
 
@@ -43,6 +42,7 @@ def create(image: Path, overlay: Path) -> None:
             str(overlay),
         ],
         what="qemu-img create",
+        umask=PRIVATE_UMASK,  # the overlay will hold the boot's token
     )
 
 
@@ -52,11 +52,11 @@ def write_boot_files(image: Path, overlay: Path, files: dict[str, bytes | None],
     Returns the number of bytes written to the overlay.
     """
     boot = next(p for p in read_table(image).partitions if p.is_fat)
-    with tempfile.TemporaryDirectory(prefix="pifleet-overlay-", dir=overlay.parent) as tmp:
-        original = Path(tmp) / "boot.orig"
-        edited = Path(tmp) / "boot.edited"
+    with private_dir("overlay", overlay.parent) as tmp:
+        original = tmp / "boot.orig"
+        edited = tmp / "boot.edited"
         sparse.extract(image, boot.start, boot.size, original)
-        shutil.copyfile(original, edited)  # small: a FAT partition is mostly holes
+        sparse.copy_file(original, edited)  # small: a FAT partition is mostly holes
         fat = FatFilesystem(edited, 0, epoch)
         for path, data in files.items():
             if data is None:
@@ -64,13 +64,13 @@ def write_boot_files(image: Path, overlay: Path, files: dict[str, bytes | None],
             else:
                 fat.stage(path, data)
         fat.flush()
-        commands, chunks = [], Path(tmp) / "chunks"
+        commands, chunks = [], tmp / "chunks"
         chunks.mkdir()
         for offset, length in changed_ranges(original, edited):
             chunk = chunks / f"{offset}"
             with open(edited, "rb") as f:
                 f.seek(offset)
-                chunk.write_bytes(f.read(length))
+                write_private(chunk, f.read(length))
             commands += ["-c", f"write -q -s {chunk} {boot.start + offset} {length}"]
         if commands:
             run(["qemu-io", "-f", "qcow2", *commands, str(overlay)], what="qemu-io write")

@@ -154,7 +154,9 @@ class VM:
 
     def _read_console(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
-        with open(self.console_log, "w", encoding="utf-8", errors="replace") as out:
+        with open(
+            self.console_log, "w", encoding="utf-8", errors="replace", opener=_private
+        ) as out:
             for raw in self._proc.stdout:
                 text = _ANSI.sub("", raw.decode("utf-8", errors="replace")).rstrip("\n")
                 out.write(text + "\n")
@@ -229,3 +231,8 @@ def require_qemu(arch: str) -> Machine:
     if not os.access("/dev/null", os.W_OK):
         raise BuildError("/dev/null is not writable")
     return machine
+
+
+def _private(path: str, flags: int) -> int:
+    """Open the console log 0600 from its first byte: it is kept with the VM disk (--keep)."""
+    return os.open(path, flags | os.O_NOFOLLOW, 0o600)

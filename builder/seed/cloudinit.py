@@ -21,6 +21,7 @@ from builder.util.render import render
 
 SEED_FILES = ("/user-data", "/meta-data", "/network-config")
 SSH_SWITCH = "/ssh"  # Raspberry Pi OS enables sshd at first boot when this file exists
+MASK = "(secret)"  # stands for a secret where the instance-id is computed
 
 
 @dataclass(frozen=True)
@@ -41,30 +42,40 @@ def seed_files(
     hostname = device.hostname if device else None
     wifi = (device.wifi if device and device.wifi else None) or config.network.wifi
     static: StaticAddress | None = (device.static if device else None) or config.network.static
-    user_data = render(
-        "user-data",
-        version=version(),
-        fleet=config.name,
-        hostname=hostname,
-        timezone=config.timezone,
-        locale=config.locale,
-        users=config.users,
-        host_key=host_key,
-    )
-    network = render(
-        "network-config",
-        version=version(),
-        ethernet=config.network.ethernet,
-        static=static,
-        wifi=wifi,
-        wifi_password=wifi_password(wifi, str(config.source)),
-    )
+    password = wifi_password(wifi, str(config.source))
+
+    def user_data(key: HostKey | None) -> bytes:
+        return render(
+            "user-data",
+            version=version(),
+            fleet=config.name,
+            hostname=hostname,
+            timezone=config.timezone,
+            locale=config.locale,
+            users=config.users,
+            host_key=key,
+        )
+
+    def network(psk: str | None) -> bytes:
+        return render(
+            "network-config",
+            version=version(),
+            ethernet=config.network.ethernet,
+            static=static,
+            wifi=wifi,
+            wifi_password=psk,
+        )
+
+    # The id is public (meta-data, manifest.json): it is derived from the seed with its
+    # secrets masked, so it cannot confirm a guess of the PSK or the host key.
+    masked_key = HostKey(MASK, host_key.public) if host_key else None
+    masked = (user_data(masked_key), network(MASK if password else None))
     files = {
-        "/user-data": user_data,
+        "/user-data": user_data(host_key),
         "/meta-data": render(
-            "meta-data", instance_id=instance_id(user_data, network, hostname), hostname=hostname
+            "meta-data", instance_id=instance_id(*masked, hostname), hostname=hostname
         ),
-        "/network-config": network,
+        "/network-config": network(password),
     }
     if any(user.ssh_authorized_keys for user in config.users):
         files[SSH_SWITCH] = b""
@@ -72,8 +83,9 @@ def seed_files(
 
 
 def instance_id(user_data: bytes, network: bytes, hostname: str | None) -> str:
-    """Derived from what the device is told, and nothing else: the same seed keeps its id (a
-    rebuild changes nothing), any change to it gives a new one (cloud-init runs again)."""
+    """Derived from what the device is told, its secrets masked: the same seed keeps its id (a
+    rebuild changes nothing), any change to it gives a new one (cloud-init runs again), except
+    a new Wi-Fi passphrase alone (a new host key changes its public half, so the id)."""
     digest = hashlib.sha256()
     for part in (user_data, network, (hostname or "").encode()):
         digest.update(hashlib.sha256(part).digest())

@@ -26,6 +26,7 @@ from typing import IO
 
 from builder.disk.sparse import Advance, sha256_file
 from builder.util.errors import BuildError, UserError
+from builder.util.private import open_private
 from builder.util.run import require_tool
 
 _CHUNK = 4 * 1024 * 1024
@@ -68,7 +69,7 @@ def _into_file(argv: list[str], src: Path, dest: Path, advance: Advance | None) 
     (holes), so no byte of the image passes through Python."""
     require_tool(argv[0], _PACKAGES[argv[0]])
     with (
-        open(dest, "xb") as out,
+        open_private(dest) as out,
         subprocess.Popen([*argv, str(src)], stdout=out, stderr=subprocess.PIPE) as proc,
     ):
         try:
@@ -153,7 +154,7 @@ def write_sparse(
     """
     digest = hashlib.sha256() if hashed else None
     size = 0
-    with open(dest, "xb") as out, ThreadPoolExecutor(max_workers=1) as other_core:
+    with open_private(dest) as out, ThreadPoolExecutor(max_workers=1) as other_core:
         while chunk := stream.read(_CHUNK):
             # hashlib releases the GIL: the digest runs while the chunk is written
             pending = other_core.submit(digest.update, chunk) if digest is not None else None
@@ -203,7 +204,7 @@ def compress(src: Path, dest: Path, fmt: str, threads: int = 0) -> str:
     require_tool(argv[0], {"xz": "xz-utils", "zstd": "zstd"}[argv[0]])
     digest = hashlib.sha256()
     with (
-        open(dest, "xb") as out,
+        open_private(dest) as out,
         subprocess.Popen([*argv, str(src)], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc,
     ):
         assert proc.stdout is not None and proc.stderr is not None

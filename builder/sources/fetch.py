@@ -12,12 +12,13 @@ REQUESTS_CA_BUNDLE; `file://` URLs serve offline copies.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import random
 import time
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
@@ -31,6 +32,7 @@ log = logging.getLogger("pifleet.fetch")
 
 ATTEMPTS = int(os.environ.get("PIFLEET_FETCH_ATTEMPTS", "4"))  # tries per download before giving up
 _CHUNK = 1024 * 1024
+MAX_REDIRECTS = 10
 _session: requests.Session | None = None
 
 
@@ -46,9 +48,13 @@ def cached(sha256: str, name: str) -> Path:
     return cache_dir("downloads") / "sha256" / sha256 / name
 
 
-def fetch(url: str, sha256: str, *, name: str | None = None, where: str = "download") -> Path:
-    """The verified file at `url` (from the cache when already there)."""
+def fetch(
+    url: str, sha256: str, *, name: str | None = None, where: str = "download", pinned: bool = False
+) -> Path:
+    """The verified file at `url` (from the cache when already there). `pinned`: `sha256`
+    comes from the config itself, so plain http cannot change what is accepted."""
     sha256 = sha256.lower()
+    check_scheme(url, where, pinned)
     name = name or Path(unquote(urlsplit(url).path)).name or "download"
     final = cached(sha256, name)
     if final.exists():
@@ -84,6 +90,7 @@ def fetch_text(url: str, where: str, limit: int = 32 * 1024 * 1024) -> str:
             return path.read_text(encoding="utf-8")
         except OSError as exc:
             raise UserError(f"{where}: {path}: {exc.strerror}") from None
+    check_scheme(url, where, pinned=False)
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with _get(url, where, {}) as response:
@@ -102,13 +109,52 @@ def fetch_text(url: str, where: str, limit: int = 32 * 1024 * 1024) -> str:
 
 def final_url(url: str, where: str) -> str:
     """Where `url` redirects to (the K3s channel server answers with a redirect)."""
-    try:
-        response = session().head(url, allow_redirects=True, timeout=30)
-    except requests.RequestException as exc:
-        raise BuildError(f"{where}: {url}: {_describe(exc)}") from None
+    check_scheme(url, where, pinned=False)
+    for _hop in range(MAX_REDIRECTS + 1):
+        try:
+            response = session().head(url, allow_redirects=False, timeout=30)
+        except requests.RequestException as exc:
+            raise BuildError(f"{where}: {url}: {_describe(exc)}") from None
+        if not response.is_redirect:
+            break
+        url = _next_hop(url, response, where)
+    else:
+        raise UserError(f"{where}: {url}: more than {MAX_REDIRECTS} redirects")
     if response.status_code >= 400:
         raise UserError(f"{where}: {url}: HTTP {response.status_code}")
-    return response.url
+    return url
+
+
+def check_scheme(url: str, where: str, pinned: bool) -> None:
+    """Plain http only for a download whose sha256 the config states, or a mirror on this
+    machine (loopback): anything else fetched over http could be swapped on the way."""
+    parts = urlsplit(url)
+    if parts.scheme in ("https", "file") or "://" not in url:
+        return
+    if parts.scheme == "http" and (pinned or _loopback(parts.hostname or "")):
+        return
+    raise UserError(
+        f"{where}: {url}: plain {parts.scheme}:// is refused: use https:// "
+        "(http is accepted only for a download whose sha256 is in the config)"
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _next_hop(url: str, response: requests.Response, where: str) -> str:
+    """The redirect target; a redirect from https to http is never followed."""
+    response.close()
+    target = urljoin(url, response.headers.get("Location", ""))
+    if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+        raise UserError(f"{where}: {url}: refusing a redirect from https to {target}")
+    return target
 
 
 class _Transient(Exception):
@@ -116,8 +162,25 @@ class _Transient(Exception):
 
 
 def _get(url: str, where: str, headers: dict[str, str]) -> requests.Response:
+    """GET `url`, following redirects but never from https down to http. With a Range
+    header, a 416 answer is returned (the partial file is complete or longer)."""
+    for _hop in range(MAX_REDIRECTS + 1):
+        response = _get_once(url, where, headers)
+        if not response.is_redirect:
+            break
+        url = _next_hop(url, response, where)
+    else:
+        raise UserError(f"{where}: {url}: more than {MAX_REDIRECTS} redirects")
+    if response.status_code == 416 and "Range" in headers:
+        return response
+    return _checked(response, url, where)
+
+
+def _get_once(url: str, where: str, headers: dict[str, str]) -> requests.Response:
     try:
-        response = session().get(url, stream=True, timeout=(20, 60), headers=headers)
+        return session().get(
+            url, stream=True, timeout=(20, 60), headers=headers, allow_redirects=False
+        )
     except requests.exceptions.SSLError as exc:
         raise UserError(f"{where}: {url}: TLS error: {_describe(exc)}") from None
     except requests.exceptions.ConnectionError as exc:
@@ -127,6 +190,9 @@ def _get(url: str, where: str, headers: dict[str, str]) -> requests.Response:
         raise _Transient(message) from None
     except requests.RequestException as exc:
         raise _Transient(_describe(exc)) from None
+
+
+def _checked(response: requests.Response, url: str, where: str) -> requests.Response:
     if response.status_code in (404, 410):
         response.close()
         raise UserError(f"{where}: {url}: not found (HTTP {response.status_code})")
@@ -149,7 +215,16 @@ def _download(url: str, partial: Path, where: str) -> None:
         return
     have = partial.stat().st_size if partial.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
-    with _get(url, where, headers) as response:
+    response = _get(url, where, headers)
+    if have and response.status_code == 416:
+        # Nothing left to send from `have` on: the partial file is already complete (or longer
+        # than the file now is). It cannot be resumed: start again from the first byte.
+        response.close()
+        log.info("discarding the partial download of %s (the server has nothing after it)", url)
+        partial.unlink(missing_ok=True)
+        have = 0
+        response = _get(url, where, {})
+    with response:
         if have and response.status_code != 206:
             have = 0  # the server ignored the Range: start over
         total = int(response.headers.get("Content-Length", "0")) + have or None

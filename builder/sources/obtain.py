@@ -11,6 +11,7 @@ decompressed base is never hashed again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from builder.util.atomic import replace_when_done
 from builder.util.cache import cache_dir
 from builder.util.console import progress
 from builder.util.errors import UserError
+from builder.util.space import reported_full
 
 log = logging.getLogger("pifleet.sources")
 
@@ -43,7 +45,7 @@ def obtain_base(src: BaseSource, arch: str, *, where: str) -> Input:
         return local_base(src.path, src.sha256, where=f"{where}.path")
     if src.url is not None:
         assert src.sha256 is not None  # the config requires it
-        download = fetch(src.url, src.sha256, where=f"{where}.url")
+        download = fetch(src.url, src.sha256, where=f"{where}.url", pinned=True)
         return _raw_base(download, src.sha256, None, origin=src.url, where=where)
     assert src.name is not None
     entry = catalog.entry(src.name, arch, where)
@@ -90,12 +92,23 @@ def _raw_base(
         return Input("base", raw, digest, origin)
     raw.parent.mkdir(parents=True, exist_ok=True)
     log.info("decompressing %s", download.name)
-    with replace_when_done(raw, 0o444) as tmp, progress("decompressing", None) as bar:
-        raw_digest = compress.decompress(download, tmp, bar.advance, hashed=bool(extract_sha256))
-        if extract_sha256 and raw_digest != extract_sha256.lower():
-            raise UserError(
-                f"{where}: the decompressed image's sha256 is {raw_digest}, not the published {extract_sha256}"
+    try:
+        with (
+            reported_full(raw.parent, f"the decompressed base {raw.name}"),
+            replace_when_done(raw, 0o444) as tmp,
+            progress("decompressing", None) as bar,
+        ):
+            raw_digest = compress.decompress(
+                download, tmp, bar.advance, hashed=bool(extract_sha256)
             )
+            if extract_sha256 and raw_digest != extract_sha256.lower():
+                raise UserError(
+                    f"{where}: the decompressed image's sha256 is {raw_digest}, not the published {extract_sha256}"
+                )
+    except BaseException:
+        with contextlib.suppress(OSError):
+            raw.parent.rmdir()  # only when empty: no cache/bases/<sha>/ left behind
+        raise
     return Input("base", raw, digest, origin)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from builder.disk.image import Image
 from builder.plan import Plan
 from builder.seed import cloudinit
-from builder.steps import agent, cmdline, join, k3s, locale
+from builder.steps import agent, cmdline, fstab, join, k3s, locale, timezone
 
 Step = Callable[[Image, Plan], None]
 
@@ -21,6 +21,8 @@ ORDER: tuple[tuple[str, Step], ...] = (
     ("cloudinit", cloudinit.apply),
     ("cmdline", cmdline.apply),
     ("locale", locale.apply),
+    ("timezone", timezone.apply),
+    ("fstab", fstab.apply),
     ("k3s", k3s.apply),
     ("agent", agent.apply),
     ("join", join.apply),

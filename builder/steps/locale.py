@@ -5,10 +5,13 @@ and builds only the locales uncommented in /etc/locale.gen, then
 `update-locale`, which fails for a locale that was not built. Raspberry Pi OS
 ships one locale (en_GB.UTF-8) uncommented, so any other locale would be a
 cloud-init error on every device unless it is enabled here, once, fleet-wide.
-Images without /etc/locale.gen (Ubuntu: its locale-gen takes the name) are left alone.
+Images without /etc/locale.gen (Ubuntu: its locale-gen takes the name) are left alone, but
+the name is still checked against the image's SUPPORTED list, which names the nearest ones.
 """
 
 from __future__ import annotations
+
+import difflib
 
 from builder.disk.entries import File
 from builder.disk.image import Image
@@ -22,18 +25,31 @@ BUILT_IN = ("c", "c.utf-8", "posix")  # need no generation
 
 def apply(image: Image, plan: Plan) -> None:
     locale = plan.config.locale
-    current = image.root.read(LOCALE_GEN)
-    if locale.lower() in BUILT_IN or current is None:
+    if locale.lower() in BUILT_IN:
         return
-    entry = supported_entry(image.root.read(SUPPORTED), locale)
+    current, supported = image.root.read(LOCALE_GEN), image.root.read(SUPPORTED)
+    if current is None and supported is None:
+        return  # nothing to check against, nothing to enable
+    entry = supported_entry(supported, locale)
     if entry is None:
         raise UserError(
             f"{plan.config.where('locale')}: {locale!r} is not a locale the image supports "
-            f"(see {SUPPORTED} in the image), e.g. en_US.UTF-8"
+            f"(see {SUPPORTED} in the image){nearest(supported, locale)}"
         )
+    if current is None:
+        return
     updated = enable(current.decode("utf-8", errors="replace"), entry)
     if updated is not None:
         image.root.stage(File(LOCALE_GEN, 0o644, data=updated.encode()))
+
+
+def nearest(supported: bytes | None, locale: str) -> str:
+    """'; nearest: a, b' from the image's SUPPORTED list (or an example without one)."""
+    if supported is None:
+        return ", e.g. en_US.UTF-8"
+    names = [ln.split()[0] for ln in supported.decode(errors="replace").splitlines() if ln.split()]
+    near = difflib.get_close_matches(locale, names, n=3, cutoff=0.5)
+    return f"; nearest: {', '.join(near)}" if near else ", e.g. en_US.UTF-8"
 
 
 def supported_entry(supported: bytes | None, locale: str) -> str | None:

@@ -3,14 +3,23 @@
 Every file pifleet produces is written to a temporary name beside its
 destination and renamed into place only when finished. A failure or Ctrl-C
 removes the temporary file, so an interrupted build leaves nothing behind.
+The temporary file is created here, 0600 from its first byte (O_CREAT|O_EXCL|
+O_NOFOLLOW): images hold the join token while they are written. A run killed
+with SIGKILL leaves its temporary file; the next run in that folder removes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
+
+from builder.util.private import create_private, stale
+
+# `.<destination name>.pifleet-<pid>.tmp`: pifleet's own temporary names, nothing else.
+_TEMP_NAME = re.compile(r"\..+\.pifleet-(?P<pid>[0-9]{1,10})\.tmp")
 
 
 def temp_path_for(dest: Path) -> Path:
@@ -18,16 +27,32 @@ def temp_path_for(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.pifleet-{os.getpid()}.tmp")
 
 
+def remove_stale(folder: Path) -> list[Path]:
+    """Remove temporary files that killed pifleet runs of this user left in `folder`."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            m = _TEMP_NAME.fullmatch(entry.name)
+            path = Path(entry.path)
+            if m and entry.is_file(follow_symlinks=False) and stale(path, int(m["pid"])):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def replace_when_done(dest: Path, mode: int | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; rename it onto `dest` if the block succeeds.
+    """Yield a new, empty 0600 file beside `dest`; rename it onto `dest` if the block succeeds.
 
-    The caller creates the file at the yielded path. On any exception (including
-    KeyboardInterrupt) the temporary file is removed and `dest` is untouched.
+    The caller writes the file at the yielded path (`private.open_private` accepts
+    it). On any exception (including KeyboardInterrupt) the temporary file is
+    removed and `dest` is untouched. `mode` is applied just before the rename.
     """
+    remove_stale(dest.parent)
     tmp = temp_path_for(dest)
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
+    os.close(create_private(tmp))
     try:
         yield tmp
         if mode is not None:
@@ -42,7 +67,7 @@ def replace_when_done(dest: Path, mode: int | None = None) -> Iterator[Path]:
 def write_atomic(dest: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `dest` atomically, with `mode`, fsynced."""
     with replace_when_done(dest, mode) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.write(fd, data)
             os.fsync(fd)

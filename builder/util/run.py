@@ -20,6 +20,10 @@ from pathlib import Path
 from builder.util.errors import BuildError, UserError
 
 log = logging.getLogger("pifleet.run")
+# For tools whose output may hold a secret (a debugfs dump, an mcopy copy, a qemu-img
+# overlay): what they create is 0600 (0700 for a folder) from its first byte. Opt-in: a
+# tool building a root filesystem (locale-gen, dpkg-deb) must keep its usual modes.
+PRIVATE_UMASK = 0o077
 
 
 def require_tool(name: str, package: str) -> str:
@@ -56,18 +60,22 @@ def run(
     env: Mapping[str, str] | None = None,
     check: bool = True,
     what: str | None = None,
+    umask: int = -1,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run `argv`, capture stdout/stderr, raise BuildError on a non-zero exit.
 
     `what` names the operation for the error message ("writing /etc/x into rootfs").
-    `env` entries are added to the inherited environment.
+    `env` entries are added to the inherited environment. `umask` (PRIVATE_UMASK) applies to
+    the tool; -1 keeps pifleet's own.
     """
     args = [str(a) for a in argv]
     log.debug("run: %s", " ".join(args))
     full_env = None if env is None else {**os.environ, **env}
     started = time.monotonic()
     try:
-        proc = subprocess.run(args, input=input, capture_output=True, env=full_env, check=False)
+        proc = subprocess.run(
+            args, input=input, capture_output=True, env=full_env, check=False, umask=umask
+        )
     except FileNotFoundError as exc:
         raise UserError(f"{args[0]} not found: run tools/setup.sh to install host tools") from exc
     log.debug(
@@ -93,13 +101,14 @@ def stream(
     *,
     env: Mapping[str, str] | None = None,
     what: str | None = None,
+    umask: int = -1,
 ) -> None:
     """Run `argv` and hand its stdout to `consume` chunk by chunk (for large outputs)."""
     args = [str(a) for a in argv]
     log.debug("run: %s (streamed)", " ".join(args))
     full_env = None if env is None else {**os.environ, **env}
     with subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, umask=umask
     ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         while chunk := proc.stdout.read(1 << 20):

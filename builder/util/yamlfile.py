@@ -6,6 +6,7 @@ mistakes (two `server:` lines), so duplicates are an error here.
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +39,44 @@ _StrictLoader.add_constructor(
 )
 
 
-def read_yaml(path: Path, what: str = "file") -> Any:
-    """Parse `path`; every problem is a one-line UserError naming the file (and line)."""
+MAX_BYTES = 1024 * 1024  # a fleet file of a thousand devices is about 100 KiB
+MAX_NODES = 100_000  # values after alias expansion: an alias bomb stops here
+MAX_SHOWN = 60  # characters of a value echoed in an error
+
+
+def shown(value: object) -> str:
+    """`repr(value)`, cut short for an error line."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 5] + f"...{text[-1]}"
+
+
+def read_text(path: Path, what: str = "file", limit: int = MAX_BYTES) -> str:
+    """The UTF-8 text of `path`, at most `limit` bytes; one-line errors naming the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a directory, expected a {what}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise UserError(f"{path}: larger than {limit // 1024} KiB: not a {what}")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise UserError(f"{path}:{line}: NUL byte: a binary file, not a {what}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text: not a {what}") from None
+
+
+def read_yaml(path: Path, what: str = "file") -> Any:
+    """Parse `path`; every problem is a one-line UserError naming the file (and line)."""
+    text = read_text(path, what)
     try:
         data = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
@@ -58,7 +85,39 @@ def read_yaml(path: Path, what: str = "file") -> Any:
         problem = exc.problem or exc.context or "invalid YAML"
         raise UserError(f"{path}{line}: YAML error: {problem}") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: YAML error: {exc}") from None
+        raise UserError(f"{path}: YAML error: {shown(str(exc))}") from None
     if data is None:
         raise UserError(f"{path}: {what} is empty")
+    check_values(data, path)
     return data
+
+
+def check_values(data: Any, path: Path) -> None:
+    """Refuse an alias bomb (too many values once expanded) and control or invisible
+    characters in any key or value; the error names the key."""
+    budget = [MAX_NODES]
+
+    def walk(node: Any, key: str) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise UserError(f"{path}: more than {MAX_NODES} values once aliases are expanded")
+        if isinstance(node, str):
+            _check_text(node, key, path)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                _check_text(str(k), key or str(k), path)
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{key}[{i}]")
+
+    walk(data, "")
+
+
+def _check_text(text: str, key: str, path: Path) -> None:
+    for i, char in enumerate(text):
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            raise UserError(
+                f"{path}: {key}: control or invisible character U+{ord(char):04X} at "
+                f"position {i + 1} of {shown(text)}"
+            )

@@ -1,0 +1,53 @@
+"""The fleet's `timezone` must exist in the image's tz database; unknown ones are named.
+
+cloud-init's `timezone:` links /etc/localtime to /usr/share/zoneinfo/<name> and
+fails on a name the image does not have, on every device, at first boot. The
+list of names is read once from the image (tzdata.zi, else zone1970.tab/zone.tab).
+An image without a tz database is left alone (nothing to check against).
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from builder.disk.image import Image
+from builder.plan import Plan
+from builder.util.errors import UserError
+
+ZONEINFO = "/usr/share/zoneinfo"
+BUILT_IN = ("UTC", "Etc/UTC")
+
+
+def apply(image: Image, plan: Plan) -> None:
+    zone = plan.config.timezone
+    if zone in BUILT_IN:
+        return
+    names = zone_names(image)
+    if names is None or zone in names:
+        return
+    near = difflib.get_close_matches(zone, sorted(names), n=3, cutoff=0.5)
+    hint = f"; nearest: {', '.join(near)}" if near else ""
+    raise UserError(
+        f"{plan.config.where('timezone')}: {zone!r} is not a time zone of the image "
+        f"(see {ZONEINFO}){hint}"
+    )
+
+
+def zone_names(image: Image) -> set[str] | None:
+    """Every zone and link name of the image's tz database, or None when it has none."""
+    data = image.root.read(f"{ZONEINFO}/tzdata.zi")
+    if data is not None:
+        names = set()
+        for line in data.decode("utf-8", errors="replace").splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] == "Z":
+                names.add(words[1])
+            elif len(words) >= 3 and words[0] == "L":
+                names.add(words[2])
+        return names
+    for table in ("zone1970.tab", "zone.tab"):
+        data = image.root.read(f"{ZONEINFO}/{table}")
+        if data is not None:
+            rows = [ln.split("\t") for ln in data.decode("utf-8", errors="replace").splitlines()]
+            return {row[2] for row in rows if len(row) >= 3 and not row[0].startswith("#")}
+    return None

@@ -1,0 +1,104 @@
+"""Files and folders that may hold a secret: private from their first byte.
+
+A file that may hold a secret (an image with the join token, a staging copy
+of a host key) is created 0600 with O_CREAT|O_EXCL|O_NOFOLLOW, never chmod-ed
+afterwards; a staging folder is 0700 and carries this process's id in its
+name. A run killed with SIGKILL cannot clean up after itself, so the next run
+removes what a dead pifleet process left: only names pifleet itself makes,
+matched strictly, owned by this user, of processes no longer alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# A private staging folder: pifleet-<job>-<pid>-<8 characters of mkdtemp>.
+_DIR_NAME = re.compile(r"pifleet-(?P<job>[a-z0-9]+)-(?P<pid>[0-9]{1,10})-[a-z0-9_]{8}")
+
+
+def create_private(path: Path) -> int:
+    """A write descriptor on a new file, 0600 from its first byte; refuses an existing name."""
+    return os.open(path, _CREATE, 0o600)
+
+
+def open_private(path: Path) -> BinaryIO:
+    """A binary writer on the empty private file at `path`, creating it (0600) when absent.
+
+    An existing file is accepted only when it is what `create_private` made:
+    a regular, empty file of this user that nobody else can read.
+    """
+    try:
+        return os.fdopen(create_private(path), "wb")
+    except FileExistsError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    mine = st.st_uid == os.geteuid() and not st.st_mode & 0o077
+    if not (stat.S_ISREG(st.st_mode) and mine and st.st_size == 0):
+        os.close(fd)
+        raise FileExistsError(errno.EEXIST, "exists and is not a fresh private file", str(path))
+    return os.fdopen(fd, "wb")
+
+
+def write_private(path: Path, data: bytes) -> None:
+    with open_private(path) as f:
+        f.write(data)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (a process of another user counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale(path: Path, pid: int) -> bool:
+    """Whether `path` (a pifleet name of process `pid`) is a leftover of this user's dead run."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    return st.st_uid == os.geteuid() and not stat.S_ISLNK(st.st_mode) and not alive(pid)
+
+
+def remove_stale_dirs(parent: Path, job: str) -> list[Path]:
+    """Remove `pifleet-<job>-<pid>-*` folders in `parent` left by dead runs; the ones removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):
+            m = _DIR_NAME.fullmatch(entry.name)
+            path = Path(entry.path)
+            ours = m is not None and m["job"] == job and entry.is_dir(follow_symlinks=False)
+            if ours and m is not None and stale(path, int(m["pid"])):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def private_dir(job: str, parent: Path | None = None) -> Iterator[Path]:
+    """A fresh 0700 folder `pifleet-<job>-<pid>-XXXXXXXX` (in the temporary folder unless
+    `parent`), removed afterwards; leftovers of dead runs there are removed first."""
+    where = Path(parent or tempfile.gettempdir())
+    remove_stale_dirs(where, job)
+    path = Path(tempfile.mkdtemp(prefix=f"pifleet-{job}-{os.getpid()}-", dir=where))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,83 @@
+"""What others may read: the device's boot partition mount, and the outputs that may be
+shared (issue 11, items 2 and 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from builder.config.fleet import load
+from builder.seed.cloudinit import HostKey, seed_files
+from builder.steps.cmdline import meta_instance_id
+from builder.steps.fstab import private_boot
+from tests.conftest import fleet_yaml, pifleet
+from tests.layouts import LAYOUTS, make_pi_image
+from tests.test_build import root_read
+
+
+@pytest.mark.parametrize("layout", ["trixie", "ubuntu"])
+def test_built_image_mounts_the_boot_partition_for_root_only(tmp_path: Path, layout: str) -> None:
+    make_pi_image(tmp_path / "base.img", LAYOUTS[layout])
+    (tmp_path / "token").write_text("K10" + "ab" * 32 + "::server:x\n")
+    (tmp_path / "token").chmod(0o600)
+    (tmp_path / "fleet.yaml").write_text(fleet_yaml())
+    proc = pifleet("build", "fleet.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    fstab = root_read(tmp_path / "out/edge-fleet.img", "/etc/fstab", tmp_path).decode()
+    boot = [ln for ln in fstab.splitlines() if " vfat " in ln]
+    assert len(boot) == 1
+    assert boot[0].split()[3] == "defaults,fmask=0077,dmask=0077"
+    assert boot[0].split()[1] == LAYOUTS[layout].boot_mount
+    others = [ln for ln in fstab.splitlines() if " vfat " not in ln]
+    assert others[0].split() == ["proc", "/proc", "proc", "defaults", "0", "0"]
+
+
+def test_fstab_edit_is_idempotent_and_keeps_columns() -> None:
+    text = (
+        "# comment /boot/firmware vfat\n"
+        "PARTUUID=1-01  /boot/firmware  vfat    umask=0022,noauto   0  2\n"
+        "PARTUUID=1-02  /               ext4    defaults,noatime  0       1\n"
+    )
+    once = private_boot(text, "/boot/firmware")
+    assert once is not None
+    assert once.splitlines()[1] == (
+        "PARTUUID=1-01  /boot/firmware  vfat    noauto,fmask=0077,dmask=0077   0  2"
+    )
+    assert once.splitlines()[0] == text.splitlines()[0]
+    assert once.splitlines()[2] == text.splitlines()[2]
+    assert private_boot(once, "/boot/firmware") is None
+    assert private_boot(text, "/boot") is None
+
+
+WIFI = "network:\n  wifi: {ssid: 'edge net', country: DE, password_env: WIFI_PSK}"
+
+
+def test_instance_id_does_not_confirm_a_passphrase_guess(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id is public (meta-data, manifest.json): it must not depend on the PSK."""
+    (tmp_path / "f.yaml").write_text(fleet_yaml(network=WIFI))
+    ids = set()
+    for psk in ("correct horse battery", "wrong guess 12345"):
+        monkeypatch.setenv("WIFI_PSK", psk)
+        files = seed_files(load(tmp_path / "f.yaml"))
+        assert psk.encode() in files["/network-config"]
+        ids.add(meta_instance_id(files["/meta-data"]))
+    assert len(ids) == 1
+    (tmp_path / "f.yaml").write_text(fleet_yaml(network=WIFI.replace("edge net", "other net")))
+    other = meta_instance_id(seed_files(load(tmp_path / "f.yaml"))["/meta-data"])
+    assert other not in ids, "a change that is not secret still gives a new id"
+
+
+def test_instance_id_does_not_depend_on_the_host_private_key(tmp_path: Path) -> None:
+    (tmp_path / "f.yaml").write_text(fleet_yaml(devices="devices: [{hostname: pi-1}]"))
+    config = load(tmp_path / "f.yaml")
+    public = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl pi-1"
+    ids = {
+        meta_instance_id(
+            seed_files(config, config.devices[0], HostKey(private, public))["/meta-data"]
+        )
+        for private in ("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n", "guess\n")
+    }
+    assert len(ids) == 1
