@@ -197,3 +197,22 @@ def test_output_into_a_missing_folder_is_one_line(fleet_dir: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr == "pifleet: error: nowhere/edge-001.img: no folder nowhere to write it in\n"
+
+
+def test_device_is_labelled_with_its_golden_image_digest(fleet_dir: Path) -> None:
+    """`pifleet status` tells nodes of an older image by this label (see builder/config/labels.py)."""
+    from builder.disk.image import Image
+
+    (fleet_dir / "fleet.yaml").write_text(fleet_yaml(devices="devices:\n  - hostname: edge-001"))
+    assert pifleet("build", "fleet.yaml", cwd=fleet_dir).returncode == 0
+    golden = fleet_dir / "out" / "edge-fleet.img"
+    digest = hashlib.sha256(golden.read_bytes()).hexdigest()
+    sums = (fleet_dir / "out" / "SHA256SUMS").read_text()
+    assert f"{digest}  edge-fleet.img" in sums
+    done = pifleet(
+        "personalize", str(golden), "--config", "fleet.yaml", "--device", "edge-001", cwd=fleet_dir
+    )
+    assert done.returncode == 0, done.stderr
+    raw = Image.open(fleet_dir / "out" / "edge-001.img").boot.read("/pifleet/device.json")
+    assert raw is not None
+    assert f"pifleet/image={digest[:12]}" in json.loads(raw)["node_labels"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from builder.config.fleet import load
-from builder.config.labels import IMAGE, fleet_labels
+from builder.config.labels import IMAGE, fleet_labels, image_label
 from builder.testserver.kubeapi import NodeStore
 from builder.testserver.server import K3sTestServer
 from tests.conftest import fleet_yaml, pifleet
@@ -24,6 +24,8 @@ DEVICES = "devices:\n  - hostname: edge-001\n  - hostname: edge-002\n  - hostnam
 @pytest.fixture
 def fleet(tmp_path: Path) -> Path:
     (tmp_path / "fleet.yaml").write_text(fleet_yaml(devices=DEVICES))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "SHA256SUMS").write_text(f"{GOLDEN}  edge-fleet.img\n")
     return tmp_path
 
 
@@ -40,8 +42,13 @@ def beat(store: NodeStore) -> None:
     store.heartbeat("edge-999")
 
 
+GOLDEN = "c0ffee" * 10 + "beef"  # the fleet's current golden image, as SHA256SUMS lists it
+
+
 def labels_of(fleet: Path) -> dict[str, str]:
-    return dict(label.split("=", 1) for label in fleet_labels(load(fleet / "fleet.yaml")))
+    """What a personalized device of the current build carries."""
+    labels = [*fleet_labels(load(fleet / "fleet.yaml")), image_label(GOLDEN)]
+    return dict(label.split("=", 1) for label in labels)
 
 
 def test_ready_notready_never_seen_unexpected_older(fleet: Path, server: K3sTestServer) -> None:

@@ -1,30 +1,27 @@
-"""The node labels pifleet adds to every device, so `pifleet status` can find a fleet's nodes.
+"""The node labels pifleet gives every device, so `pifleet status` can find a fleet's nodes.
 
-Under one prefix: the fleet's name, the build's short id (it changes when the fleet
-file or pifleet changes, so nodes running an older image stand out) and the
-agent's version.
+Under one prefix: the fleet's name and the agent's version, fleet-wide in the golden
+image; and the golden image's own digest (short), which exists only once the image is
+built, so personalization writes it into each device's seed (device.json).
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import firstboot
-from builder import __version__
 from builder.config.model import FleetConfig
 
 PREFIX = "pifleet"
 FLEET = f"{PREFIX}/fleet"
 IMAGE = f"{PREFIX}/image"
 AGENT = f"{PREFIX}/agent"
-
-
-def image_id(config: FleetConfig) -> str:
-    """A short id of what a build of `config` puts in the image (fleet file + pifleet)."""
-    return hashlib.sha256(f"{config.config_hash}:{__version__}".encode()).hexdigest()[:12]
+SHORT = 12  # hex digits of the golden image's sha256 in the image label
 
 
 def fleet_labels(config: FleetConfig) -> tuple[str, ...]:
-    """`key=value` labels, valid Kubernetes label values (the version's `+` is replaced)."""
+    """`key=value` labels for every node of the fleet (valid Kubernetes label values)."""
     agent = firstboot.__version__.replace("+", "_")
-    return (f"{FLEET}={config.name}", f"{IMAGE}={image_id(config)}", f"{AGENT}={agent}")
+    return (f"{FLEET}={config.name}", f"{AGENT}={agent}")
+
+
+def image_label(golden_sha256: str) -> str:
+    return f"{IMAGE}={golden_sha256[:SHORT]}"

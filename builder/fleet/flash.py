@@ -270,7 +270,7 @@ def command(args: argparse.Namespace) -> int:
         open_golden(Path(args.image))  # what personalizing needs, checked before any write
     then = None
     if config is not None and device is not None:
-        then = functools.partial(_personalize_card, config, device, args.target)
+        then = functools.partial(_personalize_card, config, device, args.target, Path(args.image))
     flash(
         Path(args.image),
         Path(args.target),
@@ -284,9 +284,13 @@ def command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _personalize_card(config: FleetConfig, device: Device, shown: str, written: Path) -> None:
+def _personalize_card(
+    config: FleetConfig, device: Device, shown: str, golden: Path, written: Path
+) -> None:
     from builder.fleet.personalize import apply, open_golden, record_known_hosts, secrets_for
+    from builder.sources.digests import sha256_of
 
-    changed = apply(open_golden(written), config, device, secrets_for(config, device))
+    secrets = secrets_for(config, device)
+    changed = apply(open_golden(written), config, device, secrets, sha256_of(golden))
     record_known_hosts(config, [device])
     print(f"personalized {shown} as {device.hostname} ({changed} files)")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.config.fleet import load
+from builder.config.labels import image_label
 from builder.config.model import Device, FleetConfig
 from builder.disk.image import Image
 from builder.disk.sparse import copy_file
@@ -30,6 +31,7 @@ from builder.fleet.devicekeys import (
 )
 from builder.plan import source_date_epoch
 from builder.seed.cloudinit import HostKey, seed_files
+from builder.sources.digests import sha256_of
 from builder.steps import cmdline
 from builder.util.atomic import replace_when_done
 from builder.util.errors import UserError
@@ -48,11 +50,14 @@ class DeviceSecrets:
     token: Secret | None = None  # flash-time injection; None keeps the golden image's token
 
 
-def device_files(config: FleetConfig, device: Device, secrets: DeviceSecrets) -> dict[str, bytes]:
-    """Boot-partition path -> content for `device`."""
+def device_files(
+    config: FleetConfig, device: Device, secrets: DeviceSecrets, golden_sha256: str | None = None
+) -> dict[str, bytes]:
+    """Boot-partition path -> content for `device` (labelled with its golden image's digest)."""
     files = seed_files(config, device, secrets.host_key)
+    labels = list(device.labels) + ([image_label(golden_sha256)] if golden_sha256 else [])
     info = joinconfig.DeviceConfig(
-        hostname=device.hostname, node_labels=list(device.labels), node_taints=list(device.taints)
+        hostname=device.hostname, node_labels=labels, node_taints=list(device.taints)
     )
     files[f"{BOOT_DIR}/{joinconfig.DEVICE_FILE}"] = joinconfig.dump_device_config(info)
     if secrets.node_password is not None:
@@ -64,9 +69,15 @@ def device_files(config: FleetConfig, device: Device, secrets: DeviceSecrets) ->
     return files
 
 
-def apply(image: Image, config: FleetConfig, device: Device, secrets: DeviceSecrets) -> int:
+def apply(
+    image: Image,
+    config: FleetConfig,
+    device: Device,
+    secrets: DeviceSecrets,
+    golden_sha256: str | None = None,
+) -> int:
     """Write `device`'s files into the boot partition of `image`; returns files changed."""
-    files = device_files(config, device, secrets)
+    files = device_files(config, device, secrets, golden_sha256)
     for path, data in files.items():
         image.boot.stage(path, data)
     raw = image.boot.read(cmdline.CMDLINE)
@@ -103,9 +114,10 @@ def personalize_copy(
     golden: Path, dest: Path, config: FleetConfig, device: Device, secrets: DeviceSecrets
 ) -> None:
     """Clone `golden` (reflink where possible, else sparse) to `dest` and personalize the clone."""
+    digest = sha256_of(golden)  # cached: a fleet of copies hashes the golden image once
     with replace_when_done(dest, 0o600) as tmp:  # holds the token, host key, node password
         copy_file(golden, tmp)
-        apply(open_golden(tmp), config, device, secrets)
+        apply(open_golden(tmp), config, device, secrets, digest)
 
 
 def secrets_for(config: FleetConfig, device: Device, rotate: bool = False) -> DeviceSecrets:

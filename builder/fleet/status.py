@@ -16,6 +16,7 @@ scripts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.config.fleet import load
-from builder.config.labels import FLEET, IMAGE, image_id
+from builder.config.labels import FLEET, IMAGE, SHORT
 from builder.config.model import FleetConfig
 from builder.util.errors import BuildError, UserError
 
@@ -69,7 +70,7 @@ def _device_state(name: str, node: Any, current: str) -> DeviceState:
     image = labels.get(IMAGE, "")
     condition = _ready_condition(node)
     since = condition.last_transition_time.isoformat() if condition is not None else ""
-    on_current = image in ("", current)
+    on_current = image in ("", current) or not current
     if condition is not None and condition.status == "True":
         return DeviceState(name, "Ready", since=since, image=image, current=on_current)
     reason = (
@@ -80,10 +81,20 @@ def _device_state(name: str, node: Any, current: str) -> DeviceState:
     return DeviceState(name, "NotReady", reason, since, image, on_current)
 
 
+def current_image(config: FleetConfig) -> str:
+    """The short digest of the fleet's current golden image, from the build's SHA256SUMS."""
+    with contextlib.suppress(OSError):
+        for line in (config.output.dir / "SHA256SUMS").read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            if name.lstrip("*") == f"{config.name}.img":
+                return digest[:SHORT]
+    return ""
+
+
 def fleet_status(config: FleetConfig, nodes: list[Any]) -> FleetStatus:
     """Match the cluster's `nodes` (V1Node objects) against the fleet's devices."""
     by_name = {n.metadata.name: n for n in nodes}
-    current = image_id(config)
+    current = current_image(config)
     names = [d.hostname for d in config.devices]
     devices = [_device_state(name, by_name.get(name), current) for name in names]
     unexpected = sorted(
@@ -116,7 +127,7 @@ def read_nodes(kubeconfig: Path) -> list[Any]:
 def _table(status: FleetStatus) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"fleet {status.fleet} (image {status.image})")
+    table = Table(title=f"fleet {status.fleet} (image {status.image or 'unknown: no SHA256SUMS'})")
     for column in ("device", "state", "since", "image", "detail"):
         table.add_column(column)
     colors = {"Ready": "green", "NotReady": "red", "never seen": "yellow"}

@@ -16,7 +16,6 @@ from typing import Any
 
 import firstboot
 from builder import version
-from builder.config.labels import image_id
 from builder.outputs import bmap, imager
 from builder.plan import Plan
 from builder.sources import compress
@@ -109,7 +108,6 @@ def manifest(plan: Plan, facts: dict[str, Any], written: list[Written]) -> dict[
         "pifleet_version": version(),
         "agent_version": firstboot.__version__,
         "fleet": plan.config.name,
-        "image_id": image_id(plan.config),
         "arch": plan.config.arch,
         "source_date_epoch": plan.epoch,
         "config": {"file": plan.config.source.name, "sha256": plan.config.config_hash},
