@@ -86,12 +86,10 @@ def _register_personalize(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _register_test_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
+    from builder.testserver.serve import add_arguments
+
     p = sub.add_parser("test-server", help="run the K3s test server (a protocol stand-in, not K3s)")
-    p.add_argument("--port", type=int, default=6443)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--state-dir", metavar="DIR", help="keep the CA and registrations here")
-    p.add_argument("--token-out", metavar="FILE", help="write the join token here (0600)")
-    p.add_argument("--san", action="append", default=[], help="extra name or IP in its certificate")
+    add_arguments(p)
     p.set_defaults(handler="builder.testserver.serve:command")
 
 
