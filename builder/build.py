@@ -17,10 +17,10 @@ from pathlib import Path
 
 from builder import inspect
 from builder.config.fleet import load
-from builder.disk.ext4 import last_write_time
 from builder.disk.flavor import detect, require_supported
 from builder.disk.image import Image
 from builder.disk.sparse import copy_file
+from builder.disk.superblock import last_write_time
 from builder.outputs import artifacts
 from builder.plan import Plan, resolve, source_date_epoch
 from builder.sources.digests import sha256_of

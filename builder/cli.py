@@ -1,7 +1,7 @@
 """argparse front of `pifleet`: parse, dispatch, turn expected failures into one line.
 
 Subcommands: build, inspect, personalize, flash, boot-test, base, fetch, images,
-test-server, token, demo. Each handler lives in the module that owns the work;
+test-server, token, demo, cluster, status. Each handler lives in the module that owns the work;
 this file only parses arguments and maps errors to exit codes
 (0 ok, 1 runtime failure, 2 bad input, 130 interrupted).
 """
@@ -178,6 +178,33 @@ def _register_sources(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(handler="builder.sources.obtain:fetch_command")
 
 
+def _register_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+    p = sub.add_parser(
+        "status", help="which of the fleet's devices joined the cluster, which did not"
+    )
+    p.add_argument("config", help="fleet YAML file")
+    p.add_argument("--kubeconfig", metavar="FILE", help="default: $KUBECONFIG, ~/.kube/config")
+    p.add_argument("--watch", action="store_true", help="redraw as nodes join, until all are Ready")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between --watch reads")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler="builder.fleet.status:command")
+
+
+def _register_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+    p = sub.add_parser(
+        "cluster", help="create a K3s cluster's CA set and token before any Pi boots"
+    )
+    csub = p.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    init = csub.add_parser("init", help="make cluster/ beside the fleet file; print the CA hash")
+    init.add_argument("config", help="fleet YAML with cluster.create: true")
+    init.set_defaults(handler="builder.cluster.create:init_command")
+    show = csub.add_parser("show", help="the cluster's CA hash and expiry dates (no secrets)")
+    show.add_argument("config", help="fleet YAML with cluster.create: true")
+    show.set_defaults(handler="builder.cluster.create:show_command")
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_build,
     _register_inspect,
@@ -189,6 +216,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     _register_demo,
     _register_flash,
     _register_sources,
+    _register_cluster,
+    _register_status,
 ]
 
 

@@ -12,24 +12,16 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from builder.config.fleet import FleetConfig
+from builder.config.labels import fleet_labels
+from builder.config.model import FleetConfig
 from builder.config.token import read_token
 from builder.disk.flavor import Flavor
+from builder.sources import obtain as sources
+from builder.sources.obtain import Input
 from builder.util.errors import UserError
 from builder.util.secret import Secret
 
 log = logging.getLogger("pifleet.plan")
-
-
-@dataclass(frozen=True)
-class Input:
-    """A file that went into the build, as the manifest records it."""
-
-    role: str  # "base", "k3s", "airgap-images"
-    path: Path
-    sha256: str | None  # None until the build has hashed it (see builder.build)
-    origin: str  # catalog name, URL or the path the user gave
-    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,8 +59,6 @@ def resolve(
     output_dir: Path | None = None,
 ) -> Plan:
     """Find, fetch and verify every input named by `config` (CLI overrides win)."""
-    from builder.sources import obtain as sources
-
     where = str(config.source)
     token = read_token(config.cluster, where)
     if base_override is not None:
@@ -81,6 +71,7 @@ def resolve(
         k3s = sources.obtain_k3s(config.k3s, config.arch, where=f"{where}: k3s")
     airgap = sources.obtain_airgap(config.k3s, config.arch, k3s, where=f"{where}: k3s")
     out = (output_dir or config.output.dir).resolve()
+    config = with_fleet_labels(config)
     _check_output_dir(out, base.path, config.name)
     return Plan(
         config=config,
@@ -119,3 +110,11 @@ def source_date_epoch() -> int | None:
     if not raw.isdigit():
         raise UserError(f"SOURCE_DATE_EPOCH must be a number of seconds, got {raw!r}")
     return int(raw)
+
+
+def with_fleet_labels(config: FleetConfig) -> FleetConfig:
+    """`config` with pifleet's own node labels after the user's (see `builder.config.labels`)."""
+    labels = tuple(x for x in fleet_labels(config) if x not in config.cluster.node_labels)
+    return replace(
+        config, cluster=replace(config.cluster, node_labels=config.cluster.node_labels + labels)
+    )

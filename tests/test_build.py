@@ -104,7 +104,12 @@ def test_build_trixie_arm64(fleet_dir: Path, tmp_path: Path) -> None:
     join = json.loads(root_read(image, "/etc/pifleet/join.json", tmp_path))
     assert join["server"] == "https://k3s.example.net:6443"
     assert join["boot_dir"] == "/boot/firmware"
-    assert join["node_labels"] == ["site=berlin"]
+    labels = join["node_labels"]
+    manifest = json.loads((image.parent / "manifest.json").read_text())
+    assert labels[0] == "site=berlin"  # the user's first, then pifleet's own (for `status`)
+    assert labels[1:] == [
+        "pifleet/fleet=edge-fleet", f"pifleet/image={manifest['image_id']}", "pifleet/agent=0.1.0"
+    ]  # fmt: skip
     assert TEST_TOKEN not in json.dumps(join)
     token_stat = debugfs(image, "stat /etc/pifleet/token")
     assert "Mode:  0600" in token_stat and "User:     0   Group:     0" in token_stat

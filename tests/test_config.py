@@ -8,8 +8,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from builder.config.fleet import load, parse_size
+from builder.config.fleet import load
 from builder.config.schema import SCHEMA_PATH
+from builder.config.values import parse_size
 from builder.util.errors import UserError
 from tests.conftest import fleet_yaml
 

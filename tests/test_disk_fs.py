@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.disk.ext4 import Directory, File, Symlink
+from builder.disk.entries import Directory, File, Symlink
 from builder.disk.image import Image
 from builder.util.errors import BuildError, UserError
 

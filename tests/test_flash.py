@@ -22,6 +22,7 @@ import yaml
 
 from builder.disk.table import read_table
 from builder.fleet import flash
+from builder.fleet.target import describe, refusal
 from builder.outputs import bmap
 from builder.util.errors import BuildError, UserError
 from tests.conftest import REPO, TEST_TOKEN, fleet_yaml, pifleet
@@ -345,7 +346,7 @@ def test_the_disk_holding_root_is_refused(work: Path, tmp_path: Path, dry_run: b
             pytest.skip(f"no node for /dev/{name} ({dev}) and no right to make one")
         try:
             # Guard first, in-process: never hand the real root disk to the CLI unless refused.
-            reason = flash.refusal(flash.describe(node), 0)
+            reason = refusal(describe(node), 0)
             assert reason is not None and "root filesystem" in reason, reason
             args = ["--dry-run"] if dry_run else []  # without it: no --yes and no terminal
             proc = pifleet("flash", GOLDEN, str(node), *args, cwd=work)
@@ -521,8 +522,8 @@ def test_a_usb_card_is_accepted_and_shown_with_model_size_serial(
     tmp_path: Path, node: Path
 ) -> None:
     root = usb_card(FakeSystem(tmp_path / "root")).done()
-    target = flash.describe(node, system_root=root)
-    assert flash.refusal(target, 600 * 1024 * 1024) is None
+    target = describe(node, system_root=root)
+    assert refusal(target, 600 * 1024 * 1024) is None
     assert (
         target.summary() == f"{node} (Generic STORAGE DEVICE, 59.5 GiB, serial 000000000819, USB)"
     )
@@ -536,13 +537,13 @@ def test_an_mmc_card_is_accepted_and_shown_with_model_size_serial(
         MMC_CARD, "mmcblk0", TARGET_DEV, {"mmcblk0p1": "241:1"},
         size=str(CARD_SECTORS), name="SC64G", serial="0x1234abcd",
     )  # fmt: skip
-    target = flash.describe(node, system_root=system.done())
-    assert flash.refusal(target, 600 * 1024 * 1024) is None  # not "removable", but MMC
+    target = describe(node, system_root=system.done())
+    assert refusal(target, 600 * 1024 * 1024) is None  # not "removable", but MMC
     assert target.summary() == f"{node} (SC64G, 59.5 GiB, serial 0x1234abcd, MMC)"
 
 
 def refused(node: Path, root: Path, image_size: int = 600 * 1024 * 1024) -> str:
-    reason = flash.refusal(flash.describe(node, system_root=root), image_size)
+    reason = refusal(describe(node, system_root=root), image_size)
     assert reason is not None and "\n" not in reason and str(node) in reason, reason
     return reason
 
@@ -609,8 +610,8 @@ def test_root_elsewhere_does_not_refuse_the_card(tmp_path: Path, node: Path) -> 
         SATA_SCSI, "sda", "8:0", {"sda1": "8:1", "sda2": "8:2"}, size="1953525168"
     )
     system.dm("dm-0", "253:0", ["sda2"]).mount("253:0", "/", source="/dev/mapper/root")
-    target = flash.describe(node, system_root=system.done())
-    assert not target.holds_root and flash.refusal(target, 1 << 30) is None
+    target = describe(node, system_root=system.done())
+    assert not target.holds_root and refusal(target, 1 << 30) is None
 
 
 def test_an_empty_reader_and_a_small_card_are_refused(tmp_path: Path, node: Path) -> None:
@@ -622,9 +623,9 @@ def test_an_empty_reader_and_a_small_card_are_refused(tmp_path: Path, node: Path
 
 def test_regular_files_and_missing_devices(tmp_path: Path) -> None:
     root = FakeSystem(tmp_path / "root").done()
-    new = flash.describe(tmp_path / "new.img", system_root=root)
-    assert not new.block and flash.refusal(new, 1 << 30) is None
+    new = describe(tmp_path / "new.img", system_root=root)
+    assert not new.block and refusal(new, 1 << 30) is None
     with pytest.raises(UserError, match="/dev/pifleet-missing: no such device or file"):
-        flash.describe(Path("/dev/pifleet-missing"), system_root=root)
+        describe(Path("/dev/pifleet-missing"), system_root=root)
     with pytest.raises(UserError, match="not a block device or regular file"):
-        flash.describe(Path("/dev/null"), system_root=root)
+        describe(Path("/dev/null"), system_root=root)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.config.fleet import BaseSource, K3sSource
+from builder.config.model import BaseSource, K3sSource
 from builder.sources import compress
 from builder.sources.obtain import obtain_airgap, obtain_base, obtain_k3s
 from builder.util.errors import BuildError, UserError

@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from builder.config.fleet import Device, FleetConfig, _Builder
+from builder.config.devices import DeviceReader
+from builder.config.model import Device, FleetConfig
 from builder.config.schema import describe
 from builder.util.errors import UserError
 
@@ -34,7 +35,7 @@ COLUMNS = (
 )
 
 
-class _RowChecker(_Builder):
+class _RowChecker(DeviceReader):
     """The config's device checks, with messages that name the column, not a config key."""
 
     def fail(self, key: str, message: str) -> UserError:

@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from builder.config.fleet import Cluster
+from builder.config.model import Cluster
 from builder.util.errors import UserError
 from builder.util.secret import Secret
 from firstboot.token import TokenError

@@ -15,86 +15,17 @@ import hashlib
 import logging
 import os
 import re
-import stat
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from builder.disk import sparse
+from builder.disk.debugfs import entry_script, mkdir_script, parents, parse_stat
+from builder.disk.entries import Directory, Entry, File, Inode, Symlink
+from builder.disk.superblock import Usage, read_superblock
 from builder.util.errors import BuildError
 from builder.util.run import no_fsync_env, run, stream
 
 log = logging.getLogger("pifleet.ext4")
-
-EXT4_MAGIC_OFFSET = 1024 + 56
-
-
-@dataclass(frozen=True)
-class File:
-    path: str
-    mode: int  # permission bits, e.g. 0o644
-    data: bytes | None = None
-    source: Path | None = None  # large files are written straight from the host file
-    uid: int = 0
-    gid: int = 0
-
-    def size(self) -> int:
-        return len(self.data) if self.data is not None else (self.source or Path()).stat().st_size
-
-    def digest(self) -> str:
-        if self.data is not None:
-            return hashlib.sha256(self.data).hexdigest()
-        h = hashlib.sha256()
-        with open(self.source or "", "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Symlink:
-    path: str
-    target: str
-    uid: int = 0
-    gid: int = 0
-
-
-@dataclass(frozen=True)
-class Directory:
-    path: str
-    mode: int = 0o755
-    uid: int = 0
-    gid: int = 0
-
-
-Entry = File | Symlink | Directory
-
-
-@dataclass(frozen=True)
-class Inode:
-    kind: str  # "regular", "directory", "symlink", ...
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    link_target: str | None
-
-
-@dataclass(frozen=True)
-class Usage:
-    block_size: int
-    blocks: int
-    free_blocks: int
-    free_inodes: int
-    features: frozenset[str]
-
-    @property
-    def size(self) -> int:
-        return self.blocks * self.block_size
-
-    @property
-    def free(self) -> int:
-        return self.free_blocks * self.block_size
 
 
 class Ext4Filesystem:
@@ -146,7 +77,7 @@ class Ext4Filesystem:
         sections = re.split(r"^debugfs: stat ", out, flags=re.M)[1:]
         result: dict[str, Inode | None] = {}
         for path, section in zip(paths, sections, strict=True):
-            result[path] = _parse_stat(section)
+            result[path] = parse_stat(section)
         return result
 
     def stat(self, path: str) -> Inode | None:
@@ -256,12 +187,12 @@ class Ext4Filesystem:
         self._staged.clear()
         if not changed:
             return 0
-        dirs = _parents({e.path for e in changed})
+        dirs = parents({e.path for e in changed})
         current = self.stat_many(sorted(dirs | {e.path for e in changed}))
-        script = _mkdir_script(dirs, current, {e.path for e in changed if isinstance(e, Directory)})
+        script = mkdir_script(dirs, current, {e.path for e in changed if isinstance(e, Directory)})
         with tempfile.TemporaryDirectory(prefix="pifleet-ext4-") as tmp:
             for i, entry in enumerate(changed):
-                script += _entry_script(entry, current[entry.path], Path(tmp), i)
+                script += entry_script(entry, current[entry.path], Path(tmp), i)
             _out, errors = self._debugfs(script, write=True)
         if errors:
             raise BuildError(f"writing to the root filesystem of {self.image}: {errors[0]}")
@@ -328,121 +259,3 @@ class Ext4Filesystem:
             sparse.put_back(part, self.image, self.offset, new_size)
         finally:
             part.unlink(missing_ok=True)
-
-
-_FEATURES = {
-    ("compat", 0x4): "has_journal",
-    ("compat", 0x10): "resize_inode",
-    ("incompat", 0x40): "extent",
-    ("incompat", 0x80): "64bit",
-    ("incompat", 0x200): "flex_bg",
-    ("ro_compat", 0x400): "metadata_csum",
-}
-
-
-def read_superblock(image: Path, offset: int) -> Usage:
-    """Block size, counts and feature names straight from the ext4 superblock."""
-    with open(image, "rb") as f:
-        f.seek(offset + 1024)
-        sb = f.read(1024)
-    if len(sb) < 1024 or sb[0x38:0x3A] != b"\x53\xef":
-        raise BuildError(f"{image}: no ext4 superblock at byte {offset + 1024}")
-
-    def u32(at: int) -> int:
-        return int.from_bytes(sb[at : at + 4], "little")
-
-    flags = {"compat": u32(0x5C), "incompat": u32(0x60), "ro_compat": u32(0x64)}
-    wide = bool(flags["incompat"] & 0x80)
-    blocks = u32(0x04) | ((u32(0x150) << 32) if wide else 0)
-    free = u32(0x0C) | ((u32(0x158) << 32) if wide else 0)
-    return Usage(
-        block_size=1024 << u32(0x18),
-        blocks=blocks,
-        free_blocks=free,
-        free_inodes=u32(0x10),
-        features=frozenset(name for (kind, bit), name in _FEATURES.items() if flags[kind] & bit),
-    )
-
-
-def is_ext4(image: Path, offset: int) -> bool:
-    with open(image, "rb") as f:
-        f.seek(offset + EXT4_MAGIC_OFFSET)
-        return f.read(2) == b"\x53\xef"
-
-
-def _parse_stat(section: str) -> Inode | None:
-    head = re.search(r"Type: (\S+)\s+Mode:\s+(\d+)", section)
-    owner = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+).*?Size: (\d+)", section)
-    if head is None or owner is None:
-        return None
-    link = re.search(r'Fast link dest: "(.*)"', section)
-    return Inode(
-        kind=head.group(1),
-        mode=int(head.group(2), 8),
-        uid=int(owner.group(1)),
-        gid=int(owner.group(2)),
-        size=int(owner.group(3)),
-        link_target=link.group(1) if link else None,
-    )
-
-
-def _parents(paths: set[str]) -> set[str]:
-    out: set[str] = set()
-    for path in paths:
-        for parent in PurePosixPath(path).parents:
-            if str(parent) != "/":
-                out.add(str(parent))
-    return out
-
-
-def _mkdir_script(
-    dirs: set[str], current: dict[str, Inode | None], explicit: set[str]
-) -> list[str]:
-    """Create missing parent directories (0755 root), shallowest first."""
-    script = []
-    for d in sorted(dirs - explicit, key=lambda p: p.count("/")):
-        inode = current.get(d)
-        if inode is None:
-            script += [
-                f'mkdir "{d}"',
-                f'sif "{d}" mode 040755',
-                f'sif "{d}" uid 0',
-                f'sif "{d}" gid 0',
-            ]
-        elif inode.kind != "directory":
-            raise BuildError(f"{d} exists in the root filesystem but is not a directory")
-    return script
-
-
-def _entry_script(entry: Entry, inode: Inode | None, tmp: Path, index: int) -> list[str]:
-    p = entry.path
-    script = []
-    if isinstance(entry, Directory):
-        if inode is None:
-            script.append(f'mkdir "{p}"')
-        script.append(f'sif "{p}" mode 0{stat.S_IFDIR | entry.mode:o}')
-    else:
-        if inode is not None:
-            if inode.kind == "directory":
-                raise BuildError(f"{p} is a directory in the root filesystem; expected a file")
-            script.append(f'rm "{p}"')
-        if isinstance(entry, Symlink):
-            script.append(f'symlink "{p}" "{entry.target}"')
-        else:
-            source = entry.source
-            if source is None:
-                source = tmp / f"f{index}"
-                source.write_bytes(entry.data or b"")
-            script += [f'write "{source}" "{p}"', f'sif "{p}" mode 0{stat.S_IFREG | entry.mode:o}']
-    script += [f'sif "{p}" uid {entry.uid}', f'sif "{p}" gid {entry.gid}']
-    return script
-
-
-def last_write_time(image: Path, offset: int) -> int:
-    """The superblock's last-write time (s_wtime and its high byte), in seconds since 1970."""
-    with open(image, "rb") as f:
-        f.seek(offset + 1024)
-        sb = f.read(1024)
-    low = int.from_bytes(sb[0x30:0x34], "little")
-    high = sb[0x274] if len(sb) > 0x274 else 0
-    return low | (high << 32)

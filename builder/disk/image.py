@@ -12,8 +12,9 @@ import logging
 import os
 from pathlib import Path
 
-from builder.disk.ext4 import Ext4Filesystem, is_ext4
+from builder.disk.ext4 import Ext4Filesystem
 from builder.disk.fat import FatFilesystem
+from builder.disk.superblock import is_ext4
 from builder.disk.table import Partition, PartitionTable, read_table, resized, write_table
 from builder.util.console import human_size
 from builder.util.errors import UserError

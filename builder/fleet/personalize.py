@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.config.fleet import Device, FleetConfig, load
-from builder.disk.ext4 import last_write_time
+from builder.config.fleet import load
+from builder.config.model import Device, FleetConfig
 from builder.disk.image import Image
 from builder.disk.sparse import copy_file
+from builder.disk.superblock import last_write_time
 from builder.fleet.devicekeys import (
     ensure_identity,
     identity_dir,

@@ -16,9 +16,11 @@ from typing import Any
 
 import firstboot
 from builder import __version__
+from builder.config.labels import image_id
 from builder.outputs import bmap, imager
-from builder.plan import Input, Plan
+from builder.plan import Plan
 from builder.sources import compress
+from builder.sources.obtain import Input
 from builder.util.atomic import replace_when_done
 from builder.util.console import progress
 
@@ -105,6 +107,7 @@ def manifest(plan: Plan, facts: dict[str, Any], written: list[Written]) -> dict[
         "pifleet_version": __version__,
         "agent_version": firstboot.__version__,
         "fleet": plan.config.name,
+        "image_id": image_id(plan.config),
         "arch": plan.config.arch,
         "source_date_epoch": plan.epoch,
         "config": {"file": plan.config.source.name, "sha256": plan.config.config_hash},

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 from builder import __version__
-from builder.config.fleet import Device, FleetConfig, StaticAddress, Wifi
+from builder.config.model import Device, FleetConfig, StaticAddress, Wifi
 from builder.disk.image import Image
 from builder.plan import Plan
 from builder.util.errors import UserError

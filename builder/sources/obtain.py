@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from builder.config.fleet import BaseSource, K3sSource
-from builder.plan import Input
+from builder.config.model import BaseSource, K3sSource
 from builder.sources import catalog, compress
 from builder.sources.digests import sha256_of
 from builder.sources.fetch import fetch, fetch_text
@@ -25,6 +25,17 @@ from builder.util.console import progress
 from builder.util.errors import UserError
 
 log = logging.getLogger("pifleet.sources")
+
+
+@dataclass(frozen=True)
+class Input:
+    """A file that went into the build, as the manifest records it."""
+
+    role: str  # "base", "k3s", "airgap-images"
+    path: Path
+    sha256: str | None  # None until the build has hashed it (see builder.build)
+    origin: str  # catalog name, URL or the path the user gave
+    version: str | None = None
 
 
 def obtain_base(src: BaseSource, arch: str, *, where: str) -> Input:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import firstboot
 from builder import __version__
-from builder.disk.ext4 import Directory, File, Symlink
+from builder.disk.entries import Directory, File, Symlink
 from builder.disk.image import Image
 from builder.plan import Plan
 from builder.util.render import render

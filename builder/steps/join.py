@@ -7,7 +7,7 @@ device deletes it once joined).
 
 from __future__ import annotations
 
-from builder.disk.ext4 import Directory, File
+from builder.disk.entries import Directory, File
 from builder.disk.image import Image
 from builder.plan import Plan
 from firstboot import joinconfig

@@ -7,7 +7,7 @@ script) is accepted only when the config says `k3s.test_standin: true`.
 
 from __future__ import annotations
 
-from builder.disk.ext4 import Directory, File, Symlink
+from builder.disk.entries import Directory, File, Symlink
 from builder.disk.flavor import elf_arch
 from builder.disk.image import Image
 from builder.plan import Plan

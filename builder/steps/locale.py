@@ -10,7 +10,7 @@ Images without /etc/locale.gen (Ubuntu: its locale-gen takes the name) are left 
 
 from __future__ import annotations
 
-from builder.disk.ext4 import File
+from builder.disk.entries import File
 from builder.disk.image import Image
 from builder.plan import Plan
 from builder.util.errors import UserError

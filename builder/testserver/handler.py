@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from builder.testserver import rules
-
-if TYPE_CHECKING:
-    from builder.testserver.server import K3sTestServer
+from builder.testserver import kubeapi, rules
 
 CONFIG = {
     "ClusterDomain": "cluster.local",
@@ -21,7 +18,7 @@ NODE_CERTS = {"serving-kubelet.crt": "serving", "client-kubelet.crt": "client"}
 
 
 class Handler(BaseHTTPRequestHandler):
-    server_state: K3sTestServer
+    server_state: Any  # the K3sTestServer (server.py imports this module, not the reverse)
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -162,6 +159,9 @@ class Handler(BaseHTTPRequestHandler):
         state = self.server_state
         if not state.apiserver_up():
             return self._error(503, "apiserver not ready")
+        if self.headers.get("Authorization") == f"Bearer {state.kube.admin_token}":
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            return kubeapi.send(self, state.kube.answer(self.command, self.path, headers))
         if caller.error or caller.user in ("node", "server"):  # no Basic at the apiserver
             return self._error(401, "Unauthorized")
         path = self.path.split("?", 1)[0]

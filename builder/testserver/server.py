@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import socket
 import ssl
@@ -48,7 +49,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from builder.testserver import rules
+from builder.testserver import kubeapi, rules
 from builder.testserver.ca import CertificateAuthority, ServerCA, key_pem, name
 from builder.testserver.handler import Handler
 from builder.util.atomic import write_atomic
@@ -93,6 +94,7 @@ class K3sTestServer:
         self.cacerts_error_code = cacerts_error_code
         self.requests: list[Request] = []
         self._lock = threading.Lock()
+        self.kube = kubeapi.KubeApi(kubeapi.NodeStore(), self._admin_token())
         self._context = self._serving_context((host, "127.0.0.1", GUEST_HOST, *extra_sans), named)
         self._port = port
         self._httpd: ThreadingHTTPServer | None = None
@@ -116,6 +118,7 @@ class K3sTestServer:
         self._port = httpd.server_address[1]
         self._httpd = httpd
         threading.Thread(target=httpd.serve_forever, name="k3s-test-server", daemon=True).start()
+        self._write_kubeconfig()
 
     def stop(self) -> None:
         if self._httpd is not None:
@@ -225,7 +228,26 @@ class K3sTestServer:
                 return False
             nodes.append(node)
             self._save_registry(registry)
-            return True
+        self.kube.store.register(node)
+        return True
+
+    def _admin_token(self) -> str:
+        """The Kubernetes API's admin bearer token, kept 0600 from its first byte."""
+        path = self.state_dir / "kube-admin-token"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(24))
+        return path.read_text().strip()
+
+    def _write_kubeconfig(self) -> None:
+        """`<state_dir>/kubeconfig.yaml` (0600): kubectl and `pifleet status` read the nodes."""
+        data = kubeapi.kubeconfig(self.url, self.ca.cacerts, self.kube.admin_token)
+        write_atomic(self.state_dir / "kubeconfig.yaml", data, 0o600)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig.yaml"
 
     def record(self, handler: Any, route: rules.Route, denied: int) -> None:
         headers = handler.headers

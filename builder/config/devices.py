@@ -1,0 +1,92 @@
+"""Reading one device's settings (inline `devices:` or an inventory row), checked key by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from builder.config.model import Device, StaticAddress, Wifi
+from builder.config.values import _LABEL_VALUE, _TAINT, _scalar, _valid_label_key, static_address
+from builder.util.errors import UserError
+from firstboot.joinconfig import valid_hostname
+
+
+class DeviceReader:
+    """Turns validated raw YAML of devices into dataclasses, checking meaning key by key."""
+
+    def __init__(self, path: Path, raw: dict[str, Any]) -> None:
+        self.path = path
+        self.raw = raw
+        self.dir = path.resolve().parent
+
+    def fail(self, key: str, message: str) -> UserError:
+        return UserError(f"{self.path}: {key}: {message}")
+
+    def rel(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.dir / p
+
+    def labels(self, value: dict[str, Any] | list[str], key: str) -> tuple[str, ...]:
+        if isinstance(value, dict):
+            items = [f"{k}={_scalar(v)}" for k, v in value.items()]
+        else:
+            items = list(value)
+        for i, item in enumerate(items):
+            label_key, sep, label_value = item.partition("=")
+            if not sep or not _valid_label_key(label_key) or not _LABEL_VALUE.match(label_value):
+                where = f"{key}[{i}]" if isinstance(value, list) else f"{key}.{label_key}"
+                raise self.fail(where, f"must be a Kubernetes label key=value, got {item!r}")
+        return tuple(items)
+
+    def taints(self, value: list[str], key: str) -> tuple[str, ...]:
+        for i, item in enumerate(value):
+            match = _TAINT.match(item)
+            if not match or not _valid_label_key(match["key"]):
+                raise self.fail(
+                    f"{key}[{i}]",
+                    f"must be key[=value]:NoSchedule|PreferNoSchedule|NoExecute, got {item!r}",
+                )
+        return tuple(value)
+
+    def wifi(self, value: dict[str, Any]) -> Wifi:
+        return Wifi(
+            ssid=value["ssid"],
+            country=value["country"],
+            password_env=value.get("password_env"),
+            hidden=bool(value.get("hidden", False)),
+        )
+
+    def static(self, value: dict[str, Any], key: str) -> StaticAddress:
+        return static_address(
+            value["address"], value.get("gateway"), value.get("dns", []), key, self.fail
+        )
+
+    def device(self, value: dict[str, Any], index: int) -> Device:
+        key = f"devices[{index}]"
+        name = value["hostname"]
+        if not valid_hostname(name):
+            raise self.fail(f"{key}.hostname", f"must be an RFC 1123 host name, got {name!r}")
+        static = None
+        if "address" in value:
+            static = static_address(
+                value["address"], value.get("gateway"), value.get("dns", []), key, self.fail
+            )
+        elif "gateway" in value or "dns" in value:
+            raise self.fail(f"{key}.address", "required when gateway or dns is given")
+        return Device(
+            hostname=name,
+            labels=self.labels(value.get("labels", {}), f"{key}.labels"),
+            taints=self.taints(value.get("taints", []), f"{key}.taints"),
+            static=static,
+            wifi=self.wifi(value["wifi"]) if "wifi" in value else None,
+        )
+
+    def check_unique_hostnames(self, devices: tuple[Device, ...]) -> None:
+        seen: dict[str, int] = {}
+        for i, dev in enumerate(devices):
+            if dev.hostname in seen:
+                raise self.fail(
+                    f"devices[{i}].hostname",
+                    f"duplicate host name {dev.hostname!r} (also devices[{seen[dev.hostname]}])",
+                )
+            seen[dev.hostname] = i

@@ -1,0 +1,137 @@
+"""The typed fleet config: frozen dataclasses, read once by `builder.config.fleet.load`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+DEFAULT_RELEASE_URL = "https://github.com/k3s-io/k3s/releases/download"
+DEFAULT_CHANNEL_URL = "https://update.k3s.io/v1-release/channels"
+
+Arch = Literal["arm64", "armhf"]
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    """Exactly one of name (catalog), path or url is set."""
+
+    name: str | None = None
+    path: Path | None = None
+    url: str | None = None
+    sha256: str | None = None
+    os_list: str | None = None
+
+
+@dataclass(frozen=True)
+class K3sSource:
+    """Exactly one of version, channel or binary is set."""
+
+    version: str | None = None
+    channel: str | None = None
+    binary: Path | None = None
+    sha256: str | None = None
+    release_url: str = DEFAULT_RELEASE_URL
+    channel_url: str = DEFAULT_CHANNEL_URL
+    airgap_images: bool = False
+    airgap_path: Path | None = None
+    test_standin: bool = False
+
+
+@dataclass(frozen=True)
+class Cluster:
+    server: str
+    token_file: Path | None
+    token_env: str | None
+    token_in_boot: bool
+    role: Literal["agent", "server"]
+    node_labels: tuple[str, ...]
+    node_taints: tuple[str, ...]
+    kubelet_args: tuple[str, ...]
+    create: bool = False  # pifleet makes the CA set and token (`pifleet cluster init`)
+    servers: tuple[str, ...] = ()  # with create: devices running `k3s server`, first initialises
+    agent_token: bool = False  # with create: agents join with a separate agent-only token
+
+    def role_of(self, hostname: str) -> Literal["agent", "server"]:
+        """The K3s role of one device: from `servers` when pifleet creates the cluster."""
+        if self.create:
+            return "server" if hostname in self.servers else "agent"
+        return self.role
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    ssh_authorized_keys: tuple[str, ...]
+    sudo: bool
+    groups: tuple[str, ...]
+    shell: str
+
+
+@dataclass(frozen=True)
+class Wifi:
+    ssid: str
+    country: str
+    password_env: str | None
+    hidden: bool
+
+
+@dataclass(frozen=True)
+class StaticAddress:
+    address: str
+    gateway: str | None
+    dns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Network:
+    ethernet: str
+    wifi: Wifi | None
+    static: StaticAddress | None
+
+
+@dataclass(frozen=True)
+class Device:
+    hostname: str
+    labels: tuple[str, ...]
+    taints: tuple[str, ...]
+    static: StaticAddress | None
+    wifi: Wifi | None
+
+
+@dataclass(frozen=True)
+class Output:
+    dir: Path
+    formats: tuple[str, ...]
+    bmap: bool
+    size: int | None
+
+
+@dataclass(frozen=True)
+class AgentTuning:
+    backoff_cap: float
+    clock_sync_timeout: float
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    source: Path
+    name: str
+    arch: Arch
+    base: BaseSource
+    k3s: K3sSource
+    cluster: Cluster
+    users: tuple[User, ...]
+    network: Network
+    timezone: str
+    locale: str
+    hostname_pattern: str
+    devices: tuple[Device, ...]
+    devices_file: Path | None
+    output: Output
+    agent: AgentTuning
+    config_hash: str
+
+    def where(self, key: str) -> str:
+        """Prefix for an error about `key` of this config: '<file>: <key>'."""
+        return f"{self.source}: {key}"

@@ -1,0 +1,186 @@
+"""Validated raw fleet YAML -> `FleetConfig`, checking meaning key by key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from builder.config.devices import DeviceReader
+from builder.config.model import (
+    DEFAULT_CHANNEL_URL,
+    DEFAULT_RELEASE_URL,
+    AgentTuning,
+    Arch,
+    BaseSource,
+    Cluster,
+    FleetConfig,
+    K3sSource,
+    Network,
+    Output,
+    User,
+)
+from builder.config.values import parse_size
+from firstboot.joinconfig import valid_hostname
+
+
+class FleetReader(DeviceReader):
+    """The whole fleet file; device keys are read by `DeviceReader`."""
+
+    def build(self) -> FleetConfig:
+        raw = self.raw
+        arch: Arch = raw.get("arch", "arm64")
+        devices = tuple(self.device(d, i) for i, d in enumerate(raw.get("devices", [])))
+        self.check_unique_hostnames(devices)
+        devices_file = raw.get("devices_file")
+        canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+        return FleetConfig(
+            source=self.path,
+            name=raw["name"],
+            arch=arch,
+            base=self.base(raw.get("base"), arch),
+            k3s=self.k3s(raw.get("k3s", {})),
+            cluster=self.cluster(raw["cluster"]),
+            users=tuple(self.user(u) for u in raw.get("users", [])),
+            network=self.network(raw.get("network", {})),
+            timezone=raw.get("timezone", "Etc/UTC"),
+            locale=raw.get("locale", "en_US.UTF-8"),
+            hostname_pattern=self.hostname_pattern(raw.get("hostname_pattern", "pi-{serial}")),
+            devices=devices,
+            devices_file=self.rel(devices_file) if devices_file else None,
+            output=self.output(raw.get("output", {})),
+            agent=AgentTuning(
+                backoff_cap=float(raw.get("agent", {}).get("backoff_cap", 60)),
+                clock_sync_timeout=float(raw.get("agent", {}).get("clock_sync_timeout", 120)),
+            ),
+            config_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+        )
+
+    def base(self, value: str | dict[str, Any] | None, arch: str) -> BaseSource:
+        if value is None:
+            return BaseSource(name=f"raspios-trixie-lite-{arch}")
+        if isinstance(value, str):
+            return BaseSource(name=value)
+        chosen = [k for k in ("name", "path", "url") if k in value]
+        if len(chosen) != 1:
+            raise self.fail("base", "give exactly one of name, path or url")
+        if "url" in value and "sha256" not in value:
+            raise self.fail("base.sha256", "required with base.url (every download is verified)")
+        if "os_list" in value and "name" not in value:
+            raise self.fail("base.os_list", "only meaningful with base.name")
+        return BaseSource(
+            name=value.get("name"),
+            path=self.rel(value["path"]) if "path" in value else None,
+            url=value.get("url"),
+            sha256=value.get("sha256", "").lower() or None,
+            os_list=value.get("os_list"),
+        )
+
+    def k3s(self, value: dict[str, Any]) -> K3sSource:
+        chosen = [k for k in ("version", "channel", "binary") if k in value]
+        if len(chosen) > 1:
+            raise self.fail("k3s", f"give only one of version, channel or binary, got {chosen}")
+        if "sha256" in value and "binary" not in value:
+            raise self.fail("k3s.sha256", "only meaningful with k3s.binary")
+        if value.get("test_standin") and "binary" not in value:
+            raise self.fail("k3s.test_standin", "requires k3s.binary (the stand-in file)")
+        airgap = value.get("airgap_images", False)
+        return K3sSource(
+            version=value.get("version"),
+            channel=value.get("channel") or (None if chosen else "stable"),
+            binary=self.rel(value["binary"]) if "binary" in value else None,
+            sha256=value.get("sha256", "").lower() or None,
+            release_url=value.get("release_url", DEFAULT_RELEASE_URL).rstrip("/"),
+            channel_url=value.get("channel_url", DEFAULT_CHANNEL_URL).rstrip("/"),
+            airgap_images=bool(airgap),
+            airgap_path=self.rel(airgap) if isinstance(airgap, str) else None,
+            test_standin=bool(value.get("test_standin", False)),
+        )
+
+    def cluster(self, value: dict[str, Any]) -> Cluster:
+        has_file, has_env = "token_file" in value, "token_env" in value
+        create = self.creation(value)
+        if not create and has_file == has_env:
+            raise self.fail("cluster", "give exactly one of token_file or token_env")
+        return Cluster(
+            server=value["server"].rstrip("/"),
+            token_file=self.rel(value["token_file"]) if has_file else self.created_token(create),
+            token_env=value.get("token_env"),
+            token_in_boot=bool(value.get("token_in_boot", False)),
+            role=value.get("role", "agent"),
+            node_labels=self.labels(value.get("node_labels", {}), "cluster.node_labels"),
+            node_taints=self.taints(value.get("node_taints", []), "cluster.node_taints"),
+            kubelet_args=self.kubelet_args(value.get("kubelet_args", [])),
+            create=create,
+            servers=tuple(value.get("servers", [])),
+            agent_token=bool(value.get("agent_token", False)),
+        )
+
+    def creation(self, value: dict[str, Any]) -> bool:
+        """`create: true` and the keys that go with it, or without it."""
+        if not value.get("create", False):
+            for key in ("servers", "agent_token"):
+                if key in value:
+                    raise self.fail(f"cluster.{key}", "only meaningful with cluster.create: true")
+            return False
+        for key, why in (
+            ("token_file", "the token is cluster/token, made by `pifleet cluster init`"),
+            ("token_env", "the token is cluster/token, made by `pifleet cluster init`"),
+            (
+                "role",
+                "servers get role server from cluster.servers; every other device is an agent",
+            ),
+        ):
+            if key in value:
+                raise self.fail(f"cluster.{key}", f"not with cluster.create: true ({why})")
+        if not value.get("servers"):
+            raise self.fail(
+                "cluster.servers",
+                "required with cluster.create: true (the devices that run k3s server)",
+            )
+        return True
+
+    def created_token(self, create: bool) -> Path | None:
+        return self.dir / "cluster" / "token" if create else None
+
+    def kubelet_args(self, value: list[str]) -> tuple[str, ...]:
+        for i, item in enumerate(value):
+            if not re.match(r"^[a-z0-9][a-z0-9-]*=", item):
+                raise self.fail(f"cluster.kubelet_args[{i}]", f"must be name=value, got {item!r}")
+        return tuple(value)
+
+    def user(self, value: dict[str, Any]) -> User:
+        return User(
+            name=value["name"],
+            ssh_authorized_keys=tuple(value.get("ssh_authorized_keys", [])),
+            sudo=bool(value.get("sudo", False)),
+            groups=tuple(value.get("groups", [])),
+            shell=value.get("shell", "/bin/bash"),
+        )
+
+    def network(self, value: dict[str, Any]) -> Network:
+        return Network(
+            ethernet=value.get("ethernet", "eth0"),
+            wifi=self.wifi(value["wifi"]) if "wifi" in value else None,
+            static=self.static(value["static"], "network.static") if "static" in value else None,
+        )
+
+    def hostname_pattern(self, value: str) -> str:
+        sample = value.replace("{serial}", "0" * 16)
+        if not valid_hostname(sample):
+            raise self.fail(
+                "hostname_pattern",
+                f"gives host names longer than 63 characters or starting/ending with '-': {value!r}",
+            )
+        return value
+
+    def output(self, value: dict[str, Any]) -> Output:
+        size = value.get("size")
+        return Output(
+            dir=self.rel(value.get("dir", "out")),
+            formats=tuple(value.get("formats", ["img"])),
+            bmap=bool(value.get("bmap", True)),
+            size=parse_size(str(size)) if size is not None else None,
+        )

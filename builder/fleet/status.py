@@ -1,0 +1,168 @@
+"""`pifleet status fleet.yaml --kubeconfig FILE`: which of the fleet's devices joined.
+
+The cluster's Nodes are read through the Kubernetes API with the official
+`kubernetes` client and matched against the fleet's devices by name, and by the
+labels every pifleet image gives its node (`builder.config.labels`):
+
+- each device: Ready, NotReady (the failing condition and since when), or never seen;
+- nodes that carry the fleet's label but are not in the inventory;
+- nodes whose image id is not the current build's (an older image).
+
+Exit 0 when every device is Ready, 1 otherwise. `--watch` redraws the table
+as nodes join, with a progress bar toward the fleet's size; `--json` is for
+scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.config.fleet import load
+from builder.config.labels import FLEET, IMAGE, image_id
+from builder.config.model import FleetConfig
+from builder.util.errors import BuildError, UserError
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    name: str
+    state: str  # "Ready", "NotReady", "never seen"
+    reason: str = ""  # the failing Ready condition: reason and message
+    since: str = ""  # lastTransitionTime of the Ready condition
+    image: str = ""  # the node's pifleet/image label
+    current: bool = True  # the node runs the current build's image (or shows no label)
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    fleet: str
+    image: str
+    devices: list[DeviceState]
+    unexpected: list[str]
+
+    @property
+    def ready(self) -> int:
+        return sum(d.state == "Ready" for d in self.devices)
+
+    @property
+    def all_ready(self) -> bool:
+        return self.ready == len(self.devices)
+
+
+def _ready_condition(node: Any) -> Any:
+    for condition in (node.status and node.status.conditions) or []:
+        if condition.type == "Ready":
+            return condition
+    return None
+
+
+def _device_state(name: str, node: Any, current: str) -> DeviceState:
+    if node is None:
+        return DeviceState(name, "never seen")
+    labels = node.metadata.labels or {}
+    image = labels.get(IMAGE, "")
+    condition = _ready_condition(node)
+    since = condition.last_transition_time.isoformat() if condition is not None else ""
+    on_current = image in ("", current)
+    if condition is not None and condition.status == "True":
+        return DeviceState(name, "Ready", since=since, image=image, current=on_current)
+    reason = (
+        f"{condition.reason}: {condition.message}"
+        if condition is not None
+        else "no Ready condition"
+    )
+    return DeviceState(name, "NotReady", reason, since, image, on_current)
+
+
+def fleet_status(config: FleetConfig, nodes: list[Any]) -> FleetStatus:
+    """Match the cluster's `nodes` (V1Node objects) against the fleet's devices."""
+    by_name = {n.metadata.name: n for n in nodes}
+    current = image_id(config)
+    names = [d.hostname for d in config.devices]
+    devices = [_device_state(name, by_name.get(name), current) for name in names]
+    unexpected = sorted(
+        n.metadata.name
+        for n in nodes
+        if (n.metadata.labels or {}).get(FLEET) == config.name and n.metadata.name not in names
+    )
+    return FleetStatus(config.name, current, devices, unexpected)
+
+
+def read_nodes(kubeconfig: Path) -> list[Any]:
+    """Every Node of the cluster `kubeconfig` points at; one-line errors."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+    from urllib3.exceptions import HTTPError
+
+    if not kubeconfig.is_file():
+        raise UserError(f"{kubeconfig}: kubeconfig not found (give --kubeconfig FILE)")
+    try:
+        api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))  # type: ignore[no-untyped-call]
+        return list(api.list_node(_request_timeout=15).items)
+    except ConfigException as exc:
+        raise UserError(f"{kubeconfig}: not a usable kubeconfig: {exc}") from None
+    except client.ApiException as exc:
+        raise BuildError(f"{kubeconfig}: the cluster answered {exc.status} {exc.reason}") from None
+    except (HTTPError, OSError) as exc:
+        raise BuildError(f"{kubeconfig}: cannot reach the cluster: {exc}") from None
+
+
+def _table(status: FleetStatus) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"fleet {status.fleet} (image {status.image})")
+    for column in ("device", "state", "since", "image", "detail"):
+        table.add_column(column)
+    colors = {"Ready": "green", "NotReady": "red", "never seen": "yellow"}
+    for d in status.devices:
+        image = d.image if d.current else f"[red]{d.image} (older)[/red]"
+        state = f"[{colors[d.state]}]{d.state}[/]"
+        table.add_row(d.name, state, d.since, image, d.reason)
+    for name in status.unexpected:
+        table.add_row(name, "[magenta]unexpected[/]", "", "", "fleet label, not in the inventory")
+    table.caption = f"{status.ready}/{len(status.devices)} Ready"
+    return table
+
+
+def _watch(config: FleetConfig, kubeconfig: Path, interval: float) -> FleetStatus:
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    progress = Progress(
+        TextColumn("joined"), BarColumn(), TextColumn("{task.completed}/{task.total}")
+    )
+    task = progress.add_task("ready", total=len(config.devices))
+    status = fleet_status(config, read_nodes(kubeconfig))
+    with Live(Group(_table(status), progress), refresh_per_second=4) as live:
+        while True:
+            progress.update(task, completed=status.ready)
+            live.update(Group(_table(status), progress))
+            if status.all_ready:
+                return status
+            time.sleep(interval)
+            status = fleet_status(config, read_nodes(kubeconfig))
+
+
+def command(args: argparse.Namespace) -> int:
+    config = load(Path(args.config))
+    kubeconfig = Path(args.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config")
+    kubeconfig = kubeconfig.expanduser()
+    if args.watch:
+        status = _watch(config, kubeconfig, args.interval)
+    else:
+        status = fleet_status(config, read_nodes(kubeconfig))
+        if args.json:
+            report = {**asdict(status), "ready": status.ready, "total": len(status.devices)}
+            print(json.dumps(report, indent=2))
+        else:
+            from rich.console import Console
+
+            Console().print(_table(status))
+    return 0 if status.all_ready else 1

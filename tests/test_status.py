@@ -1,0 +1,121 @@
+"""`pifleet status`: the fleet's devices against the cluster's Nodes, read through the
+Kubernetes API that the K3s test server emulates, and cross-checked with the real kubectl."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.config.fleet import load
+from builder.config.labels import IMAGE, fleet_labels
+from builder.testserver.kubeapi import NodeStore
+from builder.testserver.server import K3sTestServer
+from tests.conftest import fleet_yaml, pifleet
+
+DEVICES = "devices:\n  - hostname: edge-001\n  - hostname: edge-002\n  - hostname: edge-003\n"
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Path:
+    (tmp_path / "fleet.yaml").write_text(fleet_yaml(devices=DEVICES))
+    return tmp_path
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[K3sTestServer]:
+    with K3sTestServer(state_dir=tmp_path / "k3s") as s:
+        s.kube.store.grace = 4.0  # the node monitor grace period, short for the test
+        yield s
+
+
+def beat(store: NodeStore) -> None:
+    """edge-001 and edge-999 keep posting status; edge-002 does not."""
+    store.heartbeat("edge-001")
+    store.heartbeat("edge-999")
+
+
+def labels_of(fleet: Path) -> dict[str, str]:
+    return dict(label.split("=", 1) for label in fleet_labels(load(fleet / "fleet.yaml")))
+
+
+def test_ready_notready_never_seen_unexpected_older(fleet: Path, server: K3sTestServer) -> None:
+    labels = labels_of(fleet)
+    store = server.kube.store
+    store.register("edge-001", labels)
+    store.register("edge-002", labels)
+    store.register("edge-999", labels)  # carries the fleet label, not in the inventory
+    time.sleep(4.5)  # edge-002 stops reporting: past the grace period it turns NotReady
+    beat(store)
+
+    done = pifleet(
+        "status", "fleet.yaml", "--kubeconfig", str(server.kubeconfig), "--json", cwd=fleet
+    )
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    states = {d["name"]: d for d in report["devices"]}
+    assert states["edge-001"]["state"] == "Ready"
+    assert states["edge-002"]["state"] == "NotReady"
+    assert states["edge-002"]["reason"].startswith("NodeStatusUnknown")
+    assert states["edge-002"]["since"]
+    assert states["edge-003"]["state"] == "never seen"
+    assert report["unexpected"] == ["edge-999"]
+    assert (report["ready"], report["total"]) == (1, 3)
+
+    beat(store)
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None, "kubectl missing: tools/setup.sh installs kubernetes-client"
+    seen = subprocess.run(
+        [kubectl, "--kubeconfig", str(server.kubeconfig), "get", "nodes", "--no-headers"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rows = {line.split()[0]: line.split()[1] for line in seen.splitlines()}
+    assert rows == {"edge-001": "Ready", "edge-002": "NotReady", "edge-999": "Ready"}
+
+
+def test_all_ready_exits_zero_and_flags_an_older_image(fleet: Path, server: K3sTestServer) -> None:
+    labels = labels_of(fleet)
+    for name in ("edge-001", "edge-002"):
+        server.kube.store.register(name, labels)
+    server.kube.store.register("edge-003", {**labels, IMAGE: "0123456789ab"})
+    done = pifleet("status", "fleet.yaml", "--kubeconfig", str(server.kubeconfig), cwd=fleet)
+    assert done.returncode == 0, done.stderr
+    assert "3/3 Ready" in done.stdout
+    assert "0123456789ab (older)" in done.stdout
+
+
+def test_bad_kubeconfig_and_unreachable_cluster_are_one_line(
+    fleet: Path, server: K3sTestServer
+) -> None:
+    missing = pifleet("status", "fleet.yaml", "--kubeconfig", "nope.yaml", cwd=fleet)
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1 and "kubeconfig not found" in missing.stderr
+    kubeconfig = fleet / "down.yaml"
+    kubeconfig.write_bytes(server.kubeconfig.read_bytes())
+    server.set_down(True)
+    down = pifleet("status", "fleet.yaml", "--kubeconfig", str(kubeconfig), cwd=fleet)
+    assert down.returncode == 1
+    assert down.stderr.count("\n") == 1 and "cannot reach the cluster" in down.stderr
+
+
+def test_api_refuses_without_the_admin_token(server: K3sTestServer) -> None:
+    """Like kube-apiserver with anonymous auth off: no credentials, 401 Status."""
+    kubeconfig = server.kubeconfig.read_text().replace(server.kube.admin_token, "wrong")
+    bad = server.state_dir / "bad.yaml"
+    bad.write_text(kubeconfig)
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None
+    done = subprocess.run(
+        [kubectl, "--kubeconfig", str(bad), "get", "nodes"], capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "You must be logged in to the server" in done.stderr
+
+
+def test_kubeconfig_is_private(server: K3sTestServer) -> None:
+    assert server.kubeconfig.stat().st_mode & 0o777 == 0o600
+    assert (server.state_dir / "kube-admin-token").stat().st_mode & 0o777 == 0o600
