@@ -101,7 +101,18 @@ def _register_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument("--server", required=True, help="https://host:6443")
     check.add_argument("--token-file", required=True)
     check.add_argument("--timeout", type=float, default=10.0)
+    check.add_argument("--role", choices=("agent", "server"), default="agent")
     check.set_defaults(handler="builder.config.token:check_command")
+    pin = tsub.add_parser(
+        "pin", help="pin a token to the server's CA: show its fingerprint, write K10<hash>::..."
+    )
+    pin.add_argument("server", help="https://host:6443")
+    pin.add_argument("--token-file", required=True, help="the token to pin")
+    pin.add_argument("-o", "--output", required=True, help="where the pinned token goes (0600)")
+    pin.add_argument("--yes", action="store_true", help="do not ask (scripts)")
+    pin.add_argument("--role", choices=("agent", "server"), default="agent")
+    pin.add_argument("--timeout", type=float, default=10.0)
+    pin.set_defaults(handler="builder.config.pin:command")
 
 
 def _register_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -43,4 +43,5 @@ def join_config(plan: Plan) -> joinconfig.JoinConfig:
         build_time=plan.epoch,
         backoff_cap=plan.config.agent.backoff_cap,
         clock_sync_timeout=plan.config.agent.clock_sync_timeout,
+        proxy=dict(cluster.proxy),
     )
