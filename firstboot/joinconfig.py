@@ -87,7 +87,7 @@ def load_join_config(data: bytes, where: str = JOIN_CONFIG_PATH) -> JoinConfig:
         raise JoinConfigError(f"{where}: role: must be 'agent' or 'server'")
     for key in ("node_labels", "node_taints", "kubelet_args"):
         _check_str_list(raw, key, where)
-    _check_proxy(raw.get("proxy", {}), where)
+    check_proxy(raw.get("proxy", {}), where)
     return JoinConfig(**raw)
 
 
@@ -132,7 +132,7 @@ def _check_keys(raw: Dict[str, Any], cls: type, where: str) -> None:
 PROXY_NAME = re.compile(r"^(?i:(HTTP|HTTPS|NO)_PROXY)$|^CONTAINERD_[A-Z0-9_]+$")
 
 
-def _check_proxy(value: Any, where: str) -> None:
+def check_proxy(value: Any, where: str) -> None:
     """Names install.sh copies into K3s's env file; values on one line."""
     if not isinstance(value, dict):
         raise JoinConfigError(f"{where}: proxy: must be a mapping of variable names to values")

@@ -115,6 +115,8 @@ class Output:
 class AgentTuning:
     backoff_cap: float
     clock_sync_timeout: float
+    recheck_interval: float = 600.0  # re-check after a final verdict (wrong token, CA mismatch)
+    start_timeout: float = 900.0  # K3s not joined by then: `failed state=start` + its log
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ class FleetReader(DeviceReader):
             agent=AgentTuning(
                 backoff_cap=float(raw.get("agent", {}).get("backoff_cap", 60)),
                 clock_sync_timeout=float(raw.get("agent", {}).get("clock_sync_timeout", 120)),
+                recheck_interval=float(raw.get("agent", {}).get("recheck_interval", 600)),
+                start_timeout=float(raw.get("agent", {}).get("start_timeout", 900)),
             ),
             config_hash=hashlib.sha256(canonical.encode()).hexdigest(),
         )
