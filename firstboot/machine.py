@@ -36,24 +36,13 @@ from firstboot.server import (
 )
 from firstboot.service import ServiceError, ServiceManager
 from firstboot.state import JoinState, StateError, StateStore
+from firstboot.texts import DESCRIPTIONS, KNOWN_FAILURES
 from firstboot.token import Token, TokenError, hash_problem, parse
 
 PINNED_CA = "/var/lib/pifleet/server-ca.pem"
 WANTS_LINK = "/etc/systemd/system/multi-user.target.wants/pifleet-firstboot.service"
 TERMINAL_KINDS = ("ca_mismatch", "token_rejected", "forbidden", "not_k3s")
 REJECTIONS = 3  # 401s in a row before a wrong token is a verdict
-# Lines the K3s agent logs when it cannot join, and what they mean for the operator.
-KNOWN_FAILURES = (
-    (
-        "Node password rejected",
-        "Node password rejected: the server already knows node {node} with another password; "
-        "delete it there (kubectl delete node {node}; kubectl -n kube-system delete secret "
-        "{node}.node-password.k3s) or personalize this device with its stored node password",
-    ),
-    ("token CA hash does not match", "token CA hash does not match the cluster CA certificate"),
-    ("401 Unauthorized", "the server rejected the token (401 Unauthorized)"),
-    ("not authorized", "the server rejected the token (401 not authorized)"),
-)
 
 
 class Agent:
@@ -115,7 +104,7 @@ class Agent:
             while current != "done":
                 self.store.enter(self.state, current)
                 _fault("after", current)
-                self.report.state(current, _DESCRIPTIONS[current])
+                self.report.state(current, DESCRIPTIONS[current])
                 current = self.handlers[current]()
                 _fault("before", current)
             self.store.enter(self.state, "done")
@@ -379,17 +368,6 @@ class Agent:
             + " or "
             + self.join.token_file
         )
-
-
-_DESCRIPTIONS = {
-    "load": "reading the join config and checking the device",
-    "network": "waiting for the network",
-    "clock": "checking the clock",
-    "verify": "pinning the server's CA and proving the token",
-    "configure": "writing the K3s configuration",
-    "start": "starting K3s",
-    "cleanup": "removing join secrets",
-}
 
 
 def _fault(point: str, state: str) -> None:

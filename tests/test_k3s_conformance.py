@@ -40,19 +40,19 @@ def servers(
         server.__exit__(None, None, None)
 
 
-def join_check(server: K3sTestServer, token_text: str, deadline: float) -> list[str]:
-    """The agent's verify step, retried while the server says wait; the kinds it met."""
+def join_check(server: K3sTestServer, token_text: str, deadline: float) -> tuple[bool, list[str]]:
+    """The agent's verify step, retried while the server says wait: (proved, kinds met)."""
     token = parse(token_text)
     seen: list[str] = []
     while True:
         try:
             pin = check_pin(fetch_cacerts(server.url, 3), token)
             prove_token(server.url, token, pinned_context(pin.trust), 3)
-            return seen
+            return True, seen
         except ServerError as exc:
             seen.append(exc.kind)
             if exc.kind != "waiting" or time.monotonic() > deadline:
-                return seen
+                return False, seen
             time.sleep(0.1)
 
 
@@ -70,8 +70,10 @@ def test_joins_every_server_a_k3s_cluster_can_be(
         server.set_phase("core_not_ready", PHASE_SECONDS * 2)
     elif phase == "403-before-apiserver":
         server.set_phase("apiserver_down", PHASE_SECONDS)
-    seen = join_check(server, token, time.monotonic() + 20)
-    assert set(seen) <= {"waiting"}, seen  # joined, after waiting states only
+    joined, seen = join_check(server, token, time.monotonic() + 20)
+    assert joined and set(seen) <= {"waiting"}, seen  # joined, after waiting states only
+    if phase == "ready":
+        assert seen == []
     if phase == "503":
         assert "waiting" in seen
     if phase == "403-before-apiserver":
@@ -92,7 +94,7 @@ def test_final_verdicts(servers: dict[tuple[str, str], K3sTestServer], ca: str, 
     ]
     time.sleep(0.01)
     for token, kind in cases:
-        assert join_check(server, token, time.monotonic() + 5) == [kind]
+        assert join_check(server, token, time.monotonic() + 5) == (False, [kind])
 
 
 @pytest.mark.parametrize(("form", "ca"), list(itertools.product(FORMS, CAS)))
