@@ -361,6 +361,8 @@ class Agent:
                     raise Terminal(path + ": " + str(exc)) from None
                 if hash_problem(token):
                     raise Terminal(path + ": " + hash_problem(token))
+                if self.join.role == "server" and token.bootstrap:
+                    raise Terminal(path + ": a bootstrap token cannot join a server (agents only)")
                 return token
         raise Terminal(
             "no join token at "

@@ -148,3 +148,24 @@ def test_the_standin_refuses_a_wrong_hash_for_a_bundle(
     _, err = proc.communicate()
     assert "token CA hash does not match the Cluster CA certificate hash" in err
     assert "x" not in server.registered_nodes()
+
+
+@pytest.mark.parametrize(("ca", "name"), list(itertools.product(CAS, NAMES)))
+def test_role_server_proves_the_server_token_on_a_server_route(
+    servers: dict[tuple[str, str], K3sTestServer], ca: str, name: str
+) -> None:
+    server = servers[(ca, name)]
+
+    def prove(token_text: str) -> str:
+        token = parse(token_text)
+        pin = check_pin(fetch_cacerts(server.url, 3), token)
+        try:
+            prove_token(server.url, token, pinned_context(pin.trust), 3, role="server")
+        except ServerError as exc:
+            return exc.kind
+        return "ok"
+
+    assert prove(server.mint_token("server")) == "ok"
+    assert prove(server.mint_token("short")) == "ok"  # a short token is the server password
+    assert prove(server.mint_token("server").rsplit(":", 1)[0] + ":wrong") == "token_rejected"
+    assert [r.path for r in server.requests][-1] == "/v1-k3s/encrypt/status"
