@@ -104,12 +104,10 @@ def _register_personalize(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _register_test_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
+    from builder.testserver.serve import add_arguments
+
     p = sub.add_parser("test-server", help="run the K3s test server (a protocol stand-in, not K3s)")
-    p.add_argument("--port", type=int, default=6443)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--state-dir", metavar="DIR", help="keep the CA and registrations here")
-    p.add_argument("--token-out", metavar="FILE", help="write the join token here (0600)")
-    p.add_argument("--san", action="append", default=[], help="extra name or IP in its certificate")
+    add_arguments(p)
     p.set_defaults(handler="builder.testserver.serve:command")
 
 
@@ -121,7 +119,18 @@ def _register_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument("--server", required=True, help="https://host:6443")
     check.add_argument("--token-file", required=True)
     check.add_argument("--timeout", type=float, default=10.0)
+    check.add_argument("--role", choices=("agent", "server"), default="agent")
     check.set_defaults(handler="builder.config.token:check_command")
+    pin = tsub.add_parser(
+        "pin", help="pin a token to the server's CA: show its fingerprint, write K10<hash>::..."
+    )
+    pin.add_argument("server", help="https://host:6443")
+    pin.add_argument("--token-file", required=True, help="the token to pin")
+    pin.add_argument("-o", "--output", required=True, help="where the pinned token goes (0600)")
+    pin.add_argument("--yes", action="store_true", help="do not ask (scripts)")
+    pin.add_argument("--role", choices=("agent", "server"), default="agent")
+    pin.add_argument("--timeout", type=float, default=10.0)
+    pin.set_defaults(handler="builder.config.pin:command")
 
 
 def _register_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -52,6 +52,9 @@ class JoinConfig:
     build_time: int = 0
     backoff_cap: float = 60.0
     clock_sync_timeout: float = 120.0
+    recheck_interval: float = 600.0  # after a final verdict; 0: exit 2 instead (tests)
+    start_timeout: float = 900.0  # K3s not joined by then: report failed state=start
+    proxy: Dict[str, str] = field(default_factory=dict)  # HTTP_PROXY & co. for K3s's env file
     version: int = SCHEMA_VERSION
 
 
@@ -84,6 +87,7 @@ def load_join_config(data: bytes, where: str = JOIN_CONFIG_PATH) -> JoinConfig:
         raise JoinConfigError(f"{where}: role: must be 'agent' or 'server'")
     for key in ("node_labels", "node_taints", "kubelet_args"):
         _check_str_list(raw, key, where)
+    check_proxy(raw.get("proxy", {}), where)
     return JoinConfig(**raw)
 
 
@@ -123,6 +127,22 @@ def _check_keys(raw: Dict[str, Any], cls: type, where: str) -> None:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise JoinConfigError(f"{where}: unknown key {unknown[0]!r}")
+
+
+PROXY_NAME = re.compile(r"^(?i:(HTTP|HTTPS|NO)_PROXY)$|^CONTAINERD_[A-Z0-9_]+$")
+
+
+def check_proxy(value: Any, where: str) -> None:
+    """Names install.sh copies into K3s's env file; values on one line."""
+    if not isinstance(value, dict):
+        raise JoinConfigError(f"{where}: proxy: must be a mapping of variable names to values")
+    for key, item in value.items():
+        if not PROXY_NAME.match(str(key)):
+            raise JoinConfigError(
+                f"{where}: proxy: {key!r} is not HTTP_PROXY, HTTPS_PROXY, NO_PROXY or CONTAINERD_*"
+            )
+        if not isinstance(item, str) or any(c in item for c in "\n\0'"):
+            raise JoinConfigError(f"{where}: proxy.{key}: must be one line without quotes (')")
 
 
 def _check_str_list(raw: Dict[str, Any], key: str, where: str) -> None:

@@ -9,7 +9,7 @@ JSON-quoted scalars, so no value can break its structure.
 from __future__ import annotations
 
 import json
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 CONFIG_PATH = "/etc/rancher/k3s/config.yaml"
 TOKEN_PATH = "/etc/rancher/k3s/join-token"
@@ -82,9 +82,13 @@ def unit_file(role: str, k3s_binary: str) -> bytes:
     ).encode()
 
 
-def env_file() -> bytes:
-    # The token is in TOKEN_PATH (named by config.yaml), never in the environment.
-    return b"# K3s environment (pifleet-firstboot): proxies and the like go here.\n"
+def env_file(proxy: Optional[Dict[str, str]] = None) -> bytes:
+    """install.sh's env file: the proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY,
+    CONTAINERD_*) as `NAME='value'` lines, the form dash's `export` prints. The token is in
+    TOKEN_PATH (named by config.yaml), never in the environment."""
+    lines = ["# K3s environment (pifleet-firstboot), mode 0600 like install.sh's."]
+    lines += [name + "='" + value + "'" for name, value in sorted((proxy or {}).items())]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def merge_labels(fleet: List[str], device: List[str]) -> List[str]:

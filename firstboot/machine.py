@@ -2,17 +2,20 @@
 
 Each state's work is idempotent and the next state is persisted atomically
 before it runs, so a power cut anywhere resumes at the state that was running.
-Waiting states retry with exponential backoff and full jitter. A terminal
-failure (wrong token, CA mismatch, password conflict, failed pre-flight) is
-recorded with a clear reason and stops the agent with exit status 2; the next
-boot tries again from that state, deliberately, once.
+Waiting states (no network, /cacerts 5xx, readyz 404/429/503, a bootstrap token
+before the API server is up, timeouts, TLS resets) retry with exponential
+backoff and full jitter. A final verdict (wrong token answered 401 several times,
+CA mismatch, password conflict, failed pre-flight, K3s not joining within
+start_timeout) is shown on console, journal and `status`, and then re-checked
+every recheck_interval (jittered) from the same state, so a fix made on the
+server later still joins without a reboot. recheck_interval 0 exits with 2
+after the verdict instead (tests, manual runs).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
 import time
 from typing import Callable, Dict, Optional
@@ -22,7 +25,9 @@ from firstboot.clock import Clock, clock_for, synchronized
 from firstboot.paths import Root, remove, write_atomic
 from firstboot.redact import Redactor
 from firstboot.report import Reporter
+from firstboot.retry import AgentLock, Backoff, Terminal, recheck_delay
 from firstboot.server import (
+    Pin,
     ServerError,
     check_pin,
     fetch_cacerts,
@@ -32,42 +37,13 @@ from firstboot.server import (
 )
 from firstboot.service import ServiceError, ServiceManager
 from firstboot.state import JoinState, StateError, StateStore
-from firstboot.token import Token, TokenError, parse
+from firstboot.texts import DESCRIPTIONS, KNOWN_FAILURES
+from firstboot.token import Token, TokenError, hash_problem, parse
 
 PINNED_CA = "/var/lib/pifleet/server-ca.pem"
 WANTS_LINK = "/etc/systemd/system/multi-user.target.wants/pifleet-firstboot.service"
-TERMINAL_KINDS = ("ca_mismatch", "token_rejected", "not_k3s")
-# Lines the K3s agent logs when it cannot join, and what they mean for the operator.
-KNOWN_FAILURES = (
-    (
-        "Node password rejected",
-        "Node password rejected: the server already knows node {node} with another password; "
-        "delete it there (kubectl delete node {node}; kubectl -n kube-system delete secret "
-        "{node}.node-password.k3s) or personalize this device with its stored node password",
-    ),
-    ("token CA hash does not match", "token CA hash does not match the cluster CA certificate"),
-    ("401 Unauthorized", "the server rejected the token (401 Unauthorized)"),
-)
-
-
-class Terminal(Exception):
-    """Stop here: retrying without a change would not help."""
-
-
-class Backoff:
-    """Exponential backoff with full jitter: a thousand devices do not retry in step."""
-
-    def __init__(self, cap: float, sleep: Callable[[float], None], base: float = 1.0) -> None:
-        self.cap = cap
-        self.sleep = sleep
-        self.base = base
-        self.attempt = 0
-
-    def wait(self) -> float:
-        delay = random.uniform(0, min(self.cap, self.base * (2 ** min(self.attempt, 30))))
-        self.attempt += 1
-        self.sleep(delay)
-        return delay
+TERMINAL_KINDS = ("ca_mismatch", "token_rejected", "forbidden", "not_k3s")
+REJECTIONS = 3  # 401s in a row before a wrong token is a verdict
 
 
 class Agent:
@@ -97,6 +73,23 @@ class Agent:
     # -- driver ----------------------------------------------------------------
 
     def run(self) -> int:
+        lock = AgentLock(self.root)
+        if not lock.acquire():
+            self.report.warning("another agent (pid " + lock.holder() + ") holds " + str(lock.path))
+            return 1
+        try:
+            while True:
+                code = self.run_once()
+                if code is not None:
+                    return code
+                if self.join.recheck_interval <= 0:
+                    return 2
+                self.sleep(recheck_delay(self.join.recheck_interval))
+        finally:
+            lock.release()
+
+    def run_once(self) -> Optional[int]:
+        """0 when joined, None after a verdict (reported)."""
         self.state = self.store.load()
         if self.state.state == "done" or self.store.marker.exists():
             self.report.state("done", "already joined as " + str(self.state.node_name))
@@ -113,21 +106,28 @@ class Agent:
             while current != "done":
                 self.store.enter(self.state, current)
                 _fault("after", current)
-                self.report.state(current, _DESCRIPTIONS[current])
+                self.report.state(current, DESCRIPTIONS[current])
                 current = self.handlers[current]()
                 _fault("before", current)
             self.store.enter(self.state, "done")
             self.report.joined(str(self.state.node_name))
             return 0
         except (Terminal, StateError) as exc:
-            return self.fail(current, str(exc))
+            self.fail(current, str(exc))
+            return None
 
-    def fail(self, state: str, reason: str) -> int:
+    def fail(self, state: str, reason: str) -> None:
         self.state.failed_state, self.state.failed_reason = state, reason
         with contextlib.suppress(StateError):  # the reason still reaches console and journal
             self.store.save(self.state)
         self.report.failed(state, reason)
-        return 2
+        if self.join.recheck_interval > 0:
+            self.report.progress(
+                state,
+                "checking again in about "
+                + str(int(self.join.recheck_interval))
+                + " s (no reboot needed)",
+            )
 
     def prepare(self) -> None:
         """Read the join config and the device file (every boot; they hold no state)."""
@@ -229,9 +229,8 @@ class Agent:
         backoff = self.backoff()
         while True:
             try:
-                body = fetch_cacerts(self.server)
-                check_pin(body, self.token())
-                now = server_time(self.server, pinned_context(body, check_time=False))
+                pin = check_pin(fetch_cacerts(self.server), self.token())
+                now = server_time(self.server, pinned_context(pin.trust, check_time=False))
             except ServerError as exc:
                 self.server_problem("clock", exc, backoff)
                 continue
@@ -240,26 +239,34 @@ class Agent:
             return "verify"
 
     def do_verify(self) -> str:
-        token = self.token()
-        if token.ca_hash is None:
-            self.report.warning(
-                "the token carries no CA hash: the server's CA is not pinned (use a K10 token)"
-            )
-        backoff = self.backoff()
+        backoff, rejected = self.backoff(), 0
         while True:
+            token = self.token()
             try:
-                body = fetch_cacerts(self.server)
-                digest = check_pin(body, token)
-                prove_token(self.server, token, pinned_context(body))
+                pin = check_pin(fetch_cacerts(self.server), token)
+                prove_token(self.server, token, pinned_context(pin.trust), role=self.join.role)
             except ServerError as exc:
+                rejected = rejected + 1 if exc.kind == "token_rejected" else 0
+                if 0 < rejected < REJECTIONS:
+                    exc.kind = "waiting"
                 self.server_problem("verify", exc, backoff)
                 continue
-            write_atomic(self.root(PINNED_CA), body, 0o644)
-            self.state.ca_hash = digest
-            self.report.progress(
-                "verify", "server CA pinned (sha256 " + digest[:16] + "...), token accepted"
-            )
+            self.pinned(token, pin)
             return "configure"
+
+    def pinned(self, token: Token, pin: Pin) -> None:
+        write_atomic(self.root(PINNED_CA), pin.trust, 0o644)
+        self.state.ca_hash = pin.ca_hash
+        if token.pinned:
+            text = "server CA pinned (sha256 " + pin.ca_hash[:16] + "...), token accepted"
+        else:
+            self.report.warning(
+                "the token carries no CA hash: nothing proved this server's CA before the "
+                "password was sent (use a K10<hash>:: token, `pifleet token pin`)"
+            )
+            text = "token accepted; the token had no CA hash, so K3s now trusts the CA this "
+            text += "server sent (sha256 " + pin.ca_hash[:16] + "...)"
+        self.report.progress("verify", text)
 
     def server_problem(self, state: str, exc: ServerError, backoff: Backoff) -> None:
         if exc.kind in TERMINAL_KINDS:
@@ -272,7 +279,7 @@ class Agent:
         device_labels = self.device.node_labels if self.device else []
         device_taints = self.device.node_taints if self.device else []
         files = [
-            (k3sfiles.TOKEN_PATH, (self.token().text() + "\n").encode(), 0o600),
+            (k3sfiles.TOKEN_PATH, self.k3s_token(), 0o600),
             (
                 k3sfiles.CONFIG_PATH,
                 k3sfiles.config_yaml(
@@ -284,7 +291,7 @@ class Agent:
                 ),
                 0o600,
             ),
-            (k3sfiles.env_path(role), k3sfiles.env_file(), 0o600),
+            (k3sfiles.env_path(role), k3sfiles.env_file(self.join.proxy), 0o600),
             (k3sfiles.unit_path(role), k3sfiles.unit_file(role, self.join.k3s_binary), 0o644),
         ]
         preseeded = self.read_optional(self.boot_file(joinconfig.BOOT_NODE_PASSWORD_FILE))
@@ -306,13 +313,27 @@ class Agent:
             raise Terminal(str(exc)) from None
         backoff = self.backoff(cap=10.0)
         last = ""
+        deadline = time.monotonic() + self.join.start_timeout
         while True:
             status = self.services.state(unit)
             if status == "active":
                 return "cleanup"
+            journal = self.services.journal(unit, since)
             for needle, message in KNOWN_FAILURES:
-                if any(needle in line for line in self.services.journal(unit, since)):
+                if any(needle in line for line in journal):
                     raise Terminal(message.format(node=self.state.node_name))
+            if time.monotonic() >= deadline:
+                tail = " | ".join(line.strip()[:200] for line in journal[-3:]) or "(no log lines)"
+                raise Terminal(
+                    "K3s has not joined within "
+                    + str(int(self.join.start_timeout))
+                    + " s ("
+                    + unit
+                    + " is "
+                    + status
+                    + "); last K3s log lines: "
+                    + tail
+                )
             if status != last:
                 self.report.progress(
                     "start", "waiting for K3s to register the node (" + unit + " is " + status + ")"
@@ -339,31 +360,32 @@ class Agent:
         except FileNotFoundError:
             return None
 
+    def k3s_token(self) -> bytes:
+        """The token for K3s in the verified K10<hash>:: form, so K3s keeps the pin."""
+        if not self.state.ca_hash:
+            raise Terminal("no verified server CA recorded; verify again")
+        user = "node" if self.join.role == "agent" else "server"
+        return (self.token().pinned_text(self.state.ca_hash, user) + "\n").encode()
+
     def token(self) -> Token:
         for path in (self.boot_file(joinconfig.BOOT_TOKEN_FILE), self.join.token_file):
             raw = self.read_optional(path)
             if raw is not None:
                 try:
-                    return parse(raw.decode("utf-8", "replace"))
+                    token = parse(raw.decode("utf-8", "replace"))
                 except TokenError as exc:
                     raise Terminal(path + ": " + str(exc)) from None
+                if hash_problem(token):
+                    raise Terminal(path + ": " + hash_problem(token))
+                if self.join.role == "server" and token.bootstrap:
+                    raise Terminal(path + ": a bootstrap token cannot join a server (agents only)")
+                return token
         raise Terminal(
             "no join token at "
             + self.boot_file(joinconfig.BOOT_TOKEN_FILE)
             + " or "
             + self.join.token_file
         )
-
-
-_DESCRIPTIONS = {
-    "load": "reading the join config and checking the device",
-    "network": "waiting for the network",
-    "clock": "checking the clock",
-    "verify": "pinning the server's CA and proving the token",
-    "configure": "writing the K3s configuration",
-    "start": "starting K3s",
-    "cleanup": "removing join secrets",
-}
 
 
 def _fault(point: str, state: str) -> None:

@@ -1,18 +1,22 @@
-"""Talking to the K3s server before K3s runs: fetch /cacerts, pin the CA by the token's hash,
-prove the token on /v1-k3s/readyz, read the server's clock.
+"""Talking to the K3s server before K3s runs: fetch /cacerts, pin the CA by the token's hash
+(as K3s hashes it, firstboot/x509.py), prove the token, read the server's clock.
 
 Every failure is a `ServerError` with a kind the caller acts on:
-  unreachable     network or TLS trouble: retry later
-  ca_mismatch     the CA is not the one in the token: possible man-in-the-middle, stop
-  token_rejected  401: the token is wrong, stop
-  not_k3s         the endpoint does not behave like a K3s supervisor, stop
-The token never appears in a message.
+  waiting         network, TLS, timeouts, /cacerts 5xx, readyz 404/429/5xx, a Bearer 403
+                  before the API server is up: retry with backoff
+  token_rejected  401: the credentials are wrong (final once a server says it repeatedly)
+  forbidden       403 for Basic credentials: this user may not use that endpoint
+  ca_mismatch     the CA is not the one in the token: possible man-in-the-middle
+  not_k3s         the endpoint does not behave like a K3s supervisor
+TLS trusts only the pinned CA chain and does not check the host name: a real K3s agent
+talks to the server through its own 127.0.0.1 load balancer, so a DNS alias, a .local
+name, a VIP or a NAT address joins although the certificate does not name it
+(tls-san-security). The token never appears in a message.
 """
 
 from __future__ import annotations
 
 import email.utils
-import hashlib
 import hmac
 import http.client
 import socket
@@ -20,9 +24,11 @@ import ssl
 from typing import Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
+from firstboot import x509
 from firstboot.token import Token
 
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL: trust the pinned CA even when the clock is wrong
+PROOF_PATHS = {"agent": "/v1-k3s/readyz", "server": "/v1-k3s/encrypt/status"}
 
 
 class ServerError(Exception):
@@ -34,7 +40,7 @@ class ServerError(Exception):
 def _split(url: str) -> Tuple[str, int]:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
-        raise ServerError("not_k3s", "server must be an https:// URL: " + url)
+        raise ServerError("not_k3s", "only https:// URLs are supported: " + url)
     return parts.hostname, parts.port or 443
 
 
@@ -54,12 +60,12 @@ def _request(
         return response.status, body, {k.lower(): v for k, v in response.getheaders()}
     except ssl.SSLCertVerificationError as exc:
         raise ServerError(
-            "unreachable",
+            "waiting",
             "TLS verification against the pinned CA failed: " + str(exc.verify_message),
         ) from None
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, http.client.HTTPException) as exc:  # ssl.SSLError is an OSError
         raise ServerError(
-            "unreachable", "cannot reach " + host + ":" + str(port) + ": " + _describe(exc)
+            "waiting", "cannot reach " + host + ":" + str(port) + ": " + _describe(exc)
         ) from None
     finally:
         conn.close()
@@ -82,8 +88,10 @@ def bootstrap_context() -> ssl.SSLContext:
 
 
 def pinned_context(ca_pem: bytes, check_time: bool = True) -> ssl.SSLContext:
-    """TLS that trusts exactly the pinned CA bundle (and checks the host name)."""
+    """TLS that trusts exactly the pinned CA chain; no host name check (see the module doc)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
     context.load_verify_locations(cadata=ca_pem.decode("ascii", "replace"))
     if not check_time:
         context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
@@ -92,6 +100,8 @@ def pinned_context(ca_pem: bytes, check_time: bool = True) -> ssl.SSLContext:
 
 def fetch_cacerts(url: str, timeout: float = 10.0) -> bytes:
     status, body, _ = _request(url, "/cacerts", bootstrap_context(), timeout=timeout)
+    if status >= 500 or status == 429:
+        raise ServerError("waiting", url + "/cacerts answered " + str(status))
     if status != 200 or b"-----BEGIN CERTIFICATE-----" not in body:
         raise ServerError(
             "not_k3s",
@@ -100,35 +110,50 @@ def fetch_cacerts(url: str, timeout: float = 10.0) -> bytes:
     return body
 
 
-def ca_hash(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
+class Pin:
+    """The server's CA: the hash K3s computes for it and the certificates to trust."""
+
+    def __init__(self, body: bytes) -> None:
+        self.ca_hash, self.trust = x509.hash_ca(body)
 
 
-def check_pin(body: bytes, token: Token) -> str:
-    """The CA's hash when it matches the token's (constant-time); ServerError otherwise."""
-    actual = ca_hash(body)
-    if token.ca_hash is not None and not hmac.compare_digest(actual, token.ca_hash):
+def check_pin(body: bytes, token: Token) -> Pin:
+    """The server's CA when it matches the token's hash (constant time); ServerError otherwise."""
+    pin = Pin(body)
+    if token.ca_hash is not None and not hmac.compare_digest(pin.ca_hash, token.ca_hash):
         raise ServerError(
             "ca_mismatch",
-            "token CA hash does not match the server's CA (sha256 " + actual[:16] + "...): "
+            "token CA hash does not match the server's CA (sha256 " + pin.ca_hash[:16] + "...): "
             "possible man-in-the-middle, or a token from another cluster",
         )
-    return actual
+    return pin
 
 
-def prove_token(url: str, token: Token, context: ssl.SSLContext, timeout: float = 10.0) -> None:
+def prove_token(
+    url: str, token: Token, context: ssl.SSLContext, timeout: float = 10.0, role: str = "agent"
+) -> None:
+    """Prove the token as K3s uses it: user `node` on an agent route (Bearer for a bootstrap
+    token), or user `server` on a route K3s guards for servers."""
+    path = PROOF_PATHS[role]
+    user = "node" if role == "agent" else "server"
     status, _body, _ = _request(
-        url, "/v1-k3s/readyz", context, {"Authorization": token.authorization()}, timeout
+        url, path, context, {"Authorization": token.authorization(user)}, timeout
     )
     if status == 200:
         return
     if status == 401:
         raise ServerError("token_rejected", "the server rejected the token (401 Unauthorized)")
+    if status == 403 and token.bootstrap:
+        raise ServerError(
+            "waiting", "bootstrap token not accepted yet (403): the server's API server is not up"
+        )
     if status == 403:
-        raise ServerError("token_rejected", "the server refused the credentials (403 Forbidden)")
-    if status == 404:
-        raise ServerError("not_k3s", url + "/v1-k3s/readyz does not exist: not a K3s server")
-    raise ServerError("unreachable", "the server is not ready (" + str(status) + ")")
+        raise ServerError(
+            "forbidden", "the server refused user " + user + " on " + path + " (403 Forbidden)"
+        )
+    raise ServerError(
+        "waiting", "the server is not ready (" + path + " answered " + str(status) + ")"
+    )
 
 
 def server_time(url: str, context: ssl.SSLContext, timeout: float = 10.0) -> float:
@@ -136,5 +161,5 @@ def server_time(url: str, context: ssl.SSLContext, timeout: float = 10.0) -> flo
     _status, _body, headers = _request(url, "/ping", context, timeout=timeout)
     date = headers.get("date")
     if not date:
-        raise ServerError("unreachable", "the server sent no Date header")
+        raise ServerError("waiting", "the server sent no Date header")
     return email.utils.parsedate_to_datetime(date).timestamp()

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def make_device(
     build_time: int = 1_700_000_000,
     clock_sync_timeout: float = 1.0,
     join: joinconfig.JoinConfig | None = None,
+    recheck_interval: float = 0.0,
+    start_timeout: float = 120.0,
 ) -> Path:
     config = join or joinconfig.JoinConfig(
         server=server.url,
@@ -49,6 +52,8 @@ def make_device(
         build_time=build_time,
         backoff_cap=0.3,
         clock_sync_timeout=clock_sync_timeout,
+        recheck_interval=recheck_interval,
+        start_timeout=start_timeout,
     )
     write(root / "etc/pifleet/join.json", joinconfig.dump_join_config(config))
     boot = root / "boot/firmware/pifleet"
@@ -92,6 +97,7 @@ def write(path: Path, data: bytes, mode: int = 0o644) -> None:
 def agent_env(extra: dict[str, str] | None = None, python: str | None = None) -> dict[str, str]:
     return {
         **os.environ,
+        "K3S_STANDIN_PERIOD": "0.5",
         "PYTHONPATH": str(REPO),
         "PIFLEET_SYSTEMCTL": str(FIXTURES / "systemctl-standin"),
         "PIFLEET_JOURNALCTL": str(FIXTURES / "journalctl-standin"),
@@ -113,6 +119,32 @@ def run_agent(
         timeout=timeout,
         cwd=str(root),
     )
+
+
+def run_until(root: Path, needle: str, timeout: float = 120) -> str:
+    """Run the agent until `needle` appears on its stderr, then kill it; the stderr so far."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firstboot", "run", "--root", str(root)],
+        env=agent_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(root),
+    )
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if needle in line:
+                break
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait()
+    return "".join(seen)
 
 
 def stop_services(root: Path) -> None:
@@ -138,6 +170,14 @@ def texts_under(root: Path) -> dict[Path, bytes]:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def pinned_form(token: str, ca_hash: str, user: str = "node") -> str:
+    """What K3s's token file must hold after the agent verified `token` (K3s's own rewrite)."""
+    from firstboot.token import parse
+
+    parsed = parse(token)
+    return parsed.pinned_text(ca_hash, user)
 
 
 __all__ = ["DEFAULT_NODE", "make_device", "replace", "run_agent", "stop_services"]

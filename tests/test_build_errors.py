@@ -81,7 +81,7 @@ CASES: list[tuple[str, Callable[..., None], str]] = [
     (
         "malformed token",
         lambda d, m: _write(d / "token", b"K10abc::server:x\n"),
-        "malformed secure token",
+        "invalid token CA hash length",
     ),
     (
         "invalid hostname",

@@ -20,7 +20,9 @@ from tests.agent_helpers import (
     REPO,
     agent_env,
     make_device,
+    pinned_form,
     run_agent,
+    run_until,
     states_seen,
     stop_services,
     texts_under,
@@ -63,7 +65,8 @@ def assert_joined(
     assert f'node-name: "{node}"' in config and f'server: "{server.url}"' in config
     assert f'"{label}"' in config and '"max-pods=60"' in config
     assert (root / "etc/rancher/k3s/config.yaml").stat().st_mode & 0o777 == 0o600
-    assert (root / "etc/rancher/k3s/join-token").read_text().strip() == token
+    pinned = pinned_form(token, server.ca_hash)
+    assert (root / "etc/rancher/k3s/join-token").read_text().strip() == pinned
     assert (root / "etc/rancher/k3s/join-token").stat().st_mode & 0o777 == 0o600
     unit = (root / "etc/systemd/system/k3s-agent.service").read_text()
     for line in (
@@ -260,6 +263,10 @@ def test_preflight_failures_are_terminal(
 ) -> None:  # type: ignore[no-untyped-def]
     make_device(device, server, server.mint_token())
     breaks(device)
+    if expected == "not valid JSON":  # no join config, so the default 600 s re-check
+        err = run_until(device, "checking again in about 600 s")
+        assert expected in err and "failed state=load" in err
+        return
     proc = run_agent(device)
     assert proc.returncode == 2
     assert expected in proc.stderr and "failed state=load" in proc.stderr

@@ -51,6 +51,10 @@ class Cluster:
     create: bool = False  # pifleet makes the CA set and token (`pifleet cluster init`)
     servers: tuple[str, ...] = ()  # with create: devices running `k3s server`, first initialises
     agent_token: bool = False  # with create: agents join with a separate agent-only token
+    ca_hash: str | None = None  # pins an unpinned token: the hash K3s computes for /cacerts
+    ca_file: Path | None = None  # pins an unpinned token: the server's server-ca.crt
+    allow_unpinned: bool = False  # join with a token that pins nothing (the operator's choice)
+    proxy: tuple[tuple[str, str], ...] = ()  # HTTP_PROXY & co. for K3s's env file
 
     def role_of(self, hostname: str) -> Literal["agent", "server"]:
         """The K3s role of one device: from `servers` when pifleet creates the cluster."""
@@ -111,6 +115,8 @@ class Output:
 class AgentTuning:
     backoff_cap: float
     clock_sync_timeout: float
+    recheck_interval: float = 600.0  # re-check after a final verdict (wrong token, CA mismatch)
+    start_timeout: float = 900.0  # K3s not joined by then: `failed state=start` + its log
 
 
 @dataclass(frozen=True)

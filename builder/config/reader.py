@@ -60,6 +60,8 @@ class FleetReader(DeviceReader):
             agent=AgentTuning(
                 backoff_cap=self.seconds(raw.get("agent", {}), "backoff_cap", 60),
                 clock_sync_timeout=self.seconds(raw.get("agent", {}), "clock_sync_timeout", 120),
+                recheck_interval=self.seconds(raw.get("agent", {}), "recheck_interval", 600),
+                start_timeout=self.seconds(raw.get("agent", {}), "start_timeout", 900),
             ),
             config_hash=hashlib.sha256(canonical.encode()).hexdigest(),
         )
@@ -129,7 +131,22 @@ class FleetReader(DeviceReader):
             create=create,
             servers=tuple(value.get("servers", [])),
             agent_token=bool(value.get("agent_token", False)),
+            ca_hash=value.get("ca_hash"),
+            ca_file=self.rel(value["ca_file"]) if "ca_file" in value else None,
+            allow_unpinned=bool(value.get("allow_unpinned", False)),
+            proxy=self.proxy(value.get("proxy", {})),
         )
+
+    def proxy(self, value: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        """install.sh's proxy variables; checked with the agent's own rule."""
+        from firstboot.joinconfig import JoinConfigError, check_proxy
+
+        pairs = {str(k): str(v) for k, v in value.items()}
+        try:
+            check_proxy(pairs, "proxy")
+        except JoinConfigError as exc:
+            raise self.fail("cluster.proxy", str(exc).split(": ", 2)[-1]) from None
+        return tuple(sorted(pairs.items()))
 
     def creation(self, value: dict[str, Any]) -> bool:
         """`create: true` and the keys that go with it, or without it."""

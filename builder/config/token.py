@@ -11,7 +11,8 @@ from pathlib import Path
 from builder.config.model import Cluster
 from builder.util.errors import UserError
 from builder.util.secret import Secret
-from firstboot.token import TokenError
+from firstboot import x509
+from firstboot.token import Token, TokenError, hash_problem
 from firstboot.token import parse as parse_token
 
 log = logging.getLogger("pifleet.token")
@@ -32,12 +33,74 @@ def read_token(cluster: Cluster, where: str) -> Secret:
         parsed = parse_token(text)
     except TokenError as exc:
         raise UserError(f"{where}: {key}: {exc}") from None
-    if parsed.ca_hash is None:
-        log.warning(
-            "warning: the join token carries no CA hash, so devices cannot pin the server's CA; "
-            "use the server's K10... secure token"
+    if hash_problem(parsed):
+        raise UserError(f"{where}: {key}: {hash_problem(parsed)}")
+    check_role(parsed, cluster, f"{where}: {key}")
+    return Secret(pinned(parsed, cluster, where, key))
+
+
+def check_role(token: Token, cluster: Cluster, where: str) -> None:
+    """A server joins as user `server` on routes K3s guards for servers (k3s:server)."""
+    if cluster.role != "server" or cluster.create:
+        return
+    if token.bootstrap:
+        raise UserError(
+            f"{where}: a bootstrap token cannot join a server (K3s accepts it for agents only); "
+            "use the server token (K10...::server:...)"
         )
-    return Secret(parsed.text())
+    if token.username == "node":
+        raise UserError(
+            f"{where}: an agent (node) token cannot join a server (servers authenticate as user "
+            "server); use the server token (K10...::server:...)"
+        )
+
+
+def expected_hash(cluster: Cluster, where: str) -> str | None:
+    """The CA hash cluster.ca_hash / cluster.ca_file pin, computed as K3s computes it."""
+    from_file = None
+    if cluster.ca_file is not None:
+        try:
+            body = cluster.ca_file.read_bytes()
+        except OSError as exc:
+            raise UserError(
+                f"{where}: cluster.ca_file: {cluster.ca_file}: {exc.strerror}"
+            ) from None
+        if not x509.split(body):
+            raise UserError(f"{where}: cluster.ca_file: {cluster.ca_file} holds no PEM certificate")
+        from_file = x509.hash_ca(body)[0]
+    if from_file and cluster.ca_hash and from_file != cluster.ca_hash:
+        raise UserError(f"{where}: cluster.ca_hash: differs from the hash of cluster.ca_file")
+    return from_file or cluster.ca_hash
+
+
+def pinned(token: Token, cluster: Cluster, where: str, key: str) -> str:
+    """The token the image carries: pinned to the server's CA, or refused unless allowed."""
+    expected = expected_hash(cluster, where)
+    if token.pinned:
+        if expected and expected != token.ca_hash:
+            raise UserError(
+                f"{where}: {key}: the token's CA hash differs from cluster.ca_hash/ca_file"
+            )
+        return token.text()
+    if expected:
+        return token.pinned_text(expected, "server" if cluster.role == "server" else "node")
+    if cluster.allow_unpinned:
+        log.warning("warning: the join token pins no CA (cluster.allow_unpinned: true)")
+        return token.text()
+    raise UserError(
+        f"{where}: {key}: this {FORM_NAMES[token.form]} carries no CA hash, so a device would "
+        f"send its password to whichever server answers at {cluster.server}; pin it with "
+        f"cluster.ca_hash or cluster.ca_file, or `pifleet token pin {cluster.server} "
+        "--token-file F -o OUT`, or set cluster.allow_unpinned: true"
+    )
+
+
+FORM_NAMES = {
+    "short": "short token",
+    "bootstrap": "bootstrap token",
+    "k10-user": "token",
+    "k10-bootstrap": "token",
+}
 
 
 def _read_file(cluster: Cluster, where: str) -> str:
@@ -78,6 +141,6 @@ def check_command(args: argparse.Namespace) -> int:
     from firstboot.checkserver import check
 
     token = parse_token(read_token_file(Path(args.token_file)).reveal())
-    ok, line = check(args.server, token, args.timeout)
+    ok, line = check(args.server, token, args.timeout, args.role)
     print(line if ok else f"error: {line}")
     return 0 if ok else 1

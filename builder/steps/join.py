@@ -43,4 +43,7 @@ def join_config(plan: Plan) -> joinconfig.JoinConfig:
         build_time=plan.epoch,
         backoff_cap=plan.config.agent.backoff_cap,
         clock_sync_timeout=plan.config.agent.clock_sync_timeout,
+        recheck_interval=plan.config.agent.recheck_interval,
+        start_timeout=plan.config.agent.start_timeout,
+        proxy=dict(cluster.proxy),
     )

@@ -1,41 +1,37 @@
 """A protocol-faithful K3s supervisor for tests and `pifleet boot-test` (not a Kubernetes).
 
-It serves, over real TLS with CAs made by `cryptography`, the endpoints a K3s
-agent touches before it runs anything:
+Over real TLS with CAs made by `cryptography` (ca.py), it answers what a K3s agent touches
+before it runs anything, with the status codes and groups of rules.py (that module's
+table cites the K3s source of every rule):
 
-  GET  /cacerts                        the server CA bundle (no auth): what K10 tokens hash
-  GET  /ping                           "pong" (no auth)
-  GET  /v1-k3s/readyz                  200 with valid credentials, 401 wrong, 403 none
-  GET  /v1-k3s/config                  agent configuration (JSON)
-  GET  /v1-k3s/client-ca.crt           client CA
-  GET  /v1-k3s/server-ca.crt           server CA
-  POST /v1-k3s/serving-kubelet.crt     DER CSR in, signed certificate out
-  POST /v1-k3s/client-kubelet.crt      DER CSR in, signed certificate out; registers the node
+  /cacerts, /ping                      no auth
+  /v1-k3s/{readyz,config,apiservers,client-ca.crt,server-ca.crt}     agent routes
+  /v1-k3s/{serving,client}-kubelet.crt DER CSR in, certificate + CA chain out (node password)
+  /v1-k3s/{server-bootstrap,encrypt/status}                          server routes
+  /api/v1/nodes[/<name>]               the apiserver part: a kubelet (client cert) makes its Node
 
-Credentials: HTTP Basic `node:<password>` or `server:<password>` where the
-password is the cluster token's. CSR posts carry `k3s-Node-Name` and
-`k3s-Node-Password`; the first password seen for a name is kept (hashed) and a
-different one later gets 403 "Node password rejected", like K3s' node-passwd.
+Modes: ca_kind "single" (K3s default) or "bundle" (custom root + intermediate CA);
+named=False serves a certificate that names no address a client uses; phases (seconds
+from the first request, or `set_phase`): cacerts_error (5xx on /cacerts), apiserver_down
+(Bearer -> 403, other paths -> 503), core_not_ready (readyz 503), throttle (429).
 
 Python API:
     with K3sTestServer(port=0, state_dir=path) as server:
-        server.url                  https://127.0.0.1:<port>
-        server.guest_url            https://10.0.2.2:<port> (seen from a QEMU user-mode guest)
-        server.mint_token()         K10<ca hash>::server:<password>;  short=True: password only
-        server.registered_nodes()   names that completed client-kubelet.crt, in order
-        server.set_down(True)       stop listening (unreachable), set_down(False) to come back
-        server.requests             (method, path, authorized?) of every request seen
-The CA, token password and node passwords persist in `state_dir`, so a
-restarted server keeps accepting the same tokens.
+        server.url / server.guest_url   https://127.0.0.1:<port> / https://10.0.2.2:<port>
+        server.mint_token(form)         server (K10..::server:pw), node, bootstrap (K10..::id.secret),
+                                        bare-bootstrap, short
+        server.create_bootstrap_token(ttl)  a new `<id>.<secret>`, like `k3s token create`
+        server.set_password(pw)         change the token password (a token added later)
+        server.registered_nodes()       names the apiserver holds a Node for, in order
+        server.set_down(True/False)     stop listening / listen again on the same port
+        server.requests                 (method, path, authorized?) of every request seen
+CA, passwords, bootstrap tokens and nodes persist in `state_dir`.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime
 import hashlib
 import hmac
-import ipaddress
 import json
 import os
 import secrets
@@ -43,19 +39,23 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from builder.testserver import kubeapi
+from builder.testserver import kubeapi, rules
+from builder.testserver.ca import CertificateAuthority, ServerCA, key_pem, name
+from builder.testserver.handler import Handler
+from builder.util.atomic import write_atomic
 
 GUEST_HOST = "10.0.2.2"  # the host, as QEMU's user-mode network shows it to the guest
+TOKEN_FORMS = ("server", "node", "bootstrap", "bare-bootstrap", "short")
 REJECTED = (
     "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' "
     "may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag"
@@ -71,78 +71,6 @@ class Request:
     node: str | None
 
 
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-class CertificateAuthority:
-    """An ECDSA P-256 CA like K3s' own (k3s-server-ca, k3s-client-ca)."""
-
-    def __init__(self, directory: Path, name: str) -> None:
-        key_path, cert_path = directory / f"{name}.key", directory / f"{name}.crt"
-        if key_path.exists() and cert_path.exists():
-            loaded = serialization.load_pem_private_key(key_path.read_bytes(), None)
-            assert isinstance(loaded, ec.EllipticCurvePrivateKey)
-            self.key = loaded
-            self.cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            return
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = _name(f"{name}@{int(_now().timestamp())}")
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(_now() - datetime.timedelta(days=1))
-            .not_valid_after(_now() + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                critical=True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        key_path.write_bytes(
-            self.key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        key_path.chmod(0o600)
-        cert_path.write_bytes(self.pem)
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(
-        self,
-        subject: x509.Name,
-        public_key: Any,
-        usage: x509.ObjectIdentifier,
-        sans: list[x509.GeneralName] | None = None,
-    ) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.cert.subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(_now() - datetime.timedelta(hours=1))
-            .not_valid_after(_now() + datetime.timedelta(days=365))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return builder.sign(self.key, hashes.SHA256())
-
-
 class K3sTestServer:
     def __init__(
         self,
@@ -150,21 +78,26 @@ class K3sTestServer:
         state_dir: Path | None = None,
         host: str = "127.0.0.1",
         extra_sans: tuple[str, ...] = (),
+        ca_kind: str = "single",
+        named: bool = True,
+        phases: dict[str, float] | None = None,
+        cacerts_error_code: int = 503,
     ) -> None:
         self._tmp = None if state_dir else tempfile.TemporaryDirectory(prefix="pifleet-k3s-")
         self.state_dir = Path(state_dir or self._tmp.name)  # type: ignore[union-attr]
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.host = host
-        self.server_ca = CertificateAuthority(self.state_dir, "server-ca")
+        self.ca = ServerCA(self.state_dir, ca_kind)
         self.client_ca = CertificateAuthority(self.state_dir, "client-ca")
         self.password = self._load_password()
-        self.kube = kubeapi.KubeApi(kubeapi.NodeStore(), self._admin_token())
+        self.phases = rules.Phases(dict(phases or {}))
+        self.cacerts_error_code = cacerts_error_code
         self.requests: list[Request] = []
         self._lock = threading.Lock()
-        self._context = self._serving_context(extra_sans)
+        self.kube = kubeapi.KubeApi(kubeapi.NodeStore(), self._admin_token())
+        self._context = self._serving_context((host, "127.0.0.1", GUEST_HOST, *extra_sans), named)
         self._port = port
         self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -178,17 +111,14 @@ class K3sTestServer:
             self._tmp.cleanup()
 
     def start(self) -> None:
-        handler = type("Handler", (_Handler,), {"server_state": self})
+        handler = type("Handler", (Handler,), {"server_state": self})
         httpd = ThreadingHTTPServer((self.host, self._port), handler)
         httpd.daemon_threads = True
         httpd.socket = self._context.wrap_socket(httpd.socket, server_side=True)
         self._port = httpd.server_address[1]
         self._httpd = httpd
+        threading.Thread(target=httpd.serve_forever, name="k3s-test-server", daemon=True).start()
         self._write_kubeconfig()
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, name="k3s-test-server", daemon=True
-        )
-        self._thread.start()
 
     def stop(self) -> None:
         if self._httpd is not None:
@@ -203,6 +133,12 @@ class K3sTestServer:
         elif self._httpd is None:
             self.start()
 
+    def set_phase(self, phase: str, seconds: float) -> None:
+        self.phases.set(phase, seconds)
+
+    def apiserver_up(self) -> bool:
+        return not self.phases.active("apiserver_down")
+
     @property
     def port(self) -> int:
         return self._port
@@ -215,36 +151,85 @@ class K3sTestServer:
     def guest_url(self) -> str:
         return f"https://{GUEST_HOST}:{self._port}"
 
+    @property
+    def server_ca(self) -> CertificateAuthority:
+        """The CA that signs the serving certificate (k3s-server-ca)."""
+        return self.ca.signer
+
     # -- tokens and records ----------------------------------------------------
 
-    def mint_token(self, short: bool = False, user: str = "server") -> str:
+    def mint_token(self, form: str = "server", *, short: bool = False, user: str = "") -> str:
+        """A join token in one of TOKEN_FORMS (`short=True` and `user=` kept for old callers)."""
         if short:
+            form = "short"
+        elif user:
+            form = user
+        if form not in TOKEN_FORMS:
+            raise ValueError(f"token form must be one of {', '.join(TOKEN_FORMS)}")
+        if form == "short":
             return self.password
-        digest = hashlib.sha256(self.server_ca.pem).hexdigest()
-        return f"K10{digest}::{user}:{self.password}"
+        if form in ("bootstrap", "bare-bootstrap"):
+            token = self.create_bootstrap_token()
+            return token if form == "bare-bootstrap" else f"K10{self.ca.ca_hash}::{token}"
+        return f"K10{self.ca.ca_hash}::{form}:{self.password}"
 
-    def registered_nodes(self) -> list[str]:
-        return list(self._registry().get("registered", []))
-
-    def node_password_hash(self, name: str) -> str | None:
-        known: dict[str, str] = self._registry().get("passwords", {})
-        return known.get(name)
-
-    def preregister(self, name: str, password: str) -> None:
-        """Make the server already know `name` with `password` (a node that joined before)."""
+    def create_bootstrap_token(self, ttl: float = 86400.0, token: str | None = None) -> str:
+        """`k3s token create`: `<id>.<secret>` valid for `ttl` seconds (0: forever)."""
+        if token is None:
+            alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+            token = "".join(secrets.choice(alphabet) for _ in range(6)) + "."
+            token += "".join(secrets.choice(alphabet) for _ in range(16))
+        match = rules.BOOTSTRAP.match(token)
+        if not match:
+            raise ValueError("a bootstrap token is [a-z0-9]{6}.[a-z0-9]{16}")
         with self._lock:
             registry = self._registry()
-            registry.setdefault("passwords", {})[name] = _hash(password)
+            tokens = registry.setdefault("bootstrap", {})
+            if match.group(1) in tokens:
+                raise ValueError(f'a token with id "{match.group(1)}" already exists')
+            tokens[match.group(1)] = [match.group(2), time.time() + ttl if ttl else 0.0]
+            self._save_registry(registry)
+        return token
+
+    def set_password(self, password: str) -> None:
+        """The cluster token's password from now on (and after a restart)."""
+        write_atomic(self.state_dir / "token-password", password.encode() + b"\n", 0o600)
+        self.password = password
+
+    def authenticator(self) -> rules.Authenticator:
+        raw = self._registry().get("bootstrap", {})
+        tokens = {key: (str(v[0]), float(v[1])) for key, v in raw.items()}
+        return rules.Authenticator({"node": self.password, "server": self.password}, tokens)
+
+    @property
+    def ca_hash(self) -> str:
+        return self.ca.ca_hash
+
+    def registered_nodes(self) -> list[str]:
+        return list(self._registry().get("nodes", []))
+
+    def node_password_hash(self, node: str) -> str | None:
+        known: dict[str, str] = self._registry().get("passwords", {})
+        return known.get(node)
+
+    def preregister(self, node: str, password: str) -> None:
+        """Make the server already know `node` with `password` (a node that joined before)."""
+        with self._lock:
+            registry = self._registry()
+            registry.setdefault("passwords", {})[node] = _hash(password)
             self._save_registry(registry)
 
-    # -- internals -------------------------------------------------------------
-
-    def _load_password(self) -> str:
-        path = self.state_dir / "token-password"
-        if not path.exists():
-            path.write_text(secrets.token_hex(16))
-            path.chmod(0o600)
-        return path.read_text().strip()
+    def create_node(self, node: str) -> bool:
+        """The apiserver stores Node `node`; False when it existed."""
+        with self._lock:
+            registry = self._registry()
+            nodes = registry.setdefault("nodes", [])
+            if node in nodes:
+                return False
+            nodes.append(node)
+            self._save_registry(registry)
+        self.kube.store.register(node)
+        return True
 
     def _admin_token(self) -> str:
         """The Kubernetes API's admin bearer token, kept 0600 from its first byte."""
@@ -257,70 +242,27 @@ class K3sTestServer:
 
     def _write_kubeconfig(self) -> None:
         """`<state_dir>/kubeconfig.yaml` (0600): kubectl and `pifleet status` read the nodes."""
-        data = kubeapi.kubeconfig(self.url, self.server_ca.pem, self.kube.admin_token)
-        path = self.state_dir / "kubeconfig.yaml"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        data = kubeapi.kubeconfig(self.url, self.ca.cacerts, self.kube.admin_token)
+        write_atomic(self.state_dir / "kubeconfig.yaml", data, 0o600)
 
     @property
     def kubeconfig(self) -> Path:
         return self.state_dir / "kubeconfig.yaml"
 
-    def _serving_context(self, extra_sans: tuple[str, ...]) -> ssl.SSLContext:
-        key = ec.generate_private_key(ec.SECP256R1())
-        sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.DNSName("kubernetes")]
-        for item in ("127.0.0.1", GUEST_HOST, *extra_sans):
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(item)))
-            except ValueError:
-                sans.append(x509.DNSName(item))
-        cert = self.server_ca.issue(
-            _name("k3s"), key.public_key(), x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, sans
+    def record(self, handler: Any, route: rules.Route, denied: int) -> None:
+        headers = handler.headers
+        authorized = route.kind != "open" and denied == 0
+        had = headers.get("Authorization") is not None
+        entry = Request(
+            handler.command, handler.path, authorized, had, headers.get("k3s-Node-Name")
         )
-        cert_file = self.state_dir / "serving.crt"
-        key_file = self.state_dir / "serving.key"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + self.server_ca.pem)
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        key_file.chmod(0o600)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert_file, key_file)
-        return context
+        with self._lock:
+            self.requests.append(entry)
 
-    def _registry(self) -> dict[str, Any]:
-        path = self.state_dir / "registry.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+    # -- certificates ----------------------------------------------------------
 
-    def _save_registry(self, registry: dict[str, Any]) -> None:
-        path = self.state_dir / "registry.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(registry, indent=2, sort_keys=True))
-        tmp.replace(path)
-
-    def check_credentials(self, header: str | None) -> int:
-        """200 when the Authorization header carries the cluster password, 401 wrong, 403 none."""
-        if not header:
-            return 403
-        scheme, _, value = header.partition(" ")
-        if scheme == "Basic":
-            try:
-                user, _, password = base64.b64decode(value).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                return 401
-            if user in ("node", "server") and hmac.compare_digest(password, self.password):
-                return 200
-        return 401
-
-    def sign_node_csr(self, kind: str, name: str, password: str, der: bytes) -> tuple[int, bytes]:
-        """(status, body) for a serving/client kubelet CSR from node `name`."""
+    def sign_node_csr(self, kind: str, node: str, password: str, der: bytes) -> tuple[int, bytes]:
+        """(status, body) for a serving/client kubelet CSR from node `node`."""
         try:
             csr = x509.load_der_x509_csr(der)
         except ValueError:
@@ -329,122 +271,60 @@ class K3sTestServer:
             return 400, b"certificate signing request signature is invalid\n"
         with self._lock:
             registry = self._registry()
-            known = registry.setdefault("passwords", {}).get(name)
+            known = registry.setdefault("passwords", {}).get(node)
             if known is not None and not hmac.compare_digest(known, _hash(password)):
                 return 403, (REJECTED + "\n").encode()
-            registry["passwords"][name] = _hash(password)
-            if kind == "client":
-                nodes = registry.setdefault("registered", [])
-                if name not in nodes:
-                    nodes.append(name)
+            registry["passwords"][node] = _hash(password)
             self._save_registry(registry)
-        if kind == "client":
-            self.kube.store.register(name)
         if kind == "client":
             subject = x509.Name(
                 [
                     x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{name}"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node}"),
                 ]
             )
-            cert = self.client_ca.issue(
-                subject, csr.public_key(), x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
-            )
-            chain = self.client_ca.pem
+            usage, ca = ExtendedKeyUsageOID.CLIENT_AUTH, self.client_ca
+            cert = ca.issue(subject, csr.public_key(), usage)
+            chain = ca.pem
         else:
+            sans: list[x509.GeneralName] = [x509.DNSName(node), x509.DNSName("localhost")]
             cert = self.server_ca.issue(
-                _name(name),
-                csr.public_key(),
-                x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
-                [x509.DNSName(name)],
+                name(node), csr.public_key(), ExtendedKeyUsageOID.SERVER_AUTH, sans
             )
-            chain = self.server_ca.pem
+            chain = self.ca.cacerts
         return 200, cert.public_bytes(serialization.Encoding.PEM) + chain
 
-    def record(self, request: Request) -> None:
-        with self._lock:
-            self.requests.append(request)
+    # -- internals -------------------------------------------------------------
+
+    def _load_password(self) -> str:
+        path = self.state_dir / "token-password"
+        if not path.exists():
+            write_atomic(path, (secrets.token_hex(16) + "\n").encode(), 0o600)
+        return path.read_text().strip()
+
+    def _serving_context(self, hosts: tuple[str, ...], named: bool) -> ssl.SSLContext:
+        chain, key = self.ca.serving_chain(hosts, named)
+        cert_file = self.state_dir / "serving.crt"
+        key_file = self.state_dir / "serving.key"
+        write_atomic(cert_file, chain, 0o644)
+        write_atomic(key_file, key_pem(key), 0o600)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        context.load_verify_locations(cadata=self.client_ca.pem.decode())
+        context.verify_mode = ssl.CERT_OPTIONAL  # kubelets present client-ca certificates
+        return context
+
+    def _registry(self) -> dict[str, Any]:
+        path = self.state_dir / "registry.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _save_registry(self, registry: dict[str, Any]) -> None:
+        data = json.dumps(registry, indent=2, sort_keys=True).encode()
+        write_atomic(self.state_dir / "registry.json", data, 0o600)
 
 
 def _hash(password: str) -> str:
     return hashlib.sha256(password.encode()).hexdigest()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_state: K3sTestServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # requests are recorded, never printed (they carry credentials)
-
-    def _reply(self, status: int, body: bytes, kind: str = "text/plain") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _record(self, authorized: bool, node: str | None = None) -> None:
-        had = self.headers.get("Authorization") is not None
-        self.server_state.record(Request(self.command, self.path, authorized, had, node))
-
-    def do_GET(self) -> None:
-        state = self.server_state
-        if self.path == "/cacerts":
-            self._record(False)
-            return self._reply(200, state.server_ca.pem)
-        if self.path == "/ping":
-            self._record(False)
-            return self._reply(200, b"pong")
-        if state.kube.handles(self.path):
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            return kubeapi.send(self, state.kube.answer("GET", self.path, headers))
-        auth = state.check_credentials(self.headers.get("Authorization"))
-        self._record(auth == 200)
-        if self.path not in _AUTHENTICATED_GETS:
-            return self._reply(404, b"404 page not found\n")
-        if auth != 200:
-            return self._reply(auth, b"Unauthorized\n" if auth == 401 else b"Forbidden\n")
-        if self.path == "/v1-k3s/readyz":
-            return self._reply(200, b"ok")
-        if self.path == "/v1-k3s/config":
-            config = {
-                "ClusterDomain": "cluster.local",
-                "ClusterDNS": "10.43.0.10",
-                "ServiceCIDR": "10.43.0.0/16",
-            }
-            return self._reply(200, json.dumps(config).encode(), "application/json")
-        ca = state.client_ca if self.path.endswith("client-ca.crt") else state.server_ca
-        return self._reply(200, ca.pem)
-
-    def do_POST(self) -> None:
-        state = self.server_state
-        length = int(self.headers.get("Content-Length", "0"))
-        body = self.rfile.read(length) if length else b""
-        kind = {
-            "/v1-k3s/serving-kubelet.crt": "serving",
-            "/v1-k3s/client-kubelet.crt": "client",
-        }.get(self.path)
-        node = self.headers.get("k3s-Node-Name")
-        auth = state.check_credentials(self.headers.get("Authorization"))
-        self._record(auth == 200, node)
-        if kind is None:
-            return self._reply(404, b"404 page not found\n")
-        if auth != 200:
-            return self._reply(auth, b"Unauthorized\n" if auth == 401 else b"Forbidden\n")
-        password = self.headers.get("k3s-Node-Password")
-        if not node or not password:
-            return self._reply(400, b"missing k3s-Node-Name or k3s-Node-Password\n")
-        status, reply = state.sign_node_csr(kind, node, password, body)
-        return self._reply(status, reply)
-
-
-_AUTHENTICATED_GETS = {
-    "/v1-k3s/readyz",
-    "/v1-k3s/config",
-    "/v1-k3s/client-ca.crt",
-    "/v1-k3s/server-ca.crt",
-}
 
 
 def free_port() -> int:

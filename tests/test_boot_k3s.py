@@ -1,0 +1,117 @@
+"""QEMU boots against K3s servers as they really are: one golden image, built once for the
+module, and per boot a test server in another mode and a token through the boot partition.
+
+(a) bootstrap token + custom CA bundle (root + intermediate) + an address the certificate
+    does not name (the guest reaches the host as 10.0.2.2);
+(b) /cacerts answers 503 for 60 s, then a Bearer token gets 403 for 60 s (API server down);
+(c) a wrong password: reported clearly, then joins without a reboot once the test server's
+    password is switched mid-boot (marked `faults`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from builder.qemu import base
+from builder.qemu.boottest import BootOptions, BootResult, boot_test
+from builder.testserver.server import K3sTestServer
+from builder.util.secret import Secret
+from tests.conftest import pifleet
+from tests.test_boot import BOOT_TIMEOUT, DEVICE, fleet_yaml
+
+pytestmark = pytest.mark.slow
+RECHECK = 15  # agent.recheck_interval of the golden image (seconds)
+
+
+@pytest.fixture(scope="module")
+def golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One personalized image for every boot here; each boot runs on its own qcow2 overlay."""
+    work = tmp_path_factory.mktemp("k3s-golden")
+    token = work / "token"
+    token.write_text(K3sTestServer(state_dir=work / "ca").mint_token() + "\n")
+    token.chmod(0o600)
+    text = fleet_yaml("arm64", base.ensure_base("arm64"))
+    (work / "fleet.yaml").write_text(text + f"agent: {{recheck_interval: {RECHECK}}}\n")
+    built = pifleet("build", "fleet.yaml", cwd=work)
+    assert built.returncode == 0, built.stderr
+    image = work / f"{DEVICE}.img"
+    made = pifleet(
+        "personalize", "out/boot-fleet.img", "--config", "fleet.yaml", "--device", DEVICE,
+        "-o", str(image), cwd=work,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return image
+
+
+def boot(image: Path, server: K3sTestServer, token: str, tmp: Path, **kw: object) -> BootResult:
+    opts = BootOptions(
+        image=image, timeout=float(BOOT_TIMEOUT), keep=tmp / "vm", test_server=server,
+        token=Secret(token), **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return boot_test(opts)
+
+
+def agent_lines(result: BootResult) -> list[str]:
+    return [ln for ln in result.console if "pifleet-firstboot:" in ln]
+
+
+def test_bootstrap_token_custom_ca_bundle_unnamed_address(golden: Path, tmp_path: Path) -> None:
+    with K3sTestServer(state_dir=tmp_path / "s", ca_kind="bundle", named=False) as server:
+        token = server.mint_token("bootstrap")
+        result = boot(golden, server, token, tmp_path)
+        assert result.passed and result.joined, (result.failure, result.tail())
+        assert server.registered_nodes() == [DEVICE]
+        lines = "\n".join(agent_lines(result))
+        assert f"server CA pinned (sha256 {server.ca_hash[:16]}" in lines
+        bearer = [r for r in server.requests if r.path == "/v1-k3s/readyz"]
+        assert bearer and all(r.authorized for r in bearer)
+        secret = token.rsplit(".", 1)[1]
+        assert secret not in "\n".join(result.console)
+
+
+def test_cacerts_503_then_bearer_403_then_joins(golden: Path, tmp_path: Path) -> None:
+    phases = {"cacerts_error": 60.0, "apiserver_down": 120.0}
+    with K3sTestServer(state_dir=tmp_path / "s", phases=phases) as server:
+        result = boot(golden, server, server.mint_token("bootstrap"), tmp_path)
+        assert result.passed and result.joined, (result.failure, result.tail())
+        lines = "\n".join(agent_lines(result))
+        assert "/cacerts answered 503" in lines
+        assert "bootstrap token not accepted yet (403)" in lines
+        assert "failed state=" not in lines
+        marks = dict(result.milestones)
+        assert marks["joined"] - marks["agent: verify"] >= 100.0
+        assert server.registered_nodes() == [DEVICE]
+
+
+@pytest.mark.faults
+def test_wrong_password_reported_then_joins_without_a_reboot(
+    golden: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The third boot costs ~4 minutes of CI: it runs when asked for, `pytest -m faults`."""
+    if "faults" not in str(request.config.getoption("markexpr") or ""):
+        pytest.skip("a fault-injection boot; run it with -m faults")
+    with K3sTestServer(state_dir=tmp_path / "s") as server:
+        later = "a-token-the-operator-adds-on-the-server-later"
+        token = server.mint_token().rsplit(":", 1)[0] + ":" + later
+        switched: list[float] = []
+
+        def on_milestone(name: str, at: float) -> None:
+            if name == "agent failed: verify":
+                server.set_password(later)
+                switched.append(at)
+
+        opts = BootOptions(
+            image=golden, timeout=float(BOOT_TIMEOUT), keep=tmp_path / "vm", test_server=server,
+            token=Secret(token), tolerate_failures=True,
+        )  # fmt: skip
+        result = boot_test(opts, on_milestone)
+        assert switched, result.tail()
+        assert result.passed and result.joined, (result.failure, result.tail())
+        assert any("reason=the server rejected the token (401" in v for v in result.verdicts)
+        lines = "\n".join(agent_lines(result))
+        assert f"checking again in about {RECHECK} s (no reboot needed)" in lines
+        assert lines.count("state=load") == 1, "joined without a reboot or agent restart"
+        assert later not in "\n".join(result.console)
+        assert server.registered_nodes() == [DEVICE] and result.node == DEVICE
