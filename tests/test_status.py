@@ -3,9 +3,11 @@ Kubernetes API that the K3s test server emulates, and cross-checked with the rea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,13 +38,35 @@ def server(tmp_path: Path) -> Iterator[K3sTestServer]:
         yield s
 
 
-def beat(store: NodeStore) -> None:
-    """edge-001 and edge-999 keep posting status; edge-002 does not."""
-    store.heartbeat("edge-001")
-    store.heartbeat("edge-999")
+@contextlib.contextmanager
+def kubelets(store: NodeStore, *names: str) -> Iterator[None]:
+    """These nodes keep posting their status (every 0.5 s) while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(0.5):
+            for name in names:
+                store.heartbeat(name)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 GOLDEN = "c0ffee" * 10 + "beef"  # the fleet's current golden image, as SHA256SUMS lists it
+
+
+def kubectl_nodes(server: K3sTestServer) -> str:
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None, "kubectl missing: tools/setup.sh installs kubernetes-client"
+    return subprocess.run(
+        [kubectl, "--kubeconfig", str(server.kubeconfig), "get", "nodes", "--no-headers"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
 
 
 def labels_of(fleet: Path) -> dict[str, str]:
@@ -57,12 +81,12 @@ def test_ready_notready_never_seen_unexpected_older(fleet: Path, server: K3sTest
     store.register("edge-001", labels)
     store.register("edge-002", labels)
     store.register("edge-999", labels)  # carries the fleet label, not in the inventory
-    time.sleep(4.5)  # edge-002 stops reporting: past the grace period it turns NotReady
-    beat(store)
-
-    done = pifleet(
-        "status", "fleet.yaml", "--kubeconfig", str(server.kubeconfig), "--json", cwd=fleet
-    )
+    with kubelets(store, "edge-001", "edge-999"):  # edge-002 stops reporting
+        time.sleep(4.5)  # past the grace period edge-002 turns NotReady
+        done = pifleet(
+            "status", "fleet.yaml", "--kubeconfig", str(server.kubeconfig), "--json", cwd=fleet
+        )
+        seen = kubectl_nodes(server)
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
     states = {d["name"]: d for d in report["devices"]}
@@ -74,13 +98,6 @@ def test_ready_notready_never_seen_unexpected_older(fleet: Path, server: K3sTest
     assert report["unexpected"] == ["edge-999"]
     assert (report["ready"], report["total"]) == (1, 3)
 
-    beat(store)
-    kubectl = shutil.which("kubectl")
-    assert kubectl is not None, "kubectl missing: tools/setup.sh installs kubernetes-client"
-    seen = subprocess.run(
-        [kubectl, "--kubeconfig", str(server.kubeconfig), "get", "nodes", "--no-headers"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
     rows = {line.split()[0]: line.split()[1] for line in seen.splitlines()}
     assert rows == {"edge-001": "Ready", "edge-002": "NotReady", "edge-999": "Ready"}
 
@@ -90,7 +107,8 @@ def test_all_ready_exits_zero_and_flags_an_older_image(fleet: Path, server: K3sT
     for name in ("edge-001", "edge-002"):
         server.kube.store.register(name, labels)
     server.kube.store.register("edge-003", {**labels, IMAGE: "0123456789ab"})
-    done = pifleet("status", "fleet.yaml", "--kubeconfig", str(server.kubeconfig), cwd=fleet)
+    with kubelets(server.kube.store, "edge-001", "edge-002", "edge-003"):
+        done = pifleet("status", "fleet.yaml", "--kubeconfig", str(server.kubeconfig), cwd=fleet)
     assert done.returncode == 0, done.stderr
     assert "3/3 Ready" in done.stdout
     assert "0123456789ab (older)" in done.stdout
