@@ -4,6 +4,7 @@ The decisions (who may call what) are in rules.py; the state in server.py."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -20,6 +21,12 @@ NODE_CERTS = {"serving-kubelet.crt": "serving", "client-kubelet.crt": "client"}
 class Handler(BaseHTTPRequestHandler):
     server_state: Any  # the K3sTestServer (server.py imports this module, not the reverse)
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        handshake = getattr(self.request, "do_handshake", None)
+        if handshake is not None:
+            handshake()  # TLS, in this connection's own thread (server.py)
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # requests are recorded, never printed (they carry credentials)
@@ -82,7 +89,7 @@ class Handler(BaseHTTPRequestHandler):
         )
         if where.kind == "apiserver":
             state.record(self, where, caller.error)
-            return self._apiserver(caller, body)
+            return self._admitted(lambda: self._apiserver(caller, body))
         allowed = {
             "agent": rules.AGENT_GROUPS,
             "server": rules.SERVER_GROUPS,
@@ -95,10 +102,31 @@ class Handler(BaseHTTPRequestHandler):
         if where.method is not None and self.command != where.method:
             return self._error(405, f"method {self.command} not allowed")
         if where.kind == "agent" and state.phases.active("throttle"):
-            return self._error(429, "Too many requests, please try again later.")
+            return self._too_many()
         if where.kind == "agent":
-            return self._agent(where.name, caller, body)
+            return self._admitted(lambda: self._agent(where.name, caller, body))
         return self._server_route(where.name)
+
+    def _too_many(self) -> None:
+        """429 as k8s WithMaxInFlightLimit answers it (K3s auth.MaxInFlight)."""
+        retry = str(self.server_state.admission.retry_after)
+        self._reply(
+            429,
+            rules.status_body(429, "Too many requests, please try again later."),
+            "application/json",
+            {"Retry-After": retry},
+        )
+
+    def _admitted(self, answer: Callable[[], None]) -> None:
+        """`answer` while holding an in-flight slot for the service time; 429 when none is free."""
+        admission = self.server_state.admission
+        if not admission.enter():
+            return self._too_many()
+        started = admission.serve()
+        try:
+            answer()
+        finally:
+            admission.leave(started)
 
     def _open(self, where: rules.Route) -> None:
         state = self.server_state

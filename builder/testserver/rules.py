@@ -17,7 +17,9 @@ router = pkg/server/router.go, later pkg/server/handlers/router.go):
 | server routes (server-bootstrap, encrypt/status; token, encrypt/config, cert/cacerts are PUT only): k3s:server | router.go (serverAuthed); handlers/token.go; secrets-encrypt.go; handlers/cert.go |
 | /v1-k3s/connect: system:nodes only | router.go (nodeAuthed) |
 | readyz: 503 `runtime core not ready` until the core runs, then 200 `ok` | handlers.go:Readyz |
-| agent routes over the in-flight limit -> 429 with Retry-After: 1 (here: the throttle phase) | handlers/router.go (auth.MaxInFlight) |
+| agent routes over the in-flight limit -> 429 with Retry-After: 1 (here: the throttle phase, or max_inflight) | handlers/router.go (auth.MaxInFlight) |
+| in-flight limit: a counter; one request over it is refused at once (no queue) with 429, a Status body `Too many requests, please try again later.` (reason TooManyRequests) and `Retry-After` (K3s and k8s: 1 s); long-running requests exempt (none here) | pkg/server/auth/auth.go:MaxInFlight -> k8s apiserver/pkg/server/filters/maxinflight.go:WithMaxInFlightLimit, tooManyRequests |
+| the limit applies after authentication, to agent routes (K3s: 20 read-only + 10 mutating, two pools; here ONE pool of max_inflight) and to the apiserver (kube-apiserver --max-requests-inflight 400 + --max-mutating-requests-inflight 200); /cacerts, /ping have none | handlers/router.go (authed.Use); k8s cmd/kube-apiserver/app/options (GenericServerRunOptions); server/config.go:DefaultBuildHandlerChain |
 | bootstrap tokens `[a-z0-9]{6}.[a-z0-9]{16}`, checked by the apiserver: secret match, not expired -> system:bootstrappers | pkg/kubeadm/token.go; k8s plugin/pkg/auth/authenticator/token/bootstrap |
 | kubelet certs: `k3s-Node-Name` / `k3s-Node-Password` required (400), core not ready -> 503, stored password differs -> 403 | pkg/nodepassword/validate.go:GetNodeAuthValidator |
 | kubelet cert auth: the cert's node name must equal the header's (400) | validate.go (header node name does not match) |

@@ -52,12 +52,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             help=what + " (from the first request)",
         )
     p.add_argument("--cacerts-error-code", type=int, default=503, metavar="CODE")
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=0,
+        metavar="N",
+        help="at most N agent/apiserver requests at once, the rest 429 + Retry-After (0: no limit)",
+    )
+    p.add_argument(
+        "--service-time",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="each admitted request holds its in-flight slot this long",
+    )
+    p.add_argument(
+        "--retry-after", type=int, default=1, metavar="SECONDS", help="(default 1, as K3s)"
+    )
 
 
 def command(args: argparse.Namespace) -> int:
     from builder.testserver.server import K3sTestServer
     from builder.util.atomic import write_atomic
+    from builder.util.errors import UserError
 
+    for flag in ("max_inflight", "service_time", "retry_after"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"test-server: --{flag.replace('_', '-')} must be >= 0")
     state_dir = Path(args.state_dir) if args.state_dir else None
     phases = {
         phase: getattr(args, attr) for phase, attr in PHASE_FLAGS.items() if getattr(args, attr)
@@ -71,6 +92,9 @@ def command(args: argparse.Namespace) -> int:
         named=not args.unnamed,
         phases=phases,
         cacerts_error_code=args.cacerts_error_code,
+        max_inflight=args.max_inflight,
+        service_time=args.service_time,
+        retry_after=args.retry_after,
     ) as server:
         token_out = Path(args.token_out) if args.token_out else server.state_dir / "token"
         write_atomic(token_out, (server.mint_token(args.token_form) + "\n").encode(), 0o600)

@@ -14,6 +14,9 @@ Modes: ca_kind "single" (K3s default) or "bundle" (custom root + intermediate CA
 named=False serves a certificate that names no address a client uses; phases (seconds
 from the first request, or `set_phase`): cacerts_error (5xx on /cacerts), apiserver_down
 (Bearer -> 403, other paths -> 503), core_not_ready (readyz 503), throttle (429).
+Admission (admission.py): max_inflight requests at once on agent and apiserver routes, the
+rest 429 with `Retry-After: retry_after`; each admitted one held `service_time` seconds;
+`server.admission.stats()` has the peak in flight and the refused count.
 
 Python API:
     with K3sTestServer(port=0, state_dir=path) as server:
@@ -37,6 +40,7 @@ import os
 import secrets
 import socket
 import ssl
+import sys
 import tempfile
 import threading
 import time
@@ -50,6 +54,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from builder.testserver import kubeapi, rules
+from builder.testserver.admission import Admission
 from builder.testserver.ca import CertificateAuthority, ServerCA, key_pem, name
 from builder.testserver.handler import Handler
 from builder.util.atomic import write_atomic
@@ -82,6 +87,9 @@ class K3sTestServer:
         named: bool = True,
         phases: dict[str, float] | None = None,
         cacerts_error_code: int = 503,
+        max_inflight: int = 0,
+        service_time: float = 0.0,
+        retry_after: int = 1,
     ) -> None:
         self._tmp = None if state_dir else tempfile.TemporaryDirectory(prefix="pifleet-k3s-")
         self.state_dir = Path(state_dir or self._tmp.name)  # type: ignore[union-attr]
@@ -92,6 +100,7 @@ class K3sTestServer:
         self.password = self._load_password()
         self.phases = rules.Phases(dict(phases or {}))
         self.cacerts_error_code = cacerts_error_code
+        self.admission = Admission(max_inflight, service_time, retry_after)
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self.kube = kubeapi.KubeApi(kubeapi.NodeStore(), self._admin_token())
@@ -112,9 +121,11 @@ class K3sTestServer:
 
     def start(self) -> None:
         handler = type("Handler", (Handler,), {"server_state": self})
-        httpd = ThreadingHTTPServer((self.host, self._port), handler)
+        httpd = _Listener((self.host, self._port), handler)
         httpd.daemon_threads = True
-        httpd.socket = self._context.wrap_socket(httpd.socket, server_side=True)
+        httpd.socket = self._context.wrap_socket(
+            httpd.socket, server_side=True, do_handshake_on_connect=False
+        )  # the handshake runs in the connection's thread (Handler.setup), as in Go
         self._port = httpd.server_address[1]
         self._httpd = httpd
         threading.Thread(target=httpd.serve_forever, name="k3s-test-server", daemon=True).start()
@@ -321,6 +332,14 @@ class K3sTestServer:
     def _save_registry(self, registry: dict[str, Any]) -> None:
         data = json.dumps(registry, indent=2, sort_keys=True).encode()
         write_atomic(self.state_dir / "registry.json", data, 0o600)
+
+
+class _Listener(ThreadingHTTPServer):
+    request_queue_size = 4096  # a storm of connects waits in the backlog (Go: somaxconn)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # a failed handshake is the client's
+            super().handle_error(request, client_address)
 
 
 def _hash(password: str) -> str:
