@@ -272,7 +272,7 @@ class Agent:
         if exc.kind in TERMINAL_KINDS:
             raise Terminal(str(exc))
         self.report.progress(state, "waiting for the server: " + str(exc))
-        backoff.wait()
+        backoff.wait(exc.retry_after)
 
     def do_configure(self) -> str:
         role, node = self.join.role, str(self.state.node_name)

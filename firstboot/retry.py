@@ -12,6 +12,10 @@ from typing import Callable, Optional
 from firstboot.paths import Root
 
 LOCK_FILE = "/run/pifleet/agent.lock"
+# After a 429 the server is up and has said when to come back: the jitter window on top of
+# its Retry-After stops growing here, so a throttled fleet keeps the server busy instead of
+# idling it behind minute-long waits (bench/join_storm.py measures both ends).
+THROTTLED_WINDOW = 15.0
 
 
 class Terminal(Exception):
@@ -19,17 +23,35 @@ class Terminal(Exception):
 
 
 class Backoff:
-    """Exponential backoff with full jitter: a thousand devices do not retry in step."""
+    """Exponential backoff with full jitter: a thousand devices do not retry in step.
+    `at_least` (the server's Retry-After) comes first and the jittered backoff on top, so a
+    throttled device never returns before the server asked and never in step with the
+    others; the window then stops at THROTTLED_WINDOW. `jitter=False` only for the storm
+    benchmark's contrast run."""
 
-    def __init__(self, cap: float, sleep: Callable[[float], None], base: float = 1.0) -> None:
+    def __init__(
+        self,
+        cap: float,
+        sleep: Callable[[float], None],
+        base: float = 1.0,
+        jitter: bool = True,
+    ) -> None:
         self.cap = cap
         self.sleep = sleep
         self.base = base
+        self.jitter = jitter
         self.attempt = 0
 
-    def wait(self) -> float:
-        delay = random.uniform(0, min(self.cap, self.base * (2 ** min(self.attempt, 30))))
+    def delay(self, at_least: float = 0.0) -> float:
+        """The next wait, counting this attempt."""
+        window = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
+        if at_least > 0:
+            window = min(window, THROTTLED_WINDOW)
         self.attempt += 1
+        return max(at_least, 0.0) + (random.uniform(0, window) if self.jitter else window)
+
+    def wait(self, at_least: Optional[float] = None) -> float:
+        delay = self.delay(at_least or 0.0)
         self.sleep(delay)
         return delay
 

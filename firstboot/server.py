@@ -3,7 +3,8 @@
 
 Every failure is a `ServerError` with a kind the caller acts on:
   waiting         network, TLS, timeouts, /cacerts 5xx, readyz 404/429/5xx, a Bearer 403
-                  before the API server is up: retry with backoff
+                  before the API server is up: retry with backoff, and never sooner than
+                  the server's `Retry-After` (429 over K3s's in-flight limit)
   token_rejected  401: the credentials are wrong (final once a server says it repeatedly)
   forbidden       403 for Basic credentials: this user may not use that endpoint
   ca_mismatch     the CA is not the one in the token: possible man-in-the-middle
@@ -32,9 +33,19 @@ PROOF_PATHS = {"agent": "/v1-k3s/readyz", "server": "/v1-k3s/encrypt/status"}
 
 
 class ServerError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, retry_after: Optional[float] = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.retry_after = retry_after  # seconds the server asked us to wait (429/503)
+
+
+def retry_after(headers: Dict[str, str]) -> Optional[float]:
+    """`Retry-After` in its seconds form (what K3s and the kube-apiserver send), capped at
+    an hour; None when absent or an HTTP date (then the backoff alone decides)."""
+    value = headers.get("retry-after", "").strip()
+    if not value.isdigit():
+        return None
+    return float(min(int(value), 3600))
 
 
 def _split(url: str) -> Tuple[str, int]:
@@ -99,9 +110,9 @@ def pinned_context(ca_pem: bytes, check_time: bool = True) -> ssl.SSLContext:
 
 
 def fetch_cacerts(url: str, timeout: float = 10.0) -> bytes:
-    status, body, _ = _request(url, "/cacerts", bootstrap_context(), timeout=timeout)
+    status, body, headers = _request(url, "/cacerts", bootstrap_context(), timeout=timeout)
     if status >= 500 or status == 429:
-        raise ServerError("waiting", url + "/cacerts answered " + str(status))
+        raise ServerError("waiting", url + "/cacerts answered " + str(status), retry_after(headers))
     if status != 200 or b"-----BEGIN CERTIFICATE-----" not in body:
         raise ServerError(
             "not_k3s",
@@ -136,7 +147,7 @@ def prove_token(
     token), or user `server` on a route K3s guards for servers."""
     path = PROOF_PATHS[role]
     user = "node" if role == "agent" else "server"
-    status, _body, _ = _request(
+    status, _body, headers = _request(
         url, path, context, {"Authorization": token.authorization(user)}, timeout
     )
     if status == 200:
@@ -152,7 +163,9 @@ def prove_token(
             "forbidden", "the server refused user " + user + " on " + path + " (403 Forbidden)"
         )
     raise ServerError(
-        "waiting", "the server is not ready (" + path + " answered " + str(status) + ")"
+        "waiting",
+        "the server is not ready (" + path + " answered " + str(status) + ")",
+        retry_after(headers),
     )
 
 
