@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +43,7 @@ def worker(args: argparse.Namespace) -> int:
     """One worker process: agents [first, last) of the storm, as threads; JSON out."""
     roots = [Path(args.dir) / f"d{i:05d}" for i in range(args.first, args.last)]
     time.sleep(max(0.0, args.start_at - time.time()))
+    latencies: list[tuple[int, float]] = []
     outcomes = run_storm(
         args.url,
         roots,
@@ -50,8 +51,9 @@ def worker(args: argparse.Namespace) -> int:
         jitter=not args.no_jitter,
         period=args.period,
         deadline=args.deadline,
+        latencies=latencies,
     )
-    json.dump([asdict(o) for o in outcomes], sys.stdout)
+    json.dump({"outcomes": [asdict(o) for o in outcomes], "latencies": latencies}, sys.stdout)
     return 0
 
 
@@ -73,7 +75,9 @@ def storm(args: argparse.Namespace, jitter: bool, deadline: float) -> dict[str, 
                                          jitter, deadline), stdout=subprocess.PIPE)
             for w in range(args.workers)
         ]  # fmt: skip
-        outcomes = [Outcome(**o) for p in procs for o in json.loads(p.communicate()[0])]
+        replies = [json.loads(p.communicate()[0]) for p in procs]
+        outcomes = [Outcome(**o) for reply in replies for o in reply["outcomes"]]
+        refused_rtt = [t for reply in replies for code, t in reply["latencies"] if code == 429]
         wall = time.time() - start_at
         stats = server.admission.stats()
         nodes = server.registered_nodes()
@@ -96,6 +100,7 @@ def storm(args: argparse.Namespace, jitter: bool, deadline: float) -> dict[str, 
         "util": stats.busy_seconds / (stats.limit * max(wall, 1e-9)),
         "per_agent": requests / n,
         "errors": sum(1 for o in outcomes if o.error and o.error != "deadline"),
+        "overhead": statistics.median(refused_rtt) if refused_rtt else 0.0,
     }
 
 
@@ -130,6 +135,9 @@ def show_real(label: str, r: dict[str, float]) -> None:
     )
     print(f"  requests/agent {r['per_agent']:.1f} (all, /cacerts and 429s included)")
     print(
+        f"  client side    a refused request took {1000 * r['overhead']:.0f} ms (median; TLS + CPU)"
+    )
+    print(
         f"  Nodes          {int(r['nodes'])} at the apiserver, {int(r['distinct'])} distinct; agent errors {int(r['errors'])}"
     )
 
@@ -142,19 +150,22 @@ def show_sim(label: str, n: int, r: SimResult, policy: Policy) -> None:
     )
 
 
-def simulated(args: argparse.Namespace, slot: float) -> None:
-    base = Policy(limit=args.limit, service=slot, period=args.period)
-    print(f"\nsimulated (same limit, policies; mean slot {1000 * slot:.0f} ms as measured above)")
+def simulated(args: argparse.Namespace, slot: float, overhead: float) -> None:
+    base = Policy(limit=args.limit, service=slot, period=args.period, overhead=overhead)
+    print(
+        f"\nsimulated (same limit and policies; slot {1000 * slot:.0f} ms and client overhead"
+        f" {1000 * overhead:.0f} ms a request, as measured above)"
+    )
     show_sim("  sim, jitter   ", args.agents, simulate(args.agents, base), base)
     for jitter in (True, False):
-        policy = Policy(limit=args.limit, service=slot, period=args.period, jitter=jitter)
+        policy = replace(base, jitter=jitter)
         label = "  sim, jitter   " if jitter else "  sim, no jitter"
         show_sim(label, args.sim_agents, simulate(args.sim_agents, policy), policy)
     print(
         f"\nserver sizing for {args.sim_agents} agents at {1000 * slot:.0f} ms a request (simulated):"
     )
     for limit in SIZING_LIMITS:
-        policy = Policy(limit=limit, service=slot, period=args.period)
+        policy = replace(base, limit=limit)
         r = simulate(args.sim_agents, policy)
         print(f"  {limit:4d} in flight ({limit / slot:5.0f} req/s): all joined at {r.end:5.0f} s,"
               f" p99 {percentile(r.joined, 0.99):5.0f} s, refused {r.refused}, slots busy {100 * r.busy / (limit * r.end):.0f}%")  # fmt: skip
@@ -179,15 +190,15 @@ def main() -> int:
         args.url, args.dir, args.first, args.last = url, directory, int(first), int(last)
         args.start_at = float(start_at)
         return worker(args)
-    slot = args.service_time
+    slot, overhead = args.service_time, 0.0
     if not args.sim_only:
         print(f"join storm: {args.agents} agents, server limit {args.limit} in flight, "
               f"service {1000 * args.service_time:.0f} ms, Retry-After 1 s, {args.workers} worker processes")  # fmt: skip
         real = storm(args, True, args.deadline)
         show_real("jitter on ", real)
         show_real("jitter off", storm(args, False, args.contrast_deadline))
-        slot = real["slot"]
-    simulated(args, slot)
+        slot, overhead = real["slot"], real["overhead"]
+    simulated(args, slot, overhead)
     return 0
 
 

@@ -10,8 +10,8 @@ retry policies as the real run (bench/join_storm.py):
           every 5-10 s scaled by `period` (K3s ignores Retry-After), then the kubelet's
           Node POST + GET, every 0.4 period (tests/fixtures/k3s-standin)
 
-Network and CPU time are not modelled: only the admission limit and the service time,
-which is what the limit and the sizing are about.
+Network, TLS and client CPU are one figure, `overhead` per request (outside the slot),
+which the real run measures; contention for the CPU is not modelled otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class Policy:
     backoff_cap: float = 60.0
     period: float = 1.0  # the K3s stand-in's retry period (K3s itself: 5 s)
     jitter: bool = True
+    overhead: float = 0.0  # per request outside the slot: TLS, client CPU, network
 
 
 @dataclass
@@ -78,13 +79,13 @@ def simulate(agents: int, policy: Policy, seed: int = 1) -> SimResult:
         result.requests += 1 + first  # + its /cacerts
         if len(ends) >= policy.limit:
             result.refused += 1
-            wait = _refused(agent, policy)
+            wait = _refused(agent, policy) + policy.overhead
         else:
             heapq.heappush(ends, now + policy.service)
             result.peak = max(result.peak, len(ends))
             result.busy += policy.service
-            wait = policy.service
-            if _advance(agent, result, who, now + policy.service):
+            wait = policy.service + policy.overhead
+            if _advance(agent, result, who, now + wait):
                 continue
         seq += 1
         heapq.heappush(events, (now + wait, seq, who))

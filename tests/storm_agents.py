@@ -90,6 +90,7 @@ class Storm:
         self.start = time.monotonic()
         self.stop = threading.Event()
         self.keys = _Keys()
+        self.latencies: list[tuple[int, float]] = []  # (status, seconds) of each request
 
     def sleep(self, seconds: float) -> None:
         left = self.start + self.deadline - time.monotonic()
@@ -105,10 +106,13 @@ class Storm:
         body: bytes | None = None,
     ) -> tuple[int, bytes]:
         conn = http.client.HTTPSConnection(self.host, self.port, context=context, timeout=30)
+        start = time.monotonic()
         try:
             conn.request(method, path, body=body, headers=headers or {})
             response = conn.getresponse()
-            return response.status, response.read()
+            answer = response.status, response.read()
+            self.latencies.append((answer[0], time.monotonic() - start))
+            return answer
         finally:
             conn.close()
 
@@ -224,8 +228,10 @@ def run_storm(
     jitter: bool = True,
     period: float = 1.0,
     deadline: float = 600.0,
+    latencies: list[tuple[int, float]] | None = None,
 ) -> list[Outcome]:
-    """Start one agent thread per root at the same moment; wait for all (or the deadline)."""
+    """Start one agent thread per root at the same moment; wait for all (or the deadline).
+    `latencies` gets (status, seconds) of the stand-in's requests."""
     storm = Storm(url, jitter, period, deadline)
     outcomes = [Outcome(first_index + i) for i in range(len(roots))]
 
@@ -248,6 +254,8 @@ def run_storm(
         thread.start()
     for thread in threads:
         thread.join()
+    if latencies is not None:
+        latencies.extend(storm.latencies)
     return outcomes
 
 
