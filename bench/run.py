@@ -14,7 +14,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("build", "sources", "personalize_flash", "agent_startup", "boot", "faults")
+ORDER = (
+    "build",
+    "sources",
+    "personalize_flash",
+    "agent_startup",
+    "join_storm",
+    "boot",
+    "faults",
+)
 
 
 def main() -> int:
