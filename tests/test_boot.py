@@ -65,7 +65,7 @@ def base_image(arch: str) -> Path:
     return base.ensure_base(arch, SUITES[arch])
 
 
-def device_image(workdir: Path, arch: str) -> tuple[Path, Path]:
+def device_image(workdir: Path, arch: str, extra: str = "") -> tuple[Path, Path]:
     """Build the golden image with the real CLI and personalize DEVICE: (image, server state).
 
     The K3s test server's state (CA and token password) is made first so the
@@ -76,7 +76,7 @@ def device_image(workdir: Path, arch: str) -> tuple[Path, Path]:
     token = workdir / "token"
     token.write_text(K3sTestServer(state_dir=state).mint_token() + "\n")
     token.chmod(0o600)
-    (workdir / "fleet.yaml").write_text(fleet_yaml(arch, base_image(arch)))
+    (workdir / "fleet.yaml").write_text(fleet_yaml(arch, base_image(arch)) + extra)
     built = pifleet("build", "fleet.yaml", cwd=workdir)
     assert built.returncode == 0, built.stderr
     image = workdir / f"{DEVICE}.img"
@@ -86,11 +86,6 @@ def device_image(workdir: Path, arch: str) -> tuple[Path, Path]:
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     return image, state
-
-
-@pytest.fixture(scope="module")
-def arm64_device(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return device_image(tmp_path_factory.mktemp("arm64"), "arm64")
 
 
 @pytest.fixture(scope="session")
