@@ -84,8 +84,8 @@ def examine_base(plan: Plan) -> Plan:
     """Check the base (read-only) before copying it; returns the plan with its flavor and epoch."""
     base = Image.open(plan.base.path)
     flavor = detect(base)
-    log.info("base is %s (%s)", flavor.pretty_name, flavor.arch)
-    require_supported(flavor, Path(plan.base.origin))
+    flavor = require_supported(flavor, Path(plan.base.origin), plan.config.seed.format)
+    log.info("base is %s (%s), seed format %s", flavor.pretty_name, flavor.arch, flavor.init_format)
     if flavor.arch != plan.config.arch:
         raise UserError(
             f"{plan.config.source}: arch: the config says {plan.config.arch} "

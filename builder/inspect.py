@@ -15,6 +15,7 @@ from typing import Any
 
 from builder.disk.flavor import detect, elf_arch
 from builder.disk.image import Image
+from builder.seed.formats import SEED_FILES
 from builder.steps import agent, cmdline, join, k3s
 from builder.util.console import human_size
 from firstboot import joinconfig
@@ -51,6 +52,8 @@ def collect(path: Path) -> dict[str, Any]:
             "boot_mount": flavor.boot_mount,
             "cloud_init": flavor.cloud_init,
             "generic_kernel": flavor.generic_kernel,
+            "init_format": flavor.init_format,
+            "format_reason": flavor.seed.reason if flavor.seed else None,
         },
         "cmdline": _cmdline_facts(image),
         "k3s": _k3s_facts(image),
@@ -125,11 +128,7 @@ def _agent_facts(image: Image) -> dict[str, Any] | None:
 def _seed_facts(image: Image) -> dict[str, Any]:
     meta = (image.boot.read("/meta-data") or b"").decode(errors="replace")
     facts: dict[str, Any] = {
-        "files": [
-            n
-            for n in ("user-data", "meta-data", "network-config")
-            if image.boot.read(f"/{n}") is not None
-        ]
+        "files": [p.lstrip("/") for p in SEED_FILES if image.boot.read(p) is not None]
     }
     for key in ("instance-id", "local-hostname"):
         match = re.search(rf"^{key}:\s*\"?([^\"\n]+)\"?\s*$", meta, re.M)
@@ -158,8 +157,9 @@ def format_facts(facts: dict[str, Any]) -> str:
             f"  p{p['number']}       {human_size(p['size']):>10} at {p['start']:>12}  type {p['type']}  {p['uuid']}"
         )
     lines.append(f"os         {os_['pretty_name']} — {os_['name']}, boot at {os_['boot_mount']}")
+    lines.append(f"format     {os_['init_format']}: {os_['format_reason']}")
     lines.append(
-        f"cloud-init {'yes' if os_['cloud_init'] else 'NO'}; seed files: {', '.join(seed['files']) or 'none'}"
+        f"cloud-init {'yes' if os_['cloud_init'] else 'no'}; seed files: {', '.join(seed['files']) or 'none'}"
     )
     lines.append(
         f"           instance-id {seed['instance-id']}, hostname {seed['local-hostname'] or '(from hostname_pattern at first boot)'}"

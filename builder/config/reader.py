@@ -15,10 +15,13 @@ from builder.config.model import (
     Arch,
     BaseSource,
     Cluster,
+    ConfigTxtLine,
     FleetConfig,
+    Hardware,
     K3sSource,
     Network,
     Output,
+    SeedSettings,
     User,
 )
 from builder.config.values import parse_size
@@ -55,6 +58,13 @@ class FleetReader(DeviceReader):
                 clock_sync_timeout=float(raw.get("agent", {}).get("clock_sync_timeout", 120)),
             ),
             config_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+            seed=SeedSettings(**raw.get("seed", {})),
+            hardware=Hardware(**raw.get("hardware", {})),
+            config_txt=tuple(
+                ConfigTxtLine(section, line)
+                for section, lines in raw.get("boot", {}).get("config_txt", {}).items()
+                for line in lines
+            ),
         )
 
     def base(self, value: str | dict[str, Any] | None, arch: str) -> BaseSource:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from builder.config.fleet import load
 from builder.config.model import Device, FleetConfig
+from builder.disk.flavor import Flavor, detect, require_supported
 from builder.disk.image import Image
 from builder.disk.sparse import copy_file
 from builder.disk.superblock import last_write_time
@@ -27,7 +28,8 @@ from builder.fleet.devicekeys import (
     write_known_hosts,
 )
 from builder.plan import source_date_epoch
-from builder.seed.cloudinit import HostKey, seed_files
+from builder.seed import formats
+from builder.seed.base import HostKey
 from builder.steps import cmdline
 from builder.util.atomic import replace_when_done
 from builder.util.errors import UserError
@@ -46,9 +48,11 @@ class DeviceSecrets:
     token: Secret | None = None  # flash-time injection; None keeps the golden image's token
 
 
-def device_files(config: FleetConfig, device: Device, secrets: DeviceSecrets) -> dict[str, bytes]:
-    """Boot-partition path -> content for `device`."""
-    files = seed_files(config, device, secrets.host_key)
+def device_files(
+    config: FleetConfig, device: Device, secrets: DeviceSecrets, flavor: Flavor
+) -> dict[str, bytes]:
+    """Boot-partition path -> content for `device`, its seed in the image's format."""
+    files = dict(formats.render(config, flavor, device, secrets.host_key).files)
     info = joinconfig.DeviceConfig(
         hostname=device.hostname, node_labels=list(device.labels), node_taints=list(device.taints)
     )
@@ -64,17 +68,17 @@ def device_files(config: FleetConfig, device: Device, secrets: DeviceSecrets) ->
 
 def apply(image: Image, config: FleetConfig, device: Device, secrets: DeviceSecrets) -> int:
     """Write `device`'s files into the boot partition of `image`; returns files changed."""
-    files = device_files(config, device, secrets)
+    flavor = require_supported(detect(image), image.path, config.seed.format)
+    files = device_files(config, device, secrets, flavor)
     for path, data in files.items():
         image.boot.stage(path, data)
     raw = image.boot.read(cmdline.CMDLINE)
-    if raw is not None and b"ds=nocloud" in raw:
+    if raw is not None and b"ds=nocloud" in raw and "/meta-data" in files:
         # The kernel command line beats meta-data: keep its instance-id in agreement.
         instance = cmdline.meta_instance_id(files["/meta-data"])
         wifi = device.wifi or config.network.wifi
-        image.boot.stage(
-            cmdline.CMDLINE, cmdline.edit(raw, instance, wifi.country if wifi else None)
-        )
+        country = wifi.country if wifi else config.hardware.wifi_country
+        image.boot.stage(cmdline.CMDLINE, cmdline.edit(raw, instance, country))
     return image.boot.flush()
 
 

@@ -11,14 +11,13 @@ from collections.abc import Callable
 
 from builder.disk.image import Image
 from builder.plan import Plan
-from builder.seed import cloudinit
-from builder.steps import agent, cmdline, join, k3s, locale
+from builder.steps import agent, cmdline, join, k3s, locale, seed
 
 Step = Callable[[Image, Plan], None]
 
-# cloudinit before cmdline: a `ds=nocloud;i=` override must match the meta-data written.
+# seed before cmdline: a `ds=nocloud;i=` override must match the meta-data written.
 ORDER: tuple[tuple[str, Step], ...] = (
-    ("cloudinit", cloudinit.apply),
+    ("seed", seed.apply),
     ("cmdline", cmdline.apply),
     ("locale", locale.apply),
     ("k3s", k3s.apply),
