@@ -60,16 +60,11 @@ def render(inp: SeedInput, target: Target) -> Seed:
 
 
 def _if_ic(helper: list[str], fallback: list[str], available: bool) -> list[str]:
-    """Imager's shape: the sys-mods helper when the file exists, else plain commands."""
+    """Imager's shape: the sys-mods helper when the file exists, else plain commands. Not
+    indented: a here-document's end marker must start its line."""
     if not available:
         return fallback
-    return [
-        f"if [ -f {IC} ]; then",
-        *("   " + h for h in helper),
-        "else",
-        *("   " + f for f in fallback),
-        "fi",
-    ]
+    return [f"if [ -f {IC} ]; then", *helper, "else", *fallback, "fi"]
 
 
 def _hostname(name: str, target: Target) -> list[str]:
@@ -93,9 +88,9 @@ def _user(user: User, first: bool, target: Target) -> list[str]:
         # interactive user wizard; '!' locks the password: keys only.
         create = [
             f'if [ -x {USERCONF} ] && [ -n "$FIRSTUSER" ]; then',
-            f"   {USERCONF} {name} '!'",
+            f"{USERCONF} {name} '!'",
             "else",
-            f"   id -u {name} >/dev/null 2>&1 || useradd -m -s {q(user.shell)} {name}",
+            f"id -u {name} >/dev/null 2>&1 || useradd -m -s {q(user.shell)} {name}",
             "fi",
         ]
     else:
