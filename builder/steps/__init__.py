@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from builder.disk.image import Image
 from builder.plan import Plan
-from builder.steps import agent, cmdline, join, k3s, locale, seed
+from builder.steps import agent, cmdline, config_txt, join, k3s, locale, seed
 
 Step = Callable[[Image, Plan], None]
 
@@ -19,6 +19,7 @@ Step = Callable[[Image, Plan], None]
 ORDER: tuple[tuple[str, Step], ...] = (
     ("seed", seed.apply),
     ("cmdline", cmdline.apply),
+    ("config_txt", config_txt.apply),
     ("locale", locale.apply),
     ("k3s", k3s.apply),
     ("agent", agent.apply),
