@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from builder import inspect
+from builder import inspect, lint
 from builder.config.fleet import load
 from builder.disk.flavor import detect, require_supported
 from builder.disk.image import Image
@@ -27,7 +27,7 @@ from builder.sources.digests import sha256_of
 from builder.steps import ORDER
 from builder.util.atomic import replace_when_done
 from builder.util.console import human_size, progress
-from builder.util.errors import UserError
+from builder.util.errors import BuildError, UserError
 
 log = logging.getLogger("pifleet.build")
 
@@ -73,6 +73,7 @@ def build(plan: Plan) -> list[artifacts.Written]:
         with progress("copying base", size) as bar:
             copy_file(plan.base.path, tmp, bar.advance)
         customize(tmp, plan)
+        check(tmp, plan)
         facts = inspect.collect(tmp)
         if base_digest is not None:
             plan = replace(plan, base=replace(plan.base, sha256=base_digest.result()))
@@ -96,6 +97,16 @@ def examine_base(plan: Plan) -> Plan:
         # Reproducible without SOURCE_DATE_EPOCH: the base's own last write, not the clock.
         epoch = last_write_time(plan.base.path, base.root_partition.start)
     return plan.for_image(flavor, epoch)
+
+
+def check(path: Path, plan: Plan) -> None:
+    """`pifleet lint` on the built image: the first problem fails the build."""
+    found = lint.problems(path, allow_standin=plan.k3s_standin)
+    for problem in found[1:]:
+        log.error("%s", problem)
+    if found:
+        more = f" (and {len(found) - 1} more above)" if len(found) > 1 else ""
+        raise BuildError(f"{plan.image_path.name}: {found[0]}{more}")
 
 
 def customize(path: Path, plan: Plan) -> None:

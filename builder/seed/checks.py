@@ -53,6 +53,10 @@ def cloud_config_problems(data: bytes) -> list[str] | None:
         )
     if proc.returncode == 0:
         return []
-    text = (proc.stderr + proc.stdout).replace(str(path), "user-data")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Error:")]
+    text = (proc.stderr + "\n" + proc.stdout).replace(str(path), "user-data")
+    lines = []
+    for line in text.replace("Error:", "\n").splitlines():
+        line = line.strip()
+        if line and not line.endswith(":"):  # "Cloud config schema deprecations:" with none
+            lines.append(line)
     return lines or [f"cloud-init schema exited with {proc.returncode}"]
