@@ -70,7 +70,7 @@ def test_each_family_builds_with_its_format(
     assert proc.returncode == 0, proc.stderr
     assert TEST_TOKEN not in proc.stdout + proc.stderr and PASSPHRASE not in proc.stderr
     facts = inspect(image)
-    assert facts["os"]["init_format"] == fmt
+    assert facts["os"]["init_format"] == fmt and facts["seed"]["format"] == fmt
     assert sorted(facts["seed"]["files"]) == sorted(written)
     text = pifleet("inspect", str(image), cwd=tmp_path).stdout
     assert f"format     {fmt}: " in text
@@ -236,6 +236,8 @@ def test_seed_format_override(tmp_path: Path, make_image: Callable[..., Path]) -
     assert proc.returncode == 0, proc.stderr
     assert "::/firstrun.sh" in fat_names(image).split()
     assert "systemd.run=/boot/firmware/firstrun.sh" in fat_read(image, "/cmdline.txt").decode()
+    facts = inspect(image)
+    assert facts["os"]["init_format"] == "cloudinit-rpi" and facts["seed"]["format"] == "systemd"
     (tmp_path / "fleet.yaml").write_text(
         fleet_yaml(base="base: {path: trixie.img}", extra="seed: {format: rpi-preseed}")
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import yaml
 
 from builder.config.schema import key_path
 from builder.util.render import TEMPLATES
@@ -45,6 +46,11 @@ def cloud_config_problems(data: bytes) -> list[str] | None:
     tool = shutil.which("cloud-init")
     if tool is None:
         return None
+    try:
+        if yaml.safe_load(data) is None:
+            return []  # a bare "#cloud-config" (pi-gen's template): nothing to apply, not an error
+    except yaml.YAMLError:
+        pass  # cloud-init words the error
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "user-data"
         path.write_bytes(data)
