@@ -274,3 +274,37 @@ def test_firstrun_without_sys_mods_uses_plain_commands(tmp_path: Path) -> None:
     assert f"\tpsk={PSK}\n" in script and '\tssid="edge net"\n' in script
     assert "/etc/systemd/network/10-pifleet-eth0.network" in script
     assert seed.cmdline == SYSTEMD_WORDS
+
+
+def test_detection_reads_dpkg_first_and_marker_files_without_it(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from builder.disk.flavor import detect
+    from builder.disk.image import Image
+    from tests.layouts import BOOKWORM, TRIXIE, make_pi_image
+
+    # cloud-init's program left behind, but dpkg says the package was removed: still Bookworm.
+    leftover = replace(BOOKWORM, markers=(*BOOKWORM.markers, "/usr/bin/cloud-init"))
+    seed = detect(Image.open(make_pi_image(tmp_path / "b.img", leftover))).seed
+    assert seed is not None and seed.format == "systemd" and "(dpkg)" in seed.reason
+    assert seed.imager_custom and seed.userconf and seed.network_manager
+    # No dpkg database at all: the files the packages ship decide.
+    bare = replace(TRIXIE, packages=())
+    seed = detect(Image.open(make_pi_image(tmp_path / "t.img", bare))).seed
+    assert seed is not None and seed.format == "cloudinit-rpi" and "marker files" in seed.reason
+    assert seed.datasource == "seedfrom: file:///boot/firmware"
+
+
+def test_preseed_device_gets_its_host_name(tmp_path: Path, make_image: Callable[..., Path]) -> None:
+    image, proc = build(tmp_path, make_image, "preseed", devices="devices: [{hostname: pi-9}]")
+    assert proc.returncode == 0, proc.stderr
+    device = tmp_path / "pi-9.img"
+    out = pifleet(
+        "personalize", str(image), "--config", "fleet.yaml", "--device", "pi-9",
+        "-o", str(device), cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    data = fat_read(device, "/rpi-preseed.toml")
+    assert preseed_problems(data) == []
+    assert tomllib.loads(data.decode())["system"] == {"hostname": "pi-9"}
+    assert "system" not in tomllib.loads(fat_read(image, "/rpi-preseed.toml").decode())
