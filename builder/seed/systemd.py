@@ -5,16 +5,16 @@ The script follows the structure Raspberry Pi Imager gives it (customization_gen
 `generateSystemdScript`): each block calls raspberrypi-sys-mods' `imager_custom` when the
 image has it and falls back to plain commands otherwise. Where pifleet differs, and why:
 
-| pifleet                                               | Imager                          |
-|-------------------------------------------------------|---------------------------------|
-| paths under the image's boot mount (/boot/firmware)   | /boot/, rewritten on the device |
-|   so no initramfs fix-up (imager_fixup) is needed     |   by imager_fixup               |
-| the footer removes exactly its three cmdline words    | `s| systemd.run.*||`, which    |
-|   (pifleet's cgroup words may follow them)            |   drops the rest of the line    |
-| users without passwords, any number, with groups      | one user with a password hash   |
-| Wi-Fi fallback: a NetworkManager keyfile when the     | wpa_supplicant.conf             |
-|   image has NetworkManager (Bookworm), else wpa_supplicant                              |
-| a static address, the locale, Pi interfaces, a pre-generated SSH host key (per device) | - |
+| pifleet                                              | Imager                            |
+|------------------------------------------------------|-----------------------------------|
+| paths under the image's boot mount (/boot/firmware), | /boot/ paths, rewritten on the    |
+| so no initramfs fix-up is needed                     | device by sys-mods' imager_fixup  |
+| the footer removes exactly its three cmdline words   | `s| systemd.run.*||`: drops the  |
+| (pifleet's cgroup words may follow them)             | rest of the line                  |
+| any number of users, no passwords, with groups       | one user with a password hash     |
+| Wi-Fi fallback: a NetworkManager keyfile when the    | wpa_supplicant.conf               |
+| image has NetworkManager, else wpa_supplicant.conf   |                                   |
+| static address, locale, interfaces, SSH host key     | (not written)                     |
 
 The Wi-Fi passphrase never lands in the file: it carries the derived PSK, as Imager's does.
 The script deletes itself and its kernel command-line words, then the system reboots
