@@ -151,6 +151,10 @@ def assert_joined_on_disk(overlay: Path, tmp: Path, node: str) -> None:
     seed_dir = fat_names(disk, "/pifleet")
     assert "device.json" in seed_dir
     assert "/token" not in seed_dir and "node-password" not in seed_dir, seed_dir
+    # The card tells its story to anyone who reads it (issue 16): pifleet diagnose, rootless.
+    story = pifleet("diagnose", str(disk), cwd=tmp)
+    assert story.returncode == 0, story.stdout + story.stderr
+    assert story.stdout.startswith(f"{node}: joined as {node} at "), story.stdout
 
 
 def test_arm64_image_boots_runs_cloud_init_and_joins(
@@ -257,3 +261,11 @@ def test_wrong_token_stops_with_a_clear_status(
     assert failed and "token" in failed[0] and "401" in failed[0], failed
     console = "\n".join(result.console)
     assert wrong.split(":")[-1] not in console and right.split(":")[-1] not in console
+    # The pulled card says what failed and what to do, with no secret in it (issue 16).
+    assert result.overlay is not None
+    disk, _root = guest_disk(result.overlay, tmp_path)
+    story = pifleet("diagnose", str(disk), "--journal", cwd=tmp_path)
+    assert story.returncode == 1, story.stdout + story.stderr
+    assert "failed in verify" in story.stdout and "401" in story.stdout, story.stdout
+    assert "what to do: the server does not accept this token" in story.stdout, story.stdout
+    assert wrong.split(":")[-1] not in story.stdout and right.split(":")[-1] not in story.stdout
