@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from builder import inspect
+from builder import inspect, lint
 from builder.config.fleet import load
 from builder.config.model import FleetConfig
 from builder.disk.flavor import detect, require_supported
@@ -29,7 +29,7 @@ from builder.sources.digests import sha256_of
 from builder.steps import ORDER
 from builder.util.atomic import replace_when_done
 from builder.util.console import human_size, progress
-from builder.util.errors import UserError
+from builder.util.errors import BuildError, UserError
 from builder.util.space import reported_full, require_space
 
 log = logging.getLogger("pifleet.build")
@@ -110,6 +110,7 @@ def build(plan: Plan) -> list[artifacts.Written]:
         with progress("copying base", size) as bar:
             copy_file(plan.base.path, tmp, bar.advance)
         customize(tmp, plan)
+        check(tmp, plan)
         facts = inspect.collect(tmp)
         if base_digest is not None:
             plan = replace(plan, base=replace(plan.base, sha256=base_digest.result()))
@@ -121,8 +122,8 @@ def examine_base(plan: Plan) -> Plan:
     """Check the base (read-only) before copying it; returns the plan with its flavor and epoch."""
     base = Image.open(plan.base.path)
     flavor = detect(base)
-    log.info("base is %s (%s)", flavor.pretty_name, flavor.arch)
-    require_supported(flavor, Path(plan.base.origin))
+    flavor = require_supported(flavor, Path(plan.base.origin), plan.config.seed.format)
+    log.info("base is %s (%s), seed format %s", flavor.pretty_name, flavor.arch, flavor.init_format)
     if flavor.arch != plan.config.arch:
         raise UserError(
             f"{plan.config.source}: arch: the config says {plan.config.arch} "
@@ -133,6 +134,16 @@ def examine_base(plan: Plan) -> Plan:
         # Reproducible without SOURCE_DATE_EPOCH: the base's own last write, not the clock.
         epoch = last_write_time(plan.base.path, base.root_partition.start)
     return plan.for_image(flavor, epoch)
+
+
+def check(path: Path, plan: Plan) -> None:
+    """`pifleet lint` on the built image: the first problem fails the build."""
+    found = lint.problems(path, allow_standin=plan.k3s_standin)
+    for problem in found[1:]:
+        log.error("%s", problem)
+    if found:
+        more = f" (and {len(found) - 1} more above)" if len(found) > 1 else ""
+        raise BuildError(f"{plan.image_path.name}: {found[0]}{more}")
 
 
 def customize(path: Path, plan: Plan) -> None:

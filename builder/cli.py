@@ -1,6 +1,6 @@
 """argparse front of `pifleet`: parse, dispatch, turn expected failures into one line.
 
-Subcommands: build, inspect, personalize, flash, boot-test, base, fetch, images,
+Subcommands: build, inspect, lint, personalize, flash, boot-test, base, fetch, images,
 test-server, token, demo, cluster, status, diagnose. Each handler lives in the module that owns the work;
 this file only parses arguments and maps errors to exit codes
 (0 ok, 1 runtime failure, 2 bad input, 130 interrupted).
@@ -82,6 +82,13 @@ def _register_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("image", help="image file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler="builder.inspect:command")
+
+
+def _register_lint(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("lint", help="check a built image's seed, cmdline.txt, config.txt and K3s")
+    p.add_argument("image", help="image file")
+    p.add_argument("--test-standin", action="store_true", help="accept a non-ELF K3s test stand-in")
+    p.set_defaults(handler="builder.lint:command")
 
 
 def _register_personalize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -258,6 +265,7 @@ def _register_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_build,
     _register_inspect,
+    _register_lint,
     _register_personalize,
     _register_test_server,
     _register_token,

@@ -15,6 +15,7 @@ from typing import Any
 
 from builder.disk.flavor import detect, elf_arch
 from builder.disk.image import Image
+from builder.seed.formats import SEED_FILES
 from builder.steps import agent, cmdline, join, k3s
 from builder.util.console import human_size
 from firstboot import joinconfig
@@ -52,11 +53,13 @@ def collect(path: Path) -> dict[str, Any]:
             "boot_mount": flavor.boot_mount,
             "cloud_init": flavor.cloud_init,
             "generic_kernel": flavor.generic_kernel,
+            "init_format": flavor.init_format,
+            "format_reason": flavor.seed.reason if flavor.seed else None,
         },
         "cmdline": _cmdline_facts(image),
         "k3s": _k3s_facts(image),
         "agent": _agent_facts(image),
-        "seed": _seed_facts(image),
+        "seed": _seed_facts(image, flavor.init_format),
     }
 
 
@@ -131,21 +134,29 @@ def _agent_facts(image: Image) -> dict[str, Any] | None:
     }
 
 
-def _seed_facts(image: Image) -> dict[str, Any]:
+def _seed_facts(image: Image, detected: str) -> dict[str, Any]:
     meta = (image.boot.read("/meta-data") or b"").decode(errors="replace")
-    facts: dict[str, Any] = {
-        "files": [
-            n
-            for n in ("user-data", "meta-data", "network-config")
-            if image.boot.read(f"/{n}") is not None
-        ]
-    }
+    files = [p.lstrip("/") for p in SEED_FILES if image.boot.read(p) is not None]
+    facts: dict[str, Any] = {"files": files, "format": written_format(image, files, detected)}
     for key in ("instance-id", "local-hostname"):
         match = re.search(rf"^{key}:\s*\"?([^\"\n]+)\"?\s*$", meta, re.M)
         facts[key] = match.group(1) if match else None
     device = image.boot.read(f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.DEVICE_FILE}")
     facts["device"] = json.loads(device) if device else None
     return facts
+
+
+def written_format(image: Image, files: list[str], detected: str) -> str | None:
+    """The seed format the boot partition carries (a config's seed.format may differ from
+    what the image's packages suggest)."""
+    words = (image.boot.read(cmdline.CMDLINE) or b"").decode(errors="replace").split()
+    if "firstrun.sh" in files and any(w.startswith("systemd.run=") for w in words):
+        return "systemd"
+    if "rpi-preseed.toml" in files:
+        return "rpi-preseed"
+    if "user-data" in files:
+        return detected if detected.startswith("cloudinit") else "cloudinit"
+    return None
 
 
 def command(args: argparse.Namespace) -> int:
@@ -170,8 +181,11 @@ def format_facts(facts: dict[str, Any]) -> str:
     lines.append(
         f"os         {os_['pretty_name']} — {os_['name']}, boot at {os_['boot_mount']}{suite}"
     )
+    lines.append(f"format     {os_['init_format']}: {os_['format_reason']}")
+    if seed["format"] != os_["init_format"]:
+        lines.append(f"           seed written as {seed['format'] or 'nothing'}")
     lines.append(
-        f"cloud-init {'yes' if os_['cloud_init'] else 'NO'}; seed files: {', '.join(seed['files']) or 'none'}"
+        f"cloud-init {'yes' if os_['cloud_init'] else 'no'}; seed files: {', '.join(seed['files']) or 'none'}"
     )
     lines.append(
         f"           instance-id {seed['instance-id']}, hostname {seed['local-hostname'] or '(from hostname_pattern at first boot)'}"

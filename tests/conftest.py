@@ -77,3 +77,17 @@ def fleet_yaml(**overrides: str) -> str:
     }
     sections.update(overrides)
     return "\n".join(v for v in sections.values() if v) + "\n"
+
+
+# The agent setting every arm64 boot test can live with: the K3s join boots need a final
+# verdict to be re-checked within seconds (tests/test_boot_k3s.py).
+BOOT_AGENT = "agent: {recheck_interval: 15}\n"
+
+
+@pytest.fixture(scope="session")
+def arm64_device(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """ONE personalized arm64 image (and its test server's state) for every arm64 boot test:
+    each boot runs on its own copy-on-write overlay, so the image is built once per run."""
+    from tests.test_boot import device_image
+
+    return device_image(tmp_path_factory.mktemp("arm64"), "arm64", BOOT_AGENT)

@@ -44,6 +44,21 @@ class Layout:
     cloud_cfg: str
     rpi_issue: bool
     machine_id: str
+    # dpkg database (/var/lib/dpkg/status) and the files those packages ship that drive
+    # format detection (builder/disk/osformat.py); () = no dpkg database at all.
+    packages: tuple[tuple[str, str], ...] = ()
+    markers: tuple[str, ...] = ()
+
+
+BASE_PACKAGES = (("base-files", "13.8+rpt1"), ("dpkg", "1.22.21"), ("systemd", "257.8-1~deb13u2"))
+SYS_MODS = (("raspberrypi-sys-mods", "20250926"), ("userconf-pi", "0.11"))
+SYS_MODS_FILES = (
+    "/usr/lib/raspberrypi-sys-mods/imager_custom",
+    "/usr/lib/userconf-pi/userconf",
+    "/usr/share/initramfs-tools/scripts/local-bottom/imager_fixup",
+)
+NM = (("network-manager", "1.52.1-1"),)
+NM_FILES = ("/usr/sbin/NetworkManager",)
 
 
 TRIXIE = Layout(
@@ -62,6 +77,11 @@ TRIXIE = Layout(
     "    seedfrom: file:///boot/firmware\nssh_deletekeys: false\nssh_genkeytypes: []\n",
     rpi_issue=True,
     machine_id="uninitialized\n",
+    packages=BASE_PACKAGES
+    + SYS_MODS
+    + NM
+    + (("cloud-init", "25.2-1+rpt1"), ("rpi-cloud-init-mods", "20250930")),
+    markers=SYS_MODS_FILES + NM_FILES + ("/usr/bin/cloud-init",),
 )
 BOOKWORM = Layout(
     name="bookworm",
@@ -78,6 +98,8 @@ BOOKWORM = Layout(
     cloud_cfg="",
     rpi_issue=True,
     machine_id="",
+    packages=(("base-files", "12.4+rpt2"), ("systemd", "252.38-1~deb12u1"), *SYS_MODS, *NM),
+    markers=SYS_MODS_FILES + NM_FILES,
 )
 UBUNTU = Layout(
     name="ubuntu",
@@ -94,8 +116,46 @@ UBUNTU = Layout(
     cloud_cfg="datasource_list: [ NoCloud, None ]\ndatasource:\n  NoCloud:\n    fs_label: system-boot\n",
     rpi_issue=False,
     machine_id="",
+    packages=(("base-files", "13ubuntu10"), ("cloud-init", "24.4-0ubuntu1~24.04.1")),
+    markers=("/usr/bin/cloud-init",),
 )
-LAYOUTS = {layout.name: layout for layout in (TRIXIE, BOOKWORM, UBUNTU)}
+# Raspberry Pi OS Trixie with rpi-preseed instead of cloud-init (the package conflicts with it).
+PRESEED = Layout(
+    name="preseed",
+    boot_start=TRIXIE.boot_start,
+    boot_size=TRIXIE.boot_size,
+    boot_label="bootfs",
+    root_label="rootfs",
+    boot_mount="/boot/firmware",
+    os_release=TRIXIE.os_release,
+    cmdline=TRIXIE.cmdline,
+    cloud_init=None,
+    cloud_cfg="",
+    rpi_issue=True,
+    machine_id="uninitialized\n",
+    packages=BASE_PACKAGES + SYS_MODS + NM + (("rpi-preseed", "0.1.0"),),
+    markers=SYS_MODS_FILES + NM_FILES + ("/usr/lib/rpi-preseed/rpi-preseed",),
+)
+LAYOUTS = {layout.name: layout for layout in (TRIXIE, BOOKWORM, UBUNTU, PRESEED)}
+
+
+def dpkg_status(packages: tuple[tuple[str, str], ...], arch: str) -> str:
+    """/var/lib/dpkg/status as dpkg writes it: one stanza per package, a blank line between."""
+    stanzas = []
+    for name, version in packages:
+        stanzas.append(
+            f"Package: {name}\nStatus: install ok installed\nPriority: optional\n"
+            f"Section: admin\nInstalled-Size: 100\nMaintainer: Test <t@example.org>\n"
+            f"Architecture: {'all' if name.startswith(('rpi-', 'raspberrypi')) else arch}\n"
+            f"Version: {version}\nDescription: {name} (synthetic)\n .\n test layout\n"
+        )
+    # A removed package stays in the database with another status: it must not count.
+    removed = "cloud-guest-utils" if "cloud-init" in dict(packages) else "cloud-init"
+    stanzas.append(
+        f"Package: {removed}\nStatus: deinstall ok config-files\n"
+        "Architecture: all\nVersion: 22.4.2-1\nDescription: removed\n"
+    )
+    return "\n".join(stanzas)
 
 
 def make_pi_image(
@@ -208,6 +268,15 @@ def _populate_root(root: Path, layout: Layout, arch: str, partuuid: str) -> None
         (root / "etc/machine-id").write_text(layout.machine_id)
     if layout.rpi_issue:
         (root / "etc/rpi-issue").write_text("Raspberry Pi reference 2025-10-01\n")
+    if layout.packages:
+        status = root / "var/lib/dpkg/status"
+        status.parent.mkdir(parents=True, exist_ok=True)
+        status.write_text(dpkg_status(layout.packages, arch))
+    for marker in layout.markers:
+        path = root / marker.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n# stand-in\n")
+        path.chmod(0o755)
     if layout.cloud_init:
         cfg = root / layout.cloud_init.lstrip("/")
         cfg.parent.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,7 @@ def base_image(arch: str) -> Path:
     return base.ensure_base(arch, SUITES[arch])
 
 
-def device_image(workdir: Path, arch: str) -> tuple[Path, Path]:
+def device_image(workdir: Path, arch: str, extra: str = "") -> tuple[Path, Path]:
     """Build the golden image with the real CLI and personalize DEVICE: (image, server state).
 
     The K3s test server's state (CA and token password) is made first so the
@@ -76,7 +76,7 @@ def device_image(workdir: Path, arch: str) -> tuple[Path, Path]:
     token = workdir / "token"
     token.write_text(K3sTestServer(state_dir=state).mint_token() + "\n")
     token.chmod(0o600)
-    (workdir / "fleet.yaml").write_text(fleet_yaml(arch, base_image(arch)))
+    (workdir / "fleet.yaml").write_text(fleet_yaml(arch, base_image(arch)) + extra)
     built = pifleet("build", "fleet.yaml", cwd=workdir)
     assert built.returncode == 0, built.stderr
     image = workdir / f"{DEVICE}.img"
@@ -86,11 +86,6 @@ def device_image(workdir: Path, arch: str) -> tuple[Path, Path]:
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     return image, state
-
-
-@pytest.fixture(scope="module")
-def arm64_device(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return device_image(tmp_path_factory.mktemp("arm64"), "arm64")
 
 
 @pytest.fixture(scope="session")
@@ -156,6 +151,10 @@ def assert_joined_on_disk(overlay: Path, tmp: Path, node: str) -> None:
     seed_dir = fat_names(disk, "/pifleet")
     assert "device.json" in seed_dir
     assert "/token" not in seed_dir and "node-password" not in seed_dir, seed_dir
+    # The card tells its story to anyone who reads it (issue 16): pifleet diagnose, rootless.
+    story = pifleet("diagnose", str(disk), cwd=tmp)
+    assert story.returncode == 0, story.stdout + story.stderr
+    assert story.stdout.startswith(f"{node}: joined as {node} at "), story.stdout
 
 
 def test_arm64_image_boots_runs_cloud_init_and_joins(
@@ -262,3 +261,11 @@ def test_wrong_token_stops_with_a_clear_status(
     assert failed and "token" in failed[0] and "401" in failed[0], failed
     console = "\n".join(result.console)
     assert wrong.split(":")[-1] not in console and right.split(":")[-1] not in console
+    # The pulled card says what failed and what to do, with no secret in it (issue 16).
+    assert result.overlay is not None
+    disk, _root = guest_disk(result.overlay, tmp_path)
+    story = pifleet("diagnose", str(disk), "--journal", cwd=tmp_path)
+    assert story.returncode == 1, story.stdout + story.stderr
+    assert "failed in verify" in story.stdout and "401" in story.stdout, story.stdout
+    assert "what to do: the server does not accept this token" in story.stdout, story.stdout
+    assert wrong.split(":")[-1] not in story.stdout and right.split(":")[-1] not in story.stdout

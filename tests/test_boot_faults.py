@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ from builder.qemu.boottest import (
 from builder.qemu.vm import VM, kernel_command_line, require_qemu
 from builder.testserver.server import K3sTestServer
 from builder.util.secret import Secret
-from tests.test_boot import DEVICE, device_image, ext4_read, guest_disk
+from tests.test_boot import DEVICE, ext4_read, guest_disk
 
 pytestmark = pytest.mark.slow
 STATES = ("load", "network", "clock", "verify", "configure", "start", "cleanup")
@@ -121,16 +122,15 @@ class _Opts:
     initrd: Path | None = None
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One personalized arm64 image and its test server state, shared by every fault boot."""
-    return device_image(tmp_path_factory.mktemp("faults"), "arm64")
-
-
 @pytest.fixture
-def device(built: tuple[Path, Path], tmp_path: Path) -> Iterator[Device]:
-    image, state = built
-    with K3sTestServer(state_dir=state) as server:
+def device(arm64_device: tuple[Path, Path], tmp_path: Path) -> Iterator[Device]:
+    """The session's image against a server with its CA and token but no node yet, so
+    "joined exactly once" counts only this test's boots."""
+    image, state = arm64_device
+    fresh = tmp_path / "k3s-test-server"
+    shutil.copytree(state, fresh)
+    (fresh / "registry.json").unlink(missing_ok=True)
+    with K3sTestServer(state_dir=fresh) as server:
         yield Device(image, tmp_path, server)
 
 

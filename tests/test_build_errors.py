@@ -39,9 +39,11 @@ def _zero_boot_sector(d: Path) -> None:
         f.write(bytes(512))
 
 
-def _bookworm(d: Path, make_image: Callable[..., Path]) -> None:
+def _bookworm_as_cloudinit(d: Path, make_image: Callable[..., Path]) -> None:
+    """Bookworm builds (with firstrun.sh); asking for cloud-init, which it lacks, is refused."""
     (d / "base.img").unlink()
     make_image("base.img", layout="bookworm")
+    _write(d / "fleet.yaml", fleet_yaml(extra="seed: {format: cloudinit-rpi}").encode())
 
 
 def _no_room(d: Path, make_image: Callable[..., Path]) -> None:
@@ -104,7 +106,11 @@ CASES: list[tuple[str, Callable[..., None], str]] = [
     ),
     ("truncated base", lambda d, m: _truncate_base(d), "truncated"),
     ("no FAT boot partition", lambda d, m: _zero_boot_sector(d), "no FAT boot partition"),
-    ("base without cloud-init", _bookworm, "has no cloud-init"),
+    (
+        "seed format the base cannot run",
+        _bookworm_as_cloudinit,
+        "seed.format cloudinit-rpi needs cloud-init, which Raspberry Pi OS bookworm (arm64) lacks",
+    ),
     ("missing base", lambda d, m: (d / "base.img").unlink(), "base.img does not exist"),
     (
         "k3s wrong arch",

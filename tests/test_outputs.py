@@ -22,7 +22,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
-from tests.layouts import MIB, TRIXIE, make_pi_image
+from tests.layouts import MIB, TRIXIE, elf_for, make_pi_image
 
 NAME = "edge-fleet"
 EPOCH = 1767225600  # 2026-01-01T00:00:00Z
@@ -314,24 +314,33 @@ def test_bmaptool_verifies_the_range_checksums(built: Built, tmp_path: Path) -> 
 # --- Raspberry Pi Imager OS list -----------------------------------------------------------
 
 
-def test_imager_os_list_entry_describes_the_download(built: Built) -> None:
-    doc = json.loads((built.out / f"{NAME}.os_list.json").read_text())
+# Imager's OS list entry rules (doc/json-schema/os-list-schema.json in raspberrypi/rpi-imager, and
+# its oslistmodel.cpp), restated here; the manifest is an OS list with one entry.
+REQUIRED = {
+    "name": str, "description": str, "icon": str, "url": str, "extract_size": int,
+    "extract_sha256": str, "image_download_size": int, "release_date": str, "devices": list,
+}  # fmt: skip
+INIT_FORMATS = {"", "none", "systemd", "cloudinit", "cloudinit-rpi", "rpi-preseed"}
+CAPABILITIES = {"rpi_connect", "secure_boot", "passwordless_sudo", "i2c", "spi", "onewire",
+                "serial", "usb_otg"}  # fmt: skip
+
+
+def test_imager_manifest_entry_describes_the_download(built: Built) -> None:
+    path = built.out / f"{NAME}.rpi-imager-manifest"
+    assert not (built.out / f"{NAME}.os_list.json").exists(), "the manifest replaces it"
+    doc = json.loads(path.read_text())
+    assert set(doc) == {"os_list"}, "a local manifest: no top-level imager object needed"
     (entry,) = doc["os_list"]
-    for key in (
-        "name",
-        "description",
-        "url",
-        "extract_size",
-        "extract_sha256",
-        "image_download_size",
-        "image_download_sha256",
-        "release_date",
-        "devices",
-        "init_format",
-    ):
-        assert key in entry, key
-    image, download = built.output("img"), built.out / entry["url"].rsplit("/", 1)[-1]
-    assert download.name == f"{NAME}.img.xz", "Imager's own format is preferred"
+    for key, kind in REQUIRED.items():
+        assert isinstance(entry[key], kind), key
+    assert entry["init_format"] in INIT_FORMATS and set(entry["capabilities"]) <= CAPABILITIES
+    assert entry["capabilities"] == sorted(entry["capabilities"])
+    assert entry["architecture"] in ("armel", "armhf", "armv8")
+    image = built.output("img")
+    assert entry["url"].startswith("file:///")
+    download = Path(entry["url"].removeprefix("file://"))
+    assert download == built.output("img.xz").resolve(), "Imager's own format is preferred"
+    assert entry["bmap_url"] == built.output("img.bmap").resolve().as_uri()
     assert entry["extract_size"] == image.stat().st_size
     assert entry["extract_sha256"] == sha256_file(image)
     assert entry["image_download_size"] == download.stat().st_size
@@ -339,9 +348,36 @@ def test_imager_os_list_entry_describes_the_download(built: Built) -> None:
     assert entry["release_date"] == datetime.datetime.fromtimestamp(EPOCH, datetime.UTC).strftime(
         "%Y-%m-%d"
     )
-    assert entry["init_format"] == "cloudinit-rpi"
+    assert entry["init_format"] == "cloudinit-rpi"  # the layout is Raspberry Pi OS Trixie
+    assert {"i2c", "spi", "serial"} <= set(entry["capabilities"])
     assert entry["devices"] and all(d.endswith("-64bit") for d in entry["devices"])
     assert "pi4-64bit" in entry["devices"] and "pi5-64bit" in entry["devices"]
+
+
+def test_sbom_validates_with_the_spdx_tools(built: Built) -> None:
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    path = built.output("spdx.json")
+    document = parse_file(str(path))
+    assert validate_full_spdx_document(document, "SPDX-2.3") == []
+    raw = json.loads(path.read_text())
+    by_name = {p["name"]: p for p in raw["packages"]}
+    # every installed dpkg package of the layout (tests/layouts.py), and not the removed one
+    for name, version in TRIXIE.packages:
+        assert by_name[name]["versionInfo"] == version
+        purl = by_name[name]["externalRefs"][0]["referenceLocator"]
+        assert purl.startswith(f"pkg:deb/debian/{name}@") and "distro=debian-13" in purl
+    assert "cloud-guest-utils" not in by_name
+    k3s = next(p for p in raw["packages"] if p["SPDXID"] == "SPDXRef-K3s")
+    assert k3s["checksums"][0]["checksumValue"] == sha256_file(elf_for("arm64"))
+    base = next(p for p in raw["packages"] if p["SPDXID"] == "SPDXRef-Base")
+    assert base["checksums"][0]["checksumValue"] == sha256_file(built.dir / "base.img")
+    image = next(p for p in raw["packages"] if p["SPDXID"] == "SPDXRef-Image")
+    assert image["checksums"][0]["checksumValue"] == sha256_file(built.output("img"))
+    assert by_name["pifleet-firstboot"]["versionInfo"]
+    sums = (built.out / "SHA256SUMS").read_text()
+    assert f"{sha256_file(path)}  {NAME}.spdx.json" in sums.splitlines()
 
 
 # --- compressed bases ----------------------------------------------------------------------

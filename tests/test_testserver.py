@@ -346,3 +346,42 @@ def test_set_password_and_bootstrap_token_rules(tmp_path: Path) -> None:
     with K3sTestServer(state_dir=tmp_path) as again:
         assert again.password == "new-password"
         assert get(again, "/v1-k3s/readyz", f"Bearer {token}")[0] == 200
+
+
+def test_cli_modes_as_flags(tmp_path: Path) -> None:
+    """`pifleet test-server` in the hardest mode: custom CA bundle, a certificate that names
+    no address, a bootstrap token, /cacerts 502 and the API server down at first."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "builder", "test-server", "--port", str(port),
+            "--state-dir", str(tmp_path / "s"), "--token-out", str(tmp_path / "token"),
+            "--ca", "bundle", "--unnamed", "--token-form", "bootstrap",
+            "--cacerts-error-for", "2", "--cacerts-error-code", "502", "--apiserver-down-for", "6",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "token").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        token = (tmp_path / "token").read_text().strip()
+        assert token.startswith("K10") and "::" in token and "." in token.split("::")[1]
+        assert serving_ips(tmp_path / "s") == set()
+        args = ("token", "check", "--server", f"https://127.0.0.1:{port}", "--token-file", "token")
+        seen = [pifleet(*args, cwd=tmp_path)]
+        deadline = time.monotonic() + 60
+        while seen[-1].returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            seen.append(pifleet(*args, cwd=tmp_path))
+        outs = [p.stdout for p in seen]
+        assert "cacerts answered 502" in outs[0]  # the first request meets the 502 phase
+        assert any("bootstrap token not accepted yet (403)" in out for out in outs), outs
+        assert seen[-1].returncode == 0 and "CA pinned" in outs[-1], outs
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=20)
+    assert "CA: bundle" in err and token.split("::")[1] not in err

@@ -120,6 +120,29 @@ class AgentTuning:
 
 
 @dataclass(frozen=True)
+class SeedSettings:
+    format: str | None = None  # None: detected from the image (see builder.disk.osformat)
+    keyboard: str | None = None  # XKB layout such as "de"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    i2c: bool = False
+    spi: bool = False
+    serial: bool = False
+    onewire: bool = False
+    usb_gadget: bool = False
+    pi5_4k_pages: bool = False
+    wifi_country: str | None = None  # regulatory domain without a Wi-Fi network
+
+
+@dataclass(frozen=True)
+class ConfigTxtLine:
+    section: str  # "all", "pi4", "pi5", ... (the [filter] it belongs under)
+    line: str  # "dtparam=i2c_arm=on", "enable_uart=1", ...
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     source: Path
     name: str
@@ -137,6 +160,9 @@ class FleetConfig:
     output: Output
     agent: AgentTuning
     config_hash: str
+    seed: SeedSettings = SeedSettings()
+    hardware: Hardware = Hardware()
+    config_txt: tuple[ConfigTxtLine, ...] = ()
 
     def where(self, key: str) -> str:
         """Prefix for an error about `key` of this config: '<file>: <key>'."""

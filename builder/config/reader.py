@@ -19,10 +19,13 @@ from builder.config.model import (
     Arch,
     BaseSource,
     Cluster,
+    ConfigTxtLine,
     FleetConfig,
+    Hardware,
     K3sSource,
     Network,
     Output,
+    SeedSettings,
     User,
 )
 from builder.config.values import parse_size
@@ -64,6 +67,13 @@ class FleetReader(DeviceReader):
                 start_timeout=self.seconds(raw.get("agent", {}), "start_timeout", 900),
             ),
             config_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+            seed=SeedSettings(**raw.get("seed", {})),
+            hardware=Hardware(**raw.get("hardware", {})),
+            config_txt=tuple(
+                ConfigTxtLine(section, line)
+                for section, lines in raw.get("boot", {}).get("config_txt", {}).items()
+                for line in lines
+            ),
         )
 
     def seconds(self, agent: dict[str, Any], key: str, default: float) -> float:

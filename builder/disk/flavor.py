@@ -1,4 +1,4 @@
-"""Which OS is inside an image: family, release, architecture, boot mount, cloud-init.
+"""Which OS is inside an image: family, release, architecture, boot mount, seed format.
 
 Everything is read from the image itself (os-release, fstab, the ELF header of
 a system binary), never assumed from a file name.
@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import shlex
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from builder.disk.image import Image
+from builder.disk.osformat import FormatFacts, detect_format
 from builder.util.errors import UserError
 
 EM_ARM = 40
 EM_AARCH64 = 183
 EF_ARM_ABI_FLOAT_HARD = 0x400
 SUPPORTED = (
-    "Raspberry Pi OS Trixie or later, Ubuntu Server for Raspberry Pi, "
+    "Raspberry Pi OS Bookworm or later, Ubuntu Server for Raspberry Pi, "
     "or a pifleet test base (see `pifleet images`)"
 )
 
@@ -35,6 +36,12 @@ class Flavor:
     boot_mount: str  # where the FAT partition is mounted on the device
     cloud_init: bool
     generic_kernel: bool  # carries /boot/vmlinuz: bootable under QEMU -M virt
+    seed: FormatFacts | None = None  # the first-boot format the image understands
+
+    @property
+    def init_format(self) -> str:
+        """Raspberry Pi Imager's name for the seed format: cloudinit, cloudinit-rpi, systemd..."""
+        return self.seed.format if self.seed else ("cloudinit" if self.cloud_init else "systemd")
 
     @property
     def name(self) -> str:
@@ -71,16 +78,24 @@ def detect(image: Image) -> Flavor:
         boot_mount=_boot_mount(image, codename),
         cloud_init=exists["/usr/bin/cloud-init"] is not None,
         generic_kernel=exists["/boot/vmlinuz"] is not None,
+        seed=detect_format(image, os_release.get("ID", ""), exists["/etc/rpi-issue"] is not None),
     )
 
 
-def require_supported(flavor: Flavor, image_path: Path) -> None:
-    """Refuse a base pifleet cannot configure (today: one without cloud-init)."""
-    if not flavor.cloud_init:
+def require_supported(flavor: Flavor, image_path: Path, override: str | None = None) -> Flavor:
+    """The flavor with the seed format to write (`override`: the config's seed.format); refuses a
+    format the image cannot run."""
+    seed = flavor.seed
+    if seed is None or override is None or override == seed.format:
+        return flavor
+    needs = {"cloudinit": "cloud-init", "cloudinit-rpi": "cloud-init", "rpi-preseed": "rpi-preseed"}
+    package = needs.get(override)
+    if package is not None and package not in seed.packages:
         raise UserError(
-            f"{image_path}: {flavor.name} has no cloud-init, which pifleet needs; "
-            f"supported bases: {SUPPORTED}"
+            f"{image_path}: seed.format {override} needs {package}, which {flavor.name} lacks "
+            f"(detected: {seed.format})"
         )
+    return replace(flavor, seed=replace(seed, format=override, reason="seed.format in the config"))
 
 
 def parse_os_release(data: bytes) -> dict[str, str]:

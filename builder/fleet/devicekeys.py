@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from builder.seed.cloudinit import HostKey
+from builder.seed.base import HostKey
 from builder.util.atomic import write_atomic
 from builder.util.errors import UserError
 from builder.util.secret import Secret

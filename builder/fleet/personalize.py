@@ -20,6 +20,7 @@ from pathlib import Path
 from builder.config.fleet import load
 from builder.config.labels import image_label
 from builder.config.model import Device, FleetConfig
+from builder.disk.flavor import Flavor, detect, require_supported
 from builder.disk.image import Image
 from builder.disk.sparse import copy_file
 from builder.disk.superblock import last_write_time
@@ -30,7 +31,8 @@ from builder.fleet.devicekeys import (
     write_known_hosts,
 )
 from builder.plan import source_date_epoch
-from builder.seed.cloudinit import HostKey, seed_files
+from builder.seed import formats
+from builder.seed.base import HostKey
 from builder.sources.digests import sha256_of
 from builder.steps import cmdline
 from builder.util.atomic import replace_when_done
@@ -51,10 +53,15 @@ class DeviceSecrets:
 
 
 def device_files(
-    config: FleetConfig, device: Device, secrets: DeviceSecrets, golden_sha256: str | None = None
+    config: FleetConfig,
+    device: Device,
+    secrets: DeviceSecrets,
+    flavor: Flavor,
+    golden_sha256: str | None = None,
 ) -> dict[str, bytes]:
-    """Boot-partition path -> content for `device` (labelled with its golden image's digest)."""
-    files = seed_files(config, device, secrets.host_key)
+    """Boot-partition path -> content for `device`: its seed in the image's format, and its
+    device file (labelled with its golden image's digest when known)."""
+    files = dict(formats.render(config, flavor, device, secrets.host_key).files)
     labels = list(device.labels) + ([image_label(golden_sha256)] if golden_sha256 else [])
     info = joinconfig.DeviceConfig(
         hostname=device.hostname, node_labels=labels, node_taints=list(device.taints)
@@ -77,17 +84,17 @@ def apply(
     golden_sha256: str | None = None,
 ) -> int:
     """Write `device`'s files into the boot partition of `image`; returns files changed."""
-    files = device_files(config, device, secrets, golden_sha256)
+    flavor = require_supported(detect(image), image.path, config.seed.format)
+    files = device_files(config, device, secrets, flavor, golden_sha256)
     for path, data in files.items():
         image.boot.stage(path, data)
     raw = image.boot.read(cmdline.CMDLINE)
-    if raw is not None and b"ds=nocloud" in raw:
+    if raw is not None and b"ds=nocloud" in raw and "/meta-data" in files:
         # The kernel command line beats meta-data: keep its instance-id in agreement.
         instance = cmdline.meta_instance_id(files["/meta-data"])
         wifi = device.wifi or config.network.wifi
-        image.boot.stage(
-            cmdline.CMDLINE, cmdline.edit(raw, instance, wifi.country if wifi else None)
-        )
+        country = wifi.country if wifi else config.hardware.wifi_country
+        image.boot.stage(cmdline.CMDLINE, cmdline.edit(raw, instance, country))
     return image.boot.flush()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import firstboot
 from builder import version
-from builder.outputs import bmap, imager
+from builder.outputs import bmap, imager, sbom
 from builder.plan import Plan
 from builder.sources import compress
 from builder.sources.obtain import Input
@@ -60,8 +60,16 @@ def write_all(
         if fmt != "img"
     ]
     written += compressed
-    listing = _imager_list(plan, result, compressed, written[0])
-    written.append(_write(stack, plan.output_dir / f"{plan.config.name}.os_list.json", listing))
+    listing = _imager_manifest(plan, result, written)
+    name = plan.config.name
+    written.append(_write(stack, plan.output_dir / f"{name}.rpi-imager-manifest", listing))
+    written.append(
+        _write(
+            stack,
+            plan.output_dir / f"{name}.spdx.json",
+            sbom.document(plan, image_tmp, written[0].sha256),
+        )
+    )
     text = json.dumps(manifest(plan, facts, written), indent=2, sort_keys=True) + "\n"
     written.append(_write(stack, plan.output_dir / "manifest.json", text.encode()))
     sums = "".join(f"{w.sha256}  {w.path.name}\n" for w in written)
@@ -76,21 +84,25 @@ def _write(stack: contextlib.ExitStack, final: Path, data: bytes) -> Written:
     return Written(final, hashlib.sha256(data).hexdigest(), tmp)
 
 
-def _imager_list(plan: Plan, result: bmap.Scan, compressed: list[Written], image: Written) -> bytes:
-    """The Imager OS list; the download is the .img.xz (Imager's own format) when there is one."""
-    download = next((w for w in compressed if w.path.name.endswith(".xz")), image)
-    assert download.staged is not None
-    return imager.os_list(
+def _imager_manifest(plan: Plan, result: bmap.Scan, written: list[Written]) -> bytes:
+    """Imager's local manifest; its download is the .img.xz when there is one."""
+    files = [
+        imager.File(w.path, (w.staged or w.path).stat().st_size, w.sha256)
+        for w in written
+        if w.path.name.endswith((".img", ".img.xz", ".img.zst"))
+    ]
+    bmap_file = next((w.path for w in written if w.path.name.endswith(".bmap")), None)
+    item = imager.entry(
         f"{plan.config.name} (pifleet)",
         f"{plan.config.name}: K3s fleet image built by pifleet {version()}",
         plan.config.arch,
-        result.size,
-        result.sha256,
-        download.path.name,
-        download.staged.stat().st_size,
-        download.sha256,
+        plan.target.init_format,
+        imager.File(written[0].path, result.size, result.sha256),
+        files,
+        bmap_file,
         plan.epoch,
     )
+    return imager.manifest(item)
 
 
 def _compressed(plan: Plan, image_tmp: Path, fmt: str, stack: contextlib.ExitStack) -> Written:

@@ -1,3 +1,3 @@
-"""First-boot seed formats, one module each. Takes the config and the plan; gives the files
-the image's first-boot machinery reads from the boot partition (cloud-init NoCloud today).
+"""First-boot seed formats, one module each: cloudinit (cloudinit, cloudinit-rpi), systemd
+(firstrun.sh), preseed (rpi-preseed.toml), behind one interface (base.py); formats.py picks one.
 """

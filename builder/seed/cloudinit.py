@@ -1,85 +1,90 @@
-"""Renders the cloud-init NoCloud seed (user-data, meta-data, network-config) into the
-boot partition, where Raspberry Pi OS Trixie (seedfrom /boot/firmware) and Ubuntu
-(the system-boot partition) read it.
+"""cloud-init NoCloud seed (user-data, meta-data, network-config) in the boot partition, where
+Raspberry Pi OS Trixie (`cloudinit-rpi`, seedfrom /boot/firmware) and Ubuntu (`cloudinit`,
+the system-boot label) read it.
 
-`seed_files` is shared with per-device personalization: the golden image gets
-the fleet-wide seed, a device gets the same plus its host name, address and keys.
+The two differ where Raspberry Pi Imager makes them differ: only `cloudinit-rpi` gets the
+`rpi:` block (cloud-init's cc_raspberry_pi: interfaces and USB gadget mode) and the `/ssh`
+switch file Raspberry Pi OS reads. network-config is netplan v2 with no renderer, as Imager
+writes it; the Wi-Fi password is the derived PSK, never the passphrase.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-from dataclasses import dataclass
 
 from builder import version
-from builder.config.model import Device, FleetConfig, StaticAddress, Wifi
-from builder.disk.image import Image
-from builder.plan import Plan
-from builder.util.errors import UserError
-from builder.util.render import render
+from builder.config.model import Device, FleetConfig, Hardware
+from builder.seed.base import HostKey, Seed, SeedInput, Target, seed_input
+from builder.util.render import render as render_template
 
 SEED_FILES = ("/user-data", "/meta-data", "/network-config")
 SSH_SWITCH = "/ssh"  # Raspberry Pi OS enables sshd at first boot when this file exists
 MASK = "(secret)"  # stands for a secret where the instance-id is computed
 
 
-@dataclass(frozen=True)
-class HostKey:
-    private: str  # OpenSSH private key text
-    public: str  # "ssh-ed25519 AAAA... comment"
-
-
-def apply(image: Image, plan: Plan) -> None:
-    for path, data in seed_files(plan.config).items():
-        image.boot.stage(path, data)
-
-
-def seed_files(
-    config: FleetConfig, device: Device | None = None, host_key: HostKey | None = None
-) -> dict[str, bytes]:
-    """Boot-partition path -> content of the seed for the fleet or for one device."""
-    hostname = device.hostname if device else None
-    wifi = (device.wifi if device and device.wifi else None) or config.network.wifi
-    static: StaticAddress | None = (device.static if device else None) or config.network.static
-    password = wifi_password(wifi, str(config.source))
-
-    def user_data(key: HostKey | None) -> bytes:
-        return render(
+def render(inp: SeedInput, target: Target) -> Seed:
+    def user_data(host_key: HostKey | None) -> bytes:
+        return render_template(
             "user-data",
             version=version(),
-            fleet=config.name,
-            hostname=hostname,
-            timezone=config.timezone,
-            locale=config.locale,
-            users=config.users,
-            host_key=key,
+            fleet=inp.fleet,
+            hostname=inp.hostname,
+            timezone=inp.timezone,
+            locale=inp.locale,
+            keyboard=inp.keyboard,
+            users=inp.users,
+            host_key=host_key,
+            rpi=rpi_block(inp.hardware) if target.format == "cloudinit-rpi" else None,
+            rfkill=inp.wifi is None and inp.hardware.wifi_country is not None,
         )
 
     def network(psk: str | None) -> bytes:
-        return render(
+        return render_template(
             "network-config",
             version=version(),
-            ethernet=config.network.ethernet,
-            static=static,
-            wifi=wifi,
-            wifi_password=psk,
+            ethernet=inp.ethernet,
+            static=inp.static,
+            wifi=inp.wifi,
+            wifi_psk=psk,
         )
 
     # The id is public (meta-data, manifest.json): it is derived from the seed with its
     # secrets masked, so it cannot confirm a guess of the PSK or the host key.
-    masked_key = HostKey(MASK, host_key.public) if host_key else None
-    masked = (user_data(masked_key), network(MASK if password else None))
+    masked_key = HostKey(MASK, inp.host_key.public) if inp.host_key else None
+    masked = (user_data(masked_key), network(MASK if inp.wifi_psk else None))
     files = {
-        "/user-data": user_data(host_key),
-        "/meta-data": render(
-            "meta-data", instance_id=instance_id(*masked, hostname), hostname=hostname
+        "/user-data": user_data(inp.host_key),
+        "/meta-data": render_template(
+            "meta-data", instance_id=instance_id(*masked, inp.hostname), hostname=inp.hostname
         ),
-        "/network-config": network(password),
+        "/network-config": network(inp.wifi_psk),
     }
-    if any(user.ssh_authorized_keys for user in config.users):
+    if target.format == "cloudinit-rpi" and any(u.ssh_authorized_keys for u in inp.users):
         files[SSH_SWITCH] = b""
-    return files
+    return Seed(files)
+
+
+def rpi_block(hardware: Hardware) -> dict[str, object] | None:
+    """cc_raspberry_pi's `rpi:` settings for the interfaces switched on (None: nothing to do)."""
+    interfaces = {
+        name: True for name in ("i2c", "spi", "serial", "onewire") if getattr(hardware, name)
+    }
+    block: dict[str, object] = {}
+    if interfaces:
+        block["interfaces"] = interfaces
+    if hardware.usb_gadget:
+        block["enable_usb_gadget"] = True
+    return block or None
+
+
+def seed_files(
+    config: FleetConfig,
+    device: Device | None = None,
+    host_key: HostKey | None = None,
+    fmt: str = "cloudinit-rpi",
+) -> dict[str, bytes]:
+    """Boot-partition path -> content of the cloud-init seed for the fleet or one device."""
+    return render(seed_input(config, device, host_key), Target(fmt)).files
 
 
 def instance_id(user_data: bytes, network: bytes, hostname: str | None) -> str:
@@ -90,18 +95,3 @@ def instance_id(user_data: bytes, network: bytes, hostname: str | None) -> str:
     for part in (user_data, network, (hostname or "").encode()):
         digest.update(hashlib.sha256(part).digest())
     return f"pifleet-{digest.hexdigest()[:16]}"
-
-
-def wifi_password(wifi: Wifi | None, where: str) -> str | None:
-    if wifi is None or wifi.password_env is None:
-        return None
-    value = os.environ.get(wifi.password_env)
-    if not value:
-        raise UserError(
-            f"{where}: network.wifi.password_env: environment variable {wifi.password_env} is not set"
-        )
-    if not 8 <= len(value) <= 63:
-        raise UserError(
-            f"{where}: network.wifi.password_env: a WPA passphrase has 8 to 63 characters"
-        )
-    return value

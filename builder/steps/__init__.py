@@ -11,15 +11,15 @@ from collections.abc import Callable
 
 from builder.disk.image import Image
 from builder.plan import Plan
-from builder.seed import cloudinit
-from builder.steps import agent, cmdline, fstab, join, k3s, locale, timezone
+from builder.steps import agent, cmdline, config_txt, fstab, join, k3s, locale, seed, timezone
 
 Step = Callable[[Image, Plan], None]
 
-# cloudinit before cmdline: a `ds=nocloud;i=` override must match the meta-data written.
+# seed before cmdline: a `ds=nocloud;i=` override must match the meta-data written.
 ORDER: tuple[tuple[str, Step], ...] = (
-    ("cloudinit", cloudinit.apply),
+    ("seed", seed.apply),
     ("cmdline", cmdline.apply),
+    ("config_txt", config_txt.apply),
     ("locale", locale.apply),
     ("timezone", timezone.apply),
     ("fstab", fstab.apply),

@@ -21,9 +21,9 @@ def apply(image: Image, plan: Plan) -> None:
     if raw is None:
         raise UserError(f"{plan.base.origin}: the boot partition has no cmdline.txt")
     wifi = plan.config.network.wifi
-    meta = image.boot.read("/meta-data")  # staged by the cloudinit step, which runs first
+    meta = image.boot.read("/meta-data")  # staged by the seed step, which runs first
     instance = meta_instance_id(meta) if meta else None
-    updated = edit(raw, instance, wifi.country if wifi else None)
+    updated = edit(raw, instance, wifi.country if wifi else plan.config.hardware.wifi_country)
     image.boot.stage(CMDLINE, updated)
 
 
@@ -50,6 +50,21 @@ def edit(raw: bytes, instance_id: str | None, country: str | None) -> bytes:
         words = [_nocloud(w, instance_id) for w in words]
     if country is not None:
         words = [w for w in words if not w.startswith(REGDOM)] + [REGDOM + country]
+    ending = "\n" if text.endswith("\n") or not text else ""
+    return (" ".join(words) + ending).encode()
+
+
+def with_words(raw: bytes, add: tuple[str, ...]) -> bytes:
+    """`raw` with each word of `add` in place of the word with the same key, else appended."""
+    text = raw.decode("utf-8", errors="replace")
+    words = text.split()
+    for word in add:
+        key = word.split("=", 1)[0] + "="
+        same = [i for i, w in enumerate(words) if w.split("=", 1)[0] + "=" == key]
+        if same:
+            words[same[0]] = word
+        else:
+            words.append(word)
     ending = "\n" if text.endswith("\n") or not text else ""
     return (" ".join(words) + ending).encode()
 

@@ -1,0 +1,111 @@
+"""What every seed format takes in and gives out.
+
+In: the fleet's (or one device's) host name, users, SSH keys, network, time zone,
+locale, keyboard and Pi interfaces (`SeedInput`), plus what the image can run
+(`Target`). Out: boot-partition files and the kernel command-line words they
+need (`Seed`). Each format module (cloudinit, systemd, preseed) has one
+function, `render(inp, target) -> Seed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from builder.config.model import Device, FleetConfig, Hardware, StaticAddress, User, Wifi
+from builder.util.errors import UserError
+
+
+@dataclass(frozen=True)
+class HostKey:
+    private: str  # OpenSSH private key text
+    public: str  # "ssh-ed25519 AAAA... comment"
+
+
+@dataclass(frozen=True)
+class SeedInput:
+    fleet: str
+    hostname: str | None  # None: the golden image; the agent names the device at first boot
+    users: tuple[User, ...]
+    ethernet: str
+    static: StaticAddress | None
+    wifi: Wifi | None
+    wifi_password: str | None  # the passphrase, only for formats that need it in clear
+    wifi_psk: str | None  # the WPA PSK derived from it (64 hex digits), as Imager writes it
+    timezone: str
+    locale: str
+    keyboard: str | None
+    hardware: Hardware
+    host_key: HostKey | None = None
+
+    @property
+    def country(self) -> str | None:
+        """The Wi-Fi regulatory domain: the network's, else hardware.wifi_country."""
+        return self.wifi.country if self.wifi else self.hardware.wifi_country
+
+
+@dataclass(frozen=True)
+class Target:
+    format: str  # cloudinit | cloudinit-rpi | systemd | rpi-preseed
+    boot_mount: str = "/boot/firmware"
+    imager_custom: bool = False
+    userconf: bool = False
+    network_manager: bool = False
+
+
+@dataclass(frozen=True)
+class Seed:
+    files: dict[str, bytes]
+    # Kernel command-line words: a word whose key (text up to "=") is already there replaces
+    # it in place, others are appended, so applying a seed twice changes nothing.
+    cmdline: tuple[str, ...] = field(default=())
+
+
+def seed_input(
+    config: FleetConfig, device: Device | None = None, host_key: HostKey | None = None
+) -> SeedInput:
+    wifi = (device.wifi if device and device.wifi else None) or config.network.wifi
+    password = wifi_password(wifi, str(config.source))
+    return SeedInput(
+        fleet=config.name,
+        hostname=device.hostname if device else None,
+        users=config.users,
+        ethernet=config.network.ethernet,
+        static=(device.static if device else None) or config.network.static,
+        wifi=wifi,
+        wifi_password=password,
+        wifi_psk=wpa_psk(wifi.ssid, password) if wifi and password else None,
+        timezone=config.timezone,
+        locale=config.locale,
+        keyboard=config.seed.keyboard,
+        hardware=config.hardware,
+        host_key=host_key,
+    )
+
+
+def wpa_psk(ssid: str, passphrase: str) -> str:
+    """The WPA PSK for a passphrase (IEEE 802.11i: PBKDF2-HMAC-SHA1, SSID as salt, 4096
+    rounds, 32 bytes), so the passphrase itself need not be written."""
+    raw = hashlib.pbkdf2_hmac("sha1", passphrase.encode(), ssid.encode(), 4096, 32)
+    return raw.hex()
+
+
+def wifi_password(wifi: Wifi | None, where: str) -> str | None:
+    if wifi is None or wifi.password_env is None:
+        return None
+    value = os.environ.get(wifi.password_env)
+    if not value:
+        raise UserError(
+            f"{where}: network.wifi.password_env: environment variable {wifi.password_env} is not set"
+        )
+    if not 8 <= len(value) <= 63:
+        raise UserError(
+            f"{where}: network.wifi.password_env: a WPA passphrase has 8 to 63 characters"
+        )
+    return value
+
+
+def shell_quote(value: str) -> str:
+    """One POSIX shell word: single quotes, an embedded ' as '"'"'."""
+    return "'" + value.replace("'", "'\"'\"'") + "'"

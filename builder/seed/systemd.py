@@ -1,0 +1,273 @@
+"""`systemd` format: firstrun.sh in the boot partition, run once by `systemd.run=` (Raspberry Pi
+OS Bookworm and the first Trixie release; any systemd image without cloud-init).
+
+The script follows the structure Raspberry Pi Imager gives it (customization_generator.cpp,
+`generateSystemdScript`): each block calls raspberrypi-sys-mods' `imager_custom` when the
+image has it and falls back to plain commands otherwise. Where pifleet differs, and why:
+
+| pifleet                                              | Imager                            |
+|------------------------------------------------------|-----------------------------------|
+| paths under the image's boot mount (/boot/firmware), | /boot/ paths, rewritten on the    |
+| so no initramfs fix-up is needed                     | device by sys-mods' imager_fixup  |
+| the footer removes exactly its three cmdline words   | `s| systemd.run.*||`: drops the  |
+| (pifleet's cgroup words may follow them)             | rest of the line                  |
+| any number of users, no passwords, with groups       | one user with a password hash     |
+| Wi-Fi fallback: a NetworkManager keyfile when the    | wpa_supplicant.conf               |
+| image has NetworkManager, else wpa_supplicant.conf   |                                   |
+| static address, locale, interfaces, SSH host key     | (not written)                     |
+
+The Wi-Fi passphrase never lands in the file: it carries the derived PSK, as Imager's does.
+The script deletes itself and its kernel command-line words, then the system reboots
+(`systemd.run_success_action=reboot`); the first-boot agent joins on the next boot.
+"""
+
+from __future__ import annotations
+
+from builder.config.model import Hardware, StaticAddress, User
+from builder.seed.base import HostKey, Seed, SeedInput, Target
+from builder.seed.base import shell_quote as q
+from builder.seed.nmkeyfile import ethernet_keyfile, networkd_file, wifi_keyfile
+
+SCRIPT = "firstrun.sh"
+IC = "/usr/lib/raspberrypi-sys-mods/imager_custom"
+USERCONF = "/usr/lib/userconf-pi/userconf"
+NM_DIR = "/etc/NetworkManager/system-connections"
+
+
+def cmdline_words(boot_mount: str) -> tuple[str, ...]:
+    return (
+        f"systemd.run={boot_mount}/{SCRIPT}",
+        "systemd.run_success_action=reboot",
+        "systemd.unit=kernel-command-line.target",
+    )
+
+
+def render(inp: SeedInput, target: Target) -> Seed:
+    lines = ["#!/bin/sh", "", "set +e", ""]
+    if inp.hostname:
+        lines += _hostname(inp.hostname, target)
+    lines += ["FIRSTUSER=$(getent passwd 1000 | cut -d: -f1)"]
+    for index, user in enumerate(inp.users):
+        lines += _user(user, first=index == 0, target=target)
+    if inp.host_key:
+        lines += _host_key(inp.host_key)
+    lines += _network(inp, target)
+    lines += _locale(inp, target)
+    lines += _interfaces(inp.hardware)
+    lines += _footer(target.boot_mount)
+    script = "\n".join(lines) + "\n"
+    return Seed({f"/{SCRIPT}": script.encode()}, cmdline_words(target.boot_mount))
+
+
+def _if_ic(helper: list[str], fallback: list[str], available: bool) -> list[str]:
+    """Imager's shape: the sys-mods helper when the file exists, else plain commands. Not
+    indented: a here-document's end marker must start its line."""
+    if not available:
+        return fallback
+    return [f"if [ -f {IC} ]; then", *helper, "else", *fallback, "fi"]
+
+
+def _hostname(name: str, target: Target) -> list[str]:
+    return [
+        "CURRENT_HOSTNAME=$(tr -d ' \\t\\n\\r' < /etc/hostname)",
+        *_if_ic(
+            [f"{IC} set_hostname {name}"],
+            [
+                f"echo {name} > /etc/hostname",
+                f'sed -i "s/127.0.1.1.*$CURRENT_HOSTNAME/127.0.1.1\\t{name}/g" /etc/hosts',
+            ],
+            target.imager_custom,
+        ),
+    ]
+
+
+def _user(user: User, first: bool, target: Target) -> list[str]:
+    name, home = q(user.name), f"/home/{user.name}"
+    if first and target.userconf:
+        # Renames the image's first user (uid 1000, with its Pi groups) and turns off the
+        # interactive user wizard; '!' locks the password: keys only.
+        create = [
+            f'if [ -x {USERCONF} ] && [ -n "$FIRSTUSER" ]; then',
+            f"{USERCONF} {name} '!'",
+            "else",
+            f"id -u {name} >/dev/null 2>&1 || useradd -m -s {q(user.shell)} {name}",
+            "fi",
+        ]
+    else:
+        create = [f"id -u {name} >/dev/null 2>&1 || useradd -m -s {q(user.shell)} {name}"]
+    lines = [*create, f"usermod -s {q(user.shell)} {name}"]
+    if user.groups:
+        for group in user.groups:
+            lines.append(f"getent group {q(group)} >/dev/null && usermod -a -G {q(group)} {name}")
+    if user.sudo:
+        drop_in = q(f"/etc/sudoers.d/010_{user.name}-nopasswd")
+        lines += [
+            f"echo {q(f'{user.name} ALL=(ALL) NOPASSWD:ALL')} > {drop_in}",
+            f"chmod 0440 {drop_in}",
+        ]
+    if user.ssh_authorized_keys:
+        lines += _keys(user, home, first and target.imager_custom)
+    return lines
+
+
+def _keys(user: User, home: str, helper: bool) -> list[str]:
+    keys = "\n".join(user.ssh_authorized_keys)
+    plain = [
+        f"install -o {q(user.name)} -m 700 -d {q(home + '/.ssh')}",
+        f"cat > {q(home + '/.ssh/authorized_keys')} <<'EOF'",
+        keys,
+        "EOF",
+        f"chown {q(user.name)}: {q(home + '/.ssh/authorized_keys')}",
+        f"chmod 600 {q(home + '/.ssh/authorized_keys')}",
+        "mkdir -p /etc/ssh/sshd_config.d",
+        "echo 'PasswordAuthentication no' > /etc/ssh/sshd_config.d/10-pifleet.conf",
+        "systemctl enable ssh",
+    ]
+    if not helper:
+        return plain
+    # imager_custom writes the keys for uid 1000, which is this user once renamed.
+    call = f"{IC} enable_ssh -k " + " ".join(q(k) for k in user.ssh_authorized_keys)
+    return _if_ic([call], plain, True)
+
+
+def _host_key(key: HostKey) -> list[str]:
+    return [
+        "rm -f /etc/ssh/ssh_host_*",
+        "cat > /etc/ssh/ssh_host_ed25519_key <<'EOF'",
+        key.private.rstrip("\n"),
+        "EOF",
+        "chmod 600 /etc/ssh/ssh_host_ed25519_key",
+        f"echo {q(key.public)} > /etc/ssh/ssh_host_ed25519_key.pub",
+        # Pi OS regenerates host keys on the next boot unless told otherwise.
+        "systemctl disable regenerate_ssh_host_keys 2>/dev/null",
+        "ssh-keygen -A",
+    ]
+
+
+def _network(inp: SeedInput, target: Target) -> list[str]:
+    lines: list[str] = []
+    if inp.static is not None:
+        lines += _static(inp.ethernet, inp.static, target.network_manager)
+    if inp.wifi is not None:
+        lines += _wifi(inp, target)
+    elif inp.country:
+        lines += _rfkill()
+    return lines
+
+
+def _static(ethernet: str, static: StaticAddress, network_manager: bool) -> list[str]:
+    if network_manager:
+        path = f"{NM_DIR}/pifleet-{ethernet}.nmconnection"
+        text = ethernet_keyfile(ethernet, static)
+    else:
+        path = f"/etc/systemd/network/10-pifleet-{ethernet}.network"
+        text = networkd_file(ethernet, static)
+    return [f"mkdir -p {q(path.rsplit('/', 1)[0])}", *_heredoc(path, text), f"chmod 600 {q(path)}"]
+
+
+def _wifi(inp: SeedInput, target: Target) -> list[str]:
+    wifi = inp.wifi
+    assert wifi is not None
+    psk = inp.wifi_psk
+    args = (["-h"] if wifi.hidden else []) + [q(wifi.ssid)] + [q(psk or ""), q(wifi.country)]
+    if target.network_manager:
+        path = f"{NM_DIR}/preconfigured.nmconnection"
+        plain = [
+            f"mkdir -p {NM_DIR}",
+            *_heredoc(path, wifi_keyfile(wifi, psk)),
+            f"chmod 600 {path}",
+            f"raspi-config nonint do_wifi_country {q(wifi.country)}",
+        ]
+    else:
+        plain = _wpa_supplicant(wifi.ssid, psk, wifi.country, wifi.hidden)
+    return _if_ic([f"{IC} set_wlan " + " ".join(args)], plain, target.imager_custom) + _rfkill()
+
+
+def _wpa_supplicant(ssid: str, psk: str | None, country: str, hidden: bool) -> list[str]:
+    plain = ssid.isascii() and ssid.isprintable() and '"' not in ssid
+    network = ["\tscan_ssid=1"] if hidden else []
+    network += [f'\tssid="{ssid}"' if plain else f"\tssid={ssid.encode().hex()}"]
+    if psk:
+        network += ["\tkey_mgmt=WPA-PSK SAE", f"\tpsk={psk}", "\tieee80211w=1"]
+    else:
+        network += ["\tkey_mgmt=NONE"]
+    text = (
+        "\n".join(
+            [
+                f"country={country}",
+                "ctrl_interface=DIR=/var/run/wpa_supplicant GROUP=netdev",
+                "ap_scan=1",
+                "",
+                "update_config=1",
+                "network={",
+                *network,
+                "}",
+            ]
+        )
+        + "\n"
+    )
+    path = "/etc/wpa_supplicant/wpa_supplicant.conf"
+    return [*_heredoc(path, text, "WPAEOF"), f"chmod 600 {path}"]
+
+
+def _rfkill() -> list[str]:
+    return [
+        "rfkill unblock wifi",
+        "for filename in /var/lib/systemd/rfkill/*:wlan ; do",
+        '  echo 0 > "$filename"',
+        "done",
+    ]
+
+
+def _locale(inp: SeedInput, target: Target) -> list[str]:
+    lines = []
+    if inp.keyboard:
+        lines += _if_ic(
+            [f"{IC} set_keymap {q(inp.keyboard)}"],
+            [
+                *_heredoc(
+                    "/etc/default/keyboard",
+                    f'XKBMODEL="pc105"\nXKBLAYOUT="{inp.keyboard}"\nXKBVARIANT=""\nXKBOPTIONS=""\n\n',
+                    "KBEOF",
+                ),
+                "dpkg-reconfigure -f noninteractive keyboard-configuration",
+            ],
+            target.imager_custom,
+        )
+    lines += _if_ic(
+        [f"{IC} set_timezone {q(inp.timezone)}"],
+        [
+            "rm -f /etc/localtime",
+            f"echo {q(inp.timezone)} > /etc/timezone",
+            "dpkg-reconfigure -f noninteractive tzdata",
+        ],
+        target.imager_custom,
+    )
+    # /etc/locale.gen already lists the locale (the build's locale step).
+    lines += ["locale-gen", f"update-locale LANG={q(inp.locale)}"]
+    return lines
+
+
+def _interfaces(hardware: Hardware) -> list[str]:
+    switches = [
+        ("i2c", "do_i2c"),
+        ("spi", "do_spi"),
+        ("onewire", "do_onewire"),
+        ("serial", "do_serial_hw"),
+    ]
+    lines = [f"raspi-config nonint {cmd} 0" for name, cmd in switches if getattr(hardware, name)]
+    if hardware.usb_gadget:
+        lines.append("rpi-usb-gadget on")
+    return lines
+
+
+def _footer(boot_mount: str) -> list[str]:
+    words = (
+        r"s| systemd\.run=[^ ]*||; s| systemd\.run_success_action=[^ ]*||; "
+        r"s| systemd\.unit=kernel-command-line\.target||"
+    )
+    return [f"rm -f {boot_mount}/{SCRIPT}", f"sed -i '{words}' {boot_mount}/cmdline.txt", "exit 0"]
+
+
+def _heredoc(path: str, text: str, marker: str = "EOF") -> list[str]:
+    return [f"cat > {q(path)} <<'{marker}'", text.rstrip("\n"), marker]
