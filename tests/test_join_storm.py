@@ -7,21 +7,26 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
+import signal
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from builder.testserver.server import K3sTestServer
+from builder.testserver.server import K3sTestServer, free_port
 from firstboot.machine import Agent
 from firstboot.paths import Root
 from firstboot.report import Reporter
 from firstboot.retry import THROTTLED_WINDOW, Backoff
-from firstboot.server import ServerError, pinned_context, prove_token
+from firstboot.server import ServerError, fetch_cacerts, pinned_context, prove_token
 from firstboot.token import parse
-from tests.agent_helpers import make_device
+from tests.agent_helpers import REPO, make_device
+from tests.conftest import pifleet
 from tests.storm_agents import JOIN_CONFIG, run_storm, storm_join_config
 
 
@@ -132,3 +137,49 @@ def test_100_agents_join_exactly_once_within_the_limit(tmp_path: Path) -> None:
         assert not (root / "etc/pifleet/token").exists()
     assert stats.peak <= limit
     assert stats.refused > 0  # the storm did meet the limit
+
+
+def test_cli_flags_set_the_limit(tmp_path: Path) -> None:
+    """`pifleet test-server --max-inflight 1 --service-time 5 --retry-after 4`: of two
+    requests at once, one is refused with Retry-After: 4."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "builder", "test-server", "--port", str(port),
+         "--state-dir", str(tmp_path / "s"), "--token-out", str(tmp_path / "token"),
+         "--token-form", "node", "--max-inflight", "1", "--service-time", "5",
+         "--retry-after", "4"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        while not (tmp_path / "token").exists():  # bounded by the test run's timeout
+            time.sleep(0.1)
+        url = f"https://127.0.0.1:{port}"
+        token = parse((tmp_path / "token").read_text().strip())
+        context = pinned_context(fetch_cacerts(url))
+        errors: list[ServerError] = []
+
+        def prove() -> None:
+            try:
+                prove_token(url, token, context)
+            except ServerError as exc:
+                errors.append(exc)
+
+        pair = [threading.Thread(target=prove) for _ in range(2)]
+        for thread in pair:  # both overlap the other's 5 s slot: one of them is refused
+            thread.start()
+        for thread in pair:
+            thread.join()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    assert [e.retry_after for e in errors] == [4.0]
+
+
+def test_cli_refuses_a_negative_limit(tmp_path: Path) -> None:
+    done = pifleet("test-server", "--max-inflight", "-1", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "pifleet: error: test-server: --max-inflight must be >= 0"
+    ]
