@@ -157,15 +157,19 @@ def simulated(args: argparse.Namespace, slot: float, overhead: float) -> None:
         f" {1000 * overhead:.0f} ms a request, as measured above)"
     )
     show_sim("  sim, jitter   ", args.agents, simulate(args.agents, base), base)
+    fleet = replace(base, overhead=args.sim_overhead)
+    print(
+        f"{args.sim_agents} agents, each with its own CPU: {1000 * args.sim_overhead:.0f} ms a request"
+    )
     for jitter in (True, False):
-        policy = replace(base, jitter=jitter)
         label = "  sim, jitter   " if jitter else "  sim, no jitter"
+        policy = replace(fleet, jitter=jitter)
         show_sim(label, args.sim_agents, simulate(args.sim_agents, policy), policy)
     print(
         f"\nserver sizing for {args.sim_agents} agents at {1000 * slot:.0f} ms a request (simulated):"
     )
     for limit in SIZING_LIMITS:
-        policy = replace(base, limit=limit)
+        policy = replace(fleet, limit=limit)
         r = simulate(args.sim_agents, policy)
         print(f"  {limit:4d} in flight ({limit / slot:5.0f} req/s): all joined at {r.end:5.0f} s,"
               f" p99 {percentile(r.joined, 0.99):5.0f} s, refused {r.refused}, slots busy {100 * r.busy / (limit * r.end):.0f}%")  # fmt: skip
@@ -182,6 +186,12 @@ def main() -> int:
     p.add_argument("--contrast-deadline", type=float, default=180.0, help="jitter off: stop then")
     p.add_argument("--sim-agents", type=int, default=10000)
     p.add_argument("--sim-only", action="store_true")
+    p.add_argument(
+        "--sim-overhead",
+        type=float,
+        default=0.0,
+        help="client cost a request in the 10,000 simulation (default 0: the server's view)",
+    )
     p.add_argument("--no-jitter", action="store_true")
     p.add_argument("--worker", nargs=5, metavar=("URL", "DIR", "FIRST", "LAST", "START_AT"))
     args = p.parse_args()
