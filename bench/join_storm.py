@@ -158,9 +158,7 @@ def simulated(args: argparse.Namespace, slot: float, overhead: float) -> None:
     )
     show_sim("  sim, jitter   ", args.agents, simulate(args.agents, base), base)
     fleet = replace(base, overhead=args.sim_overhead)
-    print(
-        f"{args.sim_agents} agents, each with its own CPU: {1000 * args.sim_overhead:.0f} ms a request"
-    )
+    print(f"{args.sim_agents} agents, client overhead {1000 * args.sim_overhead:.0f} ms a request:")
     for jitter in (True, False):
         label = "  sim, jitter   " if jitter else "  sim, no jitter"
         policy = replace(fleet, jitter=jitter)
