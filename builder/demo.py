@@ -15,6 +15,7 @@ runs from a wheel as from a checkout; its output goes to ./out unless -o says.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -23,11 +24,12 @@ from pathlib import Path
 from builder import build
 from builder.config.fleet import load
 from builder.config.model import FleetConfig
-from builder.fleet import personalize
+from builder.fleet import personalize, status
 from builder.plan import resolve
 from builder.qemu import base, boottest
 from builder.testserver.server import K3sTestServer
 from builder.util import bundled
+from builder.util.errors import PifleetError
 
 log = logging.getLogger("pifleet.demo")
 
@@ -73,9 +75,15 @@ def command(args: argparse.Namespace) -> int:
     )
     print(f"[4/4] pifleet boot-test {device_image}", flush=True)
     opts = boottest.BootOptions(image=device_image, timeout=args.timeout, server_state=server_state)
-    result = boottest.boot_test(
-        opts, on_milestone=lambda name, s: print(f"{s:8.1f} s  {name}", flush=True)
-    )
+
+    def milestone(name: str, seconds: float) -> None:
+        print(f"{seconds:8.1f} s  {name}", flush=True)
+        if name == "joined":  # the test server is up: what `pifleet status` shows now
+            print(f"pifleet status --kubeconfig {server_state / 'kubeconfig.yaml'}", flush=True)
+            with contextlib.suppress(PifleetError):
+                status.show(config, server_state / "kubeconfig.yaml")
+
+    result = boottest.boot_test(opts, on_milestone=milestone)
     if result.passed:
         print(
             f"joined: {result.node} registered with the K3s test server in {result.seconds:.0f} s"

@@ -190,6 +190,7 @@ class Agent:
         problems = preflight.problems(self.root, self.join.k3s_binary)
         if problems:
             raise Terminal("; ".join(problems))
+        self.report.progress("load", preflight.page_size_note())
         if configured is None:
             naming.set_hostname(self.root, name)
         self.state.node_name = name

@@ -1,4 +1,13 @@
-"""Checks that make a join pointless when they fail: the memory cgroup and the K3s binary."""
+"""Checks that make a join pointless when they fail: the memory cgroup and the K3s binary;
+and what is worth knowing before K3s runs: the kernel's page size.
+
+K3s needs the memory controller. Where the kernel has the unified hierarchy (cgroup v2,
+every current Raspberry Pi OS), /sys/fs/cgroup/cgroup.controllers says whether it is
+available; /proc/cgroups can say "enabled" while it is not, so it is read only on
+cgroup v1 systems. On a Pi the device tree puts cgroup_disable=memory on the kernel
+command line and cmdline.txt comes after it, so cmdline.txt needs cgroup_enable=memory
+(kernels 6.12 and later ignore the older cgroup_memory=1).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +16,24 @@ from typing import List
 
 from firstboot.paths import Root
 
+CGROUP_FIX = (
+    "add cgroup_enable=memory to cmdline.txt in the boot partition (the device tree puts "
+    "cgroup_disable=memory first and cmdline.txt comes after it; kernels 6.12+ ignore "
+    "cgroup_memory=1)"
+)
+
 
 def memory_cgroup_problem(root: Root) -> str:
-    """'' when the memory cgroup controller is enabled, else what is wrong."""
+    """'' when the memory cgroup controller is available, else what is wrong."""
     controllers = root("/sys/fs/cgroup/cgroup.controllers")
     try:
         if "memory" in controllers.read_text().split():
             return ""
-        return "the memory cgroup controller is not enabled (cgroup v2)"
+        return "the memory cgroup controller is not in /sys/fs/cgroup/cgroup.controllers"
+    except FileNotFoundError:
+        pass  # no unified hierarchy: a cgroup v1 system
     except OSError:
-        pass
+        return "cannot read /sys/fs/cgroup/cgroup.controllers to check the memory cgroup"
     try:
         for line in root("/proc/cgroups").read_text().splitlines():
             fields = line.split()
@@ -31,13 +48,22 @@ def problems(root: Root, k3s_binary: str) -> List[str]:
     found = []
     cgroup = memory_cgroup_problem(root)
     if cgroup:
-        found.append(
-            cgroup + ": K3s needs cgroup_memory=1 cgroup_enable=memory in cmdline.txt "
-            "(some Pi 5 kernels ignore them; check /proc/cgroups)"
-        )
+        found.append(cgroup + ": K3s cannot run; " + CGROUP_FIX)
     binary = root(k3s_binary)
     if not binary.is_file():
         found.append("the K3s binary " + k3s_binary + " is missing")
     elif not os.access(str(binary), os.X_OK):
         found.append("the K3s binary " + k3s_binary + " is not executable")
     return found
+
+
+def page_size_note() -> str:
+    """The kernel's page size, and what a 16K-page kernel (the Pi 5's default) means for K3s."""
+    size = os.sysconf("SC_PAGE_SIZE")
+    note = "page size " + str(size // 1024) + "K"
+    if size > 4096:
+        note += (
+            ": some container images (jemalloc builds) fail on it; hardware.pi5_4k_pages: true "
+            "boots the Pi 5 with kernel8.img (4K pages)"
+        )
+    return note

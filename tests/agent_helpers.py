@@ -73,6 +73,7 @@ def make_device(
         b"#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t0\t1\t1\nmemory\t0\t90\t1\n",
     )
     write(root / "sys/firmware/devicetree/base/serial-number", SERIAL.encode() + b"\0")
+    write(root / "sys/fs/cgroup/cgroup.controllers", b"cpuset cpu io memory hugetlb pids rdma\n")
     write(root / "etc/machine-id", b"0123456789abcdef0123456789abcdef\n")
     write(root / "etc/hosts", b"127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n")
     write(root / "run/systemd/timesync/synchronized", b"")

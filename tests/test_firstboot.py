@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -247,9 +248,21 @@ def test_unwritable_state_dir(server: K3sTestServer, device: Path) -> None:
 @pytest.mark.parametrize(
     ("breaks", "expected"),
     [
-        (
-            lambda root: (root / "proc/cgroups").write_text("memory\t0\t1\t0\n"),
-            "the memory cgroup is disabled",
+        (  # cgroup v2 (every current Pi OS): the unified hierarchy's controllers decide
+            lambda root: (root / "sys/fs/cgroup/cgroup.controllers").write_text("cpu io pids\n"),
+            "not in /sys/fs/cgroup/cgroup.controllers: K3s cannot run; add cgroup_enable=memory"
+            " to cmdline.txt",
+        ),
+        (  # /proc/cgroups says enabled, the unified hierarchy has no memory controller
+            lambda root: (root / "sys/fs/cgroup/cgroup.controllers").write_text("cpuset cpu\n"),
+            "kernels 6.12+ ignore cgroup_memory=1",
+        ),
+        (  # cgroup v1 only: /proc/cgroups
+            lambda root: (
+                (root / "sys/fs/cgroup/cgroup.controllers").unlink(),
+                (root / "proc/cgroups").write_text("memory\t0\t1\t0\n"),
+            ),
+            "the memory cgroup is disabled (/proc/cgroups)",
         ),
         (
             lambda root: (root / "usr/local/bin/k3s").unlink(),
@@ -387,3 +400,11 @@ def test_agent_source_is_python39_syntax_and_stdlib_only() -> None:
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] in allowed, f"{path}: imports {name}"
+
+
+def test_agent_logs_the_page_size(server: K3sTestServer, device: Path) -> None:
+    make_device(device, server, server.mint_token())
+    proc = run_agent(device)
+    assert proc.returncode == 0, proc.stderr
+    size = os.sysconf("SC_PAGE_SIZE") // 1024
+    assert f"pifleet-firstboot: load: page size {size}K" in proc.stderr

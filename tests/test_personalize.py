@@ -61,6 +61,7 @@ def golden(fleet_dir: Path) -> tuple[Path, Path]:
 def test_two_hundred_devices_from_one_golden_image(golden: tuple[Path, Path]) -> None:
     image, config_path = golden
     config = load(config_path)
+    golden_sha = hashlib.sha256(image.read_bytes()).hexdigest()
     images = personalize_fleet(image, config, list(config.devices))
     assert len(images) == DEVICES
     root = partition_digest(image, 2)
@@ -80,7 +81,9 @@ def test_two_hundred_devices_from_one_golden_image(golden: tuple[Path, Path]) ->
         serialization.load_ssh_private_key(user["ssh_keys"]["ed25519_private"].encode(), None)
         assert known[device.hostname][1] == " ".join(public.split()[:2])
         info = json.loads(fat_read(path, "/pifleet/device.json"))
-        assert info["hostname"] == device.hostname and info["node_labels"] == list(device.labels)
+        # The device's own labels, then its golden image's digest (for `pifleet status`).
+        labelled = [*device.labels, f"pifleet/image={golden_sha[:12]}"]
+        assert info["hostname"] == device.hostname and info["node_labels"] == labelled
         stored = (config.output.dir / "devices" / device.hostname / "node-password").read_text()
         assert fat_read(path, "/pifleet/node-password") == stored.encode()
         network = yaml.safe_load(fat_read(path, "/network-config"))["network"]["ethernets"]["eth0"]

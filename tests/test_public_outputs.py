@@ -3,6 +3,7 @@ shared (issue 11, items 2 and 3)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,10 @@ def test_instance_id_does_not_confirm_a_passphrase_guess(
     for psk in ("correct horse battery", "wrong guess 12345"):
         monkeypatch.setenv("WIFI_PSK", psk)
         files = seed_files(load(tmp_path / "f.yaml"))
-        assert psk.encode() in files["/network-config"]
+        # The seed carries the WPA PSK derived from the passphrase (never the passphrase).
+        derived = hashlib.pbkdf2_hmac("sha1", psk.encode(), b"edge net", 4096, 32).hex()
+        assert derived.encode() in files["/network-config"]
+        assert psk.encode() not in files["/network-config"]
         ids.add(meta_instance_id(files["/meta-data"]))
     assert len(ids) == 1
     (tmp_path / "f.yaml").write_text(fleet_yaml(network=WIFI.replace("edge net", "other net")))

@@ -15,7 +15,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path, PurePosixPath
 
 from builder.disk import sparse
@@ -24,7 +23,7 @@ from builder.disk.entries import Directory, Entry, File, Inode, Symlink
 from builder.disk.superblock import Usage, read_superblock
 from builder.util.atomic import remove_stale, temp_path_for
 from builder.util.errors import BuildError, UserError
-from builder.util.private import create_private, private_dir
+from builder.util.private import create_private, private_dir, write_private
 from builder.util.run import PRIVATE_UMASK, no_fsync_env, run, stream
 
 log = logging.getLogger("pifleet.ext4")
@@ -54,13 +53,14 @@ class Ext4Filesystem:
 
     def _debugfs(self, script: list[str], write: bool = False) -> tuple[str, list[str]]:
         """Run debugfs commands; (stdout, error lines other than the banner)."""
-        with tempfile.NamedTemporaryFile("w", prefix="pifleet-debugfs-", suffix=".cmd") as cmd:
-            cmd.write("\n".join(script) + "\n")
-            cmd.flush()
+        # In a private pifleet-debugfs-<pid>-* folder: a killed run's is removed by the next.
+        with private_dir("debugfs") as tmp:
+            cmd = tmp / "script.cmd"
+            write_private(cmd, ("\n".join(script) + "\n").encode())
             log.debug(
                 "debugfs: %s%s", script[0], f" (+{len(script) - 1} more)" if len(script) > 1 else ""
             )
-            argv = ["debugfs", *(["-w"] if write else []), "-f", cmd.name, self.spec]
+            argv = ["debugfs", *(["-w"] if write else []), "-f", str(cmd), self.spec]
             proc = run(argv, env=self._env(), what="debugfs", umask=PRIVATE_UMASK)  # dumps
         errors = [
             line

@@ -161,6 +161,15 @@ def _watch(config: FleetConfig, kubeconfig: Path, interval: float) -> FleetStatu
             status = fleet_status(config, read_nodes(kubeconfig))
 
 
+def show(config: FleetConfig, kubeconfig: Path) -> FleetStatus:
+    """Read the cluster once and print the table (what `pifleet status` prints)."""
+    from rich.console import Console
+
+    status = fleet_status(config, read_nodes(kubeconfig))
+    Console().print(_table(status))
+    return status
+
+
 def command(args: argparse.Namespace) -> int:
     config = load(Path(args.config))
     kubeconfig = Path(args.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config")
@@ -173,7 +182,5 @@ def command(args: argparse.Namespace) -> int:
             report = {**asdict(status), "ready": status.ready, "total": len(status.devices)}
             print(json.dumps(report, indent=2))
         else:
-            from rich.console import Console
-
-            Console().print(_table(status))
+            status = show(config, kubeconfig)
     return 0 if status.all_ready else 1

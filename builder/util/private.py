@@ -91,6 +91,22 @@ def remove_stale_dirs(parent: Path, job: str) -> list[Path]:
     return removed
 
 
+def remove_own_dirs(parent: Path | None = None) -> list[Path]:
+    """Remove every staging folder of this process in `parent` (the temporary folder).
+
+    Called on the way out of an interrupted command: a signal can land between the
+    folder's creation and the code that would remove it."""
+    where = Path(parent or tempfile.gettempdir())
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(where):
+            m = _DIR_NAME.fullmatch(entry.name)
+            if m and int(m["pid"]) == os.getpid() and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(Path(entry.path))
+    return removed
+
+
 @contextlib.contextmanager
 def private_dir(job: str, parent: Path | None = None) -> Iterator[Path]:
     """A fresh 0700 folder `pifleet-<job>-<pid>-XXXXXXXX` (in the temporary folder unless
