@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import tempfile
 import tomllib
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
 from builder.config.schema import key_path
+from builder.util.private import private_dir, write_private
 from builder.util.render import TEMPLATES
 
 PRESEED_SCHEMA = TEMPLATES / "rpi-preseed.schema.json"
@@ -51,9 +50,11 @@ def cloud_config_problems(data: bytes) -> list[str] | None:
             return []  # a bare "#cloud-config" (pi-gen's template): nothing to apply, not an error
     except yaml.YAMLError:
         pass  # cloud-init words the error
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "user-data"
-        path.write_bytes(data)
+    # user-data may hold a host private key: a private, pid-named folder (a killed run's is
+    # removed by the next), the file 0600 from its first byte.
+    with private_dir("lint") as tmp:
+        path = tmp / "user-data"
+        write_private(path, data)
         proc = subprocess.run(
             [tool, "schema", "--config-file", str(path)], capture_output=True, text=True
         )
