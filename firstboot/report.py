@@ -78,14 +78,15 @@ class Reporter:
         self._tell("warning", "warning", text)
 
     def joined(self, node: str) -> None:
+        # The card first: whoever sees the console line may cut the power at once.
+        self._tell("joined", "done", node)
         self._line("joined node=" + node, "done")
         notify("STATUS=joined as " + node)
-        self._tell("joined", "done", node)
 
     def failed(self, state: str, reason: str) -> None:
+        self._tell("failed", state, reason)  # the card first, as in joined()
         self._line("failed state=" + state + " reason=" + reason, state, priority=3)
         notify("STATUS=failed in " + state + ": " + reason)
-        self._tell("failed", state, reason)
 
     def ready(self) -> None:
         notify("READY=1")
