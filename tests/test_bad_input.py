@@ -7,6 +7,7 @@ import hashlib
 import json
 import lzma
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from builder.config.fleet import load
 from builder.util.errors import UserError
-from tests.conftest import fleet_yaml, pifleet
+from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
 from tests.layouts import elf_for
 
 
@@ -115,6 +116,57 @@ def test_control_characters_are_refused(fleet_dir: Path, users: str, key: str) -
 def test_token_file_open_to_others_is_refused(fleet_dir: Path) -> None:
     (fleet_dir / "token").chmod(0o644)
     refused(fleet_dir, "cluster.token_file", "chmod 600")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("token", "check", "--server", "https://127.0.0.1:9", "--token-file", "tok"),
+        ("token", "pin", "https://127.0.0.1:9", "--token-file", "tok", "-o", "pinned", "--yes"),
+        ("boot-test", "base.img", "--server", "https://127.0.0.1:9", "--token-file", "tok"),
+    ],
+)
+def test_token_file_option_open_to_others_is_refused(
+    fleet_dir: Path, command: tuple[str, ...]
+) -> None:
+    """`--token-file` follows cluster.token_file's rule: only its owner may read it."""
+    (fleet_dir / "tok").write_text(TEST_TOKEN + "\n")
+    (fleet_dir / "tok").chmod(0o640)
+    proc = pifleet(*command, cwd=fleet_dir, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "pifleet: error: --token-file: tok is open to other users (mode 0640); run: chmod 600 tok"
+    ]
+    secret = TEST_TOKEN.rsplit(":", 1)[1]
+    assert secret not in proc.stdout + proc.stderr
+    assert not (fleet_dir / "pinned").exists()
+
+
+def test_token_env_reaches_no_child_tool(fleet_dir: Path) -> None:
+    """cluster.token_env is read once and removed from the environment pifleet's tools get:
+    every tool the build runs is watched through a PATH shim that records its environment."""
+    shims, seen = fleet_dir / "shims", fleet_dir / "seen"
+    shims.mkdir()
+    seen.mkdir()
+    real_path = os.environ["PATH"]
+    for tool in ("debugfs", "mcopy", "mdir", "mtype", "mmd", "mattr", "e2fsck", "sfdisk", "xz"):
+        real = shutil.which(tool, path=real_path)
+        if real is None:
+            continue
+        shim = shims / tool
+        shim.write_text(f'#!/bin/sh\nenv > "{seen}/{tool}.$$"\nexec "{real}" "$@"\n')
+        shim.chmod(0o755)
+    section = "cluster:\n  server: https://k3s.example.net:6443\n  token_env: FLEET_TOKEN"
+    (fleet_dir / "fleet.yaml").write_text(fleet_yaml(cluster=section))
+    env = {"FLEET_TOKEN": TEST_TOKEN, "PATH": f"{shims}:{real_path}"}
+    proc = pifleet("build", "fleet.yaml", cwd=fleet_dir, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    records = sorted(seen.iterdir())
+    assert any(r.name.startswith("debugfs.") for r in records), records
+    secret = TEST_TOKEN.rsplit(":", 1)[1]
+    for record in records:
+        text = record.read_text()
+        assert "FLEET_TOKEN" not in text and secret not in text, record.name
 
 
 def test_truncated_elf_is_not_k3s(fleet_dir: Path) -> None:

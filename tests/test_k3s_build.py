@@ -107,6 +107,7 @@ def test_config_keys_and_proxy_reach_the_env_file(tmp_path: Path) -> None:
 def test_token_pin_shows_the_fingerprint_and_writes_0600(tmp_path: Path, kind: str) -> None:
     with K3sTestServer(state_dir=tmp_path / "s", ca_kind=kind, named=False) as server:
         (tmp_path / "short").write_text(server.password + "\n")
+        (tmp_path / "short").chmod(0o600)
         out = tmp_path / "pinned"
         done = pifleet(
             "token",
@@ -134,6 +135,7 @@ def test_token_pin_shows_the_fingerprint_and_writes_0600(tmp_path: Path, kind: s
         assert asked.returncode == 2 and "give --yes" in asked.stderr
         assert not (tmp_path / "again").exists()
         (tmp_path / "other").write_text(f"K10{'cd' * 32}::server:x\n")
+        (tmp_path / "other").chmod(0o600)
         other = pifleet(
             "token", "pin", server.url, "--token-file", "other", "-o", "o", "--yes", cwd=tmp_path
         )

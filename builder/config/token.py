@@ -16,6 +16,10 @@ from firstboot.token import Token, TokenError, hash_problem
 from firstboot.token import parse as parse_token
 
 log = logging.getLogger("pifleet.token")
+# Tokens read from an environment variable, by variable name. The variable itself is removed
+# from this process's environment at once, so no child tool (debugfs, mtools, qemu, xz...)
+# inherits it; a later read in the same run is answered from here.
+_FROM_ENV: dict[str, str] = {}
 
 
 def read_token(cluster: Cluster, where: str) -> Secret:
@@ -24,7 +28,7 @@ def read_token(cluster: Cluster, where: str) -> Secret:
         key, text = "cluster.token_file", _read_file(cluster, where)
     else:
         key = "cluster.token_env"
-        text = os.environ.get(cluster.token_env or "", "")
+        text = _from_env(cluster.token_env or "")
         if not text.strip():
             raise UserError(
                 f"{where}: {key}: environment variable {cluster.token_env} is not set or empty"
@@ -103,36 +107,48 @@ FORM_NAMES = {
 }
 
 
+def _from_env(name: str) -> str:
+    """The variable's value, removed from the environment children inherit (os.unsetenv)."""
+    if name in os.environ:
+        _FROM_ENV[name] = os.environ.pop(name)
+    return _FROM_ENV.get(name, "")
+
+
 def _read_file(cluster: Cluster, where: str) -> str:
     path = cluster.token_file
     assert path is not None
+    return _private_text(path, f"{where}: cluster.token_file: ")
+
+
+def _private_text(path: Path, prefix: str) -> str:
+    """The text of a token file that only its owner can read; one-line errors after `prefix`."""
     try:
         st = path.stat()
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{where}: cluster.token_file: {path} does not exist") from None
+        raise UserError(f"{prefix}{path} does not exist") from None
     except IsADirectoryError:
-        raise UserError(f"{where}: cluster.token_file: {path} is a directory") from None
+        raise UserError(f"{prefix}{path} is a directory") from None
     except UnicodeDecodeError:
-        raise UserError(f"{where}: cluster.token_file: {path} is not a text file") from None
+        raise UserError(f"{prefix}{path} is not a text file") from None
     except OSError as exc:
-        raise UserError(f"{where}: cluster.token_file: {path}: {exc.strerror}") from None
+        raise UserError(f"{prefix}{path}: {exc.strerror}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UserError(
-            f"{where}: cluster.token_file: {path} is open to other users "
+            f"{prefix}{path} is open to other users "
             f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
         )
     return text
 
 
 def read_token_file(path: Path) -> Secret:
-    """A token from a file named on the command line; one-line errors, never the token."""
+    """A token from a file named on the command line (`--token-file`): private to its owner
+    like cluster.token_file; one-line errors, never the token."""
+    text = _private_text(path, "--token-file: ")
     try:
-        parsed = parse_token(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the token: {exc.strerror}") from None
+        parsed = parse_token(text)
     except TokenError as exc:
-        raise UserError(f"{path}: {exc}") from None
+        raise UserError(f"--token-file: {path}: {exc}") from None
     return Secret(parsed.text())
 
 
