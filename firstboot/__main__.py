@@ -1,4 +1,4 @@
-"""python3 -m firstboot {run,check-server,status,collect}: the agent's command line (a contract)."""
+"""python3 -m firstboot {run,custody,check-server,status,collect}: the agent's command line (a contract)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument(
         "--config", default=joinconfig.JOIN_CONFIG_PATH, help="join config (device path)"
     )
+    custody = sub.add_parser(
+        "custody", help="move the secrets off the boot partition (pifleet-custody.service)"
+    )
+    custody.add_argument("--root", default="/")
+    custody.add_argument("--config", default=joinconfig.JOIN_CONFIG_PATH)
     check = sub.add_parser("check-server", help="check a K3s server and a token, print one line")
     check.add_argument("--server", required=True, help="https://host:6443")
     check.add_argument("--token-file", required=True, help="file holding the token")
@@ -40,6 +45,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _collect(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "custody":
+        return _custody(args)
     if args.command == "check-server":
         return _check(args)
     return _status(args)
@@ -62,6 +69,25 @@ def _run(args: argparse.Namespace) -> int:
             + "\n"
         )
         return 1
+
+
+def _custody(args: argparse.Namespace) -> int:
+    """Exit 0 also when nothing was there; 1 (one line) when a file could not be moved."""
+    from firstboot.custody import boot_dir_of, secure
+    from firstboot.retry import Terminal
+
+    root = Root(args.root)
+
+    def say(line: str) -> None:
+        print("pifleet-custody: " + line, flush=True)
+
+    try:
+        moved = secure(root, boot_dir_of(root, args.config), say)
+    except Terminal as exc:
+        say("failed: " + str(exc))
+        return 1
+    say("the boot partition holds no secrets" + (" (" + str(moved) + " moved)" if moved else ""))
+    return 0
 
 
 def _collect(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from firstboot import card, joinconfig, k3sfiles
+from firstboot import card, custody, joinconfig, k3sfiles
 from firstboot.paths import Root
 from firstboot.redact import Redactor, secrets_in_config
 from firstboot.state import STATE_FILE
@@ -35,6 +35,7 @@ SECRET_FILES = (
     joinconfig.FLEET_TOKEN_PATH,
     k3sfiles.TOKEN_PATH,
     k3sfiles.NODE_PASSWORD_PATH,
+    custody.MOVED_NODE_PASSWORD,
 )
 
 
@@ -45,8 +46,9 @@ def _read(root: Root, path: str) -> Optional[str]:
 
 
 def network_secrets(root: Root, boot_dir: str) -> List[str]:
-    """Wi-Fi keys the device knows: the seed's network-config, netplan, NetworkManager."""
-    paths = [boot_dir + "/network-config"]
+    """Wi-Fi keys the device knows: the seed's network-config (on the boot partition or in
+    custody), netplan, NetworkManager."""
+    paths = [boot_dir + "/network-config", custody.SEED_DIR + "/network-config"]
     for directory in ("/etc/netplan", "/etc/NetworkManager/system-connections"):
         with contextlib.suppress(OSError):
             paths += [directory + "/" + n for n in sorted(os.listdir(str(root(directory))))]

@@ -20,7 +20,7 @@ import signal
 import time
 from typing import Callable, Dict, Optional
 
-from firstboot import card, collect, joinconfig, k3sfiles, naming, network, preflight
+from firstboot import card, collect, custody, joinconfig, k3sfiles, naming, network, preflight
 from firstboot.clock import Clock, clock_for, synchronized
 from firstboot.paths import Root, remove, write_atomic
 from firstboot.redact import Redactor
@@ -97,6 +97,7 @@ class Agent:
         current = self.state.state if self.state.state in self.handlers else "load"
         try:
             self.prepare()
+            custody.secure(self.root, self.join.boot_dir, lambda t: self.report.progress("load", t))
             self.attach_card()
             self.report.ready()
             if self.state.failed_state:
@@ -157,7 +158,7 @@ class Agent:
         """Keep the story on the boot partition (`pifleet/report.json`), secrets redacted."""
         known = []
         for path in (self.join.token_file, k3sfiles.NODE_PASSWORD_PATH,
-                     self.boot_file(joinconfig.BOOT_TOKEN_FILE),
+                     custody.MOVED_NODE_PASSWORD, self.boot_file(joinconfig.BOOT_TOKEN_FILE),
                      self.boot_file(joinconfig.BOOT_NODE_PASSWORD_FILE)):  # fmt: skip
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 known.append(self.root(path).read_text().strip())
@@ -295,7 +296,9 @@ class Agent:
             (k3sfiles.env_path(role), k3sfiles.env_file(self.join.proxy), 0o600),
             (k3sfiles.unit_path(role), k3sfiles.unit_file(role, self.join.k3s_binary), 0o644),
         ]
-        preseeded = self.read_optional(self.boot_file(joinconfig.BOOT_NODE_PASSWORD_FILE))
+        preseeded = self.read_optional(
+            self.boot_file(joinconfig.BOOT_NODE_PASSWORD_FILE)
+        ) or self.read_optional(custody.MOVED_NODE_PASSWORD)
         if preseeded:
             files.append((k3sfiles.NODE_PASSWORD_PATH, preseeded.strip() + b"\n", 0o600))
         for path, data, mode in files:
@@ -346,6 +349,7 @@ class Agent:
         for path in (
             self.boot_file(joinconfig.BOOT_TOKEN_FILE),
             self.boot_file(joinconfig.BOOT_NODE_PASSWORD_FILE),
+            custody.MOVED_NODE_PASSWORD,
             self.join.token_file,
             WANTS_LINK,
         ):

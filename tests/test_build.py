@@ -98,6 +98,18 @@ def test_build_trixie_arm64(fleet_dir: Path, tmp_path: Path) -> None:
         image, "stat /etc/systemd/system/multi-user.target.wants/pifleet-firstboot.service"
     )
     assert 'Fast link dest: "/etc/systemd/system/pifleet-firstboot.service"' in wants
+    # Secrets off the boot partition on every boot, after cloud-init read them, before network.
+    custody = root_read(image, "/etc/systemd/system/pifleet-custody.service", tmp_path).decode()
+    assert "ExecStart=/usr/bin/python3 -m firstboot custody" in custody
+    assert (
+        "Before=network-pre.target" in custody
+        and "After=local-fs.target cloud-init-local" in custody
+    )
+    assert "RequiresMountsFor=/boot/firmware /var/lib" in custody
+    linked = debugfs(
+        image, "stat /etc/systemd/system/multi-user.target.wants/pifleet-custody.service"
+    )
+    assert 'Fast link dest: "/etc/systemd/system/pifleet-custody.service"' in linked
     agent_init = root_read(image, "/usr/lib/pifleet/firstboot/__init__.py", tmp_path)
     assert agent_init == (Path(__file__).parent.parent / "firstboot/__init__.py").read_bytes()
 

@@ -262,11 +262,14 @@ def _interfaces(hardware: Hardware) -> list[str]:
 
 
 def _footer(boot_mount: str) -> list[str]:
+    """Take the run off the command line. The script itself stays: it holds the PSK and the
+    host key, and a FAT `rm` would leave them in free clusters; pifleet-custody.service zeroes
+    and removes it on the next boot, before the network (firstboot/custody.py)."""
     words = (
         r"s| systemd\.run=[^ ]*||; s| systemd\.run_success_action=[^ ]*||; "
         r"s| systemd\.unit=kernel-command-line\.target||"
     )
-    return [f"rm -f {boot_mount}/{SCRIPT}", f"sed -i '{words}' {boot_mount}/cmdline.txt", "exit 0"]
+    return [f"sed -i '{words}' {boot_mount}/cmdline.txt", "exit 0"]
 
 
 def _heredoc(path: str, text: str, marker: str = "EOF") -> list[str]:

@@ -1,4 +1,5 @@
-"""Copies the first-boot agent (firstboot/) into the image and enables its unit.
+"""Copies the first-boot agent (firstboot/) into the image and enables its two units:
+pifleet-firstboot.service (the join) and pifleet-custody.service (secrets off the FAT).
 
 The agent is plain source under /usr/lib/pifleet, run by the image's own python3.
 """
@@ -18,6 +19,10 @@ AGENT_DIR = "/usr/lib/pifleet"
 UNIT_NAME = "pifleet-firstboot.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
 WANTS_LINK = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
+# Runs on every boot, before the network: moves secrets off the boot partition.
+CUSTODY_NAME = "pifleet-custody.service"
+CUSTODY_PATH = f"/etc/systemd/system/{CUSTODY_NAME}"
+CUSTODY_LINK = f"/etc/systemd/system/multi-user.target.wants/{CUSTODY_NAME}"
 
 
 def apply(image: Image, plan: Plan) -> None:
@@ -32,6 +37,11 @@ def apply(image: Image, plan: Plan) -> None:
     unit = render(UNIT_NAME, version=version(), agent_dir=AGENT_DIR)
     image.root.stage(File(UNIT_PATH, 0o644, data=unit))
     image.root.stage(Symlink(WANTS_LINK, UNIT_PATH))
+    custody = render(
+        CUSTODY_NAME, version=version(), agent_dir=AGENT_DIR, boot_mount=plan.target.boot_mount
+    )
+    image.root.stage(File(CUSTODY_PATH, 0o644, data=custody))
+    image.root.stage(Symlink(CUSTODY_LINK, CUSTODY_PATH))
 
 
 def agent_files(package: Path) -> list[Path]:
