@@ -1,0 +1,138 @@
+"""No secret on the card's boot partition once the device has booted (issue 11, item 2): QEMU.
+
+A device with a per-device SSH host key (user-data), a Wi-Fi PSK (network-config), a node
+password and a boot-partition token boots and joins, then boots once more. After each boot
+the FAT partition is read raw, every byte of it (free clusters and deleted directory
+entries included), and none of the secrets may be there; before the first boot they all
+are, so the search is known to find them. After the reboot the hostname, the SSH host key
+and the network are still the configured ones: cloud-init kept its instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder.disk.image import Image
+from builder.fleet.devicekeys import NODE_PASSWORD, PUBLIC, identity_dir
+from builder.testserver.server import K3sTestServer
+from tests.conftest import BOOT_AGENT
+from tests.test_boot import DEVICE, device_image, ext4_read, guest_disk
+from tests.test_boot_faults import Device
+
+pytestmark = pytest.mark.slow
+PSK_NAME = "PIFLEET_TEST_WIFI_PASSWORD"
+WIFI = "network:\n  wifi: {ssid: edge-net, password_env: " + PSK_NAME + ", country: DE}\n"
+LOGIN = re.compile(r"^(\S+) login:")
+
+
+@pytest.fixture(scope="module")
+def wifi_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    os.environ[PSK_NAME] = "not-a-real-wifi-passphrase-7"
+    try:
+        yield device_image(tmp_path_factory.mktemp("secrets"), "arm64", BOOT_AGENT + WIFI)
+    finally:
+        os.environ.pop(PSK_NAME, None)
+
+
+def fat_bytes(disk: Path) -> bytes:
+    """The whole boot partition, raw."""
+    part = Image.open(disk).boot_partition
+    with open(disk, "rb") as f:
+        f.seek(part.start)
+        return f.read(part.size)
+
+
+def secrets_of(image: Path, token: str) -> dict[str, list[bytes]]:
+    """Each secret as the bytes that would betray it on the FAT."""
+    boot = Image.open(image).boot
+    user_data = yaml.safe_load(boot.read("/user-data") or b"")
+    key = user_data["ssh_keys"]["ed25519_private"]
+    body = [ln.encode() for ln in key.splitlines() if len(ln) >= 20 and "-----" not in ln]
+    network = yaml.safe_load(boot.read("/network-config") or b"")
+    psk = network["network"]["wifis"]["wlan0"]["access-points"]["edge-net"]["password"]
+    node_password = (boot.read("/pifleet/node-password") or b"").strip()
+    return {
+        "SSH host private key": body,
+        "Wi-Fi PSK": [str(psk).encode()],
+        "node password": [node_password],
+        "join token": [token.rsplit(":", 1)[1].encode()],
+    }
+
+
+def found_in(raw: bytes, secrets: dict[str, list[bytes]]) -> list[str]:
+    return [what for what, pieces in secrets.items() if any(p in raw for p in pieces if p)]
+
+
+def test_no_secret_on_the_boot_partition_after_first_boot_and_reboot(
+    wifi_device: tuple[Path, Path], tmp_path: Path
+) -> None:
+    image, state = wifi_device
+    with K3sTestServer(state_dir=state) as server:
+        device = Device(image, tmp_path, server)
+        flat = tmp_path / "before"
+        flat.mkdir()
+        disk, _root = guest_disk(device.disk, flat)
+        secrets = secrets_of(disk, server.mint_token())
+        assert found_in(fat_bytes(disk), secrets) == list(secrets), "the search finds nothing"
+
+        first = device.until_joined()
+        assert first.joined == DEVICE, first.console[-40:]
+        assert any("pifleet-custody: moved" in line for line in first.console), first.console
+        after_first = tmp_path / "first"
+        after_first.mkdir()
+        disk, root = guest_disk(device.disk, after_first)
+        assert found_in(fat_bytes(disk), secrets) == []
+        network_first = rendered_network(root)
+
+        second = device.boot(lambda _b, line: LOGIN.match(line) is not None, clean=True)
+        assert any(LOGIN.match(line) for line in second.console), second.console[-40:]
+        assert any(
+            "pifleet-custody: the boot partition holds no secrets" in line
+            for line in second.console
+        ), second.console[-40:]
+        after_second = tmp_path / "second"
+        after_second.mkdir()
+        disk, root = guest_disk(device.disk, after_second)
+        assert found_in(fat_bytes(disk), secrets) == []
+        assert server.registered_nodes() == [DEVICE]
+
+    # The same device after the reboot: name, host key, network, one cloud-init instance.
+    hostnames = [m.group(1) for m in map(LOGIN.match, second.console) if m]
+    assert hostnames[-1] == DEVICE
+    assert ext4_read(root, "/etc/hostname").decode().strip() == DEVICE
+    identity = identity_dir(image.parent / "out", DEVICE)
+    configured = (identity / PUBLIC).read_text().split()[:2]
+    assert ext4_read(root, "/etc/ssh/ssh_host_ed25519_key.pub").decode().split()[:2] == configured
+    assert rendered_network(root) == network_first and network_first
+    result = json.loads(ext4_read(root, "/var/lib/cloud/data/result.json"))
+    assert result["v1"]["errors"] == [], result
+    log = ext4_read(root, "/var/log/cloud-init.log").decode(errors="replace")
+    assert log.count("Applying network configuration from ds ") == 1, "network applied twice"
+    # The secrets now live in the root filesystem, readable by root only.
+    kept = ext4_read(root, "/var/lib/cloud/seed/nocloud/network-config")
+    assert b"edge-net" in kept
+    assert (identity / NODE_PASSWORD).read_text().strip() == (
+        ext4_read(root, "/etc/rancher/node/password").decode().strip()
+    )
+    shutil.rmtree(tmp_path / "before")
+
+
+def rendered_network(root: Path) -> dict[str, bytes]:
+    """The network configuration cloud-init rendered (systemd-networkd files on this base)."""
+    listing = subprocess.run(
+        ["debugfs", "-R", "ls /etc/systemd/network", str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    names = [n for n in re.findall(r"\(\d+\)\s+(\S+)", listing) if n.endswith(".network")]
+    return {n: ext4_read(root, "/etc/systemd/network/" + n) for n in names}
