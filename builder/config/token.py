@@ -110,6 +110,11 @@ def _read_file(cluster: Cluster, where: str) -> str:
         st = path.stat()
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if cluster.create:
+            raise UserError(
+                f"{where}: cluster.create: no cluster yet ({path} does not exist);"
+                f" run `pifleet cluster init {where}` first"
+            ) from None
         raise UserError(f"{where}: cluster.token_file: {path} does not exist") from None
     except IsADirectoryError:
         raise UserError(f"{where}: cluster.token_file: {path} is a directory") from None
