@@ -15,6 +15,7 @@ import json
 import re
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def follow(vms: dict[str, VM], timeout: float) -> tuple[dict[str, list[str]], di
 
 
 def test_server_guest_initialises_and_agent_guest_joins_it_pinned(
-    tmp_path: Path, record_property: pytest.RecordProperty
+    tmp_path: Path, record_testsuite_property: Callable[[str, object], None]
 ) -> None:
     (tmp_path / "fleet.yaml").write_text(fleet_yaml(base_image("arm64")))
     made = pifleet("cluster", "init", "fleet.yaml", cwd=tmp_path)
@@ -108,7 +109,7 @@ def test_server_guest_initialises_and_agent_guest_joins_it_pinned(
     started = time.monotonic()
     built = pifleet("build", "fleet.yaml", "--per-device", cwd=tmp_path)
     assert built.returncode == 0, built.stderr
-    record_property("build_seconds", round(time.monotonic() - started, 1))
+    record_testsuite_property("build_seconds", round(time.monotonic() - started, 1))
     port = free_port()
     with contextlib.ExitStack() as stack:
         vms = {
@@ -123,7 +124,7 @@ def test_server_guest_initialises_and_agent_guest_joins_it_pinned(
             vm.power_off()
     server_console, agent_console = "\n".join(consoles[SERVER]), "\n".join(consoles[AGENT])
     for name, seconds in joined.items():
-        record_property(f"{name}_joined_seconds", round(seconds, 1))
+        record_testsuite_property(f"{name}_joined_seconds", round(seconds, 1))
     assert set(joined) == {SERVER, AGENT}, (server_console[-3000:], agent_console[-3000:])
     assert f"pifleet-firstboot: joined node={SERVER}" in server_console
     assert f"k3s-standin: registered node {AGENT}" in server_console
