@@ -196,3 +196,22 @@ def test_with_an_agent_token_the_server_token_does_not_join_an_agent(
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "failed state=verify" in refused.stderr and "401" in refused.stderr
     assert not (first / "var/lib/rancher/k3s/server/standin-registry.json").exists()
+
+
+def test_first_server_refuses_a_token_of_another_cluster(
+    cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
+) -> None:
+    """The first server pins its own CA by the token's hash too: another cluster's token
+    (or another cluster's CA) is a verdict, and K3s is never configured or started."""
+    port = free_port()
+    first = device(roots, tmp_path, "edge-srv-1", cluster, port,
+                   role="server", cluster_init=True, tls_san=SANS)  # fmt: skip
+    other = "K10" + "3c" * 32 + "::server:" + "5e" * 16 + "\n"
+    write(first / "etc/pifleet/token", other.encode(), 0o600)
+    refused = run_agent(first, {"K3S_STANDIN_BIND": "127.0.0.1", "K3S_STANDIN_PORT": str(port)})
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert (
+        "failed state=verify" in refused.stderr and "token CA hash does not match" in refused.stderr
+    )
+    assert not (first / "etc/rancher/k3s/config.yaml").exists()
+    assert not (first / "var/lib/rancher/k3s/server/db").exists()
