@@ -173,6 +173,8 @@ def test_init_never_overwrites_a_cluster(cluster_fleet: Path) -> None:
          "devices[1].role: 'agent' conflicts with cluster.servers (edge-srv-2 is listed"),
         ("cluster:\n  server: https://a:6443\n  token_file: t", DEVICES + "  - {hostname: x, role: agent}",
          "devices[5].role: only meaningful with cluster.create: true"),
+        ("cluster:\n  create: true\n  server: https://a:6443\n  servers: [edge-srv-2]\n"
+         "  initialized: true", DEVICES, "cluster.initialized: edge-srv-2 is the only server"),
         ("cluster:\n  server: https://a:6443\n  token_file: t\n  initialized: true", DEVICES,
          "cluster.initialized: only meaningful with cluster.create: true"),
     ],

@@ -44,6 +44,11 @@ def _check_servers(config: FleetConfig) -> None:
                 f"{config.where(f'cluster.servers[{i}]')}: {server!r} is not among the devices"
                 " (devices: or devices_file:)"
             )
+    if config.cluster.initialized and len(config.cluster.servers) == 1:
+        raise UserError(
+            f"{config.where('cluster.initialized')}: {config.cluster.servers[0]} is the only"
+            " server, so a re-flashed server has no cluster to join back (it starts a new one)"
+        )
     for i, device in enumerate(config.devices):
         if device.role is None:
             continue

@@ -66,12 +66,7 @@ def join_url(config: FleetConfig, hostname: str) -> str:
     url = urlsplit(config.cluster.server)
     if url.hostname != hostname:
         return config.cluster.server
-    others = [s for s in config.cluster.servers if s != hostname]
-    if not others:
-        raise UserError(
-            f"{config.where('cluster.initialized')}: {hostname} is the only server, so it has no"
-            " cluster to join back; a one-server cluster is re-created, not re-joined"
-        )
+    others = [s for s in config.cluster.servers if s != hostname]  # never empty: see fleet.py
     return f"https://{others[0]}:{url.port or 443}"
 
 
