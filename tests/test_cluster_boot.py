@@ -142,7 +142,9 @@ def test_server_guest_initialises_and_agent_guest_joins_it_pinned(
         ext4_read(server_root, "/var/lib/rancher/k3s/server/standin-registry.json")
     )
     assert registry["nodes"] == [AGENT]
-    member = json.loads(ext4_read(server_root, "/var/lib/rancher/k3s/server/db/etcd/member"))
+    member = json.loads(
+        ext4_read(server_root, "/var/lib/rancher/k3s/server/db/etcd/standin-member.json")
+    )
     assert member == {"name": SERVER, "how": "cluster-init"}
     config = ext4_read(server_root, "/etc/rancher/k3s/config.yaml").decode()
     assert "cluster-init: true" in config and f'"{ADDRESSES[SERVER]}"' in config

@@ -100,7 +100,9 @@ def test_first_server_initialises_then_a_server_and_an_agent_join(
     assert (first / "etc/rancher/k3s/join-token").stat().st_mode & 0o777 == 0o600
     unit = (first / "etc/systemd/system/k3s.service").read_text()
     assert "ExecStart=/usr/local/bin/k3s \\\n    server \\\n" in unit
-    member = json.loads((first / "var/lib/rancher/k3s/server/db/etcd/member").read_text())
+    member = json.loads(
+        (first / "var/lib/rancher/k3s/server/db/etcd/standin-member.json").read_text()
+    )
     assert member == {"name": "edge-srv-1", "how": "cluster-init"}
     assert "waiting for the server" not in done.stderr
 
@@ -111,7 +113,9 @@ def test_first_server_initialises_then_a_server_and_an_agent_join(
     text = (second / "etc/rancher/k3s/config.yaml").read_text()
     assert f'server: "https://127.0.0.1:{port}"' in text and "cluster-init" not in text
     assert state_of(second)["ca_hash"] == ca_hash
-    member = json.loads((second / "var/lib/rancher/k3s/server/db/etcd/member").read_text())
+    member = json.loads(
+        (second / "var/lib/rancher/k3s/server/db/etcd/standin-member.json").read_text()
+    )
     assert member["how"] == f"joined https://127.0.0.1:{port}"
 
     agent = device(roots, tmp_path, "edge-agent-1", cluster, port, role="agent")
@@ -154,7 +158,7 @@ def test_existing_etcd_member_keeps_its_config_whatever_the_seed_says(
     first = device(roots, tmp_path, "edge-srv-1", cluster, port,
                    role="server", cluster_init=True, tls_san=SANS)  # fmt: skip
     assert run_agent(first, {**env, "PIFLEET_FAULT": "kill-before:cleanup"}).returncode != 0
-    assert (first / "var/lib/rancher/k3s/server/db/etcd").is_dir()
+    assert (first / "var/lib/rancher/k3s/server/db/etcd/member/wal").is_dir()
     config = first / "etc/rancher/k3s/config.yaml"
     before = config.read_bytes()
     (first / "var/lib/pifleet/state.json").unlink()
