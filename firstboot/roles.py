@@ -19,7 +19,7 @@ flags say, and the agent never rewrites the config of such a server.
 from __future__ import annotations
 
 import hashlib
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from firstboot import joinconfig, k3sfiles
 from firstboot.paths import Root
@@ -29,8 +29,6 @@ from firstboot.token import Token
 TLS_DIR = "/var/lib/rancher/k3s/server/tls"
 SERVER_CA = TLS_DIR + "/server-ca.crt"
 DB_DIR = "/var/lib/rancher/k3s/server/db"
-
-File = Tuple[str, bytes, int]
 
 
 def role_of(join: joinconfig.JoinConfig, device: Optional[joinconfig.DeviceConfig]) -> str:
