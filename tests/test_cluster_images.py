@@ -175,3 +175,22 @@ def test_cluster_folder_stays_private(built: Path) -> None:
     assert stat.S_IMODE((built / "cluster").stat().st_mode) == 0o700
     out = subprocess.run(["ls", str(built / "out")], capture_output=True, text=True).stdout
     assert all(f"{n}.img" in out for n in SERVERS + AGENTS)
+
+
+def test_personalize_cli_makes_the_same_server(built: Path, tmp_path: Path) -> None:
+    """`pifleet personalize` of one server from the golden image: the same root files."""
+    dest = tmp_path / "srv-2.img"
+    done = pifleet(
+        "personalize", "out/edge-fleet.img", "--config", "fleet.yaml", "--device", "edge-srv-2",
+        "-o", str(dest), cwd=built,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    key = (built / "cluster" / "tls" / "server-ca.key").read_bytes()
+    assert root_bytes(dest, f"{TLS}/server-ca.key", tmp_path) == key
+    assert inode_mode(dest, f"{TLS}/server-ca.key") == 0o600
+    seed = joinconfig.load_device_config(fat_read(dest, "/pifleet/device.json"), "srv-2")
+    assert (seed.role, seed.cluster_init, seed.server) == (
+        "server", False, "https://edge-srv-1:6443",
+    )  # fmt: skip
+    golden = built / "out" / "edge-fleet.img"
+    assert inode_mode(golden, TLS) is None, "the golden image stays an agent image"
