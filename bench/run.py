@@ -22,6 +22,7 @@ ORDER = (
     "join_storm",
     "boot",
     "faults",
+    "cluster_boot",
 )
 
 

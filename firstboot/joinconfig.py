@@ -9,7 +9,9 @@ Fleet-wide, in the root filesystem (golden image):
   /etc/pifleet/token         the join token, mode 0600 root (unless injected at flash time)
 
 Per device, in the boot (FAT) partition, under <boot_dir>/pifleet/:
-  device.json                DeviceConfig, no secrets
+  device.json                DeviceConfig, no secrets; in a cluster pifleet creates it also says
+                             the device's role, whether it initialises the cluster
+                             (`cluster_init`, the seed's init/join flag) and its tls-san names
   token                      optional: a token injected at flash/personalize time
   node-password              optional: pre-seeded K3s node password
 The agent removes `token` and `node-password` from the boot partition once the
@@ -64,6 +66,9 @@ class DeviceConfig:
     node_labels: List[str] = field(default_factory=list)
     node_taints: List[str] = field(default_factory=list)
     server: Optional[str] = None
+    role: Optional[str] = None  # overrides the fleet's role (a cluster pifleet creates)
+    cluster_init: Optional[bool] = None  # a server: True initialises, False joins `server`
+    tls_san: List[str] = field(default_factory=list)  # a server: extra certificate names
 
 
 def dump_join_config(config: JoinConfig) -> bytes:
@@ -97,8 +102,17 @@ def load_device_config(data: bytes, where: str) -> DeviceConfig:
     name = raw.get("hostname")
     if name is not None and (not isinstance(name, str) or not valid_hostname(name)):
         raise JoinConfigError(f"{where}: hostname: not a valid RFC 1123 host name: {name!r}")
-    for key in ("node_labels", "node_taints"):
+    for key in ("node_labels", "node_taints", "tls_san"):
         _check_str_list(raw, key, where)
+    if raw.get("role") not in (None, "agent", "server"):
+        raise JoinConfigError(f"{where}: role: must be 'agent' or 'server'")
+    if raw.get("cluster_init") not in (None, True, False):
+        raise JoinConfigError(f"{where}: cluster_init: must be true or false")
+    if raw.get("cluster_init") is not None and raw.get("role") != "server":
+        raise JoinConfigError(f"{where}: cluster_init: only for role 'server'")
+    server = raw.get("server")
+    if server is not None and (not isinstance(server, str) or not server.startswith("https://")):
+        raise JoinConfigError(f"{where}: server: must be an https:// URL")
     return DeviceConfig(**raw)
 
 

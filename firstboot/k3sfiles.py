@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 CONFIG_PATH = "/etc/rancher/k3s/config.yaml"
 TOKEN_PATH = "/etc/rancher/k3s/join-token"
 NODE_PASSWORD_PATH = "/etc/rancher/node/password"
+AGENT_TOKEN_PATH = "/etc/rancher/k3s/agent-token"  # a server's --agent-token-file (builder-made)
 
 
 def unit_name(role: str) -> str:
@@ -29,15 +30,25 @@ def env_path(role: str) -> str:
 
 
 def config_yaml(
-    server: str, node_name: str, labels: List[str], taints: List[str], kubelet_args: List[str]
+    server: Optional[str],
+    node_name: str,
+    labels: List[str],
+    taints: List[str],
+    kubelet_args: List[str],
+    tls_san: Optional[List[str]] = None,
+    agent_token_file: Optional[str] = None,
 ) -> bytes:
-    lines = [
-        "# Written by pifleet-firstboot; K3s reads it at every start.",
-        "server: " + json.dumps(server),
+    """`server: None` is the server that initialises the cluster (`cluster-init: true`)."""
+    lines = ["# Written by pifleet-firstboot; K3s reads it at every start."]
+    lines.append("cluster-init: true" if server is None else "server: " + json.dumps(server))
+    lines += [
         "token-file: " + json.dumps(TOKEN_PATH),
         "node-name: " + json.dumps(node_name),
     ]
+    if agent_token_file:
+        lines.append("agent-token-file: " + json.dumps(agent_token_file))
     for key, values in (
+        ("tls-san", tls_san or []),
         ("node-label", labels),
         ("node-taint", taints),
         ("kubelet-arg", kubelet_args),

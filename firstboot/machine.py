@@ -15,11 +15,10 @@ after the verdict instead (tests, manual runs).
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import time
 from typing import Callable, Dict, Optional
 
+import firstboot.roles as roles
 from firstboot import card, collect, custody, joinconfig, k3sfiles, naming, network, preflight
 from firstboot.clock import Clock, clock_for, synchronized
 from firstboot.paths import Root, remove, write_atomic
@@ -37,8 +36,9 @@ from firstboot.server import (
 )
 from firstboot.service import ServiceError, ServiceManager
 from firstboot.state import JoinState, StateError, StateStore
+from firstboot.state import fault as _fault
 from firstboot.texts import DESCRIPTIONS, KNOWN_FAILURES
-from firstboot.token import Token, TokenError, hash_problem, parse
+from firstboot.token import Token, TokenError, read_first
 
 PINNED_CA = "/var/lib/pifleet/server-ca.pem"
 WANTS_LINK = "/etc/systemd/system/multi-user.target.wants/pifleet-firstboot.service"
@@ -158,7 +158,8 @@ class Agent:
         """Keep the story on the boot partition (`pifleet/report.json`), secrets redacted."""
         known = []
         for path in (self.join.token_file, k3sfiles.NODE_PASSWORD_PATH,
-                     custody.MOVED_NODE_PASSWORD, self.boot_file(joinconfig.BOOT_TOKEN_FILE),
+                     custody.MOVED_NODE_PASSWORD, k3sfiles.AGENT_TOKEN_PATH,
+                     self.boot_file(joinconfig.BOOT_TOKEN_FILE),
                      self.boot_file(joinconfig.BOOT_NODE_PASSWORD_FILE)):  # fmt: skip
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 known.append(self.root(path).read_text().strip())
@@ -176,6 +177,14 @@ class Agent:
         return (
             self.device.server if self.device and self.device.server else self.join.server
         ).rstrip("/")
+
+    @property
+    def role(self) -> str:
+        return roles.role_of(self.join, self.device)
+
+    @property
+    def initialises(self) -> bool:
+        return roles.initialises(self.device)
 
     def backoff(self, cap: Optional[float] = None) -> Backoff:
         return Backoff(min(cap or self.join.backoff_cap, self.join.backoff_cap), self.sleep)
@@ -205,6 +214,8 @@ class Agent:
             problem = None
             if not network.has_default_route(self.root):
                 problem = "waiting for a default route"
+            elif self.initialises:  # this server is the cluster: nothing to reach yet
+                return "clock"
             else:
                 problem = network.resolve_problem(self.server)
             if problem is None:
@@ -227,6 +238,9 @@ class Agent:
             if synchronized(self.root) and self.clock.now() >= build_time:
                 return "verify"
             backoff.wait()
+        if self.initialises:
+            self.report.progress("clock", "no time sync and no server to ask; going on")
+            return "verify"
         self.report.progress("clock", "no time sync; taking the time from the pinned server")
         backoff = self.backoff()
         while True:
@@ -245,8 +259,11 @@ class Agent:
         while True:
             token = self.token()
             try:
+                if self.initialises:  # the CA in the image is the cluster's: pin it locally
+                    self.pinned(token, roles.local_pin(self.root, token))
+                    return "configure"
                 pin = check_pin(fetch_cacerts(self.server), token)
-                prove_token(self.server, token, pinned_context(pin.trust), role=self.join.role)
+                prove_token(self.server, token, pinned_context(pin.trust), role=self.role)
             except ServerError as exc:
                 rejected = rejected + 1 if exc.kind == "token_rejected" else 0
                 if 0 < rejected < REJECTIONS:
@@ -277,22 +294,11 @@ class Agent:
         backoff.wait(exc.retry_after)
 
     def do_configure(self) -> str:
-        role, node = self.join.role, str(self.state.node_name)
-        device_labels = self.device.node_labels if self.device else []
-        device_taints = self.device.node_taints if self.device else []
+        role, node = self.role, str(self.state.node_name)
+        config = roles.k3s_config(self.root, self.join, self.device, self.server, node)
         files = [
             (k3sfiles.TOKEN_PATH, self.k3s_token(), 0o600),
-            (
-                k3sfiles.CONFIG_PATH,
-                k3sfiles.config_yaml(
-                    self.server,
-                    node,
-                    k3sfiles.merge_labels(self.join.node_labels, device_labels),
-                    list(self.join.node_taints) + list(device_taints),
-                    list(self.join.kubelet_args),
-                ),
-                0o600,
-            ),
+            (k3sfiles.CONFIG_PATH, config, 0o600),
             (k3sfiles.env_path(role), k3sfiles.env_file(self.join.proxy), 0o600),
             (k3sfiles.unit_path(role), k3sfiles.unit_file(role, self.join.k3s_binary), 0o644),
         ]
@@ -301,14 +307,21 @@ class Agent:
         ) or self.read_optional(custody.MOVED_NODE_PASSWORD)
         if preseeded:
             files.append((k3sfiles.NODE_PASSWORD_PATH, preseeded.strip() + b"\n", 0o600))
+        seed = roles.seed_id(self.root, [self.config_path, self.boot_file(joinconfig.DEVICE_FILE)])
+        kept = roles.config_kept(self.root, role, self.state.config_seed, seed)
+        if kept:
+            self.report.progress("configure", kept)
         for path, data, mode in files:
             target = self.root(path)
+            if kept and path == k3sfiles.CONFIG_PATH:
+                continue
             if self.read_optional(path) != data or (target.stat().st_mode & 0o777) != mode:
                 write_atomic(target, data, mode)
+        self.state.config_seed = seed  # saved on entering `start`
         return "start"
 
     def do_start(self) -> str:
-        unit = k3sfiles.unit_name(self.join.role)
+        unit = k3sfiles.unit_name(self.role)
         since = time.time() - 5
         try:
             self.services.daemon_reload()
@@ -369,31 +382,12 @@ class Agent:
         """The token for K3s in the verified K10<hash>:: form, so K3s keeps the pin."""
         if not self.state.ca_hash:
             raise Terminal("no verified server CA recorded; verify again")
-        user = "node" if self.join.role == "agent" else "server"
+        user = "node" if self.role == "agent" else "server"
         return (self.token().pinned_text(self.state.ca_hash, user) + "\n").encode()
 
     def token(self) -> Token:
-        for path in (self.boot_file(joinconfig.BOOT_TOKEN_FILE), self.join.token_file):
-            raw = self.read_optional(path)
-            if raw is not None:
-                try:
-                    token = parse(raw.decode("utf-8", "replace"))
-                except TokenError as exc:
-                    raise Terminal(path + ": " + str(exc)) from None
-                if hash_problem(token):
-                    raise Terminal(path + ": " + hash_problem(token))
-                if self.join.role == "server" and token.bootstrap:
-                    raise Terminal(path + ": a bootstrap token cannot join a server (agents only)")
-                return token
-        raise Terminal(
-            "no join token at "
-            + self.boot_file(joinconfig.BOOT_TOKEN_FILE)
-            + " or "
-            + self.join.token_file
-        )
-
-
-def _fault(point: str, state: str) -> None:
-    """Fault injection for the power-cut tests: PIFLEET_FAULT=kill-<after|before>:<state>."""
-    if os.environ.get("PIFLEET_FAULT") == "kill-" + point + ":" + state:
-        os.kill(os.getpid(), signal.SIGKILL)
+        paths = (self.boot_file(joinconfig.BOOT_TOKEN_FILE), self.join.token_file)
+        try:
+            return read_first(self.root, paths, self.role)
+        except TokenError as exc:
+            raise Terminal(str(exc)) from None

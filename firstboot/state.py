@@ -7,6 +7,8 @@ disk; the next boot resumes from it. No secret is ever stored here.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
@@ -28,6 +30,7 @@ class JoinState:
     state: str = "load"
     node_name: Optional[str] = None
     ca_hash: Optional[str] = None  # sha256 of the pinned CA bundle (public information)
+    config_seed: Optional[str] = None  # a server: the seed its config.yaml was written for
     failed_state: Optional[str] = None
     failed_reason: Optional[str] = None
     boots: int = 0
@@ -72,3 +75,9 @@ class StateStore:
             raise StateError(
                 "cannot write " + str(self.marker) + ": " + (exc.strerror or str(exc))
             ) from None
+
+
+def fault(point: str, state: str) -> None:
+    """Fault injection for the power-cut tests: PIFLEET_FAULT=kill-<after|before>:<state>."""
+    if os.environ.get("PIFLEET_FAULT") == "kill-" + point + ":" + state:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import base64
 import re
+from typing import Sequence
+
+from firstboot.paths import Root
 
 _BOOTSTRAP = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
 HASH_LENGTH = 64
@@ -115,3 +118,24 @@ def hash_problem(token: Token) -> str:
     if token.ca_hash and not re.match(r"^[0-9a-f]{64}$", token.ca_hash):
         return "the token's CA hash is not 64 lowercase hex digits, so it can never match"
     return ""
+
+
+def read_first(root: Root, paths: Sequence[str], role: str) -> Token:
+    """The token in the first of `paths` that exists (the boot partition's before the image's),
+    checked as K3s checks it; TokenError naming the file, never the token."""
+    for path in paths:
+        try:
+            raw = root(path).read_bytes()
+        except FileNotFoundError:
+            continue
+        try:
+            token = parse(raw.decode("utf-8", "replace"))
+        except TokenError as exc:
+            raise TokenError(path + ": " + str(exc)) from None
+        problem = hash_problem(token)
+        if problem:
+            raise TokenError(path + ": " + problem)
+        if role == "server" and token.bootstrap:
+            raise TokenError(path + ": a bootstrap token cannot join a server (agents only)")
+        return token
+    raise TokenError("no join token at " + " or ".join(paths))

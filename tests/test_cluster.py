@@ -167,6 +167,16 @@ def test_init_never_overwrites_a_cluster(cluster_fleet: Path) -> None:
         (CREATE + "\n  role: server", DEVICES, "cluster.role: not with cluster.create"),
         ("cluster:\n  server: https://a:6443\n  token_file: t\n  servers: [edge-srv-1]", DEVICES,
          "cluster.servers: only meaningful with cluster.create: true"),
+        (CREATE, DEVICES + "  - {hostname: edge-agent-3, role: server}",
+         "devices[5].role: 'server' conflicts with cluster.servers (edge-agent-3 is not listed"),
+        (CREATE, DEVICES.replace("hostname: edge-srv-2", "{hostname: edge-srv-2, role: agent}"),
+         "devices[1].role: 'agent' conflicts with cluster.servers (edge-srv-2 is listed"),
+        ("cluster:\n  server: https://a:6443\n  token_file: t", DEVICES + "  - {hostname: x, role: agent}",
+         "devices[5].role: only meaningful with cluster.create: true"),
+        ("cluster:\n  create: true\n  server: https://a:6443\n  servers: [edge-srv-2]\n"
+         "  initialized: true", DEVICES, "cluster.initialized: edge-srv-2 is the only server"),
+        ("cluster:\n  server: https://a:6443\n  token_file: t\n  initialized: true", DEVICES,
+         "cluster.initialized: only meaningful with cluster.create: true"),
     ],
 )  # fmt: skip
 def test_bad_cluster_input_is_one_line(
@@ -179,3 +189,24 @@ def test_bad_cluster_input_is_one_line(
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "cluster").exists()
     assert os.listdir(tmp_path) == ["fleet.yaml"]
+
+
+def test_initialized_cluster_rejoins_every_server(tmp_path: Path) -> None:
+    """Re-flashing the first server: with cluster.initialized its seed says join, and it
+    joins through the next server since cluster.server names the device itself."""
+    from builder.config.fleet import load
+    from builder.fleet.servers import seed
+    from firstboot.joinconfig import DeviceConfig
+
+    for initialized, first_init, first_server in (
+        (False, True, None),
+        (True, False, "https://edge-srv-2:6443"),
+    ):
+        text = CREATE + ("\n  initialized: true" if initialized else "")
+        (tmp_path / "fleet.yaml").write_text(fleet_yaml(cluster=text, devices=DEVICES))
+        config = load(tmp_path / "fleet.yaml")
+        devices = {d.hostname: d for d in config.devices}
+        first = seed(config, devices["edge-srv-1"], DeviceConfig(hostname="edge-srv-1"))
+        assert (first.cluster_init, first.server) == (first_init, first_server)
+        second = seed(config, devices["edge-srv-2"], DeviceConfig(hostname="edge-srv-2"))
+        assert (second.cluster_init, second.server) == (False, "https://edge-srv-1:6443")

@@ -310,3 +310,35 @@ def test_preseed_device_gets_its_host_name(tmp_path: Path, make_image: Callable[
     assert preseed_problems(data) == []
     assert tomllib.loads(data.decode())["system"] == {"hostname": "pi-9"}
     assert "system" not in tomllib.loads(fat_read(image, "/rpi-preseed.toml").decode())
+
+
+def test_static_network_config_passes_cloud_inits_own_parser(tmp_path: Path) -> None:
+    """A static address with a gateway, through cloud-init's parser and networkd renderer
+    (what a Debian image with networkd runs; netplan's `to: default` fails there)."""
+    if (
+        not Path("/usr/bin/python3").exists()
+        or subprocess.run(
+            ["/usr/bin/python3", "-c", "import cloudinit"], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("cloud-init is not installed (tools/setup.sh installs it)")
+    from builder import version
+    from builder.config.model import StaticAddress
+    from builder.util.render import render
+
+    text = render("network-config", version=version(), ethernet="eth0",
+                  static=StaticAddress("10.77.0.1/24", "10.77.0.254", ()), wifi=None, wifi_psk=None)  # fmt: skip
+    network = tmp_path / "network-config"
+    network.write_bytes(text)
+    check = (
+        "import sys, yaml\n"
+        "from cloudinit.net import network_state, networkd\n"
+        "cfg = yaml.safe_load(open(sys.argv[1]))['network']\n"
+        "ns = network_state.parse_net_config_data(cfg)\n"
+        "print(networkd.Renderer()._render_content(ns))\n"
+    )
+    rendered = subprocess.run(
+        ["/usr/bin/python3", "-c", check, str(network)], capture_output=True, text=True
+    )
+    assert rendered.returncode == 0, rendered.stderr[-500:]
+    assert "Destination=0.0.0.0/0" in rendered.stdout and "Gateway=10.77.0.254" in rendered.stdout

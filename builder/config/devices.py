@@ -80,6 +80,7 @@ class DeviceReader:
             taints=self.taints(value.get("taints", []), f"{key}.taints"),
             static=static,
             wifi=self.wifi(value["wifi"]) if "wifi" in value else None,
+            role=value.get("role"),
         )
 
     def check_unique_hostnames(self, devices: tuple[Device, ...]) -> None:

@@ -35,11 +35,29 @@ def load(path: Path) -> FleetConfig:
 
 
 def _check_servers(config: FleetConfig) -> None:
-    """Every server of a cluster pifleet creates is one of the fleet's devices."""
+    """Every server of a cluster pifleet creates is one of the fleet's devices, and a device's
+    own `role` agrees with cluster.servers."""
     names = {d.hostname for d in config.devices}
     for i, server in enumerate(config.cluster.servers):
         if server not in names:
             raise UserError(
                 f"{config.where(f'cluster.servers[{i}]')}: {server!r} is not among the devices"
                 " (devices: or devices_file:)"
+            )
+    if config.cluster.initialized and len(config.cluster.servers) == 1:
+        raise UserError(
+            f"{config.where('cluster.initialized')}: {config.cluster.servers[0]} is the only"
+            " server, so a re-flashed server has no cluster to join back (it starts a new one)"
+        )
+    for i, device in enumerate(config.devices):
+        if device.role is None:
+            continue
+        where = config.where(f"devices[{i}].role")
+        if not config.cluster.create:
+            raise UserError(f"{where}: only meaningful with cluster.create: true")
+        if device.role != config.cluster.role_of(device.hostname):
+            listed = "is not" if device.role == "server" else "is"
+            raise UserError(
+                f"{where}: {device.role!r} conflicts with cluster.servers ({device.hostname}"
+                f" {listed} listed there); servers are exactly the devices in cluster.servers"
             )

@@ -51,6 +51,7 @@ class Cluster:
     create: bool = False  # pifleet makes the CA set and token (`pifleet cluster init`)
     servers: tuple[str, ...] = ()  # with create: devices running `k3s server`, first initialises
     agent_token: bool = False  # with create: agents join with a separate agent-only token
+    initialized: bool = False  # with create: the cluster runs already; every server joins it
     ca_hash: str | None = None  # pins an unpinned token: the hash K3s computes for /cacerts
     ca_file: Path | None = None  # pins an unpinned token: the server's server-ca.crt
     allow_unpinned: bool = False  # join with a token that pins nothing (the operator's choice)
@@ -61,6 +62,10 @@ class Cluster:
         if self.create:
             return "server" if hostname in self.servers else "agent"
         return self.role
+
+    def initialises(self, hostname: str) -> bool:
+        """True for the one server that runs `cluster-init` (the first, until `initialized`)."""
+        return self.create and not self.initialized and self.servers[:1] == (hostname,)
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class Device:
     taints: tuple[str, ...]
     static: StaticAddress | None
     wifi: Wifi | None
+    role: Literal["agent", "server"] | None = None  # with cluster.create: agrees with servers
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ class FleetReader(DeviceReader):
             raise self.fail("cluster", "give exactly one of token_file or token_env")
         return Cluster(
             server=self.server(value["server"]),
-            token_file=self.rel(value["token_file"]) if has_file else self.created_token(create),
+            token_file=self.rel(value["token_file"]) if has_file else self.created_token(value),
             token_env=value.get("token_env"),
             token_in_boot=bool(value.get("token_in_boot", False)),
             role=value.get("role", "agent"),
@@ -141,6 +141,7 @@ class FleetReader(DeviceReader):
             create=create,
             servers=tuple(value.get("servers", [])),
             agent_token=bool(value.get("agent_token", False)),
+            initialized=bool(value.get("initialized", False)),
             ca_hash=value.get("ca_hash"),
             ca_file=self.rel(value["ca_file"]) if "ca_file" in value else None,
             allow_unpinned=bool(value.get("allow_unpinned", False)),
@@ -161,7 +162,7 @@ class FleetReader(DeviceReader):
     def creation(self, value: dict[str, Any]) -> bool:
         """`create: true` and the keys that go with it, or without it."""
         if not value.get("create", False):
-            for key in ("servers", "agent_token"):
+            for key in ("servers", "agent_token", "initialized"):
                 if key in value:
                     raise self.fail(f"cluster.{key}", "only meaningful with cluster.create: true")
             return False
@@ -182,8 +183,11 @@ class FleetReader(DeviceReader):
             )
         return True
 
-    def created_token(self, create: bool) -> Path | None:
-        return self.dir / "cluster" / "token" if create else None
+    def created_token(self, value: dict[str, Any]) -> Path | None:
+        """With create: the token agents carry (the golden image's); servers get cluster/token."""
+        if not value.get("create", False):
+            return None
+        return self.dir / "cluster" / ("agent-token" if value.get("agent_token") else "token")
 
     def server(self, value: str) -> str:
         """https://host[:port] with a real host name or address and a port in 1-65535."""

@@ -117,6 +117,11 @@ def _from_env(name: str) -> str:
 def _read_file(cluster: Cluster, where: str) -> str:
     path = cluster.token_file
     assert path is not None
+    if cluster.create and not os.path.lexists(path):
+        raise UserError(
+            f"{where}: cluster.create: no cluster yet ({path} does not exist);"
+            f" run `pifleet cluster init {where}` first"
+        )
     return _private_text(path, f"{where}: cluster.token_file: ")
 
 

@@ -1,10 +1,12 @@
-"""Per-device personalization: what makes pi-042 itself, written only into its boot partition.
+"""Per-device personalization: what makes pi-042 itself, written into its boot partition.
 
 The golden image carries everything fleet-wide; a device adds its seed (host
 name, instance-id, address, SSH host key), the agent's device file (node name,
 labels) and its secrets (pre-generated node password, optionally a token).
-Nothing in the root filesystem is touched, so personalizing one more device
-costs a few small FAT writes, never a rewrite of gigabytes.
+An agent's root filesystem is not touched, so personalizing one more device
+costs a few small FAT writes, never a rewrite of gigabytes. A server of a cluster
+pifleet creates also gets the cluster CA and the server token in its root
+filesystem (`servers`): a few KiB through debugfs, never on the FAT.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from builder.disk.flavor import Flavor, detect, require_supported
 from builder.disk.image import Image
 from builder.disk.sparse import copy_file
 from builder.disk.superblock import last_write_time
+from builder.fleet import servers
 from builder.fleet.devicekeys import (
     ensure_identity,
     identity_dir,
@@ -66,6 +69,7 @@ def device_files(
     info = joinconfig.DeviceConfig(
         hostname=device.hostname, node_labels=labels, node_taints=list(device.taints)
     )
+    info = servers.seed(config, device, info)
     files[f"{BOOT_DIR}/{joinconfig.DEVICE_FILE}"] = joinconfig.dump_device_config(info)
     if secrets.node_password is not None:
         files[f"{BOOT_DIR}/{joinconfig.BOOT_NODE_PASSWORD_FILE}"] = (
@@ -88,6 +92,9 @@ def apply(
     files = device_files(config, device, secrets, flavor, golden_sha256)
     for path, data in files.items():
         image.boot.stage(path, data)
+    for entry in servers.root_entries(config, device):
+        image.root.stage(entry)
+    root_changed = image.root.flush()
     raw = image.boot.read(cmdline.CMDLINE)
     if raw is not None and b"ds=nocloud" in raw and "/meta-data" in files:
         # The kernel command line beats meta-data: keep its instance-id in agreement.
@@ -95,7 +102,7 @@ def apply(
         wifi = device.wifi or config.network.wifi
         country = wifi.country if wifi else config.hardware.wifi_country
         image.boot.stage(cmdline.CMDLINE, cmdline.edit(raw, instance, country))
-    return image.boot.flush()
+    return image.boot.flush() + root_changed
 
 
 def open_golden(path: Path) -> Image:

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from builder.disk.flavor import detect
@@ -207,7 +207,7 @@ def _redirect(image: Image, server: K3sTestServer | str, token: Secret) -> dict[
     raw = image.boot.read(device_path)
     device = joinconfig.load_device_config(raw, device_path) if raw else joinconfig.DeviceConfig()
     url = server.guest_url if isinstance(server, K3sTestServer) else server
-    updated = joinconfig.DeviceConfig(device.hostname, device.node_labels, device.node_taints, url)
+    updated = replace(device, server=url)  # keeps the role and a server's cluster settings
     return {
         device_path: joinconfig.dump_device_config(updated),
         f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.BOOT_TOKEN_FILE}": (token.reveal() + "\n").encode(),

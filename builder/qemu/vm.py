@@ -75,6 +75,7 @@ class VM:
         console_log: Path,
         smp: int = 2,
         extra: tuple[str, ...] = (),
+        network: tuple[str, ...] = (),
     ) -> None:
         self.machine = machine
         self.disk = disk
@@ -84,6 +85,10 @@ class VM:
         self.console_log = console_log
         self.smp = smp
         self.extra = extra  # more QEMU arguments, e.g. ("-rtc", "base=1970-01-01")
+        # Replaces the user-mode NIC, e.g. a socket network shared by two guests (-netdev socket)
+        self.network = network or (
+            "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,romfile=",
+        )  # fmt: skip
         self._control = Path(tempfile.mkdtemp(prefix="pifleet-qmp-"))  # short: AF_UNIX paths
         self.qmp_socket = self._control / "qmp.sock"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -108,8 +113,7 @@ class VM:
             "-append", self.append,
             "-drive", f"if=none,id=hd0,file={self.disk},format=qcow2,discard=unmap",
             "-device", "virtio-blk-pci,drive=hd0",
-            "-netdev", "user,id=net0",
-            "-device", "virtio-net-pci,netdev=net0,romfile=",
+            *self.network,
             "-device", "virtio-rng-pci",
             "-no-reboot",
         ]  # fmt: skip
