@@ -39,7 +39,9 @@ ARMHF_SUITE = "bookworm"
 SUITES = {"arm64": "trixie", "armhf": ARMHF_SUITE}
 
 
-def fleet_yaml(arch: str, base_image: Path) -> str:
+def fleet_yaml(arch: str, base_image: Path, device: str = "") -> str:
+    """The boot fleet; `device`: more YAML keys for DEVICE's entry (one `key: value` a line)."""
+    more = "".join(f"\n    {line}" for line in device.splitlines())
     return f"""\
 name: boot-fleet
 arch: {arch}
@@ -55,7 +57,7 @@ users:
     ssh_authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@laptop']
 devices:
   - hostname: {DEVICE}
-    labels: {{zone: lab}}
+    labels: {{zone: lab}}{more}
 output: {{dir: out, formats: [img], bmap: false}}
 """
 
@@ -65,8 +67,13 @@ def base_image(arch: str) -> Path:
     return base.ensure_base(arch, SUITES[arch])
 
 
-def device_image(workdir: Path, arch: str, extra: str = "") -> tuple[Path, Path]:
+def device_image(
+    workdir: Path, arch: str, extra: str = "", base_path: Path | None = None, device: str = ""
+) -> tuple[Path, Path]:
     """Build the golden image with the real CLI and personalize DEVICE: (image, server state).
+
+    From `base_path` (default: the cached cloud-init base of `arch`), with `device`'s keys in
+    DEVICE's entry of the fleet file.
 
     The K3s test server's state (CA and token password) is made first so the
     token the image carries is one the server accepts.
@@ -76,7 +83,8 @@ def device_image(workdir: Path, arch: str, extra: str = "") -> tuple[Path, Path]
     token = workdir / "token"
     token.write_text(K3sTestServer(state_dir=state).mint_token() + "\n")
     token.chmod(0o600)
-    (workdir / "fleet.yaml").write_text(fleet_yaml(arch, base_image(arch)) + extra)
+    fleet = fleet_yaml(arch, base_path or base_image(arch), device)
+    (workdir / "fleet.yaml").write_text(fleet + extra)
     built = pifleet("build", "fleet.yaml", cwd=workdir)
     assert built.returncode == 0, built.stderr
     image = workdir / f"{DEVICE}.img"
