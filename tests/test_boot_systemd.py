@@ -29,7 +29,7 @@ from tests.test_build import fat_names, fat_read, partitions
 
 pytestmark = pytest.mark.slow
 
-SUITE = "bookworm"  # as Raspberry Pi OS Bookworm, the systemd format's main user
+SYSTEMD_SUITE = "bookworm"  # as Raspberry Pi OS Bookworm (`make test` reads this line)
 ADDRESS, GATEWAY, DNS = "10.0.2.50/24", "10.0.2.2", "10.0.2.3"
 DHCP_ADDRESS = "10.0.2.15"  # what slirp's DHCP server would have given eth0
 WORDS = (
@@ -43,6 +43,7 @@ SHOW_ADDRESS = """\
 Description=pifleet test: eth0's IPv4 addresses and default route on the console
 Wants=network-online.target
 After=network-online.target
+Before=pifleet-firstboot.service
 
 [Service]
 Type=oneshot
@@ -59,7 +60,7 @@ KERNEL_CMDLINE = re.compile(r"Kernel command line: (.*)")
 @pytest.fixture(scope="session")
 def systemd_base() -> Path:
     """The arm64 `pifleet base --format systemd` (cached by its inputs; ~5 min when absent)."""
-    return base.ensure_base("arm64", SUITE, fmt="systemd")
+    return base.ensure_base("arm64", SYSTEMD_SUITE, fmt="systemd")
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +91,9 @@ def test_systemd_base_is_detected_as_the_systemd_format(systemd_base: Path) -> N
     facts = json.loads(
         pifleet("inspect", "--json", str(systemd_base), cwd=systemd_base.parent).stdout
     )
-    assert facts["os"]["codename"] == SUITE and facts["os"]["boot_mount"] == "/boot/firmware"
+    assert (
+        facts["os"]["codename"] == SYSTEMD_SUITE and facts["os"]["boot_mount"] == "/boot/firmware"
+    )
     assert not facts["os"]["cloud_init"]
     assert facts["os"]["init_format"] == "systemd", facts["os"]
     assert facts["image"]["boot_label"] == "bootfs" and facts["seed"]["files"] == []
@@ -100,7 +103,7 @@ def test_systemd_image_runs_firstrun_reboots_once_joins_with_its_static_address(
     systemd_device: tuple[Path, Path], tmp_path: Path
 ) -> None:
     image, state = systemd_device
-    vm = tmp_path / "vm"
+    vm = state.parent  # the test server runs on the state the image's token was minted for
     proc = pifleet(
         "boot-test", str(image), "--keep", str(vm), "--timeout", BOOT_TIMEOUT,
         cwd=tmp_path, timeout=1200,
@@ -126,10 +129,10 @@ def test_systemd_image_runs_firstrun_reboots_once_joins_with_its_static_address(
     assert f"pifleet-firstboot: joined node={DEVICE}" in console and "Traceback" not in console
     assert "Cloud-init" not in console
     # eth0 has the static address only (no DHCP lease) and the gateway, as the guest says.
-    shown = [ln for ln in lines[reboots[0] :] if re.match(r"^\d+: eth0\s+inet ", ln)]
+    shown = [ln for ln in lines[reboots[0] :] if re.search(r" ip\[\d+\]: \d+: eth0\s+inet ", ln)]
     assert len(shown) == 1 and f" inet {ADDRESS} " in shown[0], shown
     assert DHCP_ADDRESS not in console
-    assert f"default via {GATEWAY} dev eth0" in console
+    assert f"]: default via {GATEWAY} dev eth0 proto static" in console
     assert K3sTestServer(state_dir=state).registered_nodes() == [DEVICE]
     assert_firstrun_done_on_disk(vm / "disk.qcow2", tmp_path)
 
