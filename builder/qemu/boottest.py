@@ -4,10 +4,12 @@ The image is attached through a qcow2 overlay (never written). Its boot
 partition, as the guest sees it, gets the test server's URL and a token; the
 serial console is followed for milestones (kernel, systemd, cloud-init
 finished, every first-boot agent state, joined) and the test server records
-the registration. A guest reboot (firstrun.sh's `systemd.run_success_action=reboot`)
-ends QEMU (-no-reboot); the next boot starts with cmdline.txt read again from the
-guest's boot partition, as a Raspberry Pi's firmware reads it at every power-on. Exit 0 when the node joined within --timeout, 1 otherwise
+the registration. Exit 0 when the node joined within --timeout, 1 otherwise
 with the last 50 console lines.
+
+A guest reboot (firstrun.sh's `systemd.run_success_action=reboot`) ends QEMU
+(-no-reboot); the next power-on reads cmdline.txt again from the guest's boot
+partition, as a Raspberry Pi's firmware does at every power-on.
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ def _run(boot: Boot, opts: BootOptions, result: BootResult, on_milestone: Milest
                    opts.tolerate_failures)  # fmt: skip
             if result.failure is None and not done(result):
                 if result.reboots > reboots and _exited(vm):
-                    continue  # the guest restarted itself: the next boot
+                    result.peak_rss_kib = max(result.peak_rss_kib, vm.peak_rss_kib)
+                    continue  # the guest restarted itself: the next power-on
                 result.failure = verdict(result, opts.timeout, vm.running)
             vm.power_off()  # so what the guest wrote is on its disk (--keep); warns if it won't
             result.peak_rss_kib = max(result.peak_rss_kib, vm.peak_rss_kib)
