@@ -23,6 +23,7 @@ from builder.qemu import base
 from builder.qemu.boottest import BootOptions, boot_test
 from builder.testserver.server import K3sTestServer
 from builder.util.secret import Secret
+from tests import static_address
 from tests.conftest import REPO, pifleet
 from tests.test_build import fat_names, partitions
 
@@ -104,7 +105,12 @@ def armhf_base() -> Path:
 
 @pytest.fixture(scope="session")
 def armhf_device(armhf_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return device_image(tmp_path_factory.mktemp("armhf"), "armhf")
+    """With a static address (cloud-init renders network-config's to systemd-networkd) and a
+    unit that prints eth0's addresses: the cloud-init path's proof, at no extra boot."""
+    workdir = tmp_path_factory.mktemp("armhf")
+    image, state = device_image(workdir, "armhf", device=static_address.DEVICE_KEYS)
+    static_address.add_show_unit(image, workdir)
+    return image, state
 
 
 def guest_disk(overlay: Path, tmp: Path) -> tuple[Path, Path]:
@@ -190,8 +196,10 @@ def test_armhf_base_is_the_configured_suite_laid_out_like_pi_os(armhf_base: Path
 def test_armhf_image_boots_runs_cloud_init_and_joins(
     armhf_device: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """ARMv7 under qemu-system-arm (cortex-a15), from the ARMHF_SUITE base."""
+    """ARMv7 under qemu-system-arm (cortex-a15), from the ARMHF_SUITE base; eth0 has the
+    device's static address from cloud-init's network-config."""
     boots_and_joins(*armhf_device, tmp_path)
+    static_address.assert_static_on_eth0((armhf_device[1].parent / "console.log").read_text())
 
 
 def boots_and_joins(image: Path, state: Path, tmp_path: Path) -> None:

@@ -8,15 +8,13 @@ which removes itself and its words, the guest reboots once, the second power-on 
 edited cmdline.txt (as a Pi's firmware does) and the agent joins. The device has a static
 address (`devices[].address`) in QEMU user networking's 10.0.2.0/24 (gateway .2, DNS .3),
 written as a NetworkManager keyfile; a unit added to this test's image only prints eth0's
-addresses on the console, the guest's own report (the test server sees every guest as
-127.0.0.1 through slirp).
+addresses on the console, the guest's own report (tests/static_address.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,36 +22,18 @@ import pytest
 from builder.qemu import base
 from builder.testserver.server import K3sTestServer
 from tests.conftest import BOOT_AGENT, pifleet
+from tests.static_address import ADDRESS, DEVICE_KEYS, GATEWAY, add_show_unit, assert_static_on_eth0
 from tests.test_boot import BOOT_TIMEOUT, DEVICE, device_image, ext4_read, guest_disk
-from tests.test_build import fat_names, fat_read, partitions
+from tests.test_build import fat_names, fat_read
 
 pytestmark = pytest.mark.slow
 
 SYSTEMD_SUITE = "bookworm"  # as Raspberry Pi OS Bookworm (`make test` reads this line)
-ADDRESS, GATEWAY, DNS = "10.0.2.50/24", "10.0.2.2", "10.0.2.3"
-DHCP_ADDRESS = "10.0.2.15"  # what slirp's DHCP server would have given eth0
 WORDS = (
     "systemd.run=/boot/firmware/firstrun.sh",
     "systemd.run_success_action=reboot",
     "systemd.unit=kernel-command-line.target",
 )
-SHOW_UNIT = "pifleet-test-address.service"
-SHOW_ADDRESS = """\
-[Unit]
-Description=pifleet test: eth0's IPv4 addresses and default route on the console
-Wants=network-online.target
-After=network-online.target
-Before=pifleet-firstboot.service
-
-[Service]
-Type=oneshot
-ExecStart=ip -4 -o addr show dev eth0
-ExecStart=ip -4 route show default
-StandardOutput=journal+console
-
-[Install]
-WantedBy=multi-user.target
-"""
 KERNEL_CMDLINE = re.compile(r"Kernel command line: (.*)")
 
 
@@ -67,24 +47,10 @@ def systemd_base() -> Path:
 def systemd_device(
     systemd_base: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
-    static = f"address: {ADDRESS}\ngateway: {GATEWAY}\ndns: [{DNS}]"
     workdir = tmp_path_factory.mktemp("systemd")
-    image, state = device_image(workdir, "arm64", BOOT_AGENT, systemd_base, static)
+    image, state = device_image(workdir, "arm64", BOOT_AGENT, systemd_base, DEVICE_KEYS)
     add_show_unit(image, workdir)
     return image, state
-
-
-def add_show_unit(image: Path, tmp: Path) -> None:
-    """SHOW_UNIT, enabled, in this test's image only (debugfs on the root partition)."""
-    spec = f"{image}?offset={partitions(image)[1]['start'] * 512}"
-    source = tmp / SHOW_UNIT
-    source.write_text(SHOW_ADDRESS)
-    unit = f"/etc/systemd/system/{SHOW_UNIT}"
-    for cmd in (
-        f"write {source} {unit}",
-        f"symlink /etc/systemd/system/multi-user.target.wants/{SHOW_UNIT} {unit}",
-    ):
-        subprocess.run(["debugfs", "-w", "-R", cmd, spec], check=True, capture_output=True)
 
 
 def test_systemd_base_is_detected_as_the_systemd_format(systemd_base: Path) -> None:
@@ -128,11 +94,7 @@ def test_systemd_image_runs_firstrun_reboots_once_joins_with_its_static_address(
     assert first_state > reboots[0]
     assert f"pifleet-firstboot: joined node={DEVICE}" in console and "Traceback" not in console
     assert "Cloud-init" not in console
-    # eth0 has the static address only (no DHCP lease) and the gateway, as the guest says.
-    shown = [ln for ln in lines[reboots[0] :] if re.search(r" ip\[\d+\]: \d+: eth0\s+inet ", ln)]
-    assert len(shown) == 1 and f" inet {ADDRESS} " in shown[0], shown
-    assert DHCP_ADDRESS not in console
-    assert f"]: default via {GATEWAY} dev eth0 proto static" in console
+    assert_static_on_eth0(console[console.index("reboot: Restarting system") :])
     assert K3sTestServer(state_dir=state).registered_nodes() == [DEVICE]
     assert_firstrun_done_on_disk(vm / "disk.qcow2", tmp_path)
 
