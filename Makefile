@@ -11,6 +11,8 @@ export PIFLEET_CACHE := $(CACHE)
 # Debian mirror's trixie armhf index does not match its Release file).
 ARCH ?= arm64
 ARMHF_SUITE := $(shell sed -n 's/^ARMHF_SUITE = "\([a-z]*\)".*/\1/p' tests/test_boot.py)
+# The arm64 base without cloud-init for the systemd-format boot (tests/test_boot_systemd.py).
+SYSTEMD_SUITE := $(shell sed -n 's/^SYSTEMD_SUITE = "\([a-z]*\)".*/\1/p' tests/test_boot_systemd.py)
 SUITE_arm64 := trixie
 SUITE_armhf := $(ARMHF_SUITE)
 SUITE ?= $(SUITE_$(ARCH))
@@ -33,6 +35,7 @@ demo: base
 test: setup
 	$(PIFLEET_BASE) --arch arm64 --suite $(SUITE_arm64) >/dev/null
 	$(PIFLEET_BASE) --arch armhf --suite $(SUITE_armhf) >/dev/null
+	$(PIFLEET_BASE) --arch arm64 --suite $(SYSTEMD_SUITE) --format systemd >/dev/null
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest

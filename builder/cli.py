@@ -154,6 +154,13 @@ def _register_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument(
         "-o", "--output", metavar="PATH", help="copy the image here (else print its cache path)"
     )
+    p.add_argument(
+        "--format",
+        choices=("cloudinit", "systemd"),
+        default="cloudinit",
+        help="first-boot seed format: cloudinit (default; cloud-init as Pi OS Trixie) or systemd "
+        "(no cloud-init, NetworkManager, firstrun.sh as Pi OS Bookworm)",
+    )
     p.add_argument("--rebuild", action="store_true", help="build again even when cached")
     p.set_defaults(handler="builder.qemu.base:command")
 

@@ -23,6 +23,7 @@ from builder.qemu import base
 from builder.qemu.boottest import BootOptions, boot_test
 from builder.testserver.server import K3sTestServer
 from builder.util.secret import Secret
+from tests import static_address
 from tests.conftest import REPO, pifleet
 from tests.test_build import fat_names, partitions
 
@@ -39,7 +40,9 @@ ARMHF_SUITE = "bookworm"
 SUITES = {"arm64": "trixie", "armhf": ARMHF_SUITE}
 
 
-def fleet_yaml(arch: str, base_image: Path) -> str:
+def fleet_yaml(arch: str, base_image: Path, device: str = "") -> str:
+    """The boot fleet; `device`: more YAML keys for DEVICE's entry (one `key: value` a line)."""
+    more = "".join(f"\n    {line}" for line in device.splitlines())
     return f"""\
 name: boot-fleet
 arch: {arch}
@@ -55,7 +58,7 @@ users:
     ssh_authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@laptop']
 devices:
   - hostname: {DEVICE}
-    labels: {{zone: lab}}
+    labels: {{zone: lab}}{more}
 output: {{dir: out, formats: [img], bmap: false}}
 """
 
@@ -65,8 +68,13 @@ def base_image(arch: str) -> Path:
     return base.ensure_base(arch, SUITES[arch])
 
 
-def device_image(workdir: Path, arch: str, extra: str = "") -> tuple[Path, Path]:
+def device_image(
+    workdir: Path, arch: str, extra: str = "", base_path: Path | None = None, device: str = ""
+) -> tuple[Path, Path]:
     """Build the golden image with the real CLI and personalize DEVICE: (image, server state).
+
+    From `base_path` (default: the cached cloud-init base of `arch`), with `device`'s keys in
+    DEVICE's entry of the fleet file.
 
     The K3s test server's state (CA and token password) is made first so the
     token the image carries is one the server accepts.
@@ -76,7 +84,8 @@ def device_image(workdir: Path, arch: str, extra: str = "") -> tuple[Path, Path]
     token = workdir / "token"
     token.write_text(K3sTestServer(state_dir=state).mint_token() + "\n")
     token.chmod(0o600)
-    (workdir / "fleet.yaml").write_text(fleet_yaml(arch, base_image(arch)) + extra)
+    fleet = fleet_yaml(arch, base_path or base_image(arch), device)
+    (workdir / "fleet.yaml").write_text(fleet + extra)
     built = pifleet("build", "fleet.yaml", cwd=workdir)
     assert built.returncode == 0, built.stderr
     image = workdir / f"{DEVICE}.img"
@@ -96,7 +105,12 @@ def armhf_base() -> Path:
 
 @pytest.fixture(scope="session")
 def armhf_device(armhf_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return device_image(tmp_path_factory.mktemp("armhf"), "armhf")
+    """With a static address (cloud-init renders network-config's to systemd-networkd) and a
+    unit that prints eth0's addresses: the cloud-init path's proof, at no extra boot."""
+    workdir = tmp_path_factory.mktemp("armhf")
+    image, state = device_image(workdir, "armhf", device=static_address.DEVICE_KEYS)
+    static_address.add_show_unit(image, workdir)
+    return image, state
 
 
 def guest_disk(overlay: Path, tmp: Path) -> tuple[Path, Path]:
@@ -182,8 +196,10 @@ def test_armhf_base_is_the_configured_suite_laid_out_like_pi_os(armhf_base: Path
 def test_armhf_image_boots_runs_cloud_init_and_joins(
     armhf_device: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """ARMv7 under qemu-system-arm (cortex-a15), from the ARMHF_SUITE base."""
+    """ARMv7 under qemu-system-arm (cortex-a15), from the ARMHF_SUITE base; eth0 has the
+    device's static address from cloud-init's network-config."""
     boots_and_joins(*armhf_device, tmp_path)
+    static_address.assert_static_on_eth0((armhf_device[1].parent / "console.log").read_text())
 
 
 def boots_and_joins(image: Path, state: Path, tmp_path: Path) -> None:

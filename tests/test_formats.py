@@ -233,6 +233,34 @@ def test_network_config_as_imager_writes_it(
     assert cloud_config_problems(user_data) in ([], None)
 
 
+@pytest.mark.parametrize(
+    ("static", "rendered"),
+    [
+        ("{address: 10.0.0.5/24, gateway: 10.0.0.1, dns: [10.0.0.1]}", "Destination=0.0.0.0/0"),
+        ("{address: 'fd00::5/64', gateway: 'fd00::1'}", "[Route]\nGateway=fd00::1\n"),
+    ],
+)
+def test_static_network_config_is_one_cloud_init_renders(
+    tmp_path: Path, make_image: Callable[..., Path], static: str, rendered: str
+) -> None:
+    """The host's real cloud-init (tools/setup.sh installs Debian's) renders network-config for
+    systemd-networkd, as on pifleet's Debian bases: a `to: default` route made cloud-init
+    before 25.3 fail its whole init-local stage (seen in a QEMU boot of the armhf base)."""
+    image, proc = build(tmp_path, make_image, "trixie", network=f"network:\n  static: {static}")
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "network-config").write_bytes(fat_read(image, "/network-config"))
+    convert = subprocess.run(
+        ["cloud-init", "devel", "net-convert", "-p", str(tmp_path / "network-config"), "-k",
+         "yaml", "-O", "networkd", "-D", "debian", "-d", str(tmp_path / "rendered")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert convert.returncode == 0, convert.stderr[-2000:]
+    network = (tmp_path / "rendered/etc/systemd/network/10-cloud-init-eth0.network").read_text()
+    address = yaml.safe_load(static.replace("{", "{ ").replace("}", " }"))["address"]
+    assert f"Address={address}" in network and "DHCP=no" in network, network
+    assert rendered in network and "::/64" not in network, network
+
+
 def test_seed_format_override(tmp_path: Path, make_image: Callable[..., Path]) -> None:
     image, proc = build(tmp_path, make_image, "trixie", extra="seed: {format: systemd}")
     assert proc.returncode == 0, proc.stderr

@@ -67,3 +67,19 @@ def test_changed_ranges_merges_neighbours(tmp_path: Path) -> None:
         f.seek(500_000)
         f.write(b"z")
     assert overlay.changed_ranges(a, b) == [(0, 131072), (458752, 65536)]
+
+
+def test_a_boot_file_is_read_back_as_the_guest_left_it(
+    make_image: Callable[..., Path], tmp_path: Path
+) -> None:
+    """What boot-test reads before each power-on (a Pi's firmware reads cmdline.txt at each)."""
+    image = make_image()
+    disk = tmp_path / "disk.qcow2"
+    overlay.create(image, disk)
+    original = overlay.read_boot_file(image, disk, "/cmdline.txt")
+    assert original is not None and original.startswith(b"console=serial0,115200 ")
+    edited = original.rstrip(b"\n") + b" systemd.run=/boot/firmware/firstrun.sh"
+    overlay.write_boot_files(image, disk, {"/cmdline.txt": edited}, 1_700_000_000)
+    assert overlay.read_boot_file(image, disk, "/cmdline.txt") == edited
+    assert overlay.read_boot_file(image, disk, "/firstrun.sh") is None
+    assert list(tmp_path.glob("*overlay*")) == []  # the carved-out partition is gone

@@ -14,6 +14,11 @@ Unlike Pi OS it carries a generic Debian kernel (and a host-built initramfs) in
 Unlike Pi OS it also has no udev hwdb.bin (see debian.skip_hwdb): building it
 emulated costs minutes, and nothing a boot test checks needs it.
 
+`--format systemd` builds the same Debian without cloud-init and with NetworkManager, as
+Raspberry Pi OS Bookworm ships it: pifleet detects its seed format as `systemd` and writes
+firstrun.sh, run once by `systemd.run=` on the kernel command line (no seed in bootfs, no
+systemd-networkd: NetworkManager brings eth0 up by DHCP, or by a keyfile the seed writes).
+
 Results are cached under the cache directory keyed by every input, so a
 second request returns in seconds. Needs root (mmdebstrap --mode=root and
 binfmt_misc); the image assembly itself is rootless.
@@ -52,6 +57,11 @@ PACKAGES = (
     "iproute2", "netbase", "systemd-timesyncd", "systemd-resolved", "openssh-server", "sudo",
     "e2fsprogs", "locales", "tzdata",  # as Pi OS: cloud-init's resizefs, locale and timezone
 )  # fmt: skip
+# What `--format` changes: cloudinit (the default, its cache key unchanged) or systemd.
+FORMAT_PACKAGES = {
+    "cloudinit": PACKAGES,
+    "systemd": (*(p for p in PACKAGES if p != "cloud-init"), "network-manager"),
+}
 KERNELS = {"arm64": "linux-image-arm64", "armhf": "linux-image-armmp-lpae"}
 DEFAULT_LOCALE = "en_US.UTF-8"  # pifleet's default `locale:` (Pi OS ships en_GB.UTF-8)
 
@@ -109,15 +119,19 @@ class Recipe:
     arch: str
     suite: str = "trixie"
     mirror: str = DEFAULT_MIRROR
+    format: str = "cloudinit"  # the first-boot seed format the base understands
 
     @property
     def name(self) -> str:
-        return f"pifleet-debian-{self.suite}-{self.arch}"
+        suffix = "" if self.format == "cloudinit" else f"-{self.format}"
+        return f"pifleet-debian-{self.suite}-{self.arch}{suffix}"
 
     def key(self) -> str:
-        facts = {
-            **asdict(self),
-            "packages": PACKAGES,
+        facts: dict[str, object] = asdict(self)
+        if facts.pop("format") != "cloudinit":  # the cloud-init base keeps its key (CI caches it)
+            facts["format"] = self.format
+        facts |= {
+            "packages": FORMAT_PACKAGES[self.format],
             "kernel": KERNELS[self.arch],
             "recipe": RECIPE_VERSION,
         }
@@ -129,14 +143,22 @@ class Recipe:
 
 
 def ensure_base(
-    arch: str, suite: str = "trixie", mirror: str = DEFAULT_MIRROR, rebuild: bool = False
+    arch: str,
+    suite: str = "trixie",
+    mirror: str = DEFAULT_MIRROR,
+    rebuild: bool = False,
+    fmt: str = "cloudinit",
 ) -> Path:
     """The cached base image for these inputs, built first when absent (or with `rebuild`)."""
     if arch not in KERNELS:
         raise UserError(f"pifleet base: arch must be arm64 or armhf, got {arch!r}")
     if suite not in SUITES:
         raise UserError(f"pifleet base: --suite must be one of {', '.join(SUITES)}, got {suite!r}")
-    recipe = Recipe(arch, suite, mirror)
+    if fmt not in FORMAT_PACKAGES:
+        raise UserError(
+            f"pifleet base: --format must be one of {', '.join(FORMAT_PACKAGES)}, got {fmt!r}"
+        )
+    recipe = Recipe(arch, suite, mirror, fmt)
     final = cache_dir("base") / recipe.key() / f"{recipe.name}.img"
     if final.exists() and not rebuild:
         log.info("base %s is cached: %s", recipe.name, final)
@@ -176,7 +198,7 @@ def build(recipe: Recipe, work: Path) -> Path:
         recipe.suite,
         recipe.arch,
         recipe.mirror,
-        PACKAGES,
+        FORMAT_PACKAGES[recipe.format],
         KERNELS[recipe.arch],
         SUITES[recipe.suite].python,
     )
@@ -189,16 +211,18 @@ def build(recipe: Recipe, work: Path) -> Path:
     log.info("byte-compiling Python %s", debian.compile_python(rootfs, spec.python))
     debian.skip_hwdb(rootfs)
     debian.set_default_locale(rootfs, DEFAULT_LOCALE)
-    configure_rootfs(rootfs, recipe.disk_id, SUITES[recipe.suite].cloud_cfg)
+    cloud_cfg = SUITES[recipe.suite].cloud_cfg if recipe.format == "cloudinit" else None
+    configure_rootfs(rootfs, recipe.disk_id, cloud_cfg)
     boot = work / "boot"
-    write_boot_files(boot, recipe.disk_id)
+    write_boot_files(boot, recipe.disk_id, seed=recipe.format == "cloudinit")
     return assemble(work / f"{recipe.name}.img", rootfs, boot, recipe.disk_id, epoch)
 
 
-def configure_rootfs(rootfs: Path, disk_id: str, cloud_cfg: str = RASPBERRY_PI_CFG) -> None:
-    """What Raspberry Pi OS Trixie has that a plain Debian bootstrap lacks."""
-    cfg = rootfs / "etc/cloud/cloud.cfg.d/99_raspberry-pi.cfg"
-    cfg.write_text(cloud_cfg)
+def configure_rootfs(rootfs: Path, disk_id: str, cloud_cfg: str | None = RASPBERRY_PI_CFG) -> None:
+    """What Raspberry Pi OS has that a plain Debian bootstrap lacks. `cloud_cfg` None: no
+    cloud-init, NetworkManager instead (Bookworm), so no networkd either."""
+    if cloud_cfg is not None:
+        (rootfs / "etc/cloud/cloud.cfg.d/99_raspberry-pi.cfg").write_text(cloud_cfg)
     (rootfs / "etc/fstab").write_text(
         "proc                  /proc           proc    defaults          0       0\n"
         f"PARTUUID={disk_id}-01  /boot/firmware  vfat    defaults          0       2\n"
@@ -216,6 +240,16 @@ def configure_rootfs(rootfs: Path, disk_id: str, cloud_cfg: str = RASPBERRY_PI_C
     unit = rootfs / "etc/systemd/system/regenerate_ssh_host_keys.service"
     unit.write_text(SSH_KEYS_UNIT)
     _enable(rootfs, "regenerate_ssh_host_keys.service", "multi-user.target")
+    if cloud_cfg is not None:
+        _networkd(rootfs)
+    for cache in ("var/cache/apt", "var/lib/apt/lists"):
+        shutil.rmtree(rootfs / cache, ignore_errors=True)
+        (rootfs / cache).mkdir(parents=True)
+    (rootfs / "etc/resolv.conf").unlink(missing_ok=True)
+    (rootfs / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+
+
+def _networkd(rootfs: Path) -> None:
     _enable(rootfs, "systemd-networkd.service", "multi-user.target", "/usr/lib/systemd/system/")
     _enable(
         rootfs,
@@ -229,11 +263,6 @@ def configure_rootfs(rootfs: Path, disk_id: str, cloud_cfg: str = RASPBERRY_PI_C
     online = rootfs / "etc/systemd/network/10-cloud-init-eth0.network.d/pifleet-online.conf"
     online.parent.mkdir(parents=True, exist_ok=True)
     online.write_text("[Link]\nRequiredForOnline=yes\n")
-    for cache in ("var/cache/apt", "var/lib/apt/lists"):
-        shutil.rmtree(rootfs / cache, ignore_errors=True)
-        (rootfs / cache).mkdir(parents=True)
-    (rootfs / "etc/resolv.conf").unlink(missing_ok=True)
-    (rootfs / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
 
 
 def _enable(rootfs: Path, unit: str, target: str, where: str = "/etc/systemd/system/") -> None:
@@ -244,7 +273,8 @@ def _enable(rootfs: Path, unit: str, target: str, where: str = "/etc/systemd/sys
     link.symlink_to(where + unit)
 
 
-def write_boot_files(boot: Path, disk_id: str) -> None:
+def write_boot_files(boot: Path, disk_id: str, seed: bool = True) -> None:
+    """cmdline.txt and config.txt; with `seed`, the default NoCloud seed as Pi OS Trixie has."""
     boot.mkdir(parents=True)
     (boot / "cmdline.txt").write_text(
         f"console=serial0,115200 console=tty1 root=PARTUUID={disk_id}-02 rootfstype=ext4 fsck.repair=yes rootwait\n"
@@ -254,6 +284,8 @@ def write_boot_files(boot: Path, disk_id: str) -> None:
         "# with the generic Debian kernel in the root filesystem's /boot (no Pi firmware here).\n"
         "[all]\narm_64bit=1\n"
     )
+    if not seed:
+        return
     (boot / "meta-data").write_text("instance-id: pifleet-base\n")
     (boot / "user-data").write_text(
         "#cloud-config\nhostname: raspberrypi\nmanage_etc_hosts: true\n"
@@ -309,7 +341,9 @@ def assemble(image: Path, rootfs: Path, boot: Path, disk_id: str, epoch: int) ->
 
 
 def command(args: argparse.Namespace) -> int:
-    path = ensure_base(args.arch, args.suite, args.mirror or DEFAULT_MIRROR, args.rebuild)
+    path = ensure_base(
+        args.arch, args.suite, args.mirror or DEFAULT_MIRROR, args.rebuild, args.format
+    )
     if args.output:
         out = Path(args.output)
         from builder.disk.sparse import copy_file

@@ -6,6 +6,10 @@ serial console is followed for milestones (kernel, systemd, cloud-init
 finished, every first-boot agent state, joined) and the test server records
 the registration. Exit 0 when the node joined within --timeout, 1 otherwise
 with the last 50 console lines.
+
+A guest reboot (firstrun.sh's `systemd.run_success_action=reboot`) ends QEMU
+(-no-reboot); the next power-on reads cmdline.txt again from the guest's boot
+partition, as a Raspberry Pi's firmware does at every power-on.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 from builder.disk.flavor import detect
 from builder.disk.image import Image
 from builder.qemu import overlay
-from builder.qemu.vm import VM, ConsoleLine, kernel_command_line, require_qemu
+from builder.qemu.vm import VM, ConsoleLine, Machine, kernel_command_line, require_qemu
 from builder.testserver.server import K3sTestServer
 from builder.util.errors import UserError
 from builder.util.secret import Secret
@@ -46,6 +50,8 @@ CLOUD_INIT_FAILED = re.compile(r"Failed to start (cloud-init|cloud-config|cloud-
 AGENT_STATE = re.compile(r"pifleet-firstboot: state=(\w+)")
 AGENT_JOINED = re.compile(r"pifleet-firstboot: joined node=(\S+)")
 AGENT_FAILED = re.compile(r"pifleet-firstboot: failed state=(\w+) reason=(.*)")
+REBOOTING = re.compile(r"reboot: Restarting system")
+MAX_BOOTS = 3  # a first boot that runs firstrun.sh, the one that joins, and one to spare
 Milestone = Callable[[str, float], None]  # (name, seconds since QEMU started)
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 LOGIN = re.compile(r"^(\S+) login:")
@@ -78,6 +84,8 @@ class BootResult:
     cloud_init: str | None = None  # the "finished" line
     cloud_init_errors: list[str] = field(default_factory=list)  # failed cloud-init stages
     console: list[str] = field(default_factory=list)
+    reboots: int = 0  # the guest restarted itself this many times (each a new QEMU)
+    cloud_init_expected: bool = True  # False for an image without cloud-init (systemd format)
     peak_rss_kib: int = 0
     overlay: Path | None = None
     seconds: float = 0.0
@@ -101,32 +109,17 @@ def boot_test(opts: BootOptions, on_milestone: Milestone | None = None) -> BootR
     with contextlib.ExitStack() as stack:
         work = _workdir(stack, opts.keep)
         kernel, initrd = _kernel_and_initrd(image, opts, work)
-        cmdline = (image.boot.read("/cmdline.txt") or b"").decode(errors="replace")
         server, token = _server(stack, opts, work)
         disk = work / "disk.qcow2"
         overlay.create(opts.image, disk)
         overlay.write_boot_files(
             opts.image, disk, _redirect(image, server, token), image.epoch or int(time.time())
         )
-        result = BootResult(overlay=disk)
-        vm = stack.enter_context(
-            VM(
-                machine,
-                disk,
-                kernel,
-                initrd,
-                kernel_command_line(cmdline, machine),
-                work / "console.log",
-            )
-        )
+        result = BootResult(overlay=disk, cloud_init_expected=flavor.cloud_init)
         if isinstance(server, K3sTestServer) and opts.server_down_for > 0:
             on_milestone = _outage(stack, server, opts.server_down_for, on_milestone)
-        follow(vm.lines(opts.timeout), result, on_milestone, opts.tolerate_failures)
-        if result.failure is None:
-            result.failure = verdict(result, opts.timeout, vm.running)
-        vm.power_off()  # so what the guest wrote is on its disk (--keep); warns if it won't
-        result.peak_rss_kib = vm.peak_rss_kib
-        vm.stop()
+        boot = Boot(machine, disk, kernel, initrd, work / "console.log")
+        _run(boot, opts, result, on_milestone)
         if isinstance(server, K3sTestServer):
             result.registered = server.registered_nodes()
             if result.joined and result.node not in result.registered:
@@ -136,6 +129,57 @@ def boot_test(opts: BootOptions, on_milestone: Milestone | None = None) -> BootR
                 )
         return result
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Boot:
+    machine: Machine
+    disk: Path  # the qcow2 overlay
+    kernel: Path
+    initrd: Path | None
+    console_log: Path
+
+
+def _run(boot: Boot, opts: BootOptions, result: BootResult, on_milestone: Milestone | None) -> None:
+    """Power on, follow the console, and power on again after each guest reboot (at most
+    MAX_BOOTS boots in `opts.timeout` seconds), each time with the cmdline.txt the guest left."""
+    started = time.monotonic()
+    deadline = started + opts.timeout
+    for count in range(MAX_BOOTS):
+        cmdline = overlay.read_boot_file(opts.image, boot.disk, "/cmdline.txt") or b""
+        append = kernel_command_line(cmdline.decode(errors="replace"), boot.machine)
+        since = started if count else None
+        vm = VM(boot.machine, boot.disk, boot.kernel, boot.initrd, append, boot.console_log,
+                since=since)  # fmt: skip
+        with vm:
+            reboots = result.reboots
+            follow(vm.lines(deadline - time.monotonic()), result, on_milestone,
+                   opts.tolerate_failures)  # fmt: skip
+            if result.failure is None and not done(result):
+                if result.reboots > reboots and _exited(vm):
+                    result.peak_rss_kib = max(result.peak_rss_kib, vm.peak_rss_kib)
+                    continue  # the guest restarted itself: the next power-on
+                result.failure = verdict(result, opts.timeout, vm.running)
+            vm.power_off()  # so what the guest wrote is on its disk (--keep); warns if it won't
+            result.peak_rss_kib = max(result.peak_rss_kib, vm.peak_rss_kib)
+            vm.stop()
+            break
+    else:
+        result.failure = f"the guest rebooted {result.reboots} times without joining"
+    result.seconds = time.monotonic() - started
+
+
+def _exited(vm: VM, grace: float = 30.0) -> bool:
+    """After the guest said it restarts: QEMU (-no-reboot) ends within `grace` seconds."""
+    end = time.monotonic() + grace
+    while vm.running and time.monotonic() < end:
+        time.sleep(0.2)
+    return not vm.running
+
+
+def done(result: BootResult) -> bool:
+    """The node joined, and cloud-init (where the image has it) finished."""
+    return result.joined and (result.cloud_init is not None or not result.cloud_init_expected)
 
 
 def _outage(
@@ -221,8 +265,7 @@ def follow(
     tolerate_failures: bool = False,
 ) -> None:
     """Read the console into `result` until the boot passed or the agent failed."""
-    seen: set[str] = set()
-    started = time.monotonic()
+    seen = {name for name, _ in result.milestones}
 
     def mark(name: str, seconds: float) -> None:
         if name not in seen:
@@ -244,6 +287,10 @@ def follow(
             result.cloud_init_errors.append(line.text.strip())
         if (state := AGENT_STATE.search(line.text)) is not None:
             mark(f"agent: {state.group(1)}", line.seconds)
+        if REBOOTING.search(line.text):
+            result.reboots += 1
+            mark(f"reboot {result.reboots}", line.seconds)
+            break
         if (login := LOGIN.search(line.text)) is not None:
             result.login_hostname = login.group(1)
         if (failed := AGENT_FAILED.search(line.text)) is not None:
@@ -256,16 +303,15 @@ def follow(
         if (joined := AGENT_JOINED.search(line.text)) is not None:
             result.joined, result.node = True, joined.group(1)
             mark("joined", line.seconds)
-        if result.joined and result.cloud_init is not None:
+        if done(result):
             break
-    result.seconds = time.monotonic() - started
 
 
 def verdict(result: BootResult, timeout: float, running: bool) -> str | None:
     """Why the boot does not count as a pass, or None when it does."""
     if result.cloud_init_errors:
         return f"cloud-init failed: {result.cloud_init_errors[0]}"
-    if result.joined and result.cloud_init is not None:
+    if done(result):
         return None
     waiting = "cloud-init to finish" if result.joined else "the node to join"
     return (
@@ -321,9 +367,10 @@ def command(args: argparse.Namespace) -> int:
         registered = (
             f"; the server registered {', '.join(result.registered)}" if result.registered else ""
         )
-        print(
-            f"joined: node {result.node} in {result.seconds:.0f} s, cloud-init finished{registered}"
-        )
+        how = ", cloud-init finished" if result.cloud_init is not None else ""
+        if result.reboots:
+            how += f", after {result.reboots} reboot{'s' if result.reboots > 1 else ''}"
+        print(f"joined: node {result.node} in {result.seconds:.0f} s{how}{registered}")
         print(f"peak QEMU RSS {result.peak_rss_kib / 1024:.0f} MiB")
         return 0
     print(f"FAILED: {result.failure}")

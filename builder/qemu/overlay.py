@@ -8,6 +8,7 @@ copying only the byte ranges that changed into the overlay with `qemu-io`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -75,6 +76,25 @@ def write_boot_files(image: Path, overlay: Path, files: dict[str, bytes | None],
         if commands:
             run(["qemu-io", "-f", "qcow2", *commands, str(overlay)], what="qemu-io write")
         return sum(int(c.split()[-1]) for c in commands if c.startswith("write"))
+
+
+def read_boot_file(image: Path, overlay: Path, path: str) -> bytes | None:
+    """`path` in the boot partition as the guest left it in `overlay` (None: no such file).
+
+    A Raspberry Pi's firmware reads cmdline.txt at every boot; QEMU's `-kernel` takes the
+    command line once, so a test boot reads it again here before each reboot.
+    """
+    boot = next(p for p in read_table(image).partitions if p.is_fat)
+    qcow2 = {"driver": "qcow2", "file": {"driver": "file", "filename": str(overlay.resolve())}}
+    spec = {"driver": "raw", "offset": boot.start, "size": boot.size, "file": qcow2}
+    with private_dir("overlay", overlay.parent) as tmp:
+        raw = tmp / "boot.raw"
+        run(
+            ["qemu-img", "convert", "-O", "raw", "json:" + json.dumps(spec), str(raw)],
+            what="qemu-img convert (the boot partition)",
+            umask=PRIVATE_UMASK,  # the boot partition holds the boot's token
+        )
+        return FatFilesystem(raw, 0, 0).read(path)
 
 
 def changed_ranges(a: Path, b: Path) -> list[tuple[int, int]]:

@@ -76,6 +76,7 @@ class VM:
         smp: int = 2,
         extra: tuple[str, ...] = (),
         network: tuple[str, ...] = (),
+        since: float | None = None,
     ) -> None:
         self.machine = machine
         self.disk = disk
@@ -89,6 +90,9 @@ class VM:
         self.network = network or (
             "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,romfile=",
         )  # fmt: skip
+        # A reboot is a new QEMU (-no-reboot): `since` is the first one's start (time.monotonic),
+        # which console times count from; its console log is appended to, not replaced.
+        self.since = since
         self._control = Path(tempfile.mkdtemp(prefix="pifleet-qmp-"))  # short: AF_UNIX paths
         self.qmp_socket = self._control / "qmp.sock"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -124,7 +128,7 @@ class VM:
     def __enter__(self) -> VM:
         require_tool(self.machine.qemu, "qemu-system-arm")
         log.debug("qemu: %s", " ".join(self.argv()))
-        self._started = time.monotonic()
+        self._started = self.since if self.since is not None else time.monotonic()
         self._proc = subprocess.Popen(
             self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
@@ -159,8 +163,9 @@ class VM:
 
     def _read_console(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
+        mode = "w" if self.since is None else "a"
         with open(
-            self.console_log, "w", encoding="utf-8", errors="replace", opener=_private
+            self.console_log, mode, encoding="utf-8", errors="replace", opener=_private
         ) as out:
             for raw in self._proc.stdout:
                 text = _ANSI.sub("", raw.decode("utf-8", errors="replace")).rstrip("\n")
