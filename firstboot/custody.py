@@ -22,9 +22,12 @@ with meta-data) now holds the complete seed, so NoCloud's instance-id check
 directories' meta-data, like the `ds=nocloud;i=` Imager writes) matches and cloud-init uses
 its cache; per-instance modules (users, SSH keys, network) never run again.
 
-Every step survives a power cut: the copy is written first (atomically); a cleaned file is
-written beside the original and renamed over it only after the original is zeroed; a file
-that holds NUL bytes is one we were zeroing, whose copy is already safe.
+Every step survives a power cut: the copy is written first (atomically); a file that keeps a
+cleaned version is rewritten in place, zeros first, then the cleaned text padded to the same
+length, so the FAT's allocation and directory entry never change (the fault series found
+that a FAT rename left a directory entry pointing at freed clusters after a power cut);
+a file that holds NUL bytes is one we were rewriting, whose copy is already safe. A file
+that goes is zeroed in place and then unlinked, its directory synced at once.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from firstboot.retry import Terminal
 SEED_DIR = "/var/lib/cloud/seed/nocloud"
 MOVED_NODE_PASSWORD = "/etc/pifleet/node-password"
 SEED_FILES = ("meta-data", "user-data", "network-config")
-NEW_SUFFIX = ".pifleet-new"
 SSH_KEYS = ("ssh_keys:", "ssh_deletekeys:", "ssh_genkeytypes:")
 CHUNK = 1 << 16
 
@@ -140,33 +142,34 @@ def _keep_seed(root: Root, seed: Dict[str, Path]) -> None:
 
 
 def _replace(path: Path, clean: Clean, keep: Callable[[], None], copy: Path) -> bool:
-    """Replace `path` by its cleaned version, zeroing the original's clusters first."""
-    new = path.with_name(path.name + NEW_SUFFIX)
+    """Rewrite `path` in place without its secret: zeros over every byte first, then the
+    cleaned text padded to the same length, so no cluster is freed or allocated and the
+    directory entry keeps its place (a FAT rename or truncate is not safe from power cuts)."""
     data = _read(path)
     if data is None:
-        if new.exists():  # a clean version is still a version
-            os.replace(str(new), str(path))
-            fsync_dir(path.parent)
         return False
-    if b"\0" in data:  # the power failed while we zeroed it: its copy is safe
-        if not new.exists():
-            kept = _read(copy) or b""
-            _write_new(new, clean(kept) or kept)
-        _zero(path)
-        os.replace(str(new), str(path))
-        fsync_dir(path.parent)
-        return True
-    cleaned = clean(data)
-    if cleaned is None:
-        if new.exists():
-            new.unlink()
-        return False
-    keep()
-    _write_new(new, cleaned)
+    if b"\0" in data:  # the power failed between zeroing and rewriting: the copy is safe
+        kept = _read(copy) or b""
+        cleaned = clean(kept) or kept
+    else:
+        found = clean(data)
+        if found is None:
+            return False
+        keep()
+        cleaned = found
     _zero(path)
-    os.replace(str(new), str(path))
-    fsync_dir(path.parent)
+    _write_at_start(path, _padded(cleaned, len(data)))
     return True
+
+
+def _padded(text: bytes, size: int) -> bytes:
+    """`text` grown to `size` bytes with a YAML comment line (`###...`), if it is shorter."""
+    missing = size - len(text)
+    if missing <= 0:
+        return text
+    if missing == 1:
+        return text + b"\n"
+    return text + b"#" * (missing - 1) + b"\n"
 
 
 def _remove(path: Path, dest: Optional[Path]) -> bool:
@@ -189,8 +192,9 @@ def _read(path: Path) -> Optional[bytes]:
         return None
 
 
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+def _write_at_start(path: Path, data: bytes) -> None:
+    """Write `data` over the start of the existing file (same clusters), then fsync."""
+    fd = os.open(str(path), os.O_WRONLY | os.O_NOFOLLOW)
     try:
         view = memoryview(data)
         while view:
