@@ -305,9 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pifleet: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except (KeyboardInterrupt, Terminated) as exc:
+        from builder.util.atomic import remove_own_temps
         from builder.util.private import remove_own_dirs
 
         remove_own_dirs()  # staging a signal caught between its creation and its clean-up
+        remove_own_temps()  # likewise for outputs being written
         print("pifleet: interrupted; partial outputs removed", file=sys.stderr)
         return 130 if isinstance(exc, KeyboardInterrupt) else 143
     except BrokenPipeError:

@@ -191,3 +191,34 @@ def test_stale_names_are_matched_strictly(tmp_path: Path) -> None:
         f"pifleet-ext4-{child.pid}-abcd_1234",
         f"pifleet-fat-{child.pid}-abcd_123",
     ]
+
+
+def test_an_interrupt_right_after_a_temporary_file_is_made_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """test_interrupts found `.SHA256SUMS.pifleet-<pid>.tmp` after a SIGINT: the signal landed
+    between the temporary file's creation and the `try` that removes it."""
+    from builder.util import atomic
+
+    real = atomic.create_private
+
+    def interrupted(path: Path) -> int:
+        os.close(real(path))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic, "create_private", interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic.replace_when_done(tmp_path / "SHA256SUMS"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cli_removes_a_temporary_file_a_signal_left_unregistered(tmp_path: Path) -> None:
+    """A signal between a context manager's __enter__ and its ExitStack registration: the
+    CLI's interrupt path removes the file through `remove_own_temps`."""
+    from builder.util import atomic
+
+    manager = atomic.replace_when_done(tmp_path / "manifest.json")
+    tmp = manager.__enter__()
+    assert tmp.exists()
+    assert atomic.remove_own_temps() == [tmp]
+    assert list(tmp_path.iterdir()) == []

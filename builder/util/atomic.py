@@ -22,6 +22,23 @@ from builder.util.private import create_private, stale
 _TEMP_NAME = re.compile(r"\..+\.pifleet-(?P<pid>[0-9]{1,10})\.tmp")
 
 
+# This process's temporary files that exist or are about to: a signal can land between a
+# file's creation and the `try` that removes it (or between a context manager's __enter__
+# and its registration in an ExitStack); the CLI's interrupt path removes what is left here.
+_LIVE: set[Path] = set()
+
+
+def remove_own_temps() -> list[Path]:
+    """Remove this process's temporary files still on disk (on the way out of a Ctrl-C)."""
+    removed = []
+    for tmp in sorted(_LIVE):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    _LIVE.clear()
+    return removed
+
+
 def temp_path_for(dest: Path) -> Path:
     """The temporary name used while `dest` is being written (same directory, hidden)."""
     return dest.with_name(f".{dest.name}.pifleet-{os.getpid()}.tmp")
@@ -52,8 +69,9 @@ def replace_when_done(dest: Path, mode: int | None = None) -> Iterator[Path]:
     tmp = temp_path_for(dest)
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    os.close(create_private(tmp))
+    _LIVE.add(tmp)  # before it exists: see _LIVE
     try:
+        os.close(create_private(tmp))
         yield tmp
         if mode is not None:
             os.chmod(tmp, mode)
@@ -62,6 +80,8 @@ def replace_when_done(dest: Path, mode: int | None = None) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    finally:
+        _LIVE.discard(tmp)
 
 
 def write_atomic(dest: Path, data: bytes, mode: int = 0o644) -> None:
