@@ -22,6 +22,7 @@ import hmac
 import http.client
 import socket
 import ssl
+import time
 from typing import Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
@@ -29,6 +30,9 @@ from firstboot import x509
 from firstboot.token import Token
 
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL: trust the pinned CA even when the clock is wrong
+# OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: the chain is the
+# pinned one, but this device's clock is outside a certificate's validity.
+CLOCK_ERRORS = (9, 10)
 PROOF_PATHS = {"agent": "/v1-k3s/readyz", "server": "/v1-k3s/encrypt/status"}
 
 
@@ -70,6 +74,15 @@ def _request(
         body = response.read(1 << 20)
         return response.status, body, {k.lower(): v for k, v in response.getheaders()}
     except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code in CLOCK_ERRORS:
+            raise ServerError(
+                "clock",
+                "the server's certificate "
+                + str(exc.verify_message).replace("certificate ", "")
+                + " at this device's time ("
+                + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+                + ")",
+            ) from None
         raise ServerError(
             "waiting",
             "TLS verification against the pinned CA failed: " + str(exc.verify_message),

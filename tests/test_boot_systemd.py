@@ -4,9 +4,11 @@ The base is `pifleet base --format systemd`: Debian Bookworm without cloud-init,
 NetworkManager, laid out like Raspberry Pi OS Bookworm. pifleet detects its format as
 `systemd` and writes firstrun.sh plus its three `systemd.*` words in cmdline.txt. One boot
 proves it all: the first power-on runs firstrun.sh (kernel-command-line.target, no agent)
-which removes itself and its words, the guest reboots once, the second power-on reads the
-edited cmdline.txt (as a Pi's firmware does) and the agent joins. The device has a static
-address (`devices[].address`) in QEMU user networking's 10.0.2.0/24 (gateway .2, DNS .3),
+which removes its words, and the guest reboots once; the second power-on reads the edited
+cmdline.txt (as a Pi's firmware does), pifleet-custody.service zeroes and removes the
+script (it holds the PSK and host key) before the network comes up, and the agent joins.
+The device has a static address (`devices[].address`) in QEMU user networking's
+10.0.2.0/24 (gateway .2, DNS .3),
 written as a NetworkManager keyfile; a unit added to this test's image only prints eth0's
 addresses on the console, the guest's own report (tests/static_address.py).
 """

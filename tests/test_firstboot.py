@@ -205,7 +205,7 @@ def test_clock_at_1970_is_corrected_from_the_pinned_server(
     offset.write_text(str(86400 - time.time()))  # the device thinks it is 2 January 1970
     proc = run_agent(device)
     assert proc.returncode == 0, proc.stderr
-    assert "clock set from the server's Date header" in proc.stderr
+    assert "clock set from the pinned server's Date header" in proc.stderr
     assert abs(float(offset.read_text())) < 60
 
 
