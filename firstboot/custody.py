@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from firstboot import joinconfig
-from firstboot.paths import Root, fsync_dir, write_atomic
+from firstboot.paths import Root, fsync_dir, write_all, write_atomic
 from firstboot.retry import Terminal
 
 SEED_DIR = "/var/lib/cloud/seed/nocloud"
@@ -196,10 +196,7 @@ def _write_at_start(path: Path, data: bytes) -> None:
     """Write `data` over the start of the existing file (same clusters), then fsync."""
     fd = os.open(str(path), os.O_WRONLY | os.O_NOFOLLOW)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        write_all(fd, data)
     finally:
         os.close(fd)
 
