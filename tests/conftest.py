@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +32,32 @@ def pifleet(
         text=True,
         timeout=timeout,
     )
+
+
+# Free space the temporary directory needs at the start of a run (measured peaks: about 1.5 GB
+# without QEMU boots, about GB_BOOTS with them; pyproject.toml's retention policy "failed"
+# removes each passing test's directory as it ends).
+GB_PLAIN = 2
+GB_BOOTS = 12
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stop at once, in one line, when the temporary directory's disk cannot hold the run:
+    a full disk otherwise shows as hundreds of unrelated errors."""
+    if session.config.option.collectonly or not session.items:
+        return
+    where = Path(session.config.option.basetemp or tempfile.gettempdir()).resolve()
+    while not where.exists():
+        where = where.parent
+    boots = any(item.get_closest_marker("slow") for item in session.items)
+    need = GB_BOOTS if boots else GB_PLAIN
+    free = shutil.disk_usage(where).free / 1e9
+    if free < need:
+        pytest.exit(
+            f"only {free:.1f} GB free in {where}; the selected tests need about {need} GB "
+            "(free some space or pass --basetemp DIR on a larger disk)",
+            returncode=1,
+        )
 
 
 @pytest.fixture
