@@ -186,8 +186,10 @@ def test_joined_without_cloud_init_finishing_or_a_failed_stage_does_not_pass() -
     )
     failed_stage = "[FAILED] Failed to start cloud-config.service - Cloud-init: Config Stage."
     broken = replay([*ARMHF_BOOT[:3], failed_stage, *ARMHF_BOOT[3:]])
-    assert broken.joined and broken.cloud_init is not None
+    assert broken.failure == f"cloud-init failed: {failed_stage}"
     assert verdict(broken, 900, running=True) == f"cloud-init failed: {failed_stage}"
+    # decided at the failed stage: no waiting for a join or for the timeout after it
+    assert broken.console[-1] == failed_stage and not broken.joined
 
 
 # Lines as a systemd-format boot prints them: firstrun.sh's reboot ends the first power-on.

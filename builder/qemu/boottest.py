@@ -264,7 +264,8 @@ def follow(
     on_milestone: Milestone | None = None,
     tolerate_failures: bool = False,
 ) -> None:
-    """Read the console into `result` until the boot passed or the agent failed."""
+    """Read the console into `result` until the boot passed, the agent failed or a cloud-init
+    stage failed (a failed stage fails the boot whatever follows, so waiting on is useless)."""
     seen = {name for name, _ in result.milestones}
 
     def mark(name: str, seconds: float) -> None:
@@ -285,6 +286,8 @@ def follow(
             result.cloud_init = line.text.strip()
         if CLOUD_INIT_FAILED.search(line.text):
             result.cloud_init_errors.append(line.text.strip())
+            result.failure = verdict(result, 0.0, running=True)  # decided: stop waiting now
+            break
         if (state := AGENT_STATE.search(line.text)) is not None:
             mark(f"agent: {state.group(1)}", line.seconds)
         if REBOOTING.search(line.text):
