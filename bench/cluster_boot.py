@@ -10,35 +10,23 @@ failed.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from xml.etree import ElementTree
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.junit import Case, run_tests
+
+
+def show(case: Case, result: str) -> None:
+    print(f"{case.get('name', '?')}: {result}")
+    print(f"  {'test_seconds':<28} {float(case.get('time', 0)):.0f}")
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="pifleet-bench-cluster-") as tmp:
-        report = Path(tmp) / "cluster.xml"
-        subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-             "-m", "cluster", f"--junitxml={report}", "tests/test_cluster_boot.py"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        if not report.exists():
-            print("bench/cluster_boot.py: pytest wrote no report", file=sys.stderr)
-            return 1
-        failed = 0
-        root = ElementTree.parse(report).getroot()
-        for case in root.iter("testcase"):
-            bad = case.find("failure") is not None or case.find("error") is not None
-            failed += bad
-            print(f"{case.get('name', '?')}: {'FAILED' if bad else 'passed'}")
-            print(f"  {'test_seconds':<28} {float(case.get('time', 0)):.0f}")
-        for prop in root.iter("property"):  # the test's own figures (record_testsuite_property)
-            print(f"  {prop.get('name', '?'):<28} {prop.get('value', '')}")
+    failed, root = run_tests("cluster", ["tests/test_cluster_boot.py"], show)
+    for prop in [] if root is None else root.iter("property"):  # record_testsuite_property
+        print(f"  {prop.get('name', '?'):<28} {prop.get('value', '')}")
     return 1 if failed else 0
 
 

@@ -13,36 +13,24 @@ Asserts nothing itself; exit 1 when a fault test failed.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from xml.etree import ElementTree
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.junit import Case, run_tests
+
+
+def show(case: Case, result: str) -> None:
+    result = "joined" if result == "passed" else result
+    print(f"{case.get('name', '?'):<58} {result:<8} {float(case.get('time', 0)):7.0f}")
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="pifleet-bench-faults-") as tmp:
-        report = Path(tmp) / "faults.xml"
-        subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-             "-m", "slow or faults", f"--junitxml={report}", "tests/test_boot_faults.py",
-             "tests/test_boot_k3s.py"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        if not report.exists():
-            print("bench/faults.py: pytest wrote no report", file=sys.stderr)
-            return 1
-        cases = ElementTree.parse(report).getroot().iter("testcase")
-        failed = 0
-        print(f"{'fault':<58} {'result':<8} seconds")
-        for case in cases:
-            bad = case.find("failure") is not None or case.find("error") is not None
-            skipped = case.find("skipped") is not None
-            failed += bad
-            result = "FAILED" if bad else "skipped" if skipped else "joined"
-            print(f"{case.get('name', '?'):<58} {result:<8} {float(case.get('time', 0)):7.0f}")
+    print(f"{'fault':<58} {'result':<8} seconds")
+    failed, _ = run_tests(
+        "slow or faults", ["tests/test_boot_faults.py", "tests/test_boot_k3s.py"], show
+    )
     return 1 if failed else 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cloudinit_render import networkd_render
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
 from tests.layouts import elf_for
 
@@ -202,16 +203,7 @@ def test_generated_user_data_passes_cloud_init_schema(fleet_dir: Path, tmp_path:
     # network-config through cloud-init's own parser and networkd renderer
     network = tmp_path / "network-config"
     network.write_bytes(fat_read(image, "/network-config"))
-    check = (
-        "import sys, yaml\n"
-        "from cloudinit.net import network_state, networkd\n"
-        "cfg = yaml.safe_load(open(sys.argv[1]))['network']\n"
-        "ns = network_state.parse_net_config_data(cfg)\n"
-        "print(networkd.Renderer()._render_content(ns))\n"
-    )
-    rendered = subprocess.run(
-        ["/usr/bin/python3", "-c", check, str(network)], capture_output=True, text=True
-    )
+    rendered = networkd_render(network)
     assert rendered.returncode == 0, rendered.stderr
     assert "Name=eth0" in rendered.stdout and "DHCP=ipv4" in rendered.stdout
     assert "regdom" in fat_read(image, "/cmdline.txt").decode()

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from builder.seed.checks import cloud_config_problems, preseed_problems
+from tests.cloudinit_render import networkd_render
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
 from tests.test_build import fat_names, fat_read, sha256
 
@@ -358,15 +359,6 @@ def test_static_network_config_passes_cloud_inits_own_parser(tmp_path: Path) -> 
                   static=StaticAddress("10.77.0.1/24", "10.77.0.254", ()), wifi=None, wifi_psk=None)  # fmt: skip
     network = tmp_path / "network-config"
     network.write_bytes(text)
-    check = (
-        "import sys, yaml\n"
-        "from cloudinit.net import network_state, networkd\n"
-        "cfg = yaml.safe_load(open(sys.argv[1]))['network']\n"
-        "ns = network_state.parse_net_config_data(cfg)\n"
-        "print(networkd.Renderer()._render_content(ns))\n"
-    )
-    rendered = subprocess.run(
-        ["/usr/bin/python3", "-c", check, str(network)], capture_output=True, text=True
-    )
+    rendered = networkd_render(network)
     assert rendered.returncode == 0, rendered.stderr[-500:]
     assert "Destination=0.0.0.0/0" in rendered.stdout and "Gateway=10.77.0.254" in rendered.stdout
