@@ -37,18 +37,28 @@ def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def _self_signed_ca(
+    common: str, serial: int, before: datetime.timedelta, after: datetime.timedelta
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A CA certificate valid from now - before to now + after, and its key."""
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(_name(common)).issuer_name(_name(common))
+        .public_key(key.public_key()).serial_number(serial)
+        .not_valid_before(now - before).not_valid_after(now + after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    return cert, key
+
+
 @pytest.fixture(params=["not yet valid", "expired"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, bytes, str]]:
     """(url, pinned CA PEM, what is wrong) of a /ping server whose certificate is out of time."""
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder().subject_name(_name("k3s-server-ca")).issuer_name(_name("k3s-server-ca"))
-        .public_key(ca_key.public_key()).serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=10)).not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
+    days = datetime.timedelta(days=1)
+    ca, ca_key = _self_signed_ca("k3s-server-ca", 1, 10 * days, 3650 * days)
     if request.param == "not yet valid":
         start, end = now + datetime.timedelta(days=1), now + datetime.timedelta(days=365)
     else:
@@ -109,15 +119,8 @@ def test_the_pinned_server_still_gives_the_time_with_times_unchecked(
 
 def test_another_ca_is_never_a_clock_problem(server: tuple[str, bytes, str]) -> None:
     url, _ca, _wrong = server
-    other_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    other = (
-        x509.CertificateBuilder().subject_name(_name("other")).issuer_name(_name("other"))
-        .public_key(other_key.public_key()).serial_number(3)
-        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(other_key, hashes.SHA256())
-    )  # fmt: skip
+    days = datetime.timedelta(days=1)
+    other, _key = _self_signed_ca("other", 3, days, 30 * days)
     pem = other.public_bytes(serialization.Encoding.PEM)
     for check_time in (True, False):
         with pytest.raises(ServerError) as caught:

@@ -78,6 +78,21 @@ def device(
     return root
 
 
+def standin_env(port: int) -> dict[str, str]:
+    """Where the device's K3s stand-in (`k3s server`) listens."""
+    return {"K3S_STANDIN_BIND": "127.0.0.1", "K3S_STANDIN_PORT": str(port)}
+
+
+def first_server(
+    roots: list[Path], base: Path, files: dict[str, bytes]
+) -> tuple[Path, int, dict[str, str]]:
+    """edge-srv-1, the server that initialises: its root, its port and its stand-in's env."""
+    port = free_port()
+    root = device(roots, base, "edge-srv-1", files, port,
+                  role="server", cluster_init=True, tls_san=SANS)  # fmt: skip
+    return root, port, standin_env(port)
+
+
 def state_of(root: Path) -> dict[str, object]:
     return cast(dict[str, object], json.loads((root / "var/lib/pifleet/state.json").read_text()))
 
@@ -85,10 +100,8 @@ def state_of(root: Path) -> dict[str, object]:
 def test_first_server_initialises_then_a_server_and_an_agent_join(
     cluster: dict[str, bytes], tmp_path: Path, roots: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    port, port2 = free_port(), free_port()
-    first = device(roots, tmp_path, "edge-srv-1", cluster, port,
-                   role="server", cluster_init=True, tls_san=SANS)  # fmt: skip
-    done = run_agent(first, {"K3S_STANDIN_BIND": "127.0.0.1", "K3S_STANDIN_PORT": str(port)})
+    first, port, env = first_server(roots, tmp_path, cluster)
+    done = run_agent(first, env)
     assert done.returncode == 0, done.stderr[-3000:]
     config = (first / "etc/rancher/k3s/config.yaml").read_text()
     assert "cluster-init: true\n" in config and "\nserver:" not in config
@@ -108,7 +121,7 @@ def test_first_server_initialises_then_a_server_and_an_agent_join(
 
     second = device(roots, tmp_path, "edge-srv-2", cluster, port, role="server",
                     cluster_init=False, tls_san=SANS, server=f"https://127.0.0.1:{port}")  # fmt: skip
-    joined = run_agent(second, {"K3S_STANDIN_BIND": "127.0.0.1", "K3S_STANDIN_PORT": str(port2)})
+    joined = run_agent(second, standin_env(free_port()))
     assert joined.returncode == 0, joined.stderr[-3000:]
     text = (second / "etc/rancher/k3s/config.yaml").read_text()
     assert f'server: "https://127.0.0.1:{port}"' in text and "cluster-init" not in text
@@ -134,10 +147,7 @@ def test_first_server_initialises_then_a_server_and_an_agent_join(
 def test_power_cut_in_start_resumes_without_a_second_config(
     cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
 ) -> None:
-    port = free_port()
-    env = {"K3S_STANDIN_BIND": "127.0.0.1", "K3S_STANDIN_PORT": str(port)}
-    first = device(roots, tmp_path, "edge-srv-1", cluster, port,
-                   role="server", cluster_init=True, tls_san=SANS)  # fmt: skip
+    first, _, env = first_server(roots, tmp_path, cluster)
     cut = run_agent(first, {**env, "PIFLEET_FAULT": "kill-after:start"})
     assert cut.returncode != 0 and state_of(first)["state"] == "start"
     config = first / "etc/rancher/k3s/config.yaml"
@@ -153,10 +163,7 @@ def test_existing_etcd_member_keeps_its_config_whatever_the_seed_says(
 ) -> None:
     """K3s ran (its etcd member exists), then the state is lost and the seed now says join:
     the agent runs configure again but never turns the member's config into another."""
-    port = free_port()
-    env = {"K3S_STANDIN_BIND": "127.0.0.1", "K3S_STANDIN_PORT": str(port)}
-    first = device(roots, tmp_path, "edge-srv-1", cluster, port,
-                   role="server", cluster_init=True, tls_san=SANS)  # fmt: skip
+    first, port, env = first_server(roots, tmp_path, cluster)
     assert run_agent(first, {**env, "PIFLEET_FAULT": "kill-before:cleanup"}).returncode != 0
     assert (first / "var/lib/rancher/k3s/server/db/etcd/member/wal").is_dir()
     config = first / "etc/rancher/k3s/config.yaml"
@@ -189,10 +196,7 @@ def test_with_an_agent_token_the_server_token_does_not_join_an_agent(
     cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
 ) -> None:
     """K3s's `node` user has the --agent-token password once one is set (passwd.go)."""
-    port = free_port()
-    env = {"K3S_STANDIN_BIND": "127.0.0.1", "K3S_STANDIN_PORT": str(port)}
-    first = device(roots, tmp_path, "edge-srv-1", cluster, port,
-                   role="server", cluster_init=True, tls_san=SANS)  # fmt: skip
+    first, port, env = first_server(roots, tmp_path, cluster)
     assert run_agent(first, env).returncode == 0
     agent = device(roots, tmp_path, "edge-agent-2", cluster, port, role="agent")
     write(agent / "etc/pifleet/token", cluster["token"], 0o600)  # the server token
@@ -207,12 +211,10 @@ def test_first_server_refuses_a_token_of_another_cluster(
 ) -> None:
     """The first server pins its own CA by the token's hash too: another cluster's token
     (or another cluster's CA) is a verdict, and K3s is never configured or started."""
-    port = free_port()
-    first = device(roots, tmp_path, "edge-srv-1", cluster, port,
-                   role="server", cluster_init=True, tls_san=SANS)  # fmt: skip
+    first, _, env = first_server(roots, tmp_path, cluster)
     other = "K10" + "3c" * 32 + "::server:" + "5e" * 16 + "\n"
     write(first / "etc/pifleet/token", other.encode(), 0o600)
-    refused = run_agent(first, {"K3S_STANDIN_BIND": "127.0.0.1", "K3S_STANDIN_PORT": str(port)})
+    refused = run_agent(first, env)
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert (
         "failed state=verify" in refused.stderr and "token CA hash does not match" in refused.stderr
