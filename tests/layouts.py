@@ -243,6 +243,7 @@ def _populate_root(root: Path, layout: Layout, arch: str, partuuid: str) -> None
         "usr/lib",
         "usr/local/bin",
         "var/lib",
+        "var/log",
         "boot/firmware",
         "root",
         "tmp",

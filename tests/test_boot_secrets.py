@@ -123,10 +123,33 @@ def test_no_secret_on_the_boot_partition_after_first_boot_and_reboot(
     # The secrets now live in the root filesystem, readable by root only.
     kept = ext4_read(root, "/var/lib/cloud/seed/nocloud/network-config")
     assert b"edge-net" in kept
+    # cloud-init logged the PSK it applied (the reason its log must be root's alone), and
+    # no file that holds a secret anywhere under /etc or /var is readable by anyone else.
+    assert found_in(log.encode(), secrets) == ["Wi-Fi PSK"]
+    dumped = tmp_path / "rootfs"
+    readable = [f"{path} ({oct(mode)})" for path, mode in readable_secrets(root, dumped, secrets)]
+    assert readable == []
     assert (identity / NODE_PASSWORD).read_text().strip() == (
         ext4_read(root, "/etc/rancher/node/password").decode().strip()
     )
     shutil.rmtree(tmp_path / "before")
+
+
+def readable_secrets(
+    root: Path, dest: Path, secrets: dict[str, list[bytes]]
+) -> Iterator[tuple[str, int]]:
+    """(path, mode) of each file under /etc and /var holding a secret that a user other than
+    its owner may read. The trees are copied out by debugfs rdump, which keeps the modes."""
+    dest.mkdir()
+    for top in ("etc", "var"):
+        dump = subprocess.run(["debugfs", "-R", f"rdump /{top} {dest}", str(root)],
+                              check=True, capture_output=True, text=True)  # fmt: skip
+        assert dump.stderr.splitlines()[1:] == [], dump.stderr  # debugfs exits 0 on errors
+    assert (dest / "var/log/cloud-init.log").is_file() and (dest / "etc/hostname").is_file()
+    for path in sorted(dest.rglob("*")):
+        shared = path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o077
+        if shared and found_in(path.read_bytes(), secrets):
+            yield "/" + str(path.relative_to(dest)), path.stat().st_mode & 0o777
 
 
 def second_boot_done(console: list[str]) -> bool:

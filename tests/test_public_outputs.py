@@ -4,6 +4,8 @@ shared (issue 11, items 2 and 3)."""
 from __future__ import annotations
 
 import hashlib
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from builder.steps.cmdline import meta_instance_id
 from builder.steps.fstab import private_boot
 from tests.conftest import fleet_yaml, pifleet
 from tests.layouts import LAYOUTS, make_pi_image
-from tests.test_build import root_read
+from tests.test_build import debugfs, root_read, root_spec
 
 
 @pytest.mark.parametrize("layout", ["trixie", "ubuntu"])
@@ -32,6 +34,38 @@ def test_built_image_mounts_the_boot_partition_for_root_only(tmp_path: Path, lay
     assert boot[0].split()[1] == LAYOUTS[layout].boot_mount
     others = [ln for ln in fstab.splitlines() if " vfat " not in ln]
     assert others[0].split() == ["proc", "/proc", "proc", "defaults", "0", "0"]
+
+
+def log_mode(image: Path, path: str) -> tuple[int, int, int]:
+    """(permission bits, uid, size) of a file in the image's root filesystem, by debugfs."""
+    stat = debugfs(image, f"stat {path}")
+    mode = re.search(r"Mode:\s+(\d+)", stat)
+    owner = re.search(r"User:\s+(\d+)", stat)
+    size = re.search(r"Size:\s+(\d+)", stat)
+    assert mode and owner and size, stat
+    return int(mode.group(1), 8), int(owner.group(1)), int(size.group(1))
+
+
+def test_cloud_init_logs_are_root_only_from_their_first_byte(fleet_dir: Path) -> None:
+    """cloud-init logs the Wi-Fi PSK it applies; it keeps an existing log's mode."""
+    logs = ("/var/log/cloud-init.log", "/var/log/cloud-init-output.log")
+    base = fleet_dir / "base.img"
+    # the base already has one log, group- and world-readable, with a line in it
+    line = fleet_dir / "line"
+    line.write_text("an earlier boot's line\n")
+    subprocess.run(["debugfs", "-w", "-R", f"write {line} {logs[1]}", root_spec(base)],
+                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(["debugfs", "-w", "-R", f"sif {logs[1]} mode 0100644", root_spec(base)],
+                   check=True, capture_output=True)  # fmt: skip
+    assert log_mode(base, logs[1])[0] == 0o644
+    proc = pifleet("build", "fleet.yaml", cwd=fleet_dir)
+    assert proc.returncode == 0, proc.stderr
+    image = fleet_dir / "out/edge-fleet.img"
+    assert log_mode(image, logs[0]) == (0o600, 0, 0)
+    assert log_mode(image, logs[1])[:2] == (0o600, 0)
+    assert root_read(image, logs[1], fleet_dir) == b"an earlier boot's line\n"
+    assert log_mode(base, logs[1])[0] == 0o644  # the base is never modified
+    assert "cloud-init.log" not in debugfs(base, "ls -l /var/log")
 
 
 def test_fstab_edit_is_idempotent_and_keeps_columns() -> None:

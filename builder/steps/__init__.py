@@ -11,7 +11,18 @@ from collections.abc import Callable
 
 from builder.disk.image import Image
 from builder.plan import Plan
-from builder.steps import agent, cmdline, config_txt, fstab, join, k3s, locale, seed, timezone
+from builder.steps import (
+    agent,
+    cloudlog,
+    cmdline,
+    config_txt,
+    fstab,
+    join,
+    k3s,
+    locale,
+    seed,
+    timezone,
+)
 
 Step = Callable[[Image, Plan], None]
 
@@ -23,6 +34,7 @@ ORDER: tuple[tuple[str, Step], ...] = (
     ("locale", locale.apply),
     ("timezone", timezone.apply),
     ("fstab", fstab.apply),
+    ("cloudlog", cloudlog.apply),
     ("k3s", k3s.apply),
     ("agent", agent.apply),
     ("join", join.apply),
