@@ -17,7 +17,7 @@ from builder.disk.fat import FatFilesystem
 from builder.disk.superblock import is_ext4
 from builder.disk.table import Partition, PartitionTable, read_table, resized, write_table
 from builder.util.console import human_size
-from builder.util.errors import UserError
+from builder.util.errors import BuildError, UserError
 
 log = logging.getLogger("pifleet.image")
 
@@ -70,7 +70,8 @@ class Image:
     def _make_room(self, needed: int, min_image_size: int | None) -> None:
         usage = self.root.usage()
         shortfall = needed + _HEADROOM - usage.free if needed else 0
-        grow_by = max(shortfall, 0)
+        # New block groups bring their own inode tables and bitmaps: grow by more than is missing.
+        grow_by = _with_metadata(shortfall, usage.metadata_share)
         if min_image_size is not None:
             grow_by = max(grow_by, min_image_size - os.path.getsize(self.path))
         if grow_by <= 0:
@@ -83,6 +84,16 @@ class Image:
                 human_size(_HEADROOM),
             )
         self.grow_root(grow_by)
+        after = self.root.usage()
+        still = needed + _HEADROOM - after.free if needed else 0
+        if still > 0:  # the metadata took more than its share: once more, twice what is missing
+            self.grow_root(_with_metadata(2 * still, after.metadata_share))
+            after = self.root.usage()
+        if needed and after.free < needed:
+            raise BuildError(
+                f"{self.path}: the root filesystem has {human_size(after.free)} free after "
+                f"growing it, but its new files need {human_size(needed)}"
+            )
 
     def grow_root(self, extra: int) -> None:
         """Grow the image, the root partition and its filesystem by at least `extra` bytes."""
@@ -113,6 +124,11 @@ class Image:
         write_table(self.path, self.table)
         self.root_partition = self.table.partition(root.number)
         self.root.grow(new_root)
+
+
+def _with_metadata(missing: int, share: float) -> int:
+    """Bytes to grow by so that `missing` bytes come free, given the metadata's share."""
+    return int(missing / (1.0 - share)) + 1 if missing > 0 else 0
 
 
 def check_tool_path(path: Path, what: str = "") -> None:

@@ -17,6 +17,19 @@ class Usage:
     free_blocks: int
     free_inodes: int
     features: frozenset[str]
+    inodes: int = 0
+    inode_size: int = 256
+    blocks_per_group: int = 32768
+
+    @property
+    def metadata_share(self) -> float:
+        """The share of the filesystem its block groups' own metadata takes (inode tables and
+        bitmaps): growing the filesystem by N bytes frees about N * (1 - share)."""
+        if not self.blocks:
+            return 0.0
+        groups = -(-self.blocks // max(self.blocks_per_group, 1))
+        meta = self.inodes * self.inode_size + 2 * groups * self.block_size
+        return min(meta / self.size, 0.5)
 
     @property
     def size(self) -> int:
@@ -58,6 +71,9 @@ def read_superblock(image: Path, offset: int) -> Usage:
         free_blocks=free,
         free_inodes=u32(0x10),
         features=frozenset(name for (kind, bit), name in _FEATURES.items() if flags[kind] & bit),
+        inodes=u32(0x00),
+        inode_size=int.from_bytes(sb[0x58:0x5A], "little") if u32(0x4C) >= 1 else 128,
+        blocks_per_group=u32(0x20),
     )
 
 
