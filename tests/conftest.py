@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -13,6 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests.layouts import LAYOUTS, elf_for, make_pi_image
+
+# A shell without job control (`nohup make test &` in a script) starts pytest with SIGINT
+# ignored, and every child would inherit that: the tests that stop a child with SIGINT, as
+# Ctrl-C does, would wait for it in vain. A handled signal is reset to the default at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 # A syntactically valid secure token used only by tests; searched for in every output.
