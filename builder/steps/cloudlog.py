@@ -2,7 +2,7 @@
 
 cloud-init's init-local stage logs the network configuration it applies, Wi-Fi
 password included ("Applying network configuration from ds ...", INFO, in
-cloudinit/stages.py `_apply_netcfg`), to /var/log/cloud-init.log. It creates that
+cloudinit/stages.py `Init.apply_network_config`), to /var/log/cloud-init.log. It creates that
 log 0640 and gives it to group adm (`_initialize_filesystem`: `ensure_file(...,
 mode=0o640, preserve_mode=True)`, then `syslog_fix_perms`), so every member of
 adm could read the PSK. A log that already exists keeps its mode
