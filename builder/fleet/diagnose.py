@@ -6,21 +6,56 @@ when, and the last journal lines, secrets removed. This reads it rootlessly
 (mtools on the card or image, no mount) and prints the story, one remedy line
 per known failure, and with `--journal` the journal lines.
 
+What a card says is data: every string read from it goes through the device's redactor
+again, which also knows the exact token, node password and Wi-Fi keys found on the card
+(a token in the journal is never printed, whatever wrote it), and every line printed, the text, the
+journal and `--json`, has its control characters escaped (`inert`), so no escape sequence on
+a card reaches the terminal. A report of the wrong shape (a type, deep nesting) is refused
+in one line, naming the key.
+
 Exit 0 when the device joined, 1 when it did not (or never ran), 2 for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from builder.disk.image import Image
-from builder.util.errors import UserError
+from builder.util.errors import PifleetError, UserError
+from builder.util.terminal import inert
+from firstboot import custody, joinconfig, k3sfiles
+from firstboot.redact import Redactor, secrets_in_config
 
 REPORT = "/pifleet/report.json"
+# Where a card keeps secrets the redactor should know by value (see firstboot/collect.py).
+BOOT_SECRETS = (f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.BOOT_TOKEN_FILE}",
+                f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.BOOT_NODE_PASSWORD_FILE}")  # fmt: skip
+ROOT_SECRETS = (joinconfig.FLEET_TOKEN_PATH, k3sfiles.TOKEN_PATH, k3sfiles.AGENT_TOKEN_PATH,
+                k3sfiles.NODE_PASSWORD_PATH, custody.MOVED_NODE_PASSWORD)  # fmt: skip
+NETWORK_DIRS = ("/etc/netplan", "/etc/NetworkManager/system-connections")
+SECRET_MAX = 64 * 1024  # a larger "secret" file is not one
+MAX_DEPTH = 16  # the agent writes 3 levels; anything deeper is not its report
+# The keys the agent writes (firstboot/card.py) and their types; None (null) is always allowed.
+Shape = type | dict[str, "Shape"] | list["Shape"]
+SHAPE: dict[str, Shape] = {
+    "version": int,
+    "node": str,
+    "server": str,
+    "state": str,
+    "detail": str,
+    "updated": str,
+    "timeline": [{"state": str, "at": str}],
+    "last_failure": {"state": str, "reason": str, "count": int, "first": str, "last": str},
+    "joined": {"node": str, "at": str},
+    "journal": [str],
+}
+_NAMES = {int: "a whole number", str: "a string", dict: "an object", list: "a list"}
 
 # (what the failure reason says, what to do about it); the first match wins.
 REMEDIES: tuple[tuple[str, str], ...] = (
@@ -63,24 +98,102 @@ REMEDIES: tuple[tuple[str, str], ...] = (
 
 
 def read_report(target: Path) -> dict[str, Any] | None:
-    """The agent's report from the boot partition of `target`, None when there is none."""
+    """The agent's report from the boot partition of `target`, None when there is none:
+    checked against SHAPE and with every string in it redacted."""
     if not target.exists():
         raise UserError(f"{target}: no such file or device")
     try:
-        data = Image.open(target).boot.read(REPORT)
+        image = Image.open(target)
+        data = image.boot.read(REPORT)
     except PermissionError:
         raise UserError(
             f"{target}: permission denied (reading a card needs sudo or the disk group)"
         ) from None
     if data is None:
         return None
+    return checked_report(data, f"{target}: {REPORT} is damaged", Redactor(card_secrets(image)))
+
+
+def checked_report(data: bytes, damaged: str, redactor: Redactor) -> dict[str, Any]:
+    """`data` as a report of SHAPE, every string in it redacted; one line naming the key if not."""
     try:
         report = json.loads(data)
+    except RecursionError:
+        raise UserError(f"{damaged}: nested more than {MAX_DEPTH} levels deep") from None
     except ValueError:
-        raise UserError(f"{target}: {REPORT} is damaged (not JSON)") from None
+        raise UserError(f"{damaged} (not JSON)") from None
     if not isinstance(report, dict):
-        raise UserError(f"{target}: {REPORT} is damaged (not a JSON object)")
-    return report
+        raise UserError(f"{damaged} (not a JSON object)")
+    cleaned: dict[str, Any] = _cleaned(report, redactor, damaged, 0)
+    _check(cleaned, SHAPE, "", damaged)
+    return cleaned
+
+
+def card_secrets(image: Image) -> list[str]:
+    """The token, node password and Wi-Fi keys the card holds, wherever the agent left them
+    (boot partition before first boot, root filesystem after); what cannot be read is skipped."""
+    values = [_read(image.boot.read, path) for path in BOOT_SECRETS]
+    values += [_read(image.root.read, path) for path in ROOT_SECRETS]
+    configs = [_read(image.boot.read, "/network-config")]
+    for directory in (*NETWORK_DIRS, custody.SEED_DIR):
+        with contextlib.suppress(PifleetError, OSError):
+            names = image.root.listdir(directory)[:64]
+            configs += [_read(image.root.read, f"{directory}/{name}") for name in names]
+    found = [value.strip() for value in values]
+    for text in configs:
+        found += secrets_in_config(text)
+    return [value for value in found if value]
+
+
+def _read(reader: Callable[[str], bytes | None], path: str) -> str:
+    with contextlib.suppress(PifleetError, OSError):
+        data = reader(path)
+        if data is not None and len(data) <= SECRET_MAX:
+            return data.decode("utf-8", errors="replace")
+    return ""
+
+
+def _cleaned(value: Any, redactor: Redactor, damaged: str, depth: int) -> Any:
+    """`value` with the redactor run over every string in it, keys too."""
+    if depth > MAX_DEPTH:
+        raise UserError(f"{damaged}: nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, str):
+        return redactor.clean(value)
+    if isinstance(value, list):
+        if all(isinstance(item, str) for item in value):
+            return redactor.lines(value)  # a private key over several lines goes whole
+        return [_cleaned(item, redactor, damaged, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {
+            redactor.clean(str(key)): _cleaned(item, redactor, damaged, depth + 1)
+            for key, item in value.items()
+        }
+    return value
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, float):
+        return "a fractional number"
+    return _NAMES.get(type(value), type(value).__name__)
+
+
+def _check(value: Any, shape: Shape, key: str, damaged: str) -> None:
+    """Refuse, naming the key, a value that is not of the type the agent writes."""
+    expected = shape if isinstance(shape, type) else type(shape)
+    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+        raise UserError(f"{damaged}: {key} is {_kind(value)}, not {_NAMES[expected]}")
+    found: Any = value
+    if isinstance(shape, dict):
+        for name, inner in shape.items():
+            if found.get(name) is not None:
+                _check(found[name], inner, f"{key}.{name}" if key else name, damaged)
+    elif isinstance(shape, list):
+        for index, item in enumerate(found):
+            _check(item, shape[0], f"{key}[{index}]", damaged)
 
 
 def _clock(stamp: str) -> str:
@@ -95,20 +208,20 @@ def story(report: dict[str, Any]) -> list[str]:
     reached = [t.get("state") for t in timeline]
     joined = report.get("joined")
     if joined:
-        lines = [f"{node}: joined as {joined.get('node')} at {_clock(joined.get('at', ''))}"]
+        lines = [f"{node}: joined as {joined.get('node')} at {_clock(joined.get('at') or '')}"]
     else:
-        state = report.get("state", "?")
-        at = next((t.get("at", "") for t in reversed(timeline) if t.get("state") == state), "")
+        state = report.get("state") or "?"
+        at = next((t.get("at") or "" for t in reversed(timeline) if t.get("state") == state), "")
         lines = [f"{node}: reached {state} at {_clock(at)}" if at else f"{node}: state {state}"]
     if any(s in reached for s in ("configure", "start", "cleanup", "done")):
         lines.append(f"  server CA pinned for {report.get('server', '?')}")
     failure = report.get("last_failure")
     if failure and not joined:
-        count = int(failure.get("count", 1))
-        times = f"{count} times since {_clock(failure.get('first', ''))}, " if count > 1 else ""
+        count = failure.get("count") or 1
+        times = f"{count} times since {_clock(failure.get('first') or '')}, " if count > 1 else ""
         lines.append(
             f"  failed in {failure.get('state')}: {failure.get('reason')} "
-            f"({times}last at {_clock(failure.get('last', ''))})"
+            f"({times}last at {_clock(failure.get('last') or '')})"
         )
     elif report.get("detail") and not joined:
         lines.append(f"  last: {report['detail']}")
@@ -130,14 +243,15 @@ def command(args: argparse.Namespace) -> int:
         print(f"{target}: no {REPORT} on the boot partition: the first-boot agent never ran here")
         return 1
     if args.json:
-        print(json.dumps(report, indent=2))
+        # ASCII JSON escapes every control character but DEL (0x7f) in its strings
+        print(json.dumps(report, indent=2).replace("\x7f", "\\u007f"))
         return 0 if report.get("joined") else 1
     for line in story(report):
-        print(line)
+        print(inert(line))
     for advice in remedies(report):
         print(f"  what to do: {advice}")
     if args.journal:
         print("  journal (last lines, secrets removed):")
         for line in report.get("journal") or []:
-            print(f"    {line}")
+            print(f"    {inert(line)}")
     return 0 if report.get("joined") else 1
