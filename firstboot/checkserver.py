@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Tuple
 
-from firstboot.server import ServerError, check_pin, fetch_cacerts, pinned_context, prove_token
+from firstboot.server import ServerError, check_pin, fetch_cacerts, prove_token
 from firstboot.token import Token
 
 LABELS = {
@@ -25,7 +25,7 @@ def check(
     try:
         body = fetch_cacerts(server, timeout)
         pin = check_pin(body, token)
-        prove_token(server, token, pinned_context(pin.trust), timeout, role)
+        prove_token(server, token, pin.context(), timeout, role)
     except ServerError as exc:
         return False, LABELS.get(exc.kind, exc.kind) + ": " + str(exc)
     pinned = (

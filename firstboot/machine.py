@@ -30,7 +30,6 @@ from firstboot.server import (
     ServerError,
     check_pin,
     fetch_cacerts,
-    pinned_context,
     prove_token,
     server_time,
 )
@@ -253,7 +252,7 @@ class Agent:
     def clock_from(self, pin: Pin, state: str) -> None:
         """Set the clock from the Date header of the server the pin authenticates (TLS to the
         pinned CA with certificate times unchecked: the clock is what is in doubt)."""
-        self.clock.set(server_time(self.server, pinned_context(pin.trust, check_time=False)))
+        self.clock.set(server_time(self.server, pin.context(check_time=False)))
         self.report.progress(state, "clock set from the pinned server's Date header")
 
     def do_verify(self) -> str:
@@ -265,7 +264,7 @@ class Agent:
                     self.pinned(token, roles.local_pin(self.root, token))
                     return "configure"
                 pin = check_pin(fetch_cacerts(self.server), token)
-                prove_token(self.server, token, pinned_context(pin.trust), role=self.role)
+                prove_token(self.server, token, pin.context(), role=self.role)
             except ServerError as exc:
                 if exc.kind == "clock":  # the clock passed the build-time check, yet is wrong
                     self.report.progress("verify", str(exc))

@@ -30,6 +30,7 @@ from firstboot import x509
 from firstboot.token import Token
 
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL: trust the pinned CA even when the clock is wrong
+X509_V_FLAG_PARTIAL_CHAIN = 0x80000  # OpenSSL: a trusted certificate anchors though not self-signed
 # OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: the chain is the
 # pinned one, but this device's clock is outside a certificate's validity.
 CLOCK_ERRORS = (9, 10)
@@ -111,12 +112,20 @@ def bootstrap_context() -> ssl.SSLContext:
     return context
 
 
-def pinned_context(ca_pem: bytes, check_time: bool = True) -> ssl.SSLContext:
-    """TLS that trusts exactly the pinned CA chain; no host name check (see the module doc)."""
+def pinned_context(
+    ca_pem: bytes, check_time: bool = True, partial_chain: bool = True
+) -> ssl.SSLContext:
+    """TLS that trusts exactly `ca_pem`; no host name check (see the module doc). With
+    `partial_chain` every certificate of `ca_pem` is an anchor; without it only a self-signed
+    one is, and the others serve as intermediates."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED
     context.load_verify_locations(cadata=ca_pem.decode("ascii", "replace"))
+    if partial_chain:
+        context.verify_flags |= X509_V_FLAG_PARTIAL_CHAIN
+    else:
+        context.verify_flags &= ~X509_V_FLAG_PARTIAL_CHAIN
     if not check_time:
         context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
     return context
@@ -135,20 +144,31 @@ def fetch_cacerts(url: str, timeout: float = 10.0) -> bytes:
 
 
 class Pin:
-    """The server's CA: the hash K3s computes for it and the certificates to trust."""
+    """The server's CA: the hash K3s computes for it and the certificates to trust
+    (firstboot/x509.py: only what the hash proves)."""
 
     def __init__(self, body: bytes) -> None:
-        self.ca_hash, self.trust = x509.hash_ca(body)
+        self.pinned = x509.pin(body)
+        self.ca_hash, self.trust = self.pinned.ca_hash, self.pinned.trust
+
+    def context(self, check_time: bool = True) -> ssl.SSLContext:
+        """TLS that trusts what the pin proves, and nothing else."""
+        return pinned_context(self.trust, check_time, self.pinned.partial_chain)
 
 
 def check_pin(body: bytes, token: Token) -> Pin:
-    """The server's CA when it matches the token's hash (constant time); ServerError otherwise."""
+    """The server's CA when it matches the token's hash (constant time) and every certificate
+    in the bundle verifies up to the pinned root; ServerError otherwise."""
     pin = Pin(body)
     if token.ca_hash is not None and not hmac.compare_digest(pin.ca_hash, token.ca_hash):
         raise ServerError(
             "ca_mismatch",
             "token CA hash does not match the server's CA (sha256 " + pin.ca_hash[:16] + "...): "
             "possible man-in-the-middle, or a token from another cluster",
+        )
+    if pin.pinned.problem:
+        raise ServerError(
+            "ca_mismatch", pin.pinned.problem + ": possible man-in-the-middle; nothing was sent"
         )
     return pin
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from builder.testserver.server import K3sTestServer
-from firstboot.server import ServerError, check_pin, fetch_cacerts, pinned_context, prove_token
+from firstboot.server import ServerError, check_pin, fetch_cacerts, prove_token
 from firstboot.token import parse
 from tests.agent_helpers import FIXTURES
 
@@ -47,7 +47,7 @@ def join_check(server: K3sTestServer, token_text: str, deadline: float) -> tuple
     while True:
         try:
             pin = check_pin(fetch_cacerts(server.url, 3), token)
-            prove_token(server.url, token, pinned_context(pin.trust), 3)
+            prove_token(server.url, token, pin.context(), 3)
             return True, seen
         except ServerError as exc:
             seen.append(exc.kind)
@@ -160,7 +160,7 @@ def test_role_server_proves_the_server_token_on_a_server_route(
         token = parse(token_text)
         pin = check_pin(fetch_cacerts(server.url, 3), token)
         try:
-            prove_token(server.url, token, pinned_context(pin.trust), 3, role="server")
+            prove_token(server.url, token, pin.context(), 3, role="server")
         except ServerError as exc:
             return exc.kind
         return "ok"

@@ -40,7 +40,10 @@ def command(args: argparse.Namespace) -> int:
         body = fetch_cacerts(server, args.timeout)
     except ServerError as exc:
         raise BuildError(f"{server}: {exc}") from None
-    ca_hash, _trust = x509.hash_ca(body)
+    pinned = x509.pin(body)
+    ca_hash = pinned.ca_hash
+    if pinned.problem:
+        raise BuildError(f"{server}: {pinned.problem}: possible man-in-the-middle; nothing written")
     if token.pinned and token.ca_hash != ca_hash:
         raise UserError(
             f"{args.token_file}: the token already pins another CA than {server} serves "
