@@ -265,6 +265,10 @@ def _populate_root(root: Path, layout: Layout, arch: str, partuuid: str) -> None
         f"{root_src}  /               ext4    defaults,noatime  0       1\n"
     )
     (root / "etc/hostname").write_text("raspberrypi\n")
+    # One zone besides UTC, for the timezone step's check (a stand-in, not a real TZif file).
+    zone = root / "usr/share/zoneinfo/Europe/Berlin"
+    zone.parent.mkdir(parents=True)
+    zone.write_bytes(b"TZif2" + bytes(39))
     if layout.machine_id:
         (root / "etc/machine-id").write_text(layout.machine_id)
     if layout.rpi_issue:

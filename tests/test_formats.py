@@ -22,6 +22,7 @@ from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
 from tests.test_build import fat_names, fat_read, sha256
 
 PASSPHRASE = "correct horse battery"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 WIFI = "network:\n  wifi: {ssid: 'edge net', country: DE, password_env: WIFI_PSK}"
 ENV = {"WIFI_PSK": PASSPHRASE}
 # WPA PSK of that passphrase for SSID "edge net", computed with OpenSSL, not pifleet's code:
@@ -152,8 +153,8 @@ def test_rpi_preseed_toml_follows_the_schema(
     tmp_path: Path, make_image: Callable[..., Path]
 ) -> None:
     users = (
-        "users:\n  - name: ops\n    sudo: true\n    ssh_authorized_keys: ['ssh-ed25519 AAAAC3Nz ops@l']"
-        "\n  - name: audit\n    groups: [adm]\n    ssh_authorized_keys: ['ssh-ed25519 AAAAC3Nz a@l']"
+        f"users:\n  - name: ops\n    sudo: true\n    ssh_authorized_keys: ['{KEY} ops@l']"
+        f"\n  - name: audit\n    groups: [adm]\n    ssh_authorized_keys: ['{KEY} a@l']"
     )
     image, proc = build(
         tmp_path,
@@ -169,7 +170,7 @@ def test_rpi_preseed_toml_follows_the_schema(
     doc = tomllib.loads(data.decode())
     assert doc["config_version"] == "1.1"
     assert doc["user"] == {"name": "ops", "passwordless_sudo": True, "groups": ["sudo"]}
-    assert doc["ssh"]["authorized_keys"] == ["ssh-ed25519 AAAAC3Nz ops@l"]
+    assert doc["ssh"]["authorized_keys"] == [f"{KEY} ops@l"]
     assert doc["wlan"] == {
         "ssid": "edge net", "password": PSK, "password_encrypted": True,
         "hidden": False, "country": "DE",

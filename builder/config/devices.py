@@ -11,6 +11,8 @@ from builder.util.errors import UserError
 from builder.util.yamlfile import shown
 from firstboot.joinconfig import valid_hostname
 
+MAX_SSID = 32  # bytes (IEEE 802.11), whatever they encode
+
 
 class DeviceReader:
     """Turns validated raw YAML of devices into dataclasses, checking meaning key by key."""
@@ -49,7 +51,12 @@ class DeviceReader:
                 )
         return tuple(value)
 
-    def wifi(self, value: dict[str, Any]) -> Wifi:
+    def wifi(self, value: dict[str, Any], key: str) -> Wifi:
+        ssid = value["ssid"]
+        if len(ssid.encode()) > MAX_SSID:
+            raise self.fail(
+                f"{key}.ssid", f"an SSID has at most {MAX_SSID} bytes, got {shown(ssid)}"
+            )
         return Wifi(
             ssid=value["ssid"],
             country=value["country"],
@@ -79,7 +86,7 @@ class DeviceReader:
             labels=self.labels(value.get("labels", {}), f"{key}.labels"),
             taints=self.taints(value.get("taints", []), f"{key}.taints"),
             static=static,
-            wifi=self.wifi(value["wifi"]) if "wifi" in value else None,
+            wifi=self.wifi(value["wifi"], f"{key}.wifi") if "wifi" in value else None,
             role=value.get("role"),
         )
 

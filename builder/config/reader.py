@@ -28,7 +28,7 @@ from builder.config.model import (
     SeedSettings,
     User,
 )
-from builder.config.values import parse_size
+from builder.config.values import interface_problem, parse_size, ssh_key_problem
 from builder.util.yamlfile import shown
 from firstboot.joinconfig import valid_hostname
 
@@ -52,7 +52,7 @@ class FleetReader(DeviceReader):
             base=self.base(raw.get("base"), arch),
             k3s=self.k3s(raw.get("k3s", {})),
             cluster=self.cluster(raw["cluster"]),
-            users=tuple(self.user(u) for u in raw.get("users", [])),
+            users=tuple(self.user(u, i) for i, u in enumerate(raw.get("users", []))),
             network=self.network(raw.get("network", {})),
             timezone=raw.get("timezone", "Etc/UTC"),
             locale=raw.get("locale", "en_US.UTF-8"),
@@ -213,19 +213,29 @@ class FleetReader(DeviceReader):
                 raise self.fail(f"cluster.kubelet_args[{i}]", f"must be name=value, got {item!r}")
         return tuple(value)
 
-    def user(self, value: dict[str, Any]) -> User:
+    def user(self, value: dict[str, Any], index: int) -> User:
+        keys = value.get("ssh_authorized_keys", [])
+        for i, key in enumerate(keys):
+            problem = ssh_key_problem(key)
+            if problem:
+                where = f"users[{index}].ssh_authorized_keys[{i}]"
+                raise self.fail(where, f"must be {problem}, got {shown(key)}")
         return User(
             name=value["name"],
-            ssh_authorized_keys=tuple(value.get("ssh_authorized_keys", [])),
+            ssh_authorized_keys=tuple(keys),
             sudo=bool(value.get("sudo", False)),
             groups=tuple(value.get("groups", [])),
             shell=value.get("shell", "/bin/bash"),
         )
 
     def network(self, value: dict[str, Any]) -> Network:
+        ethernet = value.get("ethernet", "eth0")
+        problem = interface_problem(ethernet)
+        if problem:
+            raise self.fail("network.ethernet", f"must be {problem}, got {shown(ethernet)}")
         return Network(
-            ethernet=value.get("ethernet", "eth0"),
-            wifi=self.wifi(value["wifi"]) if "wifi" in value else None,
+            ethernet=ethernet,
+            wifi=self.wifi(value["wifi"], "network.wifi") if "wifi" in value else None,
             static=self.static(value["static"], "network.static") if "static" in value else None,
         )
 

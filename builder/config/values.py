@@ -1,4 +1,5 @@
-"""Checks of single config values: Kubernetes labels and taints, static addresses, sizes.
+"""Checks of single config values: Kubernetes labels and taints, static addresses, sizes,
+SSH public keys and network interface names.
 
 Each check that can fail takes `fail(key, message)`, which builds the error, so the
 fleet file and a devices_file inventory word it for their own reader.
@@ -6,8 +7,11 @@ fleet file and a devices_file inventory word it for their own reader.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -75,3 +79,60 @@ def parse_size(text: str) -> int:
         raise UserError(f"not a size: {shown(text)} (expected e.g. 4G or 3500M)")
     number, unit = float(match.group(1)), match.group(2)
     return int(number * 1024 ** " KMGT".index(unit or " "))
+
+
+# OpenSSH's public key types (sshkey.c keytypes[]); the *-cert-v01 forms are certificates.
+SSH_KEY_TYPES = frozenset(
+    {
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ssh-dss",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    }
+)
+_CERT = "-cert-v01@openssh.com"
+
+
+def ssh_key_problem(text: str) -> str | None:
+    """Why `text` is not one authorized_keys line `<type> <base64> [comment]` (None: it is):
+    a known type, and a key blob that names the same type (and, for plain keys, parses)."""
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    words = text.split(None, 2)
+    kind = words[0] if words else ""
+    if kind.removesuffix(_CERT) not in SSH_KEY_TYPES:
+        return "an OpenSSH public key such as 'ssh-ed25519 AAAA... comment' (no options)"
+    try:
+        blob = base64.b64decode(words[1] if len(words) > 1 else "", validate=True)
+        (length,) = struct.unpack(">I", blob[:4])
+    except (binascii.Error, struct.error):
+        return f"an OpenSSH public key: the part after {kind} is not a base64 key"
+    if blob[4 : 4 + length] != kind.encode():
+        return f"an OpenSSH public key: the key data is not a {kind} key"
+    if kind.endswith(_CERT) or kind.startswith("sk-"):
+        return None
+    try:
+        load_ssh_public_key(f"{kind} {words[1]}".encode())
+    except (ValueError, TypeError):
+        return f"an OpenSSH public key: the {kind} key data does not parse"
+    return None
+
+
+MAX_IFNAME = 15  # IFNAMSIZ - 1 (include/uapi/linux/if.h)
+
+
+def interface_problem(name: str) -> str | None:
+    """Why `name` cannot name a network interface (None: it can): the kernel's dev_valid_name
+    (1-15 characters, no '/', ':' or whitespace, not '.' or '..') and systemd's
+    ifname_valid (printable ASCII)."""
+    if not 1 <= len(name) <= MAX_IFNAME:
+        return f"an interface name of 1 to {MAX_IFNAME} characters"
+    if name in (".", ".."):
+        return "an interface name, not '.' or '..'"
+    if not all(33 <= ord(c) < 127 and c not in "/:" for c in name):
+        return "an interface name of printable ASCII without '/', ':' or whitespace"
+    return None

@@ -49,10 +49,10 @@ def ethernet_keyfile(interface: str, static: StaticAddress) -> str:
         "\n".join(
             [
                 "[connection]",
-                f"id=pifleet-{interface}",
+                f"id=pifleet-{_keyfile_value(interface)}",
                 f"uuid={uuid.uuid5(NAMESPACE, 'ethernet:' + interface)}",
                 "type=ethernet",
-                f"interface-name={interface}",
+                f"interface-name={_keyfile_value(interface)}",
                 "autoconnect-priority=10",
                 "",
                 "[ipv4]",
@@ -76,5 +76,9 @@ def networkd_file(interface: str, static: StaticAddress) -> str:
 
 
 def _keyfile_value(text: str) -> str:
-    """A keyfile string value: backslash, ';' and line breaks escaped (GKeyFile rules)."""
-    return text.replace("\\", "\\\\").replace(";", "\\;").replace("\n", "\\n").replace("\r", "\\r")
+    """A keyfile string value: backslash, ';' and line breaks escaped, and a leading space
+    as `\\s`, which GKeyFile would otherwise strip (GKeyFile rules)."""
+    escaped = (
+        text.replace("\\", "\\\\").replace(";", "\\;").replace("\n", "\\n").replace("\r", "\\r")
+    )
+    return "\\s" + escaped[1:] if escaped.startswith(" ") else escaped

@@ -88,9 +88,11 @@ def _extra_user(user: User) -> list[str]:
             f"echo {q(user.name + ' ALL=(ALL) NOPASSWD:ALL')} > {drop_in} && chmod 0440 {drop_in}"
         )
     if user.ssh_authorized_keys:
-        keys = "\\n".join(user.ssh_authorized_keys)
+        # One quoted word per key, printed as is: `%b` would turn a `\n` in a key's comment
+        # into a line of its own.
+        keys = " ".join(q(key) for key in user.ssh_authorized_keys)
         cmds.append(
-            f"install -o {name} -m 700 -d {home}/.ssh && printf '%b\\n' {q(keys)} "
+            f"install -o {name} -m 700 -d {home}/.ssh && printf '%s\\n' {keys} "
             f"> {home}/.ssh/authorized_keys && chown {name}: {home}/.ssh/authorized_keys "
             f"&& chmod 600 {home}/.ssh/authorized_keys"
         )

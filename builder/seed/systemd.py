@@ -61,7 +61,7 @@ def render(inp: SeedInput, target: Target) -> Seed:
 
 def _if_ic(helper: list[str], fallback: list[str], available: bool) -> list[str]:
     """Imager's shape: the sys-mods helper when the file exists, else plain commands. Not
-    indented: a here-document's end marker must start its line."""
+    indented: a quoted file body spanning lines must not gain indentation."""
     if not available:
         return fallback
     return [f"if [ -f {IC} ]; then", *helper, "else", *fallback, "fi"]
@@ -114,9 +114,7 @@ def _keys(user: User, home: str, helper: bool) -> list[str]:
     keys = "\n".join(user.ssh_authorized_keys)
     plain = [
         f"install -o {q(user.name)} -m 700 -d {q(home + '/.ssh')}",
-        f"cat > {q(home + '/.ssh/authorized_keys')} <<'EOF'",
-        keys,
-        "EOF",
+        *_write(home + "/.ssh/authorized_keys", keys),
         f"chown {q(user.name)}: {q(home + '/.ssh/authorized_keys')}",
         f"chmod 600 {q(home + '/.ssh/authorized_keys')}",
         "mkdir -p /etc/ssh/sshd_config.d",
@@ -133,9 +131,7 @@ def _keys(user: User, home: str, helper: bool) -> list[str]:
 def _host_key(key: HostKey) -> list[str]:
     return [
         "rm -f /etc/ssh/ssh_host_*",
-        "cat > /etc/ssh/ssh_host_ed25519_key <<'EOF'",
-        key.private.rstrip("\n"),
-        "EOF",
+        *_write("/etc/ssh/ssh_host_ed25519_key", key.private),
         "chmod 600 /etc/ssh/ssh_host_ed25519_key",
         f"echo {q(key.public)} > /etc/ssh/ssh_host_ed25519_key.pub",
         # Pi OS regenerates host keys on the next boot unless told otherwise.
@@ -162,7 +158,7 @@ def _static(ethernet: str, static: StaticAddress, network_manager: bool) -> list
     else:
         path = f"/etc/systemd/network/10-pifleet-{ethernet}.network"
         text = networkd_file(ethernet, static)
-    return [f"mkdir -p {q(path.rsplit('/', 1)[0])}", *_heredoc(path, text), f"chmod 600 {q(path)}"]
+    return [f"mkdir -p {q(path.rsplit('/', 1)[0])}", *_write(path, text), f"chmod 600 {q(path)}"]
 
 
 def _wifi(inp: SeedInput, target: Target) -> list[str]:
@@ -174,7 +170,7 @@ def _wifi(inp: SeedInput, target: Target) -> list[str]:
         path = f"{NM_DIR}/preconfigured.nmconnection"
         plain = [
             f"mkdir -p {NM_DIR}",
-            *_heredoc(path, wifi_keyfile(wifi, psk)),
+            *_write(path, wifi_keyfile(wifi, psk)),
             f"chmod 600 {path}",
             f"raspi-config nonint do_wifi_country {q(wifi.country)}",
         ]
@@ -207,7 +203,7 @@ def _wpa_supplicant(ssid: str, psk: str | None, country: str, hidden: bool) -> l
         + "\n"
     )
     path = "/etc/wpa_supplicant/wpa_supplicant.conf"
-    return [*_heredoc(path, text, "WPAEOF"), f"chmod 600 {path}"]
+    return [*_write(path, text), f"chmod 600 {path}"]
 
 
 def _rfkill() -> list[str]:
@@ -225,10 +221,9 @@ def _locale(inp: SeedInput, target: Target) -> list[str]:
         lines += _if_ic(
             [f"{IC} set_keymap {q(inp.keyboard)}"],
             [
-                *_heredoc(
+                *_write(
                     "/etc/default/keyboard",
                     f'XKBMODEL="pc105"\nXKBLAYOUT="{inp.keyboard}"\nXKBVARIANT=""\nXKBOPTIONS=""\n\n',
-                    "KBEOF",
                 ),
                 "dpkg-reconfigure -f noninteractive keyboard-configuration",
             ],
@@ -272,5 +267,8 @@ def _footer(boot_mount: str) -> list[str]:
     return [f"sed -i '{words}' {boot_mount}/cmdline.txt", "exit 0"]
 
 
-def _heredoc(path: str, text: str, marker: str = "EOF") -> list[str]:
-    return [f"cat > {q(path)} <<'{marker}'", text.rstrip("\n"), marker]
+def _write(path: str, text: str) -> list[str]:
+    """`text` (its trailing newlines made one) into `path`, as one single-quoted word that no
+    value can end early: a here-document ends at any line equal to its marker (an `EOF` key)."""
+    body = q(text.rstrip("\n"))
+    return [f"printf '%s\\n' {body} > {q(path)}"]

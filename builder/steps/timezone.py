@@ -2,8 +2,10 @@
 
 cloud-init's `timezone:` links /etc/localtime to /usr/share/zoneinfo/<name> and
 fails on a name the image does not have, on every device, at first boot. The
-list of names is read once from the image (tzdata.zi, else zone1970.tab/zone.tab).
-An image without a tz database is left alone (nothing to check against).
+list of names is read once from the image (tzdata.zi, else zone1970.tab/zone.tab);
+without either, the zone's own file must exist as a regular file under
+/usr/share/zoneinfo. The config already refused anything that is not a tz name's
+shape (no leading '/', no '.' or '..'), so the name cannot leave that folder.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ def apply(image: Image, plan: Plan) -> None:
     if zone in BUILT_IN:
         return
     names = zone_names(image)
-    if names is None or zone in names:
+    if names is None:
+        if _zone_file(image, zone):
+            return
+        raise UserError(
+            f"{plan.config.where('timezone')}: {zone!r} is not a time zone of the image "
+            f"(no {ZONEINFO}/{zone} in it)"
+        )
+    if zone in names:
         return
     near = difflib.get_close_matches(zone, sorted(names), n=3, cutoff=0.5)
     hint = f"; nearest: {', '.join(near)}" if near else ""
@@ -51,3 +60,9 @@ def zone_names(image: Image) -> set[str] | None:
             rows = [ln.split("\t") for ln in data.decode("utf-8", errors="replace").splitlines()]
             return {row[2] for row in rows if len(row) >= 3 and not row[0].startswith("#")}
     return None
+
+
+def _zone_file(image: Image, zone: str) -> bool:
+    """True when the image has /usr/share/zoneinfo/<zone> as a regular file (links followed)."""
+    inode = image.root.stat(image.root.resolve(f"{ZONEINFO}/{zone}"))
+    return inode is not None and inode.kind == "regular"
