@@ -143,8 +143,9 @@ def test_token_file_option_open_to_others_is_refused(
 
 
 def test_token_env_reaches_no_child_tool(fleet_dir: Path) -> None:
-    """cluster.token_env is read once and removed from the environment pifleet's tools get:
-    every tool the build runs is watched through a PATH shim that records its environment."""
+    """cluster.token_env and every Wi-Fi passphrase variable (the fleet's and a device's) are
+    read once and removed from the environment pifleet's tools get: every tool the build runs
+    is watched through a PATH shim that records its environment."""
     shims, seen = fleet_dir / "shims", fleet_dir / "seen"
     shims.mkdir()
     seen.mkdir()
@@ -157,16 +158,21 @@ def test_token_env_reaches_no_child_tool(fleet_dir: Path) -> None:
         shim.write_text(f'#!/bin/sh\nenv > "{seen}/{tool}.$$"\nexec "{real}" "$@"\n')
         shim.chmod(0o755)
     section = "cluster:\n  server: https://k3s.example.net:6443\n  token_env: FLEET_TOKEN"
-    (fleet_dir / "fleet.yaml").write_text(fleet_yaml(cluster=section))
-    env = {"FLEET_TOKEN": TEST_TOKEN, "PATH": f"{shims}:{real_path}"}
+    wifi = "network:\n  wifi: {ssid: edge, country: DE, password_env: FLEET_PSK}"
+    device = "devices: [{hostname: pi-1, wifi: {ssid: dev, country: DE, password_env: DEV_PSK}}]"
+    (fleet_dir / "fleet.yaml").write_text(fleet_yaml(cluster=section, network=wifi, devices=device))
+    psks = {"FLEET_PSK": "fleet-passphrase-1", "DEV_PSK": "device-passphrase-2"}
+    env = {"FLEET_TOKEN": TEST_TOKEN, **psks, "PATH": f"{shims}:{real_path}"}
     proc = pifleet("build", "fleet.yaml", cwd=fleet_dir, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     records = sorted(seen.iterdir())
     assert any(r.name.startswith("debugfs.") for r in records), records
-    secret = TEST_TOKEN.rsplit(":", 1)[1]
+    assert any(r.name.startswith("mcopy.") for r in records), records
+    secrets = [TEST_TOKEN.rsplit(":", 1)[1], *psks.values()]
     for record in records:
         text = record.read_text()
-        assert "FLEET_TOKEN" not in text and secret not in text, record.name
+        for needle in ["FLEET_TOKEN", *psks, *secrets]:
+            assert needle not in text, (record.name, needle)
 
 
 def test_truncated_elf_is_not_k3s(fleet_dir: Path) -> None:

@@ -316,3 +316,21 @@ def test_timezone_must_exist_in_the_image(fleet_dir: Path) -> None:
     (fleet_dir / "fleet.yaml").write_text(fleet_yaml(extra="timezone: Europe/Berlin"))
     proc = pifleet("build", "fleet.yaml", cwd=fleet_dir, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "passphrase", ["tab\there-1", "délicieux-1", "new\nline-12", "del\x7fchar-1"]
+)
+def test_wpa_passphrase_is_printable_ascii(
+    monkeypatch: pytest.MonkeyPatch, passphrase: str
+) -> None:
+    """IEEE 802.11i: 8 to 63 characters of ASCII 32-126; anything else is refused in one line
+    that never shows it."""
+    from builder.config.model import Wifi
+    from builder.seed.base import wifi_password
+
+    monkeypatch.setenv("PIFLEET_TEST_PSK", passphrase)
+    with pytest.raises(UserError) as info:
+        wifi_password(Wifi("edge", "DE", "PIFLEET_TEST_PSK", False), "fleet.yaml")
+    assert "printable ASCII" in str(info.value) and passphrase not in str(info.value)
+    assert "\n" not in str(info.value)

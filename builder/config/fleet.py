@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from builder.config import environ
 from builder.config.inventory import merged
 from builder.config.model import FleetConfig
 from builder.config.reader import FleetReader
@@ -31,7 +32,17 @@ def load(path: Path) -> FleetConfig:
     if config.devices_file is not None:
         config = replace(config, devices=merged(config))
     _check_servers(config)
+    _take_secrets(config)
     return config
+
+
+def _take_secrets(config: FleetConfig) -> None:
+    """The token's and every Wi-Fi passphrase's variable leave the environment now, before any
+    child runs (their values are kept in `environ` for when they are read)."""
+    wifis = [config.network.wifi, *(d.wifi for d in config.devices)]
+    names = [w.password_env for w in wifis if w is not None and w.password_env]
+    for name in [*names, *([config.cluster.token_env] if config.cluster.token_env else [])]:
+        environ.take(name)
 
 
 def _check_servers(config: FleetConfig) -> None:

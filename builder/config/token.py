@@ -8,6 +8,7 @@ import os
 import stat
 from pathlib import Path
 
+from builder.config import environ
 from builder.config.model import Cluster
 from builder.util.errors import UserError
 from builder.util.secret import Secret
@@ -16,10 +17,6 @@ from firstboot.token import Token, TokenError, hash_problem
 from firstboot.token import parse as parse_token
 
 log = logging.getLogger("pifleet.token")
-# Tokens read from an environment variable, by variable name. The variable itself is removed
-# from this process's environment at once, so no child tool (debugfs, mtools, qemu, xz...)
-# inherits it; a later read in the same run is answered from here.
-_FROM_ENV: dict[str, str] = {}
 
 
 def read_token(cluster: Cluster, where: str) -> Secret:
@@ -28,7 +25,7 @@ def read_token(cluster: Cluster, where: str) -> Secret:
         key, text = "cluster.token_file", _read_file(cluster, where)
     else:
         key = "cluster.token_env"
-        text = _from_env(cluster.token_env or "")
+        text = environ.take(cluster.token_env or "")
         if not text.strip():
             raise UserError(
                 f"{where}: {key}: environment variable {cluster.token_env} is not set or empty"
@@ -105,13 +102,6 @@ FORM_NAMES = {
     "k10-user": "token",
     "k10-bootstrap": "token",
 }
-
-
-def _from_env(name: str) -> str:
-    """The variable's value, removed from the environment children inherit (os.unsetenv)."""
-    if name in os.environ:
-        _FROM_ENV[name] = os.environ.pop(name)
-    return _FROM_ENV.get(name, "")
 
 
 def _read_file(cluster: Cluster, where: str) -> str:

@@ -10,9 +10,9 @@ function, `render(inp, target) -> Seed`.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 
+from builder.config import environ
 from builder.config.model import Device, FleetConfig, Hardware, StaticAddress, User, Wifi
 from builder.util.errors import UserError
 
@@ -94,14 +94,15 @@ def wpa_psk(ssid: str, passphrase: str) -> str:
 def wifi_password(wifi: Wifi | None, where: str) -> str | None:
     if wifi is None or wifi.password_env is None:
         return None
-    value = os.environ.get(wifi.password_env)
+    value = environ.take(wifi.password_env)
     if not value:
         raise UserError(
             f"{where}: network.wifi.password_env: environment variable {wifi.password_env} is not set"
         )
-    if not 8 <= len(value) <= 63:
+    if not 8 <= len(value) <= 63 or not all(" " <= c <= "~" for c in value):
         raise UserError(
-            f"{where}: network.wifi.password_env: a WPA passphrase has 8 to 63 characters"
+            f"{where}: network.wifi.password_env: a WPA passphrase has 8 to 63 printable"
+            " ASCII characters (IEEE 802.11i)"
         )
     return value
 
