@@ -17,13 +17,15 @@ name, a VIP or a NAT address joins although the certificate does not name it
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hmac
 import http.client
 import socket
 import ssl
+import threading
 import time
-from typing import Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 from firstboot import x509
@@ -60,20 +62,57 @@ def _split(url: str) -> Tuple[str, int]:
     return parts.hostname, parts.port or 443
 
 
+Answer = Tuple[int, bytes, Dict[str, str]]
+
+
+class Deadline(socket.timeout):
+    """The whole request took longer than its timeout (a server dripping bytes included)."""
+
+
+def _exchange(conn: http.client.HTTPSConnection, path: str, headers: Dict[str, str]) -> Answer:
+    conn.request("GET", path, headers=headers)
+    response = conn.getresponse()
+    body = response.read(1 << 20)
+    return response.status, body, {k.lower(): v for k, v in response.getheaders()}
+
+
+def within(timeout: float, conn: http.client.HTTPConnection, work: Callable[[], Answer]) -> Answer:
+    """`work()` bounded as a whole: a socket timeout bounds each read only, so past the
+    deadline the connection's socket is shut down (which ends a blocked read) and Deadline
+    is raised. Name resolution cannot be interrupted; its thread is left to finish alone."""
+    outcome: Dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["answer"] = work()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="pifleet-request", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        if conn.sock is not None:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+        raise Deadline("no complete answer within " + format(timeout, "g") + " s")
+    if "error" in outcome:
+        raise outcome["error"]
+    answer: Answer = outcome["answer"]
+    return answer
+
+
 def _request(
     url: str,
     path: str,
     context: ssl.SSLContext,
     headers: Optional[Dict[str, str]] = None,
     timeout: float = 10.0,
-) -> Tuple[int, bytes, Dict[str, str]]:
+) -> Answer:
     host, port = _split(url)
     conn = http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
     try:
-        conn.request("GET", path, headers=headers or {})
-        response = conn.getresponse()
-        body = response.read(1 << 20)
-        return response.status, body, {k.lower(): v for k, v in response.getheaders()}
+        return within(timeout, conn, lambda: _exchange(conn, path, headers or {}))
     except ssl.SSLCertVerificationError as exc:
         if exc.verify_code in CLOCK_ERRORS:
             raise ServerError(
@@ -97,6 +136,8 @@ def _request(
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, Deadline):
+        return str(exc)
     if isinstance(exc, socket.timeout):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:

@@ -211,6 +211,8 @@ def pin(body: bytes) -> Pinned:
         certs = [parse(pem) for pem in blocks]
     except CertError:
         return _body(body, [], "the server's CA bundle holds a block that is not a certificate")
+    if not certs:
+        return _body(body, [], "the server's CA bundle holds no PEM certificate")
     if len(certs) > MAX_CERTS:
         return _body(
             body,
