@@ -210,3 +210,102 @@ def test_initialized_cluster_rejoins_every_server(tmp_path: Path) -> None:
         assert (first.cluster_init, first.server) == (first_init, first_server)
         second = seed(config, devices["edge-srv-2"], DeviceConfig(hostname="edge-srv-2"))
         assert (second.cluster_init, second.server) == (False, "https://edge-srv-1:6443")
+
+
+# -- a damaged CA set is refused before anything uses it (issue 21, item 8) -----------------
+
+
+@pytest.fixture(scope="module")
+def initialized(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fleet folder after `cluster init`, made once: tests copy it."""
+    folder = tmp_path_factory.mktemp("initialized")
+    (folder / "fleet.yaml").write_text(fleet_yaml(cluster=CREATE, devices=DEVICES))
+    done = pifleet("cluster", "init", "fleet.yaml", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    return folder
+
+
+def _forged_ca(subject_of: bytes) -> bytes:
+    """A self-signed CA certificate with the subject of `subject_of` (another key)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    real = x509.load_pem_x509_certificate(subject_of)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(real.subject)
+        .issuer_name(real.issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _damage(cluster: Path, how: str) -> None:
+    tls = cluster / "tls"
+    if how == "garbage":
+        (tls / "client-ca.crt").write_bytes(b"garbage\n")
+    elif how == "missing":
+        (tls / "client-ca.crt").unlink()
+    elif how == "missing-etcd":
+        (tls / "etcd" / "peer-ca.crt").unlink()
+    elif how == "wrong-key":
+        (tls / "client-ca.key").write_bytes((tls / "server-ca.key").read_bytes())
+    elif how == "forged":
+        (tls / "client-ca.pem").write_bytes(_forged_ca((tls / "client-ca.pem").read_bytes()))
+    elif how == "reordered":
+        certs = (tls / "client-ca.crt").read_bytes().split(b"-----END CERTIFICATE-----\n")
+        (tls / "client-ca.crt").write_bytes(
+            b"-----END CERTIFICATE-----\n".join([certs[0], certs[2], certs[1], b""])
+        )
+    elif how == "token":
+        token = (cluster / "token").read_text()
+        (cluster / "token").write_text("K10" + "0" * 64 + token[67:])
+
+
+DAMAGES = {
+    "garbage": "tls/client-ca.crt: holds no PEM certificate",
+    "missing": "tls/client-ca.crt: is missing",
+    "missing-etcd": "tls/etcd/peer-ca.crt: is missing",
+    "wrong-key": "tls/client-ca.key: is not the key of client-ca.pem",
+    "forged": "tls/client-ca.pem: is not signed by the intermediate CA",
+    "reordered": "tls/client-ca.crt: is not the CA followed by its chain",
+    "token": "cluster/token: is not one line K10<CA hash>",
+}
+
+
+@pytest.mark.parametrize("how", sorted(DAMAGES))
+def test_show_refuses_a_damaged_ca_set(initialized: Path, tmp_path: Path, how: str) -> None:
+    """Before: `cluster show` printed the hash and expiry dates of whatever it found."""
+    import shutil
+
+    shutil.copytree(initialized, tmp_path / "fleet")
+    _damage(tmp_path / "fleet" / "cluster", how)
+    shown = pifleet("cluster", "show", "fleet.yaml", cwd=tmp_path / "fleet")
+    assert shown.returncode == 2, shown.stdout + shown.stderr
+    assert shown.stderr.count("\n") == 1 and DAMAGES[how] in shown.stderr, shown.stderr
+    assert "damaged" in shown.stderr and shown.stdout == ""
+    token = (tmp_path / "fleet" / "cluster" / "token").read_text().strip()
+    assert token.rsplit(":", 1)[1] not in shown.stderr
+
+
+def test_per_device_build_refuses_a_damaged_ca_set(initialized: Path, tmp_path: Path) -> None:
+    """Before: server images were built with the garbage client-ca.crt in their root."""
+    import shutil
+
+    from tests.layouts import LAYOUTS, make_pi_image
+
+    fleet = tmp_path / "fleet"
+    shutil.copytree(initialized, fleet)
+    make_pi_image(fleet / "base.img", LAYOUTS["trixie"], "arm64")
+    _damage(fleet / "cluster", "garbage")
+    done = pifleet("build", "fleet.yaml", "--per-device", cwd=fleet)
+    assert done.returncode == 2, done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("pifleet: ")]
+    assert len(errors) == 1 and DAMAGES["garbage"] in errors[0], done.stderr
+    assert not list(fleet.rglob("edge-srv-*.img")), sorted(fleet.rglob("*.img"))

@@ -25,6 +25,7 @@ from cryptography import x509
 
 from builder.cluster.ca import LEAF_CAS, TlsFile, generate
 from builder.cluster.cahash import k3s_ca_hash
+from builder.cluster.check import check_layout, check_token
 from builder.config.fleet import load
 from builder.config.model import FleetConfig
 from builder.util.errors import UserError
@@ -79,17 +80,23 @@ def create(config: FleetConfig) -> str:
 
 
 def tls_files(config: FleetConfig) -> list[TlsFile]:
-    """The cluster's CA layout as `cluster init` wrote it (keys marked secret)."""
+    """The cluster's CA layout as `cluster init` wrote it (keys marked secret), checked whole
+    (`check`), and its tokens checked to pin it."""
     tls = cluster_dir(config) / "tls"
-    if not (tls / "server-ca.crt").is_file():
+    if not tls.is_dir():
         raise UserError(
             f"{config.source}: cluster.create: no cluster yet; run `pifleet cluster init {config.source}`"
         )
-    return [
+    files = [
         TlsFile(str(p.relative_to(tls)), p.read_bytes(), p.suffix == ".key")
         for p in sorted(tls.rglob("*"))
         if p.is_file()
     ]
+    check_layout({f.path: f.data for f in files}, tls)
+    ca_hash = k3s_ca_hash(next(f.data for f in files if f.path == "server-ca.crt"))
+    for name in ("token", *(["agent-token"] if config.cluster.agent_token else [])):
+        check_token(cluster_dir(config) / name, ca_hash)
+    return files
 
 
 def ca_hash_of(config: FleetConfig) -> str:

@@ -22,7 +22,7 @@ from builder.config.devices import DeviceReader
 from builder.config.model import Device, FleetConfig
 from builder.config.schema import describe
 from builder.util.errors import UserError
-from builder.util.yamlfile import check_values, read_text
+from builder.util.yamlfile import check_values, parse_yaml, read_text
 
 COLUMNS = (
     "hostname",
@@ -98,11 +98,15 @@ def _csv_rows(text: str, path: Path) -> list[tuple[int, dict[Any, Any]]]:
     if "hostname" not in header or unknown:
         problem = f"unknown column {unknown[0]!r}" if unknown else "no hostname column"
         raise UserError(f"{path.name}:1: {problem} (columns: {', '.join(COLUMNS)})")
-    rows = [
-        (reader.line_num, row)
-        for row in reader
-        if any((v if isinstance(v, str) else "x").strip() for v in row.values())
-    ]
+    try:
+        rows = [
+            (reader.line_num, row)
+            for row in reader
+            if any((v if isinstance(v, str) else "x").strip() for v in row.values())
+        ]
+    except csv.Error as exc:
+        # line_num counts the lines of the rows read whole; the failing one starts after them.
+        raise UserError(f"{path}:{reader.line_num + 1}: CSV error: {exc}") from None
     check_values([{k: v for k, v in row.items() if k} for _line, row in rows], path)
     return rows
 
@@ -131,15 +135,12 @@ def _from_csv(row: dict[Any, Any]) -> dict[str, Any]:
 
 
 def _yaml_rows(text: str, path: Path) -> list[tuple[int, dict[str, Any]]]:
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: YAML error: {exc}") from None
-    if not isinstance(node, yaml.SequenceNode):
+    data = parse_yaml(text, path)  # the fleet file's strict rules: one line, duplicates refused
+    if not isinstance(data, list):
         raise UserError(f"{path}: expected a list of devices")
-    rows = []
-    for item in node.value:
-        rows.append((item.start_mark.line + 1, yaml.safe_load(yaml.serialize(item))))
+    node = yaml.compose(text)  # parsed once already: only for each item's line
+    assert isinstance(node, yaml.SequenceNode)
+    rows = [(item.start_mark.line + 1, raw) for item, raw in zip(node.value, data, strict=True)]
     check_values([raw for _line, raw in rows], path)
     return rows
 

@@ -30,6 +30,7 @@ def read_token(cluster: Cluster, where: str) -> Secret:
             raise UserError(
                 f"{where}: {key}: environment variable {cluster.token_env} is not set or empty"
             )
+    one_line(text, f"{where}: {key}: ")
     try:
         parsed = parse_token(text)
     except TokenError as exc:
@@ -104,6 +105,18 @@ FORM_NAMES = {
 }
 
 
+def one_line(text: str, prefix: str) -> None:
+    """A token is one line of printable characters (a final newline aside): a second line or
+    a NUL byte means the file is not what it was meant to be. Never shows the text."""
+    value = text.strip()
+    if "\0" in value:
+        raise UserError(f"{prefix}the token holds a NUL byte: not a token")
+    if "\n" in value or "\r" in value:
+        raise UserError(f"{prefix}the token holds more than one line; give it on one line")
+    if not value.isprintable():
+        raise UserError(f"{prefix}the token holds a control or invisible character")
+
+
 def _read_file(cluster: Cluster, where: str) -> str:
     path = cluster.token_file
     assert path is not None
@@ -140,6 +153,7 @@ def read_token_file(path: Path) -> Secret:
     """A token from a file named on the command line (`--token-file`): private to its owner
     like cluster.token_file; one-line errors, never the token."""
     text = _private_text(path, "--token-file: ")
+    one_line(text, f"--token-file: {path}: ")
     try:
         parsed = parse_token(text)
     except TokenError as exc:

@@ -57,6 +57,9 @@ def static_address(
         ) from None
     if "/" not in address:
         raise fail(f"{key}.address", f"needs a prefix length such as /24, got {shown(address)}")
+    problem = _reserved(iface)
+    if problem:
+        raise fail(f"{key}.address", f"{iface.ip} is {problem} of {iface.network}")
     if gateway is not None:
         try:
             gw = ipaddress.ip_address(gateway)
@@ -64,12 +67,30 @@ def static_address(
             raise fail(f"{key}.gateway", f"must be an IP address, got {shown(gateway)}") from None
         if gw not in iface.network:
             raise fail(f"{key}.gateway", f"{gateway} is not in {iface.network}")
+        if gw == iface.ip:
+            raise fail(f"{key}.gateway", f"{gateway} is the device's own address")
     for i, server in enumerate(dns):
         try:
             ipaddress.ip_address(server)
         except ValueError:
             raise fail(f"{key}.dns[{i}]", f"must be an IP address, got {shown(server)}") from None
     return StaticAddress(address=address, gateway=gateway, dns=tuple(dns))
+
+
+def _reserved(
+    iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+) -> str | None:
+    """Why the interface's address cannot be a host's (None: it can): a network's own
+    address (IPv6: its Subnet-Router anycast address) or its IPv4 broadcast address. A /31
+    or /32 (/127, /128) has no such addresses (RFC 3021, RFC 6164)."""
+    net = iface.network
+    if net.prefixlen >= net.max_prefixlen - 1:
+        return None
+    if iface.ip == net.network_address:
+        return "the network address"
+    if isinstance(net, ipaddress.IPv4Network) and iface.ip == net.broadcast_address:
+        return "the broadcast address"
+    return None
 
 
 def parse_size(text: str) -> int:
