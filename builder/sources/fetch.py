@@ -5,7 +5,10 @@ a cache hit does no network I/O. A download goes to `<cache>/downloads/partial/`
 and resumes there with an HTTP Range request after an interruption; it is
 hashed as it streams and promoted into the cache only when the digest
 matches. Transient failures are retried with backoff; every final failure is
-one line (404, TLS, DNS, refused, disk full). requests honours HTTPS_PROXY and
+one line (404, TLS, DNS, refused, disk full). Each call has an overall deadline, every
+attempt, redirect and read included (a server that sends one byte a second never
+trips a per-read timeout): DOWNLOAD_DEADLINE for a file, DOCUMENT_DEADLINE for a small
+document or a redirect, both lowered or (for files) raised by PIFLEET_FETCH_DEADLINE. requests honours HTTPS_PROXY and
 REQUESTS_CA_BUNDLE; `file://` URLs serve offline copies.
 """
 
@@ -16,21 +19,25 @@ import ipaddress
 import logging
 import os
 import random
-import time
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
+import urllib3
 
 from builder import version
 from builder.disk.sparse import sha256_file
 from builder.util.cache import cache_dir
 from builder.util.console import progress
+from builder.util.deadline import Deadline, TrackedAdapter, seconds
 from builder.util.errors import BuildError, UserError
 
 log = logging.getLogger("pifleet.fetch")
 
-ATTEMPTS = int(os.environ.get("PIFLEET_FETCH_ATTEMPTS", "4"))  # tries per download before giving up
+ATTEMPTS = 4  # tries per download before giving up (PIFLEET_FETCH_ATTEMPTS)
+DEADLINE_SETTING = "PIFLEET_FETCH_DEADLINE"
+DOWNLOAD_DEADLINE = 7200.0  # seconds for one file, every attempt included (a 2 GB base at 300 kB/s)
+DOCUMENT_DEADLINE = 120.0  # seconds for a checksum file, an OS list or a redirect
 _CHUNK = 1024 * 1024
 MAX_REDIRECTS = 10
 _session: requests.Session | None = None
@@ -41,7 +48,26 @@ def session() -> requests.Session:
     if _session is None:
         _session = requests.Session()
         _session.headers["User-Agent"] = f"pifleet/{version()}"
+        for prefix in ("http://", "https://"):
+            _session.mount(prefix, TrackedAdapter())  # its connections obey Deadline
     return _session
+
+
+def attempts() -> int:
+    text = os.environ.get("PIFLEET_FETCH_ATTEMPTS", str(ATTEMPTS))
+    if not text.strip().isdigit() or int(text) < 1:
+        raise UserError(f"PIFLEET_FETCH_ATTEMPTS: {text!r} is not a whole number of tries >= 1")
+    return int(text)
+
+
+def deadline(what: str, longest: float) -> Deadline:
+    """The deadline of one call: `longest` seconds, or PIFLEET_FETCH_DEADLINE (never more than
+    `longest` for a document: only a file's download may be allowed longer)."""
+    text = os.environ.get(DEADLINE_SETTING, "")
+    allowed = seconds(text, DEADLINE_SETTING) if text else longest
+    if longest == DOCUMENT_DEADLINE:
+        allowed = min(allowed, longest)
+    return Deadline(allowed, what, DEADLINE_SETTING)
 
 
 def cached(sha256: str, name: str) -> Path:
@@ -61,18 +87,10 @@ def fetch(
         log.debug("cache hit for %s", url)
         return final
     partial = cache_dir("downloads") / "partial" / f"{sha256}.part"
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            _download(url, partial, where)
-            break
-        except _Transient as exc:
-            if attempt == ATTEMPTS:
-                raise BuildError(
-                    f"{where}: {url}: {exc} (gave up after {ATTEMPTS} attempts)"
-                ) from None
-            delay = random.uniform(0, min(30.0, 2.0**attempt))
-            log.warning("warning: %s: %s; retrying in %.0f s", url, exc, delay)
-            time.sleep(delay)
+    if url.startswith("file://"):
+        _copy_file(url, partial, where)
+    else:
+        _download_with_retries(url, partial, where)
     actual = sha256_file(partial)
     if actual != sha256:
         partial.unlink(missing_ok=True)
@@ -80,6 +98,24 @@ def fetch(
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, final)
     return final
+
+
+def _download_with_retries(url: str, partial: Path, where: str) -> None:
+    tries = attempts()
+    with deadline(f"{where}: {url}", DOWNLOAD_DEADLINE) as limit:
+        for attempt in range(1, tries + 1):
+            try:
+                _download(url, partial, where, limit)
+                return
+            except _Transient as exc:
+                limit.check()
+                if attempt == tries:
+                    raise BuildError(
+                        f"{where}: {url}: {exc} (gave up after {tries} attempts)"
+                    ) from None
+                delay = random.uniform(0, min(30.0, 2.0**attempt))
+                log.warning("warning: %s: %s; retrying in %.0f s", url, exc, delay)
+                limit.sleep(delay)
 
 
 def fetch_text(url: str, where: str, limit: int = 32 * 1024 * 1024) -> str:
@@ -91,35 +127,51 @@ def fetch_text(url: str, where: str, limit: int = 32 * 1024 * 1024) -> str:
         except OSError as exc:
             raise UserError(f"{where}: {path}: {exc.strerror}") from None
     check_scheme(url, where, pinned=False)
-    for attempt in range(1, ATTEMPTS + 1):
+    tries = attempts()
+    with deadline(f"{where}: {url}", DOCUMENT_DEADLINE) as within:
+        for attempt in range(1, tries + 1):
+            try:
+                body = _read_body(url, where, limit, within)
+                break
+            except _Transient as exc:
+                within.check()
+                if attempt == tries:
+                    raise BuildError(
+                        f"{where}: {url}: {exc} (gave up after {tries} attempts)"
+                    ) from None
+                within.sleep(random.uniform(0, 2.0**attempt))
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: {url}: not UTF-8 text") from None
+
+
+def _read_body(url: str, where: str, limit: int, within: Deadline) -> bytes:
+    with _get(url, where, {}, within) as response:
         try:
-            with _get(url, where, {}) as response:
-                body = response.raw.read(limit + 1, decode_content=True)
-            if len(body) > limit:
-                raise UserError(f"{where}: {url}: larger than {limit} bytes")
-            return body.decode("utf-8")
-        except _Transient as exc:
-            if attempt == ATTEMPTS:
-                raise BuildError(
-                    f"{where}: {url}: {exc} (gave up after {ATTEMPTS} attempts)"
-                ) from None
-            time.sleep(random.uniform(0, 2.0**attempt))
-    raise AssertionError("unreachable")
+            body: bytes = response.raw.read(limit + 1, decode_content=True)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _Transient(f"interrupted: {_describe(exc)}") from None
+    if len(body) > limit:
+        raise UserError(f"{where}: {url}: larger than {limit} bytes")
+    return body
 
 
 def final_url(url: str, where: str) -> str:
     """Where `url` redirects to (the K3s channel server answers with a redirect)."""
     check_scheme(url, where, pinned=False)
-    for _hop in range(MAX_REDIRECTS + 1):
-        try:
-            response = session().head(url, allow_redirects=False, timeout=30)
-        except requests.RequestException as exc:
-            raise BuildError(f"{where}: {url}: {_describe(exc)}") from None
-        if not response.is_redirect:
-            break
-        url = _next_hop(url, response, where)
-    else:
-        raise UserError(f"{where}: {url}: more than {MAX_REDIRECTS} redirects")
+    with deadline(f"{where}: {url}", DOCUMENT_DEADLINE) as within:
+        for _hop in range(MAX_REDIRECTS + 1):
+            try:
+                response = session().head(url, allow_redirects=False, timeout=within.timeout(30))
+            except requests.RequestException as exc:
+                within.check()
+                raise BuildError(f"{where}: {url}: {_describe(exc)}") from None
+            if not response.is_redirect:
+                break
+            url = _next_hop(url, response, where)
+        else:
+            raise UserError(f"{where}: {url}: more than {MAX_REDIRECTS} redirects")
     if response.status_code >= 400:
         raise UserError(f"{where}: {url}: HTTP {response.status_code}")
     return url
@@ -161,11 +213,11 @@ class _Transient(Exception):
     """A failure worth retrying (connection lost, timeout, 5xx)."""
 
 
-def _get(url: str, where: str, headers: dict[str, str]) -> requests.Response:
+def _get(url: str, where: str, headers: dict[str, str], within: Deadline) -> requests.Response:
     """GET `url`, following redirects but never from https down to http. With a Range
     header, a 416 answer is returned (the partial file is complete or longer)."""
     for _hop in range(MAX_REDIRECTS + 1):
-        response = _get_once(url, where, headers)
+        response = _get_once(url, where, headers, within)
         if not response.is_redirect:
             break
         url = _next_hop(url, response, where)
@@ -176,10 +228,11 @@ def _get(url: str, where: str, headers: dict[str, str]) -> requests.Response:
     return _checked(response, url, where)
 
 
-def _get_once(url: str, where: str, headers: dict[str, str]) -> requests.Response:
+def _get_once(url: str, where: str, headers: dict[str, str], within: Deadline) -> requests.Response:
+    timeout = (within.timeout(20), within.timeout(60))
     try:
         return session().get(
-            url, stream=True, timeout=(20, 60), headers=headers, allow_redirects=False
+            url, stream=True, timeout=timeout, headers=headers, allow_redirects=False
         )
     except requests.exceptions.SSLError as exc:
         raise UserError(f"{where}: {url}: TLS error: {_describe(exc)}") from None
@@ -205,17 +258,18 @@ def _checked(response: requests.Response, url: str, where: str) -> requests.Resp
     return response
 
 
-def _download(url: str, partial: Path, where: str) -> None:
-    if url.startswith("file://"):
-        source = Path(unquote(urlsplit(url).path))
-        if not source.is_file():
-            raise UserError(f"{where}: {source} does not exist")
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        _copy_to(source, partial)
-        return
+def _copy_file(url: str, partial: Path, where: str) -> None:
+    source = Path(unquote(urlsplit(url).path))
+    if not source.is_file():
+        raise UserError(f"{where}: {source} does not exist")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    _copy_to(source, partial)
+
+
+def _download(url: str, partial: Path, where: str, within: Deadline) -> None:
     have = partial.stat().st_size if partial.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
-    response = _get(url, where, headers)
+    response = _get(url, where, headers, within)
     if have and response.status_code == 416:
         # Nothing left to send from `have` on: the partial file is already complete (or longer
         # than the file now is). It cannot be resumed: start again from the first byte.
@@ -223,7 +277,7 @@ def _download(url: str, partial: Path, where: str) -> None:
         log.info("discarding the partial download of %s (the server has nothing after it)", url)
         partial.unlink(missing_ok=True)
         have = 0
-        response = _get(url, where, {})
+        response = _get(url, where, {}, within)
     with response:
         if have and response.status_code != 206:
             have = 0  # the server ignored the Range: start over
