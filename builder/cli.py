@@ -11,14 +11,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from builder import version
-from builder.util.console import setup_logging
-from builder.util.errors import PifleetError
+from builder.util.console import (
+    exit_if_stdout_failed,
+    setup_logging,
+    stdout_failure,
+    watch_stdout,
+)
+from builder.util.errors import PifleetError, UserError
+from builder.util.terminal import inert
 
 log = logging.getLogger("pifleet")
 
@@ -49,8 +56,41 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with pifleet's error rule: a bad argument is one line and exit 2, naming the
+    (sub)command and where its help is, never the whole usage."""
+
+    _FOUND_BY = "_pifleet_parser"  # the innermost parser left with unknown arguments
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {inert(message)} (see `{self.prog} --help`)\n")
+
+    def _get_value(self, action: argparse.Action, arg_string: str) -> Any:
+        try:  # a `type=` check may raise UserError (builder/config/serverurl.py): name the option
+            return super()._get_value(action, arg_string)
+        except UserError as exc:
+            raise argparse.ArgumentError(action, str(exc)) from None
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and not hasattr(parsed, self._FOUND_BY):
+            setattr(parsed, self._FOUND_BY, self)  # a subcommand's parser returns first
+        return parsed, extras
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        found: _Parser = vars(parsed).pop(self._FOUND_BY, self)
+        if extras:
+            found.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="pifleet",
         description="Build, personalize, flash and boot-test Raspberry Pi images for a K3s fleet.",
     )
@@ -64,7 +104,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _register_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-
     p = sub.add_parser("build", help="build the fleet's golden image from a config file")
     p.add_argument("config", help="fleet YAML file")
     p.add_argument("--base", metavar="PATH", help="use this base image file (overrides base:)")
@@ -77,7 +116,6 @@ def _register_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _register_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-
     p = sub.add_parser("inspect", help="show what is inside an image")
     p.add_argument("image", help="image file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -92,7 +130,6 @@ def _register_lint(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _register_personalize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-
     p = sub.add_parser(
         "personalize", help="write one device's identity into a copy of the golden image"
     )
@@ -110,7 +147,6 @@ def _register_personalize(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _register_test_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-
     from builder.testserver.serve import add_arguments
 
     p = sub.add_parser("test-server", help="run the K3s test server (a protocol stand-in, not K3s)")
@@ -119,29 +155,35 @@ def _register_test_server(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _register_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from builder.config.serverurl import output_file, server_url, timeout
 
     p = sub.add_parser("token", help="join token tools")
     tsub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     check = tsub.add_parser("check", help="check a K3s server and token: CA pin, token accepted")
-    check.add_argument("--server", required=True, help="https://host:6443")
+    check.add_argument("--server", required=True, type=server_url, help="https://host:6443")
     check.add_argument("--token-file", required=True)
-    check.add_argument("--timeout", type=float, default=10.0)
+    check.add_argument("--timeout", type=timeout, default=10.0, help="seconds")
     check.add_argument("--role", choices=("agent", "server"), default="agent")
     check.set_defaults(handler="builder.config.token:check_command")
     pin = tsub.add_parser(
         "pin", help="pin a token to the server's CA: show its fingerprint, write K10<hash>::..."
     )
-    pin.add_argument("server", help="https://host:6443")
+    pin.add_argument("server", type=server_url, help="https://host:6443")
     pin.add_argument("--token-file", required=True, help="the token to pin")
-    pin.add_argument("-o", "--output", required=True, help="where the pinned token goes (0600)")
+    pin.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=output_file,
+        help="where the pinned token goes (0600)",
+    )
     pin.add_argument("--yes", action="store_true", help="do not ask (scripts)")
     pin.add_argument("--role", choices=("agent", "server"), default="agent")
-    pin.add_argument("--timeout", type=float, default=10.0)
+    pin.add_argument("--timeout", type=timeout, default=10.0, help="seconds")
     pin.set_defaults(handler="builder.config.pin:command")
 
 
 def _register_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-
     p = sub.add_parser(
         "base", help="build (or reuse) a QEMU-bootable base laid out like Pi OS Trixie"
     )
@@ -166,7 +208,6 @@ def _register_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _register_boot_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-
     p = sub.add_parser("boot-test", help="boot an image under QEMU and prove it joins a K3s server")
     p.add_argument(
         "image", help="the image to test (never modified: a copy-on-write overlay is used)"
@@ -184,7 +225,6 @@ def _register_boot_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-
     p = sub.add_parser(
         "demo", help="base -> build the example -> boot-test it under QEMU -> joined"
     )
@@ -202,7 +242,6 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _register_flash(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-
     p = sub.add_parser(
         "flash", help="write an image to an SD card with its .bmap, verify, personalize"
     )
@@ -221,7 +260,6 @@ def _register_flash(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _register_sources(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-
     p = sub.add_parser("images", help="list the catalog of base images")
     p.set_defaults(handler="builder.sources.catalog:command")
     p = sub.add_parser(
@@ -232,7 +270,6 @@ def _register_sources(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _register_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-
     p = sub.add_parser(
         "status", help="which of the fleet's devices joined the cluster, which did not"
     )
@@ -240,12 +277,12 @@ def _register_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--kubeconfig", metavar="FILE", help="default: $KUBECONFIG, ~/.kube/config")
     p.add_argument("--watch", action="store_true", help="redraw as nodes join, until all are Ready")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between --watch reads")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds for one read, in all")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler="builder.fleet.status:command")
 
 
 def _register_diagnose(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-
     p = sub.add_parser(
         "diagnose", help="what a pulled card says about its first boot, and what to do"
     )
@@ -256,7 +293,6 @@ def _register_diagnose(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _register_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-
     p = sub.add_parser(
         "cluster", help="create a K3s cluster's CA set and token before any Pi boots"
     )
@@ -296,10 +332,43 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    watch_stdout()
     try:
+        args = _parser().parse_args(argv)  # --help, --version and bad arguments exit here
+        setup_logging(args.verbose, args.quiet)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        code = _run(args)
+    except SystemExit:
+        exit_if_stdout_failed()
+        raise
+    except OSError:
+        if stdout_failure() is None:
+            raise
+        exit_if_stdout_failed()  # exits
+        raise
+    exit_if_stdout_failed()
+    return code
+
+
+# The last second a FAT directory entry can hold, 2107-12-31 23:59:59 UTC: the boot
+# partition's timestamps come from SOURCE_DATE_EPOCH, and mtools silently wraps a later one
+# (to 1980, or 2066 for 99999999999).
+LAST_FAT_TIME = 4354819199
+
+
+def check_environment() -> None:
+    """The environment variables every command may read, checked before any work."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if raw and not (raw.isascii() and raw.isdigit() and int(raw) <= LAST_FAT_TIME):
+        raise UserError(
+            f"SOURCE_DATE_EPOCH: must be a whole number of seconds from 0 to {LAST_FAT_TIME} "
+            f"(2107-12-31, the last date a FAT timestamp holds), got {raw[:40]!r}"
+        )
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        check_environment()
         return _handler(args.handler)(args)
     except PifleetError as exc:
         print(f"pifleet: error: {exc}", file=sys.stderr)
@@ -312,9 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         remove_own_temps()  # likewise for outputs being written
         print("pifleet: interrupted; partial outputs removed", file=sys.stderr)
         return 130 if isinstance(exc, KeyboardInterrupt) else 143
-    except BrokenPipeError:
-        return 1
     except Exception as exc:  # a bug: still one line; the traceback with -v
+        if isinstance(exc, OSError) and stdout_failure() is not None:
+            raise
         if args.verbose:
             raise
         print(
