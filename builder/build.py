@@ -123,6 +123,8 @@ def examine_base(plan: Plan) -> Plan:
     base = Image.open(plan.base.path)
     flavor = detect(base)
     flavor = require_supported(flavor, Path(plan.base.origin), plan.config.seed.format)
+    if (wrong_root := lint.root_problem(base)) is not None:
+        raise UserError(f"{plan.base.origin}: {wrong_root}")
     log.info("base is %s (%s), seed format %s", flavor.pretty_name, flavor.arch, flavor.init_format)
     if flavor.arch != plan.config.arch:
         raise UserError(

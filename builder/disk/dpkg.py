@@ -49,3 +49,14 @@ def _fields(stanza: str) -> dict[str, str]:
         if sep:
             fields[key.strip()] = value.strip()
     return fields
+
+
+def version_of(status: bytes, name: str) -> str | None:
+    """The installed version of package `name`, None when it is not installed."""
+    return next((p.version for p in installed(status) if p.name == name), None)
+
+
+def upstream(version: str) -> str:
+    """The upstream part of a Debian version: '25.2-1+rpt1' -> '25.2', '1:2.3-4' -> '2.3'."""
+    without_epoch = version.split(":", 1)[-1]
+    return without_epoch.rsplit("-", 1)[0] if "-" in without_epoch else without_epoch
