@@ -1,6 +1,6 @@
 """Deadlines bound the whole request: a server on 127.0.0.1 that sends one byte a second never
 trips a per-read timeout, yet downloads (`pifleet fetch`: a file, a checksum file, a channel
-redirect) end at their deadline, in one line, exit 1 (issue 21, item 7)."""
+redirect) and `pifleet status` end at their deadline, in one line, exit 1 (issue 21, item 7)."""
 
 from __future__ import annotations
 
@@ -135,6 +135,29 @@ def test_fetch_attempts_setting_is_checked(value: str, fleet_dir: Path) -> None:
     done = pifleet("fetch", "fleet.yaml", cwd=fleet_dir, env=env, timeout=60)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "PIFLEET_FETCH_ATTEMPTS" in done.stderr and "internal error" not in done.stderr
+
+
+def kubeconfig_for(url: str, path: Path) -> Path:
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: drip\n"
+        f"clusters:\n- name: drip\n  cluster: {{server: '{url}'}}\n"
+        "users:\n- name: drip\n  user: {token: not-a-secret}\n"
+        "contexts:\n- name: drip\n  context: {cluster: drip, user: drip}\n"
+    )
+    return path
+
+
+def test_status_ends_at_its_deadline(drip: DripServer, tmp_path: Path) -> None:
+    (tmp_path / "fleet.yaml").write_text(fleet_yaml(devices="devices:\n  - hostname: edge-001\n"))
+    kubeconfig = kubeconfig_for(drip.url, tmp_path / "kubeconfig")
+    start = time.monotonic()
+    done = pifleet(
+        "status", "fleet.yaml", "--kubeconfig", str(kubeconfig), "--timeout", "2",
+        cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    ends_in_time(time.monotonic() - start, 2)
+    one_line_exit_1(done, "not done within 2 s", "--timeout", drip.url)
+    assert any("/api/v1/nodes" in r for r in drip.requests), drip.requests
 
 
 def test_a_deadline_in_process_shuts_the_socket_itself() -> None:

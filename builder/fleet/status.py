@@ -11,6 +11,13 @@ labels every pifleet image gives its node (`builder.config.labels`):
 Exit 0 when every device is Ready, 1 otherwise. `--watch` redraws the table
 as nodes join, with a progress bar toward the fleet's size; `--json` is for
 scripts.
+
+The kubeconfig is read as kubectl reads it, exec plugins included (they run, as with
+kubectl: a kubeconfig is trusted like a script), after `kubeconfig.check` has refused a
+broken one in one line. Each read of the cluster has an overall deadline (`--timeout`),
+however slowly the server answers; an answer that is not a NodeList is refused in one
+line; what the cluster says (names, reasons) is printed inert, never as terminal codes
+or table markup.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +35,12 @@ from typing import Any
 from builder.config.fleet import load
 from builder.config.labels import FLEET, IMAGE, SHORT
 from builder.config.model import FleetConfig
+from builder.fleet import kubeconfig as kubeconfigs
+from builder.util.deadline import Deadline, track
 from builder.util.errors import BuildError, UserError
+from builder.util.terminal import inert
+
+TIMEOUT = 30.0  # seconds for one read of the cluster, whole (--timeout)
 
 
 @dataclass(frozen=True)
@@ -69,7 +82,8 @@ def _device_state(name: str, node: Any, current: str) -> DeviceState:
     labels = node.metadata.labels or {}
     image = labels.get(IMAGE, "")
     condition = _ready_condition(node)
-    since = condition.last_transition_time.isoformat() if condition is not None else ""
+    stamp = condition.last_transition_time if condition is not None else None
+    since = stamp.isoformat() if stamp is not None else ""
     on_current = image in ("", current) or not current
     if condition is not None and condition.status == "True":
         return DeviceState(name, "Ready", since=since, image=image, current=on_current)
@@ -93,6 +107,7 @@ def current_image(config: FleetConfig) -> str:
 
 def fleet_status(config: FleetConfig, nodes: list[Any]) -> FleetStatus:
     """Match the cluster's `nodes` (V1Node objects) against the fleet's devices."""
+    nodes = [n for n in nodes if n.metadata is not None and n.metadata.name]
     by_name = {n.metadata.name: n for n in nodes}
     current = current_image(config)
     names = [d.hostname for d in config.devices]
@@ -105,23 +120,60 @@ def fleet_status(config: FleetConfig, nodes: list[Any]) -> FleetStatus:
     return FleetStatus(config.name, current, devices, unexpected)
 
 
-def read_nodes(kubeconfig: Path) -> list[Any]:
-    """Every Node of the cluster `kubeconfig` points at; one-line errors."""
+def read_nodes(kubeconfig: Path, timeout: float = TIMEOUT) -> list[Any]:
+    """Every Node of the cluster `kubeconfig` points at, within `timeout` seconds in all;
+    one-line errors: exit 2 for a kubeconfig or a server that is not what it should be."""
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
     from urllib3.exceptions import HTTPError
 
-    if not kubeconfig.is_file():
-        raise UserError(f"{kubeconfig}: kubeconfig not found (give --kubeconfig FILE)")
+    kubeconfigs.check(kubeconfig)
     try:
-        api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))  # type: ignore[no-untyped-call]
-        return list(api.list_node(_request_timeout=15).items)
-    except ConfigException as exc:
-        raise UserError(f"{kubeconfig}: not a usable kubeconfig: {exc}") from None
-    except client.ApiException as exc:
-        raise BuildError(f"{kubeconfig}: the cluster answered {exc.status} {exc.reason}") from None
-    except (HTTPError, OSError) as exc:
-        raise BuildError(f"{kubeconfig}: cannot reach the cluster: {exc}") from None
+        api_client = config.new_client_from_config(str(kubeconfig))  # type: ignore[no-untyped-call]
+    except (ConfigException, ValueError, TypeError, AttributeError, KeyError, OSError) as exc:
+        raise UserError(
+            f"{kubeconfig}: not a usable kubeconfig: {kubeconfigs.short(exc)}"
+        ) from None
+    track(api_client.rest_client.pool_manager)
+    host = inert(str(api_client.configuration.host))
+    api = client.CoreV1Api(api_client)
+    with Deadline(timeout, f"{kubeconfig}: the cluster at {host}", "--timeout") as deadline:
+        try:
+            answer = api.list_node(_request_timeout=(deadline.timeout(15), deadline.timeout(15)))
+            items = answer.items
+        except client.ApiException as exc:
+            if exc.status == 0:  # the client could not read the answer (a bad timestamp)
+                raise UserError(
+                    f"{kubeconfig}: {host} sent no NodeList: {kubeconfigs.short(exc)}"
+                ) from None
+            reason = kubeconfigs.short(Exception(exc.reason))
+            raise BuildError(f"{kubeconfig}: the cluster answered {exc.status} {reason}") from None
+        except (HTTPError, OSError) as exc:
+            raise BuildError(
+                f"{kubeconfig}: cannot reach the cluster: {kubeconfigs.short(exc)}"
+            ) from None
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise UserError(
+                f"{kubeconfig}: {host} is not a Kubernetes API server: its answer to "
+                f"/api/v1/nodes is not a NodeList ({kubeconfigs.short(exc, 80)})"
+            ) from None
+    if not isinstance(items, list):
+        raise UserError(f"{kubeconfig}: {host} is not a Kubernetes API server (no NodeList)")
+    return items
+
+
+def check_seconds(option: str, value: float) -> float:
+    """`--interval`, `--timeout`: a finite number of seconds above 0."""
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"status: {option} {value:g}: must be a number of seconds above 0")
+    return value
+
+
+def _shown(text: str) -> str:
+    """A value from the cluster as table text: inert, and no rich markup."""
+    from rich.markup import escape
+
+    return escape(inert(text))
 
 
 def _table(status: FleetStatus) -> Any:
@@ -132,16 +184,18 @@ def _table(status: FleetStatus) -> Any:
         table.add_column(column)
     colors = {"Ready": "green", "NotReady": "red", "never seen": "yellow"}
     for d in status.devices:
-        image = d.image if d.current else f"[red]{d.image} (older)[/red]"
+        image = _shown(d.image) if d.current else f"[red]{_shown(d.image)} (older)[/red]"
         state = f"[{colors[d.state]}]{d.state}[/]"
-        table.add_row(d.name, state, d.since, image, d.reason)
+        table.add_row(_shown(d.name), state, _shown(d.since), image, _shown(d.reason))
     for name in status.unexpected:
-        table.add_row(name, "[magenta]unexpected[/]", "", "", "fleet label, not in the inventory")
+        table.add_row(
+            _shown(name), "[magenta]unexpected[/]", "", "", "fleet label, not in the inventory"
+        )
     table.caption = f"{status.ready}/{len(status.devices)} Ready"
     return table
 
 
-def _watch(config: FleetConfig, kubeconfig: Path, interval: float) -> FleetStatus:
+def _watch(config: FleetConfig, kubeconfig: Path, interval: float, timeout: float) -> FleetStatus:
     from rich.console import Group
     from rich.live import Live
     from rich.progress import BarColumn, Progress, TextColumn
@@ -150,7 +204,7 @@ def _watch(config: FleetConfig, kubeconfig: Path, interval: float) -> FleetStatu
         TextColumn("joined"), BarColumn(), TextColumn("{task.completed}/{task.total}")
     )
     task = progress.add_task("ready", total=len(config.devices))
-    status = fleet_status(config, read_nodes(kubeconfig))
+    status = fleet_status(config, read_nodes(kubeconfig, timeout))
     with Live(Group(_table(status), progress), refresh_per_second=4) as live:
         while True:
             progress.update(task, completed=status.ready)
@@ -158,29 +212,30 @@ def _watch(config: FleetConfig, kubeconfig: Path, interval: float) -> FleetStatu
             if status.all_ready:
                 return status
             time.sleep(interval)
-            status = fleet_status(config, read_nodes(kubeconfig))
+            status = fleet_status(config, read_nodes(kubeconfig, timeout))
 
 
-def show(config: FleetConfig, kubeconfig: Path) -> FleetStatus:
+def show(config: FleetConfig, kubeconfig: Path, timeout: float = TIMEOUT) -> FleetStatus:
     """Read the cluster once and print the table (what `pifleet status` prints)."""
     from rich.console import Console
 
-    status = fleet_status(config, read_nodes(kubeconfig))
+    status = fleet_status(config, read_nodes(kubeconfig, timeout))
     Console().print(_table(status))
     return status
 
 
 def command(args: argparse.Namespace) -> int:
+    interval = check_seconds("--interval", args.interval)
+    timeout = check_seconds("--timeout", getattr(args, "timeout", TIMEOUT))
     config = load(Path(args.config))
     kubeconfig = Path(args.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config")
     kubeconfig = kubeconfig.expanduser()
     if args.watch:
-        status = _watch(config, kubeconfig, args.interval)
+        status = _watch(config, kubeconfig, interval, timeout)
+    elif args.json:
+        status = fleet_status(config, read_nodes(kubeconfig, timeout))
+        report = {**asdict(status), "ready": status.ready, "total": len(status.devices)}
+        print(json.dumps(report, indent=2).replace("\x7f", "\\u007f"))  # ASCII, DEL escaped too
     else:
-        status = fleet_status(config, read_nodes(kubeconfig))
-        if args.json:
-            report = {**asdict(status), "ready": status.ready, "total": len(status.devices)}
-            print(json.dumps(report, indent=2))
-        else:
-            status = show(config, kubeconfig)
+        status = show(config, kubeconfig, timeout)
     return 0 if status.all_ready else 1
