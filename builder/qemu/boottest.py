@@ -350,7 +350,9 @@ def _xml_text(text: str) -> str:
 
 def command(args: argparse.Namespace) -> int:
     from builder.config.token import read_token_file
+    from builder.qemu.bootargs import check_options
 
+    check_options(args)
     image = Path(args.image)
     token = read_token_file(Path(args.token_file)) if args.token_file else None
     opts = BootOptions(
