@@ -75,7 +75,7 @@ needs_userns = pytest.mark.skipif(
 def run_firstrun(script: bytes, tmp: Path, boot_mount: str = "/boot/firmware") -> Ran:
     """Run `script` as firstrun.sh in a throwaway root under `tmp`."""
     root = tmp / "root"
-    for d in ("usr", "etc/sudoers.d", "home", "root", "dev", "tmp", "shims",
+    for d in ("usr", "etc/sudoers.d", "etc/default", "etc/wpa_supplicant", "home", "root", "dev", "tmp", "shims",
               "var/lib/systemd/rfkill", boot_mount.lstrip("/")):  # fmt: skip
         (root / d).mkdir(parents=True, exist_ok=True)
     for name in ("bin", "sbin", "lib", "lib64"):

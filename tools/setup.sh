@@ -16,6 +16,7 @@ APT_PACKAGES=(
   qemu-system-arm qemu-utils qemu-user-static ipxe-qemu
   mmdebstrap arch-test cpio kmod ca-certificates debian-archive-keyring
   python3 python3-venv make
+  python3-gi gir1.2-nm-1.0  # libnm's keyfile reader, for tests/test_injection_fuzz.py
 )
 # Real arm64/armhf ELF files used as stand-in K3s binaries in tests: busybox-static
 # from Debian, downloaded with a private apt state (below) and unpacked into the cache.

@@ -144,16 +144,18 @@ def ssh_key_problem(text: str) -> str | None:
 
 
 MAX_IFNAME = 15  # IFNAMSIZ - 1 (include/uapi/linux/if.h)
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def interface_problem(name: str) -> str | None:
     """Why `name` cannot name a network interface (None: it can): the kernel's dev_valid_name
-    (1-15 characters, no '/', ':' or whitespace, not '.' or '..') and systemd's
-    ifname_valid (printable ASCII)."""
+    (1-15 characters, no '/', ':' or whitespace, not '.' or '..'), within the characters
+    rpi-preseed accepts for one (letters, digits, '_', '.', '-'), which need no quoting in any
+    file that names the interface."""
     if not 1 <= len(name) <= MAX_IFNAME:
         return f"an interface name of 1 to {MAX_IFNAME} characters"
     if name in (".", ".."):
         return "an interface name, not '.' or '..'"
-    if not all(33 <= ord(c) < 127 and c not in "/:" for c in name):
-        return "an interface name of printable ASCII without '/', ':' or whitespace"
+    if not _IFNAME.fullmatch(name):
+        return "an interface name of letters, digits, '_', '.' and '-'"
     return None
