@@ -67,8 +67,6 @@ def static_address(
             raise fail(f"{key}.gateway", f"must be an IP address, got {shown(gateway)}") from None
         if gw not in iface.network:
             raise fail(f"{key}.gateway", f"{gateway} is not in {iface.network}")
-        if gw == iface.ip:
-            raise fail(f"{key}.gateway", f"{gateway} is the device's own address")
     for i, server in enumerate(dns):
         try:
             ipaddress.ip_address(server)
