@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from firstboot import card, custody, joinconfig, k3sfiles
+from firstboot import card, joinconfig, k3sfiles, secrets
 from firstboot.paths import Root
 from firstboot.redact import Redactor, secrets_in_config
 from firstboot.state import STATE_FILE
@@ -31,12 +31,6 @@ FILES = (
     "/proc/cmdline",
     "/sys/fs/cgroup/cgroup.controllers",
 )
-SECRET_FILES = (
-    joinconfig.FLEET_TOKEN_PATH,
-    k3sfiles.TOKEN_PATH,
-    k3sfiles.NODE_PASSWORD_PATH,
-    custody.MOVED_NODE_PASSWORD,
-)
 
 
 def _read(root: Root, path: str) -> Optional[str]:
@@ -48,7 +42,7 @@ def _read(root: Root, path: str) -> Optional[str]:
 def network_secrets(root: Root, boot_dir: str) -> List[str]:
     """Wi-Fi keys the device knows: the seed's network-config (on the boot partition or in
     custody), netplan, NetworkManager."""
-    paths = [boot_dir + "/network-config", custody.SEED_DIR + "/network-config"]
+    paths = secrets.NETWORK_CONFIG.places(boot_dir)
     for directory in ("/etc/netplan", "/etc/NetworkManager/system-connections"):
         with contextlib.suppress(OSError):
             paths += [directory + "/" + n for n in sorted(os.listdir(str(root(directory))))]
@@ -69,9 +63,9 @@ def _boot_dir(root: Root) -> str:
 def contents(root: Root) -> List[Tuple[str, str]]:
     """(name in the bundle, redacted text) for everything the bundle holds."""
     boot = _boot_dir(root)
-    known = [_read(root, p) or "" for p in SECRET_FILES]
-    known += [_read(root, boot + "/" + n) or "" for n in ("token", "node-password")]
-    known += network_secrets(root, boot.rsplit("/", 1)[0])
+    mount = boot.rsplit("/", 1)[0]
+    known = [_read(root, p) or "" for p in secrets.paths(secrets.VALUES, mount)]
+    known += network_secrets(root, mount)
     redactor = Redactor(known)
     items = []
     for path in (boot + "/" + card.REPORT_NAME, *FILES):

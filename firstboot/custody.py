@@ -8,13 +8,7 @@ boot after cloud-init's local stage (which has read the seed by then) and before
 `network-pre.target`, so no secret is on the FAT once the device is on a network; the
 agent runs it again when it starts.
 
-| boot-partition file    | secret               | kept in the root filesystem (0600)     | left on the FAT      |
-|------------------------|----------------------|----------------------------------------|----------------------|
-| user-data              | SSH host private key | /var/lib/cloud/seed/nocloud/user-data  | user-data without it |
-| network-config         | Wi-Fi PSK            | /var/lib/cloud/seed/nocloud/network-config | without `password:` |
-| firstrun.sh            | PSK, SSH host key    | nothing: it has run (not in /proc/cmdline) | nothing          |
-| pifleet/token          | join token           | /etc/pifleet/token                     | nothing              |
-| pifleet/node-password  | K3s node password    | /etc/pifleet/node-password             | nothing              |
+Which files those are, and where each is kept, is firstboot/secrets.py's table.
 
 cloud-init keeps working on later boots: its own seed directory (/var/lib/cloud/seed/nocloud,
 with meta-data) now holds the complete seed, so NoCloud's instance-id check
@@ -36,13 +30,13 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from firstboot import joinconfig
+from firstboot import joinconfig, secrets
 from firstboot.paths import Root, fsync_dir, write_all, write_atomic
 from firstboot.retry import Terminal
 
-SEED_DIR = "/var/lib/cloud/seed/nocloud"
-MOVED_NODE_PASSWORD = "/etc/pifleet/node-password"
-SEED_FILES = ("meta-data", "user-data", "network-config")
+SEED_DIR = secrets.SEED_DIR  # tests/test_custody.py and builder/fleet/diagnose.py read it here
+MOVED_NODE_PASSWORD = secrets.NODE_PASSWORD_COPY.path  # builder/fleet/diagnose.py reads it here
+SEED_FILES = ("meta-data", *(s.path for s in secrets.CLEANED))  # what NoCloud reads
 SSH_KEYS = ("ssh_keys:", "ssh_deletekeys:", "ssh_genkeytypes:")
 CHUNK = 1 << 16
 
@@ -71,7 +65,10 @@ def clean_network_config(data: bytes) -> Optional[bytes]:
     return b"".join(kept) if len(kept) != len(lines) else None
 
 
-CLEANERS: Dict[str, Clean] = {"user-data": clean_user_data, "network-config": clean_network_config}
+CLEANERS: Dict[str, Clean] = {
+    secrets.USER_DATA.path: clean_user_data,
+    secrets.NETWORK_CONFIG.path: clean_network_config,
+}
 
 
 def secure(root: Root, boot_dir: str, say: Callable[[str], None] = lambda _line: None) -> int:
@@ -91,22 +88,25 @@ def secure(root: Root, boot_dir: str, say: Callable[[str], None] = lambda _line:
 def _secure(root: Root, boot: str, say: Callable[[str], None]) -> int:
     moved = 0
     seed = {n: root(boot + "/" + n) for n in SEED_FILES}
-    for name, clean in CLEANERS.items():
-        if _replace(seed[name], clean, lambda: _keep_seed(root, seed), root(SEED_DIR + "/" + name)):
-            say("moved the secrets of " + boot + "/" + name + " into " + SEED_DIR)
-            moved += 1
-    script = root(boot + "/firstrun.sh")
-    if script.exists() and not _runs_firstrun(root):
-        _remove(script, None)
-        say("removed " + boot + "/firstrun.sh (it has run)")
-        moved += 1
-    sub = boot + "/" + joinconfig.BOOT_SUBDIR + "/"
-    for name, dest in (
-        (joinconfig.BOOT_TOKEN_FILE, joinconfig.FLEET_TOKEN_PATH),
-        (joinconfig.BOOT_NODE_PASSWORD_FILE, MOVED_NODE_PASSWORD),
-    ):
-        if _remove(root(sub + name), root(dest)):
-            say("moved " + sub + name + " to " + dest)
+    for secret in secrets.SECRETS:
+        path, kept = secret.at(boot), str(secret.kept)
+        if secret.custody == secrets.CLEAN:
+            done = _replace(
+                root(path), CLEANERS[secret.path], lambda: _keep_seed(root, seed), root(kept)
+            )
+            line = "moved the secrets of " + path + " into " + SEED_DIR
+        elif secret.custody == secrets.RAN:
+            done = root(path).exists() and not _runs_firstrun(root)
+            if done:
+                _remove(root(path), None)
+            line = "removed " + path + " (it has run)"
+        elif secret.custody == secrets.MOVE:
+            done = _remove(root(path), root(kept))
+            line = "moved " + path + " to " + kept
+        else:
+            continue
+        if done:
+            say(line)
             moved += 1
     return moved
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import firstboot.roles as roles
+import firstboot.secrets as secrets
 from firstboot import card, collect, custody, joinconfig, k3sfiles, naming, network, preflight
 from firstboot.clock import Clock, clock_for, synchronized
 from firstboot.paths import Root, remove, write_atomic
@@ -156,10 +157,7 @@ class Agent:
     def attach_card(self) -> None:
         """Keep the story on the boot partition (`pifleet/report.json`), secrets redacted."""
         known = []
-        for path in (self.join.token_file, k3sfiles.NODE_PASSWORD_PATH,
-                     custody.MOVED_NODE_PASSWORD, k3sfiles.AGENT_TOKEN_PATH,
-                     self.boot_file(joinconfig.BOOT_TOKEN_FILE),
-                     self.boot_file(joinconfig.BOOT_NODE_PASSWORD_FILE)):  # fmt: skip
+        for path in self.where(*secrets.VALUES):
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 known.append(self.root(path).read_text().strip())
         known += collect.network_secrets(self.root, self.join.boot_dir.rstrip("/"))
@@ -170,6 +168,10 @@ class Agent:
 
     def boot_file(self, name: str) -> str:
         return self.join.boot_dir.rstrip("/") + "/" + joinconfig.BOOT_SUBDIR + "/" + name
+
+    def where(self, *items: secrets.Secret) -> List[str]:
+        """Where these secrets are on this device (firstboot/secrets.py's table)."""
+        return secrets.paths(items, self.join.boot_dir, self.join.token_file)
 
     @property
     def server(self) -> str:
@@ -303,16 +305,15 @@ class Agent:
         role, node = self.role, str(self.state.node_name)
         config = roles.k3s_config(self.root, self.join, self.device, self.server, node)
         files = [
-            (k3sfiles.TOKEN_PATH, self.k3s_token(), 0o600),
+            (secrets.K3S_TOKEN.path, self.k3s_token(), 0o600),
             (k3sfiles.CONFIG_PATH, config, 0o600),
             (k3sfiles.env_path(role), k3sfiles.env_file(self.join.proxy), 0o600),
             (k3sfiles.unit_path(role), k3sfiles.unit_file(role, self.join.k3s_binary), 0o644),
         ]
-        preseeded = self.read_optional(
-            self.boot_file(joinconfig.BOOT_NODE_PASSWORD_FILE)
-        ) or self.read_optional(custody.MOVED_NODE_PASSWORD)
-        if preseeded:
-            files.append((k3sfiles.NODE_PASSWORD_PATH, preseeded.strip() + b"\n", 0o600))
+        for found in map(self.read_optional, self.where(*secrets.PRESEEDED_NODE_PASSWORD)):
+            if found:  # the boot partition's, else custody's copy
+                files.append((secrets.K3S_NODE_PASSWORD.path, found.strip() + b"\n", 0o600))
+                break
         seed = roles.seed_id(self.root, [self.config_path, self.boot_file(joinconfig.DEVICE_FILE)])
         kept = roles.config_kept(self.root, role, self.state.config_seed, seed)
         if kept:
@@ -365,13 +366,7 @@ class Agent:
             backoff.wait()
 
     def do_cleanup(self) -> str:
-        for path in (
-            self.boot_file(joinconfig.BOOT_TOKEN_FILE),
-            self.boot_file(joinconfig.BOOT_NODE_PASSWORD_FILE),
-            custody.MOVED_NODE_PASSWORD,
-            self.join.token_file,
-            WANTS_LINK,
-        ):
+        for path in (*self.where(*secrets.CLEANUP), WANTS_LINK):
             remove(self.root(path))
         self.store.mark_joined()
         return "done"
@@ -392,8 +387,7 @@ class Agent:
         return (self.token().pinned_text(self.state.ca_hash, user) + "\n").encode()
 
     def token(self) -> Token:
-        paths = (self.boot_file(joinconfig.BOOT_TOKEN_FILE), self.join.token_file)
         try:
-            return read_first(self.root, paths, self.role)
+            return read_first(self.root, self.where(*secrets.JOIN_TOKEN), self.role)
         except TokenError as exc:
             raise Terminal(str(exc)) from None

@@ -5,6 +5,8 @@
 - firstboot/ is the device half: it never imports builder, and only the standard
   library (plus python3-systemd, optional).
 - Small rooms: no module over 400 lines, no function over 60.
+- One owner per concept: the device's secret files are named in firstboot/secrets.py's table
+  only.
 
 The checks read the source with `ast`, so they hold for code that is never run.
 """
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import ast
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from firstboot import secrets
 from tests.conftest import REPO
 
 PACKAGES = ("builder", "firstboot")
@@ -143,3 +147,83 @@ def test_room_sizes(name: str) -> None:
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert long == [], f"{path}: functions over {MAX_FUNCTION_LINES} lines"
+
+
+def strings(tree: ast.AST) -> Iterator[ast.Constant]:
+    """The string constants of `tree`, docstrings left out (they may describe what they like)."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+        ):
+            yield node
+
+
+# Besides the table, the modules whose constants it names: joinconfig (the builder-agent contract:
+# /etc/pifleet/token, the boot partition's pifleet/token and pifleet/node-password) and k3sfiles
+# (K3s's own files).
+SECRET_OWNERS = ("secrets.py", "joinconfig.py", "k3sfiles.py")
+
+
+def names_a_secret(text: str) -> bool:
+    """Whether `text` is one of the table's paths, or a path or file name ending in one's name."""
+    paths = {secrets.SEED_DIR} | {p for s in secrets.SECRETS for p in (s.path, s.kept) if p}
+    files = {p.rsplit("/", 1)[-1] for p in paths - {secrets.SEED_DIR}}
+    return text in paths or any(text == f or text.endswith("/" + f) for f in files)
+
+
+def test_only_the_secrets_table_names_secret_files() -> None:
+    """Every file of the device that holds a secret is named in firstboot/secrets.py (what it is,
+    where the image puts it, where custody keeps it, whether cleanup deletes it), not again in
+    custody, collect or the agent."""
+    bad = []
+    for path in sorted((REPO / "firstboot").glob("*.py")):
+        if path.name in SECRET_OWNERS:
+            continue
+        for node in strings(ast.parse(path.read_text(encoding="utf-8"))):
+            if names_a_secret(node.value):
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value!r}")
+    assert bad == []
+
+
+def test_no_module_lists_secret_files_but_the_table() -> None:
+    """A tuple or list naming two or more secret files (the lists of what to redact, move or
+    delete) is made from the table, never spelled out again beside it."""
+    constants = {
+        name
+        for module in (secrets, secrets.joinconfig, secrets.k3sfiles)
+        for name, value in vars(module).items()
+        if (isinstance(value, str) and names_a_secret(value)) or isinstance(value, secrets.Secret)
+    } | {"token_file", "MOVED_NODE_PASSWORD"}
+    assert {"FLEET_TOKEN_PATH", "BOOT_TOKEN_FILE", "NODE_PASSWORD_PATH", "BOOT_TOKEN"} <= constants
+    bad = []
+    for path in sorted((REPO / "firstboot").glob("*.py")):
+        if path.name == "secrets.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Tuple | ast.List | ast.Set):
+                continue
+            named = [
+                n
+                for n in ast.walk(node)
+                if (isinstance(n, ast.Name) and n.id in constants)
+                or (isinstance(n, ast.Attribute) and n.attr in constants)
+                or (
+                    isinstance(n, ast.Constant)
+                    and isinstance(n.value, str)
+                    and names_a_secret(n.value)
+                )
+            ]
+            if len(named) >= 2:
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert bad == []
