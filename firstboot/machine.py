@@ -35,7 +35,7 @@ from firstboot.server import (
     server_time,
 )
 from firstboot.service import ServiceError, ServiceManager
-from firstboot.state import JoinState, StateError, StateStore
+from firstboot.state import ORDER, JoinState, StateError, StateStore
 from firstboot.state import fault as _fault
 from firstboot.texts import DESCRIPTIONS, KNOWN_FAILURES
 from firstboot.token import Token, TokenError, read_first
@@ -60,15 +60,7 @@ class Agent:
         self.state = JoinState()
         self.join = joinconfig.JoinConfig(server="https://unset")
         self.device: Optional[joinconfig.DeviceConfig] = None
-        self.handlers: Dict[str, Callable[[], str]] = {
-            "load": self.do_load,
-            "network": self.do_network,
-            "clock": self.do_clock,
-            "verify": self.do_verify,
-            "configure": self.do_configure,
-            "start": self.do_start,
-            "cleanup": self.do_cleanup,
-        }
+        self.handlers: Dict[str, Callable[[], str]] = {s: getattr(self, "do_" + s) for s in ORDER}
 
     # -- driver ----------------------------------------------------------------
 

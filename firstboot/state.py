@@ -18,7 +18,17 @@ from firstboot.paths import Root, write_atomic
 STATE_DIR = "/var/lib/pifleet"
 STATE_FILE = STATE_DIR + "/state.json"
 JOINED_MARKER = STATE_DIR + "/joined"
-ORDER = ("load", "network", "clock", "verify", "configure", "start", "cleanup", "done")
+# The join's states in order, each with what the console says while it runs; "done" follows.
+STATES = (
+    ("load", "reading the join config and checking the device"),
+    ("network", "waiting for the network"),
+    ("clock", "checking the clock"),
+    ("verify", "checking the server's CA and proving the token"),
+    ("configure", "writing the K3s configuration"),
+    ("start", "starting K3s"),
+    ("cleanup", "removing join secrets"),
+)
+ORDER = tuple(name for name, _ in STATES)
 
 
 class StateError(Exception):

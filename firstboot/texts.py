@@ -1,4 +1,7 @@
-"""What the agent says: its states, and the K3s log lines it recognises."""
+"""What the agent says: its states (firstboot/state.py's table), and the K3s log lines it
+recognises."""
+
+from firstboot.state import STATES
 
 # Lines the K3s agent logs when it cannot join, and what they mean for the operator.
 KNOWN_FAILURES = (
@@ -13,12 +16,4 @@ KNOWN_FAILURES = (
     ("not authorized", "the server rejected the token (401 not authorized)"),
 )
 
-DESCRIPTIONS = {
-    "load": "reading the join config and checking the device",
-    "network": "waiting for the network",
-    "clock": "checking the clock",
-    "verify": "checking the server's CA and proving the token",
-    "configure": "writing the K3s configuration",
-    "start": "starting K3s",
-    "cleanup": "removing join secrets",
-}
+DESCRIPTIONS = dict(STATES)

@@ -23,6 +23,7 @@ from builder.qemu import base
 from builder.qemu.boottest import BootOptions, boot_test
 from builder.testserver.server import K3sTestServer
 from builder.util.secret import Secret
+from firstboot.state import ORDER
 from tests import static_address
 from tests.conftest import REPO, pifleet
 from tests.test_build import fat_names, partitions
@@ -221,7 +222,7 @@ def boots_and_joins(image: Path, state: Path, tmp_path: Path) -> None:
     states = [
         ln.split("state=")[1].split()[0] for ln in console.splitlines() if "firstboot: state=" in ln
     ]
-    assert states == ["load", "network", "clock", "verify", "configure", "start", "cleanup"], states
+    assert states == list(ORDER), states
     assert f"pifleet-firstboot: joined node={DEVICE}" in console
     assert "Traceback" not in console
     # The test server's own records: exactly one node, under the expected name.

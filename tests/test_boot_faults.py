@@ -36,10 +36,10 @@ from builder.qemu.boottest import (
 from builder.qemu.vm import VM, kernel_command_line, require_qemu
 from builder.testserver.server import K3sTestServer
 from builder.util.secret import Secret
+from firstboot.state import ORDER as STATES
 from tests.test_boot import DEVICE, ext4_read, guest_disk
 
 pytestmark = pytest.mark.slow
-STATES = ("load", "network", "clock", "verify", "configure", "start", "cleanup")
 BOOT_TIMEOUT = 900.0  # as the other boot tests: TCG on a loaded 2-core host is slow
 
 

@@ -23,6 +23,7 @@ import pytest
 
 from builder.qemu import base
 from builder.testserver.server import K3sTestServer
+from firstboot.state import ORDER
 from tests.conftest import BOOT_AGENT, pifleet
 from tests.static_address import ADDRESS, DEVICE_KEYS, GATEWAY, add_show_unit, assert_static_on_eth0
 from tests.test_boot import BOOT_TIMEOUT, DEVICE, device_image, ext4_read, guest_disk
@@ -91,7 +92,7 @@ def test_systemd_image_runs_firstrun_reboots_once_joins_with_its_static_address(
     assert "root=PARTUUID=" in cmdlines[1]
     # The agent ran only after the reboot (kernel-command-line.target has no multi-user).
     states = [ln.split("state=")[1].split()[0] for ln in lines if "firstboot: state=" in ln]
-    assert states == ["load", "network", "clock", "verify", "configure", "start", "cleanup"]
+    assert states == list(ORDER)
     first_state = next(i for i, ln in enumerate(lines) if "firstboot: state=" in ln)
     assert first_state > reboots[0]
     assert f"pifleet-firstboot: joined node={DEVICE}" in console and "Traceback" not in console

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from builder.testserver.server import K3sTestServer
+from firstboot.state import ORDER
 from tests.agent_helpers import (
     DEFAULT_NODE,
     REPO,
@@ -29,7 +30,7 @@ from tests.agent_helpers import (
     texts_under,
 )
 
-ALL_STATES = ["load", "network", "clock", "verify", "configure", "start", "cleanup"]
+ALL_STATES = list(ORDER)
 
 
 @pytest.fixture

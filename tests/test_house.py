@@ -6,7 +6,7 @@
   library (plus python3-systemd, optional).
 - Small rooms: no module over 400 lines, no function over 60.
 - One owner per concept: the device's secret files are named in firstboot/secrets.py's table
-  only.
+  only, and the join's states in firstboot/state.py's.
 
 The checks read the source with `ast`, so they hold for code that is never run.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from firstboot import secrets
+from firstboot import secrets, state
 from tests.conftest import REPO
 
 PACKAGES = ("builder", "firstboot")
@@ -225,5 +225,24 @@ def test_no_module_lists_secret_files_but_the_table() -> None:
                 )
             ]
             if len(named) >= 2:
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert bad == []
+
+
+def test_the_state_names_are_listed_once() -> None:
+    """firstboot/state.py's STATES is the one list of the join's states, in order, with what the
+    console says in each: the agent's handlers, its texts and the tests take it from there."""
+    names = set(state.ORDER)
+    bad = []
+    for path in sorted([*(REPO / "firstboot").glob("*.py"), *(REPO / "tests").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Tuple | ast.List | ast.Set):
+                items: list[ast.expr | None] = list(node.elts)
+            elif isinstance(node, ast.Dict):
+                items = list(node.keys)
+            else:
+                continue
+            found = [n for n in items if isinstance(n, ast.Constant) and n.value in names]
+            if len(found) >= 3:
                 bad.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert bad == []
