@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 
-
-@lru_cache(maxsize=1)
 def version() -> str:
-    """The installed distribution's version; pyproject.toml is its one source.
+    """pifleet's version; pyproject.toml is its one source. firstboot reads it, from the
+    installed distribution's metadata, on first use, not at import, so `pifleet --help` does not
+    pay for the metadata scan (the agent's copy in an image has it written in)."""
+    import firstboot
 
-    Read on first use, not at import, so `pifleet --help` does not pay for the metadata scan.
-    """
-    from importlib import metadata
-
-    try:
-        return metadata.version("pifleet")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"  # run from a checkout that was never installed
+    return firstboot.__version__
 
 
 def __getattr__(name: str) -> str:
-    """`builder.__version__`, also lazy, for code that still imports the old constant."""
+    """`builder.__version__`, the same as version() and as lazy: what
+    `from builder import __version__` gives."""
     if name == "__version__":
         return version()
     raise AttributeError(f"module 'builder' has no attribute {name!r}")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from builder import version
 from tests.cloudinit_render import networkd_render
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
 from tests.layouts import elf_for
@@ -112,7 +113,8 @@ def test_build_trixie_arm64(fleet_dir: Path, tmp_path: Path) -> None:
     )
     assert 'Fast link dest: "/etc/systemd/system/pifleet-custody.service"' in linked
     agent_init = root_read(image, "/usr/lib/pifleet/firstboot/__init__.py", tmp_path)
-    assert agent_init == (Path(__file__).parent.parent / "firstboot/__init__.py").read_bytes()
+    source = (Path(__file__).parent.parent / "firstboot/__init__.py").read_bytes()
+    assert agent_init == source + f'\n__version__ = "{version()}"\n'.encode()  # pyproject's
 
     join = json.loads(root_read(image, "/etc/pifleet/join.json", tmp_path))
     assert join["server"] == "https://k3s.example.net:6443"

@@ -6,7 +6,7 @@
   library (plus python3-systemd, optional).
 - Small rooms: no module over 400 lines, no function over 60.
 - One owner per concept: the device's secret files are named in firstboot/secrets.py's table
-  only, and the join's states in firstboot/state.py's.
+  only, and the join's states in firstboot/state.py's; pyproject.toml alone says the version.
 
 The checks read the source with `ast`, so they hold for code that is never run.
 """
@@ -14,12 +14,17 @@ The checks read the source with `ast`, so they hold for code that is never run.
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from builder import version
+from builder.steps import agent
 from firstboot import secrets, state
 from tests.conftest import REPO
 
@@ -246,3 +251,28 @@ def test_the_state_names_are_listed_once() -> None:
             if len(found) >= 3:
                 bad.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert bad == []
+
+
+def test_the_version_has_one_source(tmp_path: Path) -> None:
+    """pyproject.toml says the version: firstboot/__init__.py does not repeat it, and the agent's
+    copy in an image says it on a python3 with no pip metadata (a device's)."""
+    source = REPO / "firstboot" / "__init__.py"
+    assigned = [
+        node.lineno
+        for node in ast.parse(source.read_text(encoding="utf-8")).body
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        and "__version__" in {t.id for t in ast.walk(node) if isinstance(t, ast.Name)}
+    ]
+    assert assigned == []
+    copy = agent.agent_source(source, source.parent)
+    # The one version the copy names is the version (`pifleet inspect` reads it with this regex).
+    assert re.findall(rb'__version__ = "([^"]+)"', copy) == [version().encode()]
+    (tmp_path / "firstboot").mkdir()
+    (tmp_path / "firstboot" / "__init__.py").write_bytes(copy)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", "import firstboot; print(firstboot.__version__)"],
+        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, version() + "\n"), proc.stderr
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert version() == pyproject["project"]["version"]  # the installed distribution's

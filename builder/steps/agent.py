@@ -1,7 +1,8 @@
 """Copies the first-boot agent (firstboot/) into the image and enables its two units:
 pifleet-firstboot.service (the join) and pifleet-custody.service (secrets off the FAT).
 
-The agent is plain source under /usr/lib/pifleet, run by the image's own python3.
+The agent is plain source under /usr/lib/pifleet, run by the image's own python3. Its
+`firstboot/__init__.py` gets pyproject's version written in (a device has no pip metadata).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def apply(image: Image, plan: Plan) -> None:
         if src.is_dir():
             image.root.stage(Directory(f"{AGENT_DIR}/{rel}", 0o755))
         else:
-            image.root.stage(File(f"{AGENT_DIR}/{rel}", 0o644, data=src.read_bytes()))
+            image.root.stage(File(f"{AGENT_DIR}/{rel}", 0o644, data=agent_source(src, package)))
     unit = render(UNIT_NAME, version=version(), agent_dir=AGENT_DIR)
     image.root.stage(File(UNIT_PATH, 0o644, data=unit))
     image.root.stage(Symlink(WANTS_LINK, UNIT_PATH))
@@ -42,6 +43,15 @@ def apply(image: Image, plan: Plan) -> None:
     )
     image.root.stage(File(CUSTODY_PATH, 0o644, data=custody))
     image.root.stage(Symlink(CUSTODY_LINK, CUSTODY_PATH))
+
+
+def agent_source(src: Path, package: Path) -> bytes:
+    """The file as the image holds it: the source, and in `firstboot/__init__.py` a last line
+    with the version (see firstboot/__init__.py)."""
+    data = src.read_bytes()
+    if src == package / "__init__.py":
+        data += f'\n__version__ = "{version()}"\n'.encode()
+    return data
 
 
 def agent_files(package: Path) -> list[Path]:
