@@ -29,15 +29,11 @@ from typing import Any
 from builder.disk.image import Image
 from builder.util.errors import PifleetError, UserError
 from builder.util.terminal import inert
-from firstboot import custody, joinconfig, k3sfiles
+from firstboot import secrets as device
 from firstboot.redact import Redactor, secrets_in_config
 
 REPORT = "/pifleet/report.json"
-# Where a card keeps secrets the redactor should know by value (see firstboot/collect.py).
-BOOT_SECRETS = (f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.BOOT_TOKEN_FILE}",
-                f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.BOOT_NODE_PASSWORD_FILE}")  # fmt: skip
-ROOT_SECRETS = (joinconfig.FLEET_TOKEN_PATH, k3sfiles.TOKEN_PATH, k3sfiles.AGENT_TOKEN_PATH,
-                k3sfiles.NODE_PASSWORD_PATH, custody.MOVED_NODE_PASSWORD)  # fmt: skip
+# Besides the files of firstboot/secrets.py, where a device keeps Wi-Fi keys (as collect.py).
 NETWORK_DIRS = ("/etc/netplan", "/etc/NetworkManager/system-connections")
 SECRET_MAX = 64 * 1024  # a larger "secret" file is not one
 MAX_DEPTH = 16  # the agent writes 3 levels; anything deeper is not its report
@@ -131,11 +127,18 @@ def checked_report(data: bytes, damaged: str, redactor: Redactor) -> dict[str, A
 
 def card_secrets(image: Image) -> list[str]:
     """The token, node password and Wi-Fi keys the card holds, wherever the agent left them
-    (boot partition before first boot, root filesystem after); what cannot be read is skipped."""
-    values = [_read(image.boot.read, path) for path in BOOT_SECRETS]
-    values += [_read(image.root.read, path) for path in ROOT_SECRETS]
-    configs = [_read(image.boot.read, "/network-config")]
-    for directory in (*NETWORK_DIRS, custody.SEED_DIR):
+    (boot partition before first boot, root filesystem after, as firstboot/secrets.py lists
+    them); what cannot be read is skipped."""
+
+    def places(secret: device.Secret) -> list[str]:
+        first = _read(
+            image.boot.read if secret.boot else image.root.read, "/" + secret.path.lstrip("/")
+        )
+        return [first] + ([_read(image.root.read, secret.kept)] if secret.kept else [])
+
+    values = [text for secret in device.VALUES for text in places(secret)]
+    configs = [text for secret in (*device.CLEANED, device.FIRSTRUN) for text in places(secret)]
+    for directory in NETWORK_DIRS:
         with contextlib.suppress(PifleetError, OSError):
             names = image.root.listdir(directory)[:64]
             configs += [_read(image.root.read, f"{directory}/{name}") for name in names]
