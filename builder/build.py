@@ -26,7 +26,7 @@ from builder.disk.superblock import last_write_time
 from builder.outputs import artifacts
 from builder.plan import Plan, resolve, source_date_epoch
 from builder.sources.digests import sha256_of
-from builder.steps import ORDER
+from builder.steps import ORDER, prefetch
 from builder.util.atomic import replace_when_done
 from builder.util.console import human_size, progress
 from builder.util.errors import BuildError, UserError
@@ -109,9 +109,9 @@ def build(plan: Plan) -> list[artifacts.Written]:
         log.info("copying base %s (%s)", plan.base.origin, human_size(size))
         with progress("copying base", size) as bar:
             copy_file(plan.base.path, tmp, bar.advance)
-        customize(tmp, plan)
-        check(tmp, plan)
-        facts = inspect.collect(tmp)
+        image = customize(tmp, plan)
+        check(image, plan)
+        facts = inspect.collect(tmp, image, plan.target.as_detected())
         if base_digest is not None:
             plan = replace(plan, base=replace(plan.base, sha256=base_digest.result()))
         return artifacts.write_all(plan, tmp, facts, stack)
@@ -138,9 +138,9 @@ def examine_base(plan: Plan) -> Plan:
     return plan.for_image(flavor, epoch)
 
 
-def check(path: Path, plan: Plan) -> None:
+def check(image: Image, plan: Plan) -> None:
     """`pifleet lint` on the built image: the first problem fails the build."""
-    found = lint.problems(path, allow_standin=plan.k3s_standin)
+    found = lint.image_problems(image, plan.k3s_standin, plan.target)
     for problem in found[1:]:
         log.error("%s", problem)
     if found:
@@ -148,11 +148,13 @@ def check(path: Path, plan: Plan) -> None:
         raise BuildError(f"{plan.image_path.name}: {found[0]}{more}")
 
 
-def customize(path: Path, plan: Plan) -> None:
-    """Apply every step to the image at `path` (a copy of the base)."""
+def customize(path: Path, plan: Plan) -> Image:
+    """Apply every step to the image at `path` (a copy of the base); returns it, open."""
     image = Image.open(path, plan.epoch)
+    prefetch(image, plan)
     for name, apply in ORDER:
         log.debug("step %s", name)
         apply(image, plan)
     image.commit(plan.config.output.size)
     image.root.check()
+    return image

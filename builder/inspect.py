@@ -13,18 +13,35 @@ import re
 from pathlib import Path
 from typing import Any
 
-from builder.disk.flavor import detect, elf_arch
+from builder.disk.flavor import Flavor, detect, elf_arch
 from builder.disk.image import Image
 from builder.seed.formats import SEED_FILES
 from builder.steps import agent, cmdline, join, k3s
 from builder.util.console import human_size
 from firstboot import joinconfig
 
+# What the facts are read from in the root filesystem, read ahead in one debugfs run.
+READS = (
+    "/etc/apt/sources.list",
+    f"{agent.AGENT_DIR}/firstboot/__init__.py",
+    joinconfig.JOIN_CONFIG_PATH,
+)
+STATS = (
+    k3s.K3S_PATH,
+    *(f"{k3s.BIN_DIR}/{t}" for t in k3s.TOOLS),
+    k3s.AIRGAP_DIR,
+    agent.UNIT_PATH,
+    agent.WANTS_LINK,
+    joinconfig.FLEET_TOKEN_PATH,
+)
 
-def collect(path: Path) -> dict[str, Any]:
-    """Facts about the image at `path` (read-only)."""
-    image = Image.open(path)
-    flavor = detect(image)
+
+def collect(path: Path, image: Image | None = None, flavor: Flavor | None = None) -> dict[str, Any]:
+    """Facts about the image at `path` (read-only); `image` is `path` when the caller has it open,
+    `flavor` what was detected in it."""
+    image = image or Image.open(path)
+    flavor = flavor or detect(image)
+    image.root.prefetch(READS, STATS, [k3s.AIRGAP_DIR])
     return {
         "image": {
             "path": str(path),

@@ -29,7 +29,7 @@ import yaml
 from jsonschema import Draft4Validator
 
 from builder.disk import dpkg
-from builder.disk.flavor import detect, elf_arch
+from builder.disk.flavor import Flavor, detect, elf_arch
 from builder.disk.image import Image
 from builder.seed.checks import cloud_config_problems, preseed_problems
 from builder.steps import cmdline, config_txt, k3s
@@ -42,11 +42,23 @@ CLOUD_INIT_SCHEMA = (
 CONFIG_LINE = re.compile(r"^(\[[^\]]+\]|[A-Za-z0-9_]+=.*|(include|initramfs)\s+\S.*)$")
 
 
+# What lint reads from the root filesystem, read ahead in one debugfs run.
+READS = (CLOUD_INIT_SCHEMA, dpkg.STATUS)
+STATS = (k3s.K3S_PATH,)
+
+
 def problems(path: Path, allow_standin: bool = False) -> list[str]:
-    image = Image.open(path)
+    return image_problems(Image.open(path), allow_standin)
+
+
+def image_problems(
+    image: Image, allow_standin: bool = False, flavor: Flavor | None = None
+) -> list[str]:
+    """The problems of an open image; `flavor` when the caller already detected it."""
+    image.root.prefetch(READS, STATS)
     found = _seed(image)
     found += _cmdline(image)
-    found += _k3s(image, allow_standin)
+    found += _k3s(image, allow_standin, flavor)
     found += _config_txt(image)
     return found
 
@@ -243,11 +255,11 @@ def ext4_label(path: Path, start: int) -> str:
         return f.read(16).split(b"\0", 1)[0].decode(errors="replace")
 
 
-def _k3s(image: Image, allow_standin: bool) -> list[str]:
+def _k3s(image: Image, allow_standin: bool, flavor: Flavor | None) -> list[str]:
     if image.root.stat(k3s.K3S_PATH) is None:
         return []
     head, _ = image.root.fingerprint(k3s.K3S_PATH)
-    arch, want = elf_arch(head), detect(image).arch
+    arch, want = elf_arch(head), (flavor or detect(image)).arch
     if arch is None:
         return [] if allow_standin else [f"{k3s.K3S_PATH}: not an ELF binary (a test stand-in?)"]
     if arch != want:

@@ -1,9 +1,11 @@
-"""debugfs scripts: the commands that create what the build stages, and reading `stat`."""
+"""debugfs scripts: the commands that create what the build stages, reading what a batch of
+commands printed (`stat`, `ls -p`), and resolving symlinks from `stat` results (`walk`)."""
 
 from __future__ import annotations
 
 import re
 import stat
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from builder.disk.entries import Directory, Entry, Inode, Symlink
@@ -18,6 +20,78 @@ def quote(name: str | Path) -> str:
     if any(c in text for c in "\n\r\0"):
         raise UserError(f"{text!r}: a name with a line break or NUL cannot be written to the image")
     return '"' + text.replace('"', '""') + '"'
+
+
+def sections(out: str, script: list[str]) -> list[str]:
+    """What each command of `script` printed, found by the line debugfs echoes before running it
+    (`debugfs: <command>`); "" for a command whose echo is missing. Errors go to stderr."""
+    found: list[list[str]] = []
+    echoes = iter(script)
+    expected = next(echoes, None)
+    for line in out.split("\n"):
+        if expected is not None and line == f"debugfs: {expected}":
+            found.append([])
+            expected = next(echoes, None)
+        elif found:
+            found[-1].append(line)
+    texts = ["\n".join(lines) for lines in found]
+    return texts + [""] * (len(script) - len(texts))
+
+
+def parse_listing(section: str) -> list[str]:
+    """The names `ls -p` printed (/inode/mode/uid/gid/name/size/), without . and .."""
+    names = []
+    for line in section.splitlines():
+        fields = line.split("/")
+        if len(fields) >= 7 and fields[5] not in (".", ".."):
+            names.append(fields[5])
+    return sorted(names)
+
+
+def walk(path: str, known: Mapping[str, Inode | None]) -> tuple[str, list[str]]:
+    """Resolve every symlink in `path` (absolute links stay inside the filesystem) as far as the
+    `stat` results in `known` tell: (the resolved path, []) or, when a result is missing,
+    (the path reached if nothing further is a link, or "", the paths to stat next)."""
+    parts = list(PurePosixPath(path).parts[1:])
+    current = PurePosixPath("/")
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part in (".", ".."):
+            current = current.parent if part == ".." else current
+            continue
+        candidate = current / part
+        if str(candidate) not in known:
+            return _ahead(current, [part, *parts], known)
+        inode = known[str(candidate)]
+        if inode is None or inode.kind != "symlink" or inode.link_target is None:
+            current = candidate
+            continue
+        hops += 1
+        if hops > 40:
+            raise BuildError(f"{path}: too many levels of symbolic links in the root filesystem")
+        target = PurePosixPath(inode.link_target)
+        base = PurePosixPath("/") if target.is_absolute() else current
+        parts = list((base / target).parts[1:]) + parts
+        current = PurePosixPath("/")
+    return str(current), []
+
+
+def _ahead(
+    current: PurePosixPath, parts: list[str], known: Mapping[str, Inode | None]
+) -> tuple[str, list[str]]:
+    """The unknown paths from `current` down `parts`, up to a '.' or '..'; and the last of them
+    when it is the whole remaining path."""
+    wanted: list[str] = []
+    for i, part in enumerate(parts):
+        if part in (".", ".."):
+            return "", wanted
+        current = current / part
+        if str(current) not in known:
+            wanted.append(str(current))
+        if i == len(parts) - 1:
+            return str(current), wanted
+    return "", wanted
 
 
 def parse_stat(section: str) -> Inode | None:

@@ -11,14 +11,24 @@ rewritten (a rebuild of a built image changes nothing).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-import re
-from pathlib import Path, PurePosixPath
+from collections.abc import Sequence
+from pathlib import Path
 
 from builder.disk import sparse
-from builder.disk.debugfs import entry_script, mkdir_script, parents, parse_stat, quote
+from builder.disk.debugfs import (
+    entry_script,
+    mkdir_script,
+    parents,
+    parse_listing,
+    parse_stat,
+    quote,
+    sections,
+    walk,
+)
 from builder.disk.entries import Directory, Entry, File, Inode, Symlink
 from builder.disk.superblock import Usage, read_superblock
 from builder.util.atomic import remove_stale, temp_path_for
@@ -27,6 +37,7 @@ from builder.util.private import create_private, private_dir, write_private
 from builder.util.run import PRIVATE_UMASK, no_fsync_env, run, stream
 
 log = logging.getLogger("pifleet.ext4")
+KEPT_FILE_LIMIT = 8 * 1024 * 1024  # larger files read are not kept (a kernel, an initrd)
 
 
 class Ext4Filesystem:
@@ -37,6 +48,7 @@ class Ext4Filesystem:
         self.offset = offset
         self.epoch = epoch
         self._staged: dict[str, Entry] = {}
+        self._forget()
 
     @property
     def spec(self) -> str:
@@ -70,6 +82,16 @@ class Ext4Filesystem:
         return proc.stdout.decode(errors="replace"), errors
 
     # -- reading -------------------------------------------------------------
+    # Every answer debugfs gives is kept until the next write (`_forget`): stat results and
+    # listings by the path asked, file contents by the path dumped, and fingerprints. A phase
+    # that says ahead what it will read (`prefetch`) costs one debugfs run, plus one per
+    # round of symlinks to follow.
+
+    def _forget(self) -> None:
+        self._inodes: dict[str, Inode | None] = {}
+        self._listings: dict[str, list[str]] = {}
+        self._contents: dict[str, bytes] = {}
+        self._fingerprints: dict[str, tuple[bytes, str]] = {}
 
     def open_problem(self) -> str | None:
         """Why debugfs cannot open this filesystem (damaged), or None when it can."""
@@ -81,65 +103,144 @@ class Ext4Filesystem:
 
     def stat_many(self, paths: list[str]) -> dict[str, Inode | None]:
         """Inode facts for each path (None where absent); symlinks are not followed."""
-        if not paths:
-            return {}
-        out, _errors = self._debugfs([f"stat {quote(p)}" for p in paths])
-        sections = re.split(r"^debugfs: stat ", out, flags=re.M)[1:]
-        result: dict[str, Inode | None] = {}
-        for path, section in zip(paths, sections, strict=True):
-            result[path] = parse_stat(section)
-        return result
+        self._query(stats=paths)
+        return {p: self._inodes[p] for p in paths}
 
     def stat(self, path: str) -> Inode | None:
         return self.stat_many([path])[path]
 
     def resolve(self, path: str) -> str:
         """`path` with every symlink resolved (absolute links stay inside this filesystem)."""
-        parts = list(PurePosixPath(path).parts[1:])
-        current = PurePosixPath("/")
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part in (".", ".."):
-                current = current.parent if part == ".." else current
-                continue
-            candidate = current / part
-            inode = self.stat(str(candidate))
-            if inode is None or inode.kind != "symlink" or inode.link_target is None:
-                current = candidate
-                continue
-            hops += 1
-            if hops > 40:
-                raise BuildError(
-                    f"{path}: too many levels of symbolic links in the root filesystem"
-                )
-            target = PurePosixPath(inode.link_target)
-            base = PurePosixPath("/") if target.is_absolute() else current
-            parts = list((base / target).parts[1:]) + parts
-            current = PurePosixPath("/")
-        return str(current)
+        return self._resolve_all([path], dump=False)[path]
 
     def read(self, path: str, follow: bool = True) -> bytes | None:
         """Content of a regular file (staged content wins), or None when absent."""
-        staged = self._staged.get(path)
-        if isinstance(staged, File):
-            return (
-                staged.data if staged.data is not None else (staged.source or Path()).read_bytes()
-            )
-        real = self.resolve(path) if follow else path
-        inode = self.stat(real)
-        if inode is None or inode.kind != "regular":
-            return None
-        with private_dir("ext4") as tmp:
-            dest = tmp / "f"
-            os.close(create_private(dest))  # debugfs keeps the mode of a file it truncates
-            _out, errors = self._debugfs([f"dump {quote(real)} {quote(dest)}"])
-            if errors or not dest.exists():
+        return self.read_many([path], follow)[path]
+
+    def read_many(self, paths: list[str], follow: bool = True) -> dict[str, bytes | None]:
+        """`read` for each path, in one debugfs run per round of symlinks, plus at most one."""
+        found: dict[str, bytes | None] = {}
+        wanted = []
+        for path in paths:
+            staged = self._staged.get(path)
+            if isinstance(staged, File):
+                found[path] = (
+                    staged.data
+                    if staged.data is not None
+                    else (staged.source or Path()).read_bytes()
+                )
+            else:
+                wanted.append(path)
+        return {**found, **self._fetch(wanted, follow)}
+
+    def prefetch(
+        self, reads: Sequence[str], stats: Sequence[str] = (), listings: Sequence[str] = ()
+    ) -> None:
+        """Read (following symlinks), stat and list ahead, all in the first debugfs run: what a
+        phase asks next is answered from what is kept. Nothing is raised here: a path that
+        cannot be read raises when it is read."""
+        with contextlib.suppress(BuildError):
+            self._fetch(reads, True, stats, listings, strict=False)
+
+    def _fetch(
+        self,
+        paths: Sequence[str],
+        follow: bool,
+        stats: Sequence[str] = (),
+        listings: Sequence[str] = (),
+        strict: bool = True,
+    ) -> dict[str, bytes | None]:
+        if follow:
+            real = self._resolve_all(paths, stats, listings)
+        else:
+            real = {p: p for p in paths}
+            guesses = [p for p in paths if p not in self._contents]
+            self._keep(self._query([*paths, *stats], listings, guesses)[0])
+        inodes = self.stat_many(sorted(set(real.values())))
+        sizes = {r: i.size for r, i in inodes.items() if i is not None and i.kind == "regular"}
+        missing = sorted(sizes.keys() - self._contents.keys())
+        dumped, errors = self._query(dumps=missing)
+        for r in missing:
+            if strict and (errors or len(dumped[r]) != sizes[r]):
+                path = next(p for p in paths if real[p] == r)
                 raise BuildError(f"reading {path} from the root filesystem: {'; '.join(errors)}")
-            return dest.read_bytes()
+        contents = {**{r: self._contents[r] for r in sizes.keys() - dumped.keys()}, **dumped}
+        self._keep(dumped)
+        return {p: contents.get(real[p]) for p in paths}
+
+    def _resolve_all(
+        self,
+        paths: Sequence[str],
+        stats: Sequence[str] = (),
+        listings: Sequence[str] = (),
+        dump: bool = True,
+    ) -> dict[str, str]:
+        """Each path with every symlink resolved, one debugfs run per round of links; `stats`
+        and `listings` go into the first run. With `dump`, each run also dumps each path as it
+        is if nothing further is a link, and each regular file already resolved: a path without
+        links is read in the run that resolves it."""
+        stats, listings = list(stats), list(listings)
+        while True:
+            done, wanted, guesses = {}, [], []
+            for path in paths:
+                reached, unknown = walk(path, self._inodes)
+                wanted += unknown
+                if unknown:
+                    guesses += [reached] if reached else []
+                else:
+                    done[path] = reached
+                    inode = self._inodes.get(reached)
+                    guesses += [reached] if inode is not None and inode.kind == "regular" else []
+            if not (wanted or stats or listings):
+                return done
+            dumps = [g for g in guesses if dump and g not in self._contents]
+            self._keep(self._query([*stats, *wanted], listings, dumps)[0])
+            stats, listings = [], []
+
+    def _keep(self, dumped: dict[str, bytes]) -> None:
+        """Keep the dumps that are whole regular files (a guessed path may be a link or absent)."""
+        for path, data in dumped.items():
+            inode = self._inodes.get(path)
+            fits = inode is not None and inode.kind == "regular" and inode.size == len(data)
+            if fits and len(data) <= KEPT_FILE_LIMIT:
+                self._contents[path] = data
+
+    def _query(
+        self,
+        stats: Sequence[str] = (),
+        listings: Sequence[str] = (),
+        dumps: Sequence[str] = (),
+    ) -> tuple[dict[str, bytes], list[str]]:
+        """One debugfs run (none when everything is known): `stat` and `ls -p` what is not kept
+        yet, and `dump` each of `dumps`; (what each dump wrote, the error lines)."""
+        stats = [p for p in dict.fromkeys(stats) if p not in self._inodes]
+        listings = [p for p in dict.fromkeys(listings) if p not in self._listings]
+        dumps = list(dict.fromkeys(dumps))
+        if not (stats or listings or dumps):
+            return {}, []
+        with private_dir("ext4") as tmp:
+            dests = {p: tmp / f"d{i}" for i, p in enumerate(dumps)}
+            for dest in dests.values():
+                os.close(create_private(dest))  # debugfs keeps the mode of a file it truncates
+            script = [f"stat {quote(p)}" for p in stats]
+            script += [f"ls -p {quote(p)}" for p in listings]
+            script += [f"dump {quote(p)} {quote(d)}" for p, d in dests.items()]
+            out, errors = self._debugfs(script)
+            dumped = {p: d.read_bytes() for p, d in dests.items()}
+        printed = sections(out, script)
+        for path, text in zip(stats, printed, strict=False):
+            self._inodes[path] = parse_stat(text)
+        for path, text in zip(listings, printed[len(stats) :], strict=False):
+            self._listings[path] = parse_listing(text)
+        return dumped, errors
 
     def fingerprint(self, path: str) -> tuple[bytes, str]:
         """(first 64 bytes, sha256) of a regular file, streamed: large binaries never sit in memory."""
+        kept = self._contents.get(path)
+        if kept is not None:
+            return kept[:64], hashlib.sha256(kept).hexdigest()
+        if path in self._fingerprints:
+            return self._fingerprints[path]
         digest = hashlib.sha256()
         head = bytearray()
 
@@ -154,16 +255,12 @@ class Ext4Filesystem:
             env=self._env(),
             what="debugfs",
         )
-        return bytes(head), digest.hexdigest()
+        self._fingerprints[path] = (bytes(head), digest.hexdigest())
+        return self._fingerprints[path]
 
     def listdir(self, path: str) -> list[str]:
-        out, _ = self._debugfs([f"ls -p {quote(path)}"])
-        names = []
-        for line in out.splitlines():
-            fields = line.split("/")
-            if len(fields) >= 7 and fields[5] not in (".", ".."):
-                names.append(fields[5])
-        return sorted(names)
+        self._query(listings=[path])
+        return self._listings[path]
 
     def usage(self) -> Usage:
         """Size and free space from the superblock (read in Python: dumpe2fs -h walks every group)."""
@@ -179,7 +276,12 @@ class Ext4Filesystem:
         entries = sorted(self._staged.values(), key=lambda e: e.path)
         if not entries:
             return []
-        current = self.stat_many([e.path for e in entries])
+        paths = {e.path for e in entries}
+        current = self.stat_many(sorted(paths | parents(paths)))  # the parents: for `flush`
+        # Files that may be unchanged are compared by content: the small ones read in one run.
+        alike = [e.path for e in entries if self._content_decides(e, current[e.path])]
+        small = [p for p in alike if (i := current[p]) is not None and i.size <= KEPT_FILE_LIMIT]
+        self.read_many(small, follow=False)
         return [e for e in entries if self._differs(e, current[e.path])]
 
     @staticmethod
@@ -207,6 +309,7 @@ class Ext4Filesystem:
         with private_dir("ext4") as tmp:
             for i, entry in enumerate(changed):
                 script += entry_script(entry, current[entry.path], tmp, i)
+            self._forget()
             _out, errors = self._debugfs(script, write=True)
         if errors:
             raise BuildError(f"writing to the root filesystem of {self.image}: {errors[0]}")
@@ -215,6 +318,16 @@ class Ext4Filesystem:
         return len(changed)
 
     def _differs(self, entry: Entry, inode: Inode | None) -> bool:
+        if isinstance(entry, File) and self._content_decides(entry, inode):
+            return self.fingerprint(entry.path)[1] != entry.digest()
+        return self._metadata_differs(entry, inode)
+
+    def _content_decides(self, entry: Entry, inode: Inode | None) -> bool:
+        """A file whose inode matches `entry` in everything but content."""
+        return isinstance(entry, File) and not self._metadata_differs(entry, inode)
+
+    @staticmethod
+    def _metadata_differs(entry: Entry, inode: Inode | None) -> bool:
         if inode is None:
             return True
         if (inode.uid, inode.gid) != (entry.uid, entry.gid):
@@ -223,9 +336,7 @@ class Ext4Filesystem:
             return inode.kind != "directory" or inode.mode != entry.mode
         if isinstance(entry, Symlink):
             return inode.kind != "symlink" or inode.link_target != entry.target
-        if inode.kind != "regular" or inode.mode != entry.mode or inode.size != entry.size():
-            return True
-        return self.fingerprint(entry.path)[1] != entry.digest()
+        return inode.kind != "regular" or inode.mode != entry.mode or inode.size != entry.size()
 
     def _verify(self, entries: list[Entry]) -> None:
         after = self.stat_many([e.path for e in entries])
@@ -264,6 +375,7 @@ class Ext4Filesystem:
         image, resized there and put back (holes stay holes both ways).
         """
         old_size = self.usage().size
+        self._forget()
         remove_stale(self.image.parent)
         part = temp_path_for(self.image.with_name(f"{self.image.name}.rootfs-resize"))
         try:

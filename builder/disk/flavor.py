@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from builder.disk import dpkg
 from builder.disk.image import Image
-from builder.disk.osformat import FormatFacts, detect_format
+from builder.disk.osformat import CLOUD_CFG_D, MARKERS, FormatFacts, detect_format
 from builder.util.errors import UserError
 
 EM_ARM = 40
@@ -37,6 +38,11 @@ class Flavor:
     cloud_init: bool
     generic_kernel: bool  # carries /boot/vmlinuz: bootable under QEMU -M virt
     seed: FormatFacts | None = None  # the first-boot format the image understands
+    detected: FormatFacts | None = None  # the format detected, when the config chose another
+
+    def as_detected(self) -> Flavor:
+        """This flavor as the image says, before a config's seed.format chose another format."""
+        return self if self.detected is None else replace(self, seed=self.detected, detected=None)
 
     @property
     def init_format(self) -> str:
@@ -49,7 +55,14 @@ class Flavor:
         return f"{label} {self.codename} ({self.arch})"
 
 
+# Everything `detect` reads, read ahead in one debugfs run. /usr/lib/os-release is where
+# /etc/os-release links to (os-release(5)): its target is then read in the same run.
+READS = ("/etc/os-release", "/usr/lib/os-release", "/usr/bin/env", "/etc/fstab", dpkg.STATUS)
+STATS = ("/etc/rpi-issue", "/usr/bin/cloud-init", "/boot/vmlinuz", *MARKERS.values(), CLOUD_CFG_D)
+
+
 def detect(image: Image) -> Flavor:
+    image.root.prefetch(READS, STATS, [CLOUD_CFG_D])
     os_release = parse_os_release(image.root.read("/etc/os-release") or b"")
     if not os_release:
         damaged = image.root.open_problem()
@@ -95,7 +108,8 @@ def require_supported(flavor: Flavor, image_path: Path, override: str | None = N
             f"{image_path}: seed.format {override} needs {package}, which {flavor.name} lacks "
             f"(detected: {seed.format})"
         )
-    return replace(flavor, seed=replace(seed, format=override, reason="seed.format in the config"))
+    chosen = replace(seed, format=override, reason="seed.format in the config")
+    return replace(flavor, seed=chosen, detected=seed)
 
 
 def parse_os_release(data: bytes) -> dict[str, str]:

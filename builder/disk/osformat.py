@@ -92,7 +92,9 @@ def _choose(
 
 def _datasource(image: Image) -> str | None:
     """The NoCloud seed settings ('seedfrom: ...' or 'fs_label: ...') in cloud.cfg.d."""
-    for name in image.root.listdir(CLOUD_CFG_D) if image.root.stat(CLOUD_CFG_D) else []:
+    names = image.root.listdir(CLOUD_CFG_D) if image.root.stat(CLOUD_CFG_D) else []
+    image.root.prefetch([f"{CLOUD_CFG_D}/{n}" for n in names if n.endswith(".cfg")])
+    for name in names:
         if not name.endswith(".cfg"):
             continue
         text = (image.root.read(f"{CLOUD_CFG_D}/{name}") or b"").decode(errors="replace")

@@ -25,6 +25,7 @@ from builder.steps import (
 )
 
 Step = Callable[[Image, Plan], None]
+TZ_TABLES = ("tzdata.zi", "zone1970.tab", "zone.tab")  # what timezone.zone_names reads
 
 # seed before cmdline: a `ds=nocloud;i=` override must match the meta-data written.
 ORDER: tuple[tuple[str, Step], ...] = (
@@ -39,3 +40,11 @@ ORDER: tuple[tuple[str, Step], ...] = (
     ("agent", agent.apply),
     ("join", join.apply),
 )
+
+
+def prefetch(image: Image, plan: Plan) -> None:
+    """Read ahead what the steps read from the root filesystem, in one debugfs run."""
+    reads = [fstab.FSTAB, locale.LOCALE_GEN, locale.SUPPORTED]
+    if plan.config.timezone not in timezone.BUILT_IN:
+        reads += [f"{timezone.ZONEINFO}/{table}" for table in TZ_TABLES]
+    image.root.prefetch(reads, cloudlog.LOGS)
