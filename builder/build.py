@@ -1,8 +1,9 @@
 """`pifleet build`: base image -> golden fleet image, rootless, atomically.
 
-The base is copied (reflink or sparse copy) to a temporary file beside the
-destination, customized there, checked, and renamed into place with its
-outputs only when everything succeeded. The base is opened read-only.
+The base is copied (reflink or sparse copy) into the run's staging folder inside the
+output folder, customized there, checked, and renamed into place with its outputs (and
+with --per-device every device's image and new identity) only when everything
+succeeded (`builder.util.batch`). The base is opened read-only.
 """
 
 from __future__ import annotations
@@ -18,26 +19,26 @@ from pathlib import Path
 
 from builder import inspect, lint
 from builder.config.fleet import load
-from builder.config.model import FleetConfig
 from builder.disk.flavor import detect, require_supported
 from builder.disk.image import Image, check_tool_path
 from builder.disk.sparse import allocated_bytes, copy_file
 from builder.disk.superblock import last_write_time
 from builder.outputs import artifacts
-from builder.plan import Plan, resolve, source_date_epoch
+from builder.plan import Plan, input_paths, resolve, source_date_epoch
 from builder.sources.digests import sha256_of
 from builder.steps import ORDER, prefetch
-from builder.util.atomic import replace_when_done
+from builder.util.batch import Batch
 from builder.util.console import human_size, progress
 from builder.util.errors import BuildError, UserError
 from builder.util.space import reported_full, require_space
+from firstboot import joinconfig
 
 log = logging.getLogger("pifleet.build")
 
 
 def command(args: argparse.Namespace) -> int:
     """Build the golden image, and with --per-device every device's image: all or nothing
-    (a failure or Ctrl-C removes every output of this run)."""
+    (a failure, Ctrl-C or SIGKILL leaves no output of this run under its final name)."""
     config = load(Path(args.config))
     if args.per_device and not config.devices:
         raise UserError(f"{config.source}: devices: --per-device needs at least one device")
@@ -50,8 +51,19 @@ def command(args: argparse.Namespace) -> int:
             output_dir=out,
         )
         started = time.monotonic()
-        written = build(plan)
-        image = written[0]
+        protected = protected_inputs(plan)
+        if args.per_device:
+            from builder.fleet.personalize import check_fleet, personalize_fleet
+
+            check_fleet(plan.image_path, config, out, protected)  # before the long part
+        with Batch(out, protected) as batch:
+            written = build_into(plan, batch)
+            image = written[0]
+            if args.per_device:
+                assert image.staged is not None
+                devices = list(config.devices)
+                personalize_fleet(image.staged, config, devices, out, batch, image.sha256)
+            batch.commit()
         log.info(
             "built %s (%s) in %.1f s",
             image.path,
@@ -60,20 +72,7 @@ def command(args: argparse.Namespace) -> int:
         )
         for w in written[1:]:
             log.info("  %s", w.path.name)
-        if args.per_device:
-            _per_device(image.path, config, written)
     return 0
-
-
-def _per_device(golden: Path, config: FleetConfig, written: list[artifacts.Written]) -> None:
-    from builder.fleet.personalize import personalize_fleet
-
-    try:
-        personalize_fleet(golden, config, list(config.devices))
-    except BaseException:
-        for path in [w.path for w in written] + [golden.with_name("SHA256SUMS")]:
-            path.unlink(missing_ok=True)  # the golden image and its outputs: nothing is left
-        raise
 
 
 @contextlib.contextmanager
@@ -94,15 +93,37 @@ def _removed_if_failed(out: Path) -> Iterator[None]:
         raise
 
 
+def protected_inputs(plan: Plan) -> dict[str, Path]:
+    """What the build reads: no output of it may land on one of these."""
+    from builder.fleet.servers import cluster_inputs
+
+    inputs = {**input_paths(plan.config, plan.base.path), **cluster_inputs(plan.config)}
+    inputs["the K3s binary"] = plan.k3s.path
+    if plan.airgap is not None:
+        inputs["the air-gap images"] = plan.airgap.path
+    return inputs
+
+
 def build(plan: Plan) -> list[artifacts.Written]:
-    """Build the golden image for `plan`; returns the outputs written."""
+    """Build the golden image for `plan`; returns the outputs written (in place)."""
+    with Batch(plan.output_dir, protected_inputs(plan)) as batch:
+        written = build_into(plan, batch)
+        batch.commit()
+    return written
+
+
+def build_into(plan: Plan, batch: Batch) -> list[artifacts.Written]:
+    """Build the golden image for `plan`, its outputs staged in `batch` (they appear when it
+    commits); returns them."""
     check_tool_path(plan.image_path, "output: ")
     plan = examine_base(plan)
     # A sparse copy needs the base's data blocks (a reflink needs none: checked anyway).
     require_space(plan.output_dir, allocated_bytes(plan.base.path), plan.image_path.name)
-    with reported_full(plan.output_dir, plan.image_path.name), contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(replace_when_done(plan.image_path, artifacts.PRIVATE))
-        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+    with (
+        reported_full(plan.output_dir, plan.image_path.name),
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        tmp = batch.file(plan.image_path)
         # The base's digest is only for the manifest: hash it on the other core while copying.
         base_digest = pool.submit(sha256_of, plan.base.path) if plan.base.sha256 is None else None
         size = plan.base.path.stat().st_size
@@ -114,13 +135,13 @@ def build(plan: Plan) -> list[artifacts.Written]:
         facts = inspect.collect(tmp, image, plan.target.as_detected())
         if base_digest is not None:
             plan = replace(plan, base=replace(plan.base, sha256=base_digest.result()))
-        return artifacts.write_all(plan, tmp, facts, stack)
-    raise AssertionError("unreachable")
+        return artifacts.write_all(plan, tmp, facts, batch)
 
 
 def examine_base(plan: Plan) -> Plan:
     """Check the base (read-only) before copying it; returns the plan with its flavor and epoch."""
     base = Image.open(plan.base.path)
+    refuse_device_identity(base, plan.base.origin)
     flavor = detect(base)
     flavor = require_supported(flavor, Path(plan.base.origin), plan.config.seed.format)
     if (wrong_root := lint.root_problem(base)) is not None:
@@ -136,6 +157,22 @@ def examine_base(plan: Plan) -> Plan:
         # Reproducible without SOURCE_DATE_EPOCH: the base's own last write, not the clock.
         epoch = last_write_time(plan.base.path, base.root_partition.start)
     return plan.for_image(flavor, epoch)
+
+
+def refuse_device_identity(base: Image, origin: str) -> None:
+    """A base must not carry a device's identity: every image built from it would."""
+    folder = f"/{joinconfig.BOOT_SUBDIR}"
+    names = {n.lower() for n in base.boot.listdir(folder)}
+    for name, what in (
+        (joinconfig.DEVICE_FILE, "a pifleet device identity"),
+        (joinconfig.BOOT_NODE_PASSWORD_FILE, "a device's node password"),
+        (joinconfig.BOOT_TOKEN_FILE, "a join token"),
+    ):
+        if name in names:
+            raise UserError(
+                f"{origin}: the base carries {what} ({folder}/{name} in its boot partition), "
+                "as a personalized image does: build from a stock or golden image"
+            )
 
 
 def check(image: Image, plan: Plan) -> None:

@@ -18,7 +18,9 @@ from builder.config.token import read_token
 from builder.disk.flavor import Flavor
 from builder.sources import obtain as sources
 from builder.sources.obtain import Input
+from builder.util.batch import same_file
 from builder.util.errors import UserError
+from builder.util.private import make_private_dirs
 from builder.util.secret import Secret
 
 log = logging.getLogger("pifleet.plan")
@@ -86,20 +88,32 @@ def resolve(
 
 def _check_output_dir(out: Path, base: Path, name: str) -> None:
     target = out / f"{name}.img"
-    if target.exists() and base.exists() and os.path.samefile(target, base):
-        raise UserError(
-            f"{target}: the output would overwrite the base image; choose another output.dir"
-        )
-    if base.resolve() == target.resolve():
+    if same_file(target, base):
         raise UserError(
             f"{target}: the output would overwrite the base image; choose another output.dir"
         )
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(out)  # 0700 whatever the umask: it will hold device identities
     except OSError as exc:
         raise UserError(f"{out}: cannot create the output directory: {exc.strerror}") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"{out}: the output directory is not writable")
+
+
+def input_paths(config: FleetConfig, base: Path | None = None) -> dict[str, Path]:
+    """The files `config` names as inputs (what -> path): no output may be written onto one."""
+    named = {
+        "the fleet file": config.source,
+        "the base image": base or config.base.path,
+        "the token file": config.cluster.token_file,
+        "the CA file": config.cluster.ca_file,
+        "the K3s binary": config.k3s.binary,
+        "the air-gap images": config.k3s.airgap_path,
+        "the devices file": config.devices_file,
+    }
+    if base is not None and config.base.path is not None:
+        named["the fleet file's base image"] = config.base.path
+    return {what: path for what, path in named.items() if path is not None}
 
 
 def source_date_epoch() -> int | None:

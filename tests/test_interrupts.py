@@ -11,6 +11,12 @@ After every trial:
 
 The trials draw their moments from one seed, printed (and named in every failure),
 so a failure can be replayed with PIFLEET_TRIAL_SEED=<seed>.
+
+`build --per-device` is all or nothing even under SIGKILL (issue 21, item 6): killed at
+fixed points (while the golden image's outputs are written, at the second device, in the
+middle of the commit's renames) into a fresh folder, it leaves no output under a final
+name unless the run had committed; a committed run killed while renaming is finished by
+the next run in that folder. More such kills, at random moments, run under `faults`.
 """
 
 from __future__ import annotations
@@ -46,7 +52,14 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "flash": ("flash", "golden.img", "card.img", "--yes", "--config", "fleet.yaml",
               "--device", "edge-001"),
 }  # fmt: skip
-TEMP = re.compile(r"(^\..+\.pifleet-[0-9]+\.tmp$)|(^\.build-[0-9]+$)|(\.part$)")
+TEMP = re.compile(
+    r"(^\..+\.pifleet-[0-9]+\.tmp$)|(^\.build-[0-9]+$)|(\.part$)|(^\.pifleet-run-[0-9]+$)"
+)
+
+
+def staged(path: Path, top: Path) -> bool:
+    """Whether `path` is temporary: a temporary name, or inside a run's staging folder."""
+    return any(TEMP.search(part) for part in path.relative_to(top).parts)
 
 
 def sha256(path: Path) -> str:
@@ -83,19 +96,26 @@ class Bench:
         assert proc.returncode == 0, f"{command}: {err.decode()[-2000:]}"
         return time.monotonic() - began
 
+    def run_args(self, *args: str) -> None:
+        proc = subprocess.run(
+            [sys.executable, "-m", "builder", *args], cwd=self.work, env=self.env(),
+            capture_output=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+
     def outputs(self) -> dict[str, Path]:
         """Every final-named output there is now (not temporary, not an input)."""
         found = {}
         for folder in ("out", "fleet-out", "dev"):
             for path in (self.work / folder).rglob("*") if (self.work / folder).exists() else ():
-                if path.is_file() and not TEMP.search(path.name):
+                if path.is_file() and not staged(path, self.work):
                     found[str(path.relative_to(self.work))] = path
         if (self.work / "card.img").exists():
             found["card.img"] = self.work / "card.img"
         return found
 
     def leftovers(self) -> list[str]:
-        left = [str(p) for p in self.work.rglob("*") if TEMP.search(p.name)]
+        left = [str(p) for p in self.work.rglob("*") if staged(p, self.work)]
         left += [str(p) for p in self.tmpdir.iterdir()]
         return sorted(left)
 
@@ -168,3 +188,115 @@ def test_interrupted_commands_leave_nothing_half_done(bench: Bench, sig: signal.
             check_whole(bench, seed, name + " then rerun")
             if command == "flash":
                 assert sha256(bench.work / "card.img") == bench.reference["card.img"]
+
+
+# SIGKILL of the whole process at a fixed point: the Nth call of `module:function`, or the
+# Nth rename out of a run's staging folder once the run has committed ("commit:N").
+_KILLER = """
+import importlib, os, signal, sys
+point, count = sys.argv[1].rsplit(":", 1)
+calls = []
+def kill_on_call():
+    calls.append(1)
+    if len(calls) == int(count):
+        os.kill(os.getpid(), signal.SIGKILL)
+if point == "commit":
+    real_replace = os.replace
+    def replace(src, dst, *args, **kwargs):
+        parts = str(src).split("/.pifleet-run-", 1)
+        if len(parts) == 2 and os.path.exists(parts[0] + "/.pifleet-run-"
+                                              + parts[1].split("/")[0] + "/COMMITTED"):
+            kill_on_call()
+        return real_replace(src, dst, *args, **kwargs)
+    os.replace = replace
+else:
+    module, name = point.split(":")
+    owner = importlib.import_module(module)
+    real = getattr(owner, name)
+    def killed(*args, **kwargs):
+        kill_on_call()
+        return real(*args, **kwargs)
+    setattr(owner, name, killed)
+from builder.cli import main
+raise SystemExit(main(sys.argv[2:]))
+"""
+KILL_POINTS = {
+    "golden-outputs": "builder.outputs.artifacts:manifest:1",  # image, .bmap, OS list staged
+    "second-device": "builder.fleet.personalize:personalize_copy:2",
+    "mid-commit": "commit:3",  # three entries renamed into place, the rest not yet
+}
+
+
+def final_names(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if not staged(p, out))
+
+
+def whole_run(out: Path) -> list[str]:
+    """What one completed `--per-device` run of the bench's fleet leaves (3 devices)."""
+    names = ["SHA256SUMS", "devices", "known_hosts", "manifest.json"]
+    names += [f"edge-fleet.{x}" for x in ("img", "img.bmap", "rpi-imager-manifest", "spdx.json")]
+    for i in range(1, 4):
+        names += [f"edge-00{i}.img", f"devices/edge-00{i}"]
+        names += [f"devices/edge-00{i}/{f}" for f in ("node-password", "ssh_host_ed25519_key",
+                                                       "ssh_host_ed25519_key.pub")]  # fmt: skip
+    return sorted(names)
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_per_device_killed_leaves_all_or_nothing(bench: Bench, point: str, tmp_path: Path) -> None:
+    from builder.util.batch import recover
+
+    out = tmp_path / "fresh-out"
+    args = ["build", "fleet.yaml", "--per-device", "-o", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLER, KILL_POINTS[point], *args],
+        cwd=bench.work, env=bench.env(), capture_output=True,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    committed = list(out.glob(".pifleet-run-*/COMMITTED"))
+    if point == "mid-commit":
+        assert committed, final_names(out)
+    else:
+        assert final_names(out) == [], f"{point}: outputs appeared before the run completed"
+        assert not committed
+    recover(out)  # what the next pifleet run writing into the folder does first
+    assert final_names(out) == (whole_run(out) if committed else [])
+    assert not any(staged(p, out) for p in out.rglob("*")), "the staging was not cleaned"
+    if committed:
+        for line in (out / "SHA256SUMS").read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            assert sha256(out / name) == digest, name
+    else:
+        bench.run_args(*args)  # the next run succeeds
+        assert final_names(out) == whole_run(out)
+    assert sha256(bench.work / "base.img") == bench.base_sha
+
+
+@pytest.mark.faults
+def test_per_device_killed_at_random_moments_leaves_all_or_nothing(
+    bench: Bench, tmp_path: Path
+) -> None:
+    from builder.util.batch import recover
+
+    seed = int(os.environ.get("PIFLEET_TRIAL_SEED", random.SystemRandom().randrange(1 << 32)))
+    print(f"trial seed {seed} (replay: PIFLEET_TRIAL_SEED={seed})")
+    rng = random.Random(seed)
+    for trial in range(TRIALS_PER_SIGNAL):
+        out = tmp_path / f"out-{trial}"
+        delay = rng.uniform(0.1, bench.seconds["per-device"] * 1.1)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "builder", "build", "fleet.yaml", "--per-device", "-o", str(out)],
+            cwd=bench.work, env=bench.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        proc.wait()
+        where = f"seed {seed}, trial {trial}: SIGKILL after {delay:.2f} s"
+        found = final_names(out) if out.exists() else []
+        committed = out.exists() and list(out.glob(".pifleet-run-*/COMMITTED"))
+        assert found == [] or committed or found == whole_run(out), f"{where}: {found}"
+        if out.exists():
+            recover(out)
+            assert final_names(out) in ([], whole_run(out)), where

@@ -48,7 +48,7 @@ def partition_digest(image: Path, number: int) -> str:
 def golden(fleet_dir: Path) -> tuple[Path, Path]:
     devices = "devices:\n" + "".join(
         f"  - {{hostname: pi-{i:03d}, labels: {{rack: r{i % 7}}}"
-        + (f", address: 10.20.0.{i}/16, gateway: 10.20.0.1" if i % 2 else "")
+        + (f", address: 10.20.1.{i}/16, gateway: 10.20.0.1" if i % 2 else "")
         + "}\n"
         for i in range(1, DEVICES + 1)
     )

@@ -21,7 +21,7 @@ import functools
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -29,9 +29,11 @@ from builder.disk.sparse import Advance
 from builder.disk.table import read_table
 from builder.fleet.target import Target, describe, refusal
 from builder.outputs import bmap
-from builder.util.atomic import replace_when_done
+from builder.outputs.artifacts import manifest_inputs
+from builder.util.atomic import replace_when_done, reported_as
+from builder.util.batch import recover, refuse_overwriting, same_file
 from builder.util.console import human_size, progress
-from builder.util.errors import BuildError, PifleetError, UserError
+from builder.util.errors import BuildError, UserError
 
 if TYPE_CHECKING:
     from builder.config.model import Device, FleetConfig
@@ -183,15 +185,21 @@ def image_plan(image: Path, bmap_file: Path | None) -> bmap.Scan:
         return bmap.scan(image, bar.advance)
 
 
-def _refuse_own_inputs(target: Target, image: Path, bmap_file: Path | None) -> None:
-    """A regular-file target must not be the image or its bmap: it is truncated first."""
-    if target.block or not target.path.exists():
+def _refuse_own_inputs(
+    target: Target, image: Path, bmap_file: Path | None, protected: Mapping[str, Path]
+) -> None:
+    """A regular-file target must not be the image, its bmap or another input of the run
+    (the fleet file, the base, a token file): the same path, a symlink or a hard link."""
+    if target.block:
         return
     for own in (image, bmap_path(image, bmap_file)):
-        if own.exists() and os.path.samefile(target.path, own):
+        if same_file(target.path, own):
             raise UserError(
                 f"{target.path}: is the {'image' if own == image else 'bmap'} being flashed itself"
             )
+    if target.path.name.endswith(".bmap"):
+        raise UserError(f"{target.path}: a block map's name; an image is never written as a .bmap")
+    refuse_overwriting(target.path, protected)
 
 
 def flash(
@@ -201,6 +209,7 @@ def flash(
     yes: bool,
     dry_run: bool,
     then: Callable[[Path], None] | None = None,
+    protected: Mapping[str, Path] | None = None,
 ) -> Target:
     """Write and verify `image` on the target, then run `then` on it (personalization).
 
@@ -210,7 +219,7 @@ def flash(
         raise UserError(f"{image}: no such image file")
     read_table(image)  # a disk image, not any file: refused before the card is touched
     target = describe(target_path)
-    _refuse_own_inputs(target, image, bmap_file)
+    _refuse_own_inputs(target, image, bmap_file, protected or {})
     plan = image_plan(image, bmap_file)
     reason = refusal(target, plan.size)
     if reason:
@@ -236,13 +245,8 @@ def flash(
             f"wrote and verified {human_size(written)} ({written / max(mapped, 1):.3f}x the mapped data)"
         )
         if then is not None:
-            try:
+            with reported_as(dest, target.path):  # the user's file, not pifleet's temporary one
                 then(dest)
-            except PifleetError as exc:  # name the user's file, not pifleet's temporary one
-                if dest == target.path:
-                    raise
-                message = str(exc).replace(str(dest), str(target.path))
-                raise type(exc)(message) from None
     return target
 
 
@@ -261,23 +265,29 @@ def command(args: argparse.Namespace) -> int:
     if bool(args.config) != bool(args.device):
         raise UserError("--config and --device go together (personalize the card for one device)")
     config = device = None
+    image = Path(args.image)
+    recover(image.parent)  # a killed build's outputs there finish (or go) first
+    protected = manifest_inputs(image)
     if args.config:
         from builder.config.fleet import load
-        from builder.fleet.personalize import find_device, open_golden
+        from builder.fleet.personalize import find_device, open_golden, protected_inputs
 
         config = load(Path(args.config))
         device = find_device(config, args.device)
-        open_golden(Path(args.image))  # what personalizing needs, checked before any write
+        if image.is_file():
+            open_golden(image)  # what personalizing needs, checked before any write
+        protected = protected_inputs(config, image)
     then = None
     if config is not None and device is not None:
         then = functools.partial(_personalize_card, config, device, args.target, Path(args.image))
     flash(
-        Path(args.image),
+        image,
         Path(args.target),
         Path(args.bmap) if args.bmap else None,
         args.yes,
         args.dry_run,
         then,
+        protected,
     )
     if args.dry_run and device is not None:
         print(f"dry run: would then personalize the card as {device.hostname}")

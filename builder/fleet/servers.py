@@ -98,6 +98,17 @@ def root_entries(config: FleetConfig, device: Device) -> list[Entry]:
     return entries
 
 
+def cluster_inputs(config: FleetConfig) -> dict[str, Path]:
+    """The cluster's secrets a build reads (what -> path), for the output-vs-input check."""
+    if not config.cluster.create:
+        return {}
+    folder = cluster_dir(config)
+    return {
+        "the cluster's server token": folder / "token",
+        "the cluster's agent token": folder / "agent-token",
+    }
+
+
 def _secret(path: Path) -> bytes:
     try:
         return path.read_bytes()

@@ -1,12 +1,12 @@
 """Everything written next to the image: SHA256SUMS, manifest.json, .bmap, compressed copies.
 
-Each output is written to a temporary name and renamed into place together
-with the image when the whole build has succeeded (see builder.build).
+Each output is staged in the run's batch and appears, together with the image
+(and with --per-device every device's), only when the whole run has succeeded
+(see builder.util.batch).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +20,7 @@ from builder.outputs import bmap, imager, sbom
 from builder.plan import Plan
 from builder.sources import compress
 from builder.sources.obtain import Input
-from builder.util.atomic import replace_when_done
+from builder.util.batch import Batch
 from builder.util.console import progress
 
 log = logging.getLogger("pifleet.output")
@@ -38,13 +38,11 @@ SIDECAR = PRIVATE  # the image's own mode
 class Written:
     path: Path  # final name
     sha256: str
-    staged: Path | None = None  # where it is until the build renames it into place
+    staged: Path | None = None  # where it is until the run commits
 
 
-def write_all(
-    plan: Plan, image_tmp: Path, facts: dict[str, Any], stack: contextlib.ExitStack
-) -> list[Written]:
-    """Write every output for the image being built at `image_tmp`; renamed when `stack` closes.
+def write_all(plan: Plan, image_tmp: Path, facts: dict[str, Any], batch: Batch) -> list[Written]:
+    """Write every output for the image being built at `image_tmp`, staged in `batch`.
 
     SHA256SUMS, written last, lists every other file written.
     """
@@ -53,33 +51,33 @@ def write_all(
         result = bmap.scan(image_tmp, bar.advance)
     written = [Written(final, result.sha256, image_tmp)]
     if plan.config.output.bmap:
-        written.append(_write(stack, final.with_name(final.name + ".bmap"), bmap.render(result)))
+        written.append(_write(batch, final.with_name(final.name + ".bmap"), bmap.render(result)))
     compressed = [
-        _compressed(plan, image_tmp, fmt, stack)
+        _compressed(plan, image_tmp, fmt, batch)
         for fmt in plan.config.output.formats
         if fmt != "img"
     ]
     written += compressed
     listing = _imager_manifest(plan, result, written)
     name = plan.config.name
-    written.append(_write(stack, plan.output_dir / f"{name}.rpi-imager-manifest", listing))
+    written.append(_write(batch, plan.output_dir / f"{name}.rpi-imager-manifest", listing))
     written.append(
         _write(
-            stack,
+            batch,
             plan.output_dir / f"{name}.spdx.json",
             sbom.document(plan, image_tmp, written[0].sha256),
         )
     )
     text = json.dumps(manifest(plan, facts, written), indent=2, sort_keys=True) + "\n"
-    written.append(_write(stack, plan.output_dir / "manifest.json", text.encode()))
+    written.append(_write(batch, plan.output_dir / "manifest.json", text.encode()))
     sums = "".join(f"{w.sha256}  {w.path.name}\n" for w in written)
-    _write(stack, plan.output_dir / "SHA256SUMS", sums.encode())
+    _write(batch, plan.output_dir / "SHA256SUMS", sums.encode())
     return written
 
 
-def _write(stack: contextlib.ExitStack, final: Path, data: bytes) -> Written:
-    """A small output about the image, staged beside `final`, with the image's mode."""
-    tmp = stack.enter_context(replace_when_done(final, SIDECAR))
+def _write(batch: Batch, final: Path, data: bytes) -> Written:
+    """A small output about the image, staged for `final`, with the image's mode."""
+    tmp = batch.file(final, SIDECAR)
     tmp.write_bytes(data)
     return Written(final, hashlib.sha256(data).hexdigest(), tmp)
 
@@ -105,9 +103,9 @@ def _imager_manifest(plan: Plan, result: bmap.Scan, written: list[Written]) -> b
     return imager.manifest(item)
 
 
-def _compressed(plan: Plan, image_tmp: Path, fmt: str, stack: contextlib.ExitStack) -> Written:
+def _compressed(plan: Plan, image_tmp: Path, fmt: str, batch: Batch) -> Written:
     final = plan.output_dir / f"{plan.config.name}.{fmt}"
-    tmp = stack.enter_context(replace_when_done(final, PRIVATE))
+    tmp = batch.file(final, PRIVATE)
     log.info("compressing %s", final.name)
     return Written(final, compress.compress(image_tmp, tmp, fmt), tmp)
 
@@ -128,6 +126,19 @@ def manifest(plan: Plan, facts: dict[str, Any], written: list[Written]) -> dict[
         "outputs": [{"file": w.path.name, "sha256": w.sha256} for w in written],
         **facts,
     }
+
+
+def manifest_inputs(image: Path) -> dict[str, Path]:
+    """The local files the manifest beside `image` names as its build's inputs (what -> path):
+    a flash or personalization of `image` must not write onto its base."""
+    try:
+        found = json.loads((image.parent / "manifest.json").read_text())
+        if not any(o.get("file") == image.name for o in found["outputs"]):
+            return {}
+        items = [(str(i["role"]), Path(i["origin"])) for i in found["inputs"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # no manifest, or not one pifleet wrote for this image: nothing to add
+    return {f"the {role} {image.name} was built from": p for role, p in items if p.is_absolute()}
 
 
 def _input(item: Input) -> dict[str, Any]:

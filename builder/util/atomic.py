@@ -11,11 +11,14 @@ with SIGKILL leaves its temporary file; the next run in that folder removes it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from builder.util import batch
+from builder.util.errors import BuildError, PifleetError, UserError
 from builder.util.private import create_private, stale
 
 # `.<destination name>.pifleet-<pid>.tmp`: pifleet's own temporary names, nothing else.
@@ -29,7 +32,9 @@ _LIVE: set[Path] = set()
 
 
 def remove_own_temps() -> list[Path]:
-    """Remove this process's temporary files still on disk (on the way out of a Ctrl-C)."""
+    """Remove this process's temporary files still on disk (on the way out of a Ctrl-C), and
+    its staging folders that have not committed (`batch`)."""
+    batch.remove_own()
     removed = []
     for tmp in sorted(_LIVE):
         with contextlib.suppress(FileNotFoundError):
@@ -45,7 +50,9 @@ def temp_path_for(dest: Path) -> Path:
 
 
 def remove_stale(folder: Path) -> list[Path]:
-    """Remove temporary files that killed pifleet runs of this user left in `folder`."""
+    """Remove temporary files that killed pifleet runs of this user left in `folder`, and
+    settle their staging folders (`batch.recover`: committed ones finish)."""
+    batch.recover(folder)
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
@@ -64,24 +71,54 @@ def replace_when_done(dest: Path, mode: int | None = None) -> Iterator[Path]:
     The caller writes the file at the yielded path (`private.open_private` accepts
     it). On any exception (including KeyboardInterrupt) the temporary file is
     removed and `dest` is untouched. `mode` is applied just before the rename.
+    A folder that cannot take the file is one line: a directory as `dest`, a read-only or
+    missing folder (exit 2), a full disk (exit 1).
     """
+    if dest.is_dir():
+        raise UserError(f"{dest}: is a directory; give the output's file name")
     remove_stale(dest.parent)
     tmp = temp_path_for(dest)
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
     _LIVE.add(tmp)  # before it exists: see _LIVE
     try:
-        os.close(create_private(tmp))
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            os.close(create_private(tmp))
+        except OSError as exc:
+            raise cannot_write(dest, exc) from None
         yield tmp
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, dest)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # absent, or never made (a read-only folder)
             tmp.unlink()
         raise
     finally:
         _LIVE.discard(tmp)
+
+
+@contextlib.contextmanager
+def reported_as(tmp: Path, shown: Path) -> Iterator[None]:
+    """Errors about the temporary file `tmp` name `shown` (the file the user gave) instead:
+    the temporary name means nothing to the user and is gone by the time they read it."""
+    try:
+        yield
+    except PifleetError as exc:
+        message = str(exc)
+        if str(tmp) not in message:
+            raise
+        raise type(exc)(message.replace(str(tmp), str(shown))) from None
+
+
+def cannot_write(dest: Path, exc: OSError) -> PifleetError:
+    """One line for a file that could not be created at `dest`."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return BuildError(f"{dest.parent}: disk full while writing {dest.name}")
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR):
+        return UserError(f"{dest}: cannot write in {dest.parent}: {reason}")
+    return BuildError(f"{dest}: cannot be written: {reason}")
 
 
 def write_atomic(dest: Path, data: bytes, mode: int = 0o644) -> None:
@@ -91,5 +128,7 @@ def write_atomic(dest: Path, data: bytes, mode: int = 0o644) -> None:
         try:
             os.write(fd, data)
             os.fsync(fd)
+        except OSError as exc:
+            raise cannot_write(dest, exc) from None
         finally:
             os.close(fd)

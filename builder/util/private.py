@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from builder.util.errors import UserError
+
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # A private staging folder: pifleet-<job>-<pid>-<8 characters of mkdtemp>.
 _DIR_NAME = re.compile(r"pifleet-(?P<job>[a-z0-9]+)-(?P<pid>[0-9]{1,10})-[a-z0-9_]{8}")
@@ -53,6 +55,41 @@ def open_private(path: Path) -> BinaryIO:
 def write_private(path: Path, data: bytes) -> None:
     with open_private(path) as f:
         f.write(data)
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents, each 0700 whatever the umask (an existing
+    folder is left as it is)."""
+    missing = []
+    current = path
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+            os.chmod(folder, 0o700)  # only ever narrower than 0700 before: the umask
+
+
+def require_own(path: Path, what: str, directory: bool) -> None:
+    """Refuse `path` (which exists) unless it is this user's own regular file or folder,
+    not a symlink, and neither group nor others may write it."""
+    st = os.lstat(path)
+    kind = "folder" if directory else "file"
+    if stat.S_ISLNK(st.st_mode):
+        raise UserError(f"{path}: a symbolic link: refusing {what} kept elsewhere")
+    if not (stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)):
+        raise UserError(f"{path}: not a {kind}: refusing it as {what}")
+    if st.st_uid != os.geteuid():
+        raise UserError(
+            f"{path}: owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}): "
+            f"refusing {what} another user may have put there"
+        )
+    if st.st_mode & 0o022:
+        raise UserError(
+            f"{path}: group or others may write this {kind} (mode {stat.S_IMODE(st.st_mode):04o}): "
+            f"refusing {what} another user may have changed (chmod go-w if it is yours)"
+        )
 
 
 def alive(pid: int) -> bool:
