@@ -108,19 +108,20 @@ def test_build_temporary_image_is_private_and_removed_by_next_run(
     shared: Path, other_user: str
 ) -> None:
     killed_at("builder.inspect:collect", ["build", "fleet.yaml"], shared)
-    leftovers = list((shared / "out").glob(".edge-fleet.img.pifleet-*.tmp"))
+    leftovers = list((shared / "out").glob(".pifleet-run-*/edge-fleet.img"))
     assert len(leftovers) == 1
+    assert stat.S_IMODE(leftovers[0].parent.stat().st_mode) == 0o700
     assert TEST_TOKEN.encode() in leftovers[0].read_bytes()  # it does hold the secret
     assert_private(leftovers[0], other_user)
     proc = pifleet("build", "fleet.yaml", cwd=shared, env={"TMPDIR": str(shared / "tmp")})
     assert proc.returncode == 0, proc.stderr
-    assert not leftovers[0].exists()
+    assert not leftovers[0].parent.exists()
     assert stat.S_IMODE((shared / "out/edge-fleet.img").stat().st_mode) == 0o600
 
 
 def test_build_copy_is_private_before_any_step(shared: Path, other_user: str) -> None:
     killed_at("builder.build:customize", ["build", "fleet.yaml"], shared)
-    (leftover,) = (shared / "out").glob(".edge-fleet.img.pifleet-*.tmp")
+    (leftover,) = (shared / "out").glob(".pifleet-run-*/edge-fleet.img")
     assert_private(leftover, other_user)
 
 
@@ -222,3 +223,43 @@ def test_the_cli_removes_a_temporary_file_a_signal_left_unregistered(tmp_path: P
     assert tmp.exists()
     assert atomic.remove_own_temps() == [tmp]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_boot_partition_copies_are_private_before_mcopy_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed files copied out of the boot partition (network-config holds the Wi-Fi PSK)
+    exist, empty and 0600, before mcopy writes a byte into them, whatever the umask: an
+    mcopy wrapper first on PATH lists what the destination holds when it starts, then runs
+    the real mcopy. An empty file and a missing one still read as such."""
+    from builder.disk.fat import FatFilesystem
+    from builder.disk.table import read_table
+
+    image = make_pi_image(tmp_path / "base.img")
+    boot = FatFilesystem(image, read_table(image).partition(1).start, 1700000000)
+    boot.stage("/network-config", b"password: not-a-real-psk\n")
+    boot.stage("/empty", b"")
+    boot.flush()
+    seen = tmp_path / "seen"
+    wrapper = tmp_path / "bin" / "mcopy"
+    wrapper.parent.mkdir()
+    real = shutil.which("mcopy")
+    wrapper.write_text(
+        "#!/bin/sh\nfor last; do :; done\n"
+        f'case "$last" in */) stat -c "%n %a %s" "$last"* >> {seen} 2>/dev/null;; esac\n'
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    old = os.umask(0)
+    try:
+        found = boot._read_disk_many(["/empty", "/missing", "/network-config"])
+    finally:
+        os.umask(old)
+    assert found == {"/empty": b"", "/network-config": b"password: not-a-real-psk\n"}
+    listed = {
+        Path(line.split()[0]).name: line.split()[1:] for line in seen.read_text().splitlines()
+    }
+    assert listed["network-config"] == ["600", "0"], listed
+    assert all(mode == "600" for mode, _size in listed.values()), listed

@@ -9,11 +9,13 @@ the same content gives the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path, PurePosixPath
 
 from builder.util.errors import BuildError, UserError
-from builder.util.private import private_dir, write_private
+from builder.util.private import create_private, private_dir, write_private
 from builder.util.run import PRIVATE_UMASK, run
 
 log = logging.getLogger("pifleet.fat")
@@ -113,17 +115,25 @@ class FatFilesystem:
             for i, (_directory, members) in enumerate(sorted(by_dir.items())):
                 dest = tmp / str(i)
                 dest.mkdir(mode=0o700)
+                # Copies of seed files hold secrets (the PSK, a host key): each is made here,
+                # 0600 from its first byte, and mcopy only truncates and fills it (it keeps
+                # an existing file's mode); its umask covers any file it would still create.
+                for path in members:
+                    with contextlib.suppress(FileExistsError):  # names differing in case only
+                        os.close(create_private(dest / PurePosixPath(path).name))
                 # Missing files make mcopy exit non-zero but the others are still copied.
                 run(
                     ["mcopy", "-n", "-i", self._spec, *(f"::{p}" for p in members), f"{dest}/"],
                     env=self._env(),
                     check=False,
-                    umask=PRIVATE_UMASK,  # copies of seed files: secrets
+                    umask=PRIVATE_UMASK,
                 )
                 for path in members:
-                    copied = dest / PurePosixPath(path).name
-                    if copied.is_file():
-                        found[path] = copied.read_bytes()
+                    data = (dest / PurePosixPath(path).name).read_bytes()
+                    # An empty copy is an empty file or a missing one: asked separately.
+                    content = data if data else self._read_disk(path)
+                    if content is not None:
+                        found[path] = content
         return found
 
     def _write_many(self, files: dict[str, bytes]) -> None:
