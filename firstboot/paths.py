@@ -27,7 +27,15 @@ class Root:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write, fsync, rename, fsync the directory: after a power cut the file is old or new, never half."""
+    """Write, fsync, rename, fsync the renamed file and the directory: after a power cut the
+    file is old or new, never half.
+
+    The fsync of the renamed file matters on FAT (the card's report.json): vfat's rename over
+    an existing file moves the new inode into the old file's directory slot, and that slot is
+    written with the inode (fat_write_inode), not with the directory. A directory fsync alone
+    synced the FAT table, which already had the old file's clusters freed, while the slot on
+    disk still pointed at them: after a power cut the kernel found a FAT entry beyond EOF and
+    remounted the boot partition read-only (the QEMU power cut in `start` showed it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name("." + path.name + ".tmp")
     fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -37,7 +45,17 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     finally:
         os.close(fd)
     os.replace(str(tmp), str(path))
+    fsync_path(path)
     fsync_dir(path.parent)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file by name (its data, and on FAT its directory entry)."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -49,11 +67,7 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def fsync_dir(directory: Path) -> None:
-    fd = os.open(str(directory), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(directory)
 
 
 def remove(path: Path) -> bool:
