@@ -115,8 +115,9 @@ def fleet_yaml(**overrides: str) -> str:
 
 
 # The agent setting every arm64 boot test can live with: the K3s join boots need a final
-# verdict to be re-checked within seconds (tests/test_boot_k3s.py).
-BOOT_AGENT = "agent: {recheck_interval: 15}\n"
+# verdict to be re-checked within seconds (tests/test_boot_k3s.py), and a retry within 5 s
+# of a server phase's end (its 20 s phases), where a device would wait up to a minute.
+BOOT_AGENT = "agent: {recheck_interval: 15, backoff_cap: 5}\n"
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from xml.etree import ElementTree
@@ -237,27 +236,6 @@ def boots_and_joins(image: Path, state: Path, tmp_path: Path) -> None:
     token = token_of(state)
     for text in (proc.stdout, proc.stderr, console, junit.read_text()):
         assert token not in text and token.split(":")[-1] not in text
-
-
-def test_server_unreachable_at_first_then_joins(
-    arm64_device: tuple[Path, Path], tmp_path: Path
-) -> None:
-    image, state = arm64_device
-    server_state = tmp_path / "server"  # the same CAs and token, no node registered yet
-    shutil.copytree(state, server_state)
-    (server_state / "registry.json").unlink(missing_ok=True)
-    result = boot_test(
-        BootOptions(
-            image=image, timeout=float(BOOT_TIMEOUT), keep=tmp_path / "vm",
-            server_state=server_state, server_down_for=60.0,
-        )
-    )  # fmt: skip
-    assert result.passed and result.joined, (result.failure, result.tail())
-    waits = [ln for ln in result.console if "verify: waiting for the server" in ln]
-    assert len(waits) >= 2, "the agent never met the unreachable server"
-    marks = dict(result.milestones)
-    assert marks["joined"] - marks["agent: verify"] >= 60.0
-    assert K3sTestServer(state_dir=server_state).registered_nodes() == [DEVICE]
 
 
 def test_wrong_token_stops_with_a_clear_status(
