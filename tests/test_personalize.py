@@ -19,7 +19,7 @@ from builder.fleet.personalize import personalize_fleet
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
 
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-DEVICES = 200
+DEVICES = 20  # bench/personalize_flash.py measures 200
 
 
 def fat_read(image: Path, path: str) -> bytes:
@@ -58,7 +58,7 @@ def golden(fleet_dir: Path) -> tuple[Path, Path]:
     return fleet_dir / "out" / "edge-fleet.img", fleet_dir / "fleet.yaml"
 
 
-def test_two_hundred_devices_from_one_golden_image(golden: tuple[Path, Path]) -> None:
+def test_twenty_devices_from_one_golden_image(golden: tuple[Path, Path]) -> None:
     image, config_path = golden
     config = load(config_path)
     golden_sha = hashlib.sha256(image.read_bytes()).hexdigest()
