@@ -31,14 +31,11 @@ base: setup
 demo: base
 	$(PY) -m builder demo --arch $(ARCH) --suite $(SUITE)
 
-# The whole test suite, slow QEMU boots (arm64 and armhf) included, plus lint and type checks.
-test: setup
-	$(PIFLEET_BASE) --arch arm64 --suite $(SUITE_arm64) >/dev/null
-	$(PIFLEET_BASE) --arch armhf --suite $(SUITE_armhf) >/dev/null
-	$(PIFLEET_BASE) --arch arm64 --suite $(SYSTEMD_SUITE) --format systemd >/dev/null
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
-	$(PY) -m pytest
+# The whole test suite, slow QEMU boots (arm64 and armhf) included, plus lint and type checks,
+# each phase timed (tools/test.sh; `make test PYTEST_ARGS=...` passes arguments to pytest).
+test:
+	SUDO="$(SUDO)" SUITE_ARM64=$(SUITE_arm64) SUITE_ARMHF=$(SUITE_armhf) \
+		SUITE_SYSTEMD=$(SYSTEMD_SUITE) bash tools/test.sh $(PYTEST_ARGS)
 
 bench: base
 	$(PY) bench/run.py
