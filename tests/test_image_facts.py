@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from builder.disk.entries import File, Symlink
+from builder.disk.ext4 import KEPT_FILE_LIMIT
 from builder.disk.image import Image
 from builder.util.errors import BuildError
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
@@ -208,3 +209,20 @@ def test_links_resolve_as_before(make_image: Callable[..., Path]) -> None:
         "/bin/sh": elf_for("arm64").read_bytes(),
         "/missing/x": None,
     }
+
+
+def test_a_large_file_is_read_in_one_run_and_not_kept(
+    make_image: Callable[..., Path], shim: Shim, tmp_path: Path
+) -> None:
+    """A file over KEPT_FILE_LIMIT (a kernel, an initrd) is dumped once per read, never held."""
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(KEPT_FILE_LIMIT + 4096))
+    image = Image.open(make_image(), EPOCH)
+    image.root.stage(File("/usr/local/bin/big", 0o755, source=big))
+    image.root.flush()
+    fresh = Image.open(image.path).root
+    fresh.stat("/usr/local/bin")
+    runs = len(shim.runs())
+    assert fresh.read("/usr/local/bin/big") == big.read_bytes()
+    assert fresh.read("/usr/local/bin/big") == big.read_bytes()
+    assert len(shim.runs()) == runs + 2

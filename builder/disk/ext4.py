@@ -111,7 +111,7 @@ class Ext4Filesystem:
 
     def resolve(self, path: str) -> str:
         """`path` with every symlink resolved (absolute links stay inside this filesystem)."""
-        return self._resolve_all([path], dump=False)[path]
+        return self._resolve_all([path], dump=False)[0][path]
 
     def read(self, path: str, follow: bool = True) -> bytes | None:
         """Content of a regular file (staged content wins), or None when absent."""
@@ -151,22 +151,22 @@ class Ext4Filesystem:
         strict: bool = True,
     ) -> dict[str, bytes | None]:
         if follow:
-            real = self._resolve_all(paths, stats, listings)
+            real, whole = self._resolve_all(paths, stats, listings)
         else:
             real = {p: p for p in paths}
             guesses = [p for p in paths if p not in self._contents]
-            self._keep(self._query([*paths, *stats], listings, guesses)[0])
+            whole = self._keep(self._query([*paths, *stats], listings, guesses)[0])
         inodes = self.stat_many(sorted(set(real.values())))
         sizes = {r: i.size for r, i in inodes.items() if i is not None and i.kind == "regular"}
-        missing = sorted(sizes.keys() - self._contents.keys())
+        have = {r: self._contents.get(r, whole.get(r)) for r in sizes}
+        missing = sorted(r for r, data in have.items() if data is None)
         dumped, errors = self._query(dumps=missing)
         for r in missing:
             if strict and (errors or len(dumped[r]) != sizes[r]):
                 path = next(p for p in paths if real[p] == r)
                 raise BuildError(f"reading {path} from the root filesystem: {'; '.join(errors)}")
-        contents = {**{r: self._contents[r] for r in sizes.keys() - dumped.keys()}, **dumped}
-        self._keep(dumped)
-        return {p: contents.get(real[p]) for p in paths}
+        have.update(self._keep(dumped))
+        return {p: have.get(real[p]) for p in paths}
 
     def _resolve_all(
         self,
@@ -174,12 +174,13 @@ class Ext4Filesystem:
         stats: Sequence[str] = (),
         listings: Sequence[str] = (),
         dump: bool = True,
-    ) -> dict[str, str]:
+    ) -> tuple[dict[str, str], dict[str, bytes]]:
         """Each path with every symlink resolved, one debugfs run per round of links; `stats`
         and `listings` go into the first run. With `dump`, each run also dumps each path as it
         is if nothing further is a link, and each regular file already resolved: a path without
-        links is read in the run that resolves it."""
+        links is read in the run that resolves it (the whole files dumped are returned too)."""
         stats, listings = list(stats), list(listings)
+        whole: dict[str, bytes] = {}
         while True:
             done, wanted, guesses = {}, [], []
             for path in paths:
@@ -192,18 +193,22 @@ class Ext4Filesystem:
                     inode = self._inodes.get(reached)
                     guesses += [reached] if inode is not None and inode.kind == "regular" else []
             if not (wanted or stats or listings):
-                return done
-            dumps = [g for g in guesses if dump and g not in self._contents]
-            self._keep(self._query([*stats, *wanted], listings, dumps)[0])
+                return done, whole
+            dumps = [g for g in guesses if dump and g not in self._contents and g not in whole]
+            whole.update(self._keep(self._query([*stats, *wanted], listings, dumps)[0]))
             stats, listings = [], []
 
-    def _keep(self, dumped: dict[str, bytes]) -> None:
-        """Keep the dumps that are whole regular files (a guessed path may be a link or absent)."""
+    def _keep(self, dumped: dict[str, bytes]) -> dict[str, bytes]:
+        """The dumps that are whole regular files (a guessed path may be a link or absent),
+        kept when small."""
+        whole = {}
         for path, data in dumped.items():
             inode = self._inodes.get(path)
-            fits = inode is not None and inode.kind == "regular" and inode.size == len(data)
-            if fits and len(data) <= KEPT_FILE_LIMIT:
-                self._contents[path] = data
+            if inode is not None and inode.kind == "regular" and inode.size == len(data):
+                whole[path] = data
+                if len(data) <= KEPT_FILE_LIMIT:
+                    self._contents[path] = data
+        return whole
 
     def _query(
         self,
