@@ -1,4 +1,4 @@
-"""The house rules, checked on the code itself (DESIGN.md "Layout", issue 13).
+"""The house rules, checked on the code itself (the layout in README's "How it works", issue 13).
 
 - Imports point one way: no import cycle between modules of builder/ and firstboot/,
   lazy imports inside functions included (a deferred cycle is still a cycle).

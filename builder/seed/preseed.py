@@ -2,7 +2,7 @@
 rpi-preseed package's units (they run when the file exists; no command-line word needed).
 
 Keys follow rpi-preseed's own schema (schema/rpi-preseed.schema in raspberrypi/rpi-preseed);
-the subset pifleet writes is checked by builder/seed/rpi-preseed.schema.json, in tests and by
+the subset pifleet writes is checked by builder/templates/rpi-preseed.schema.json, in tests and by
 `pifleet lint`. Values are TOML basic strings with only `\\` and `"` escaped and line breaks
 dropped, the subset rpi-preseed's shell parser reads.
 

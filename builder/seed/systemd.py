@@ -17,8 +17,10 @@ image has it and falls back to plain commands otherwise. Where pifleet differs, 
 | static address, locale, interfaces, SSH host key     | (not written)                     |
 
 The Wi-Fi passphrase never lands in the file: it carries the derived PSK, as Imager's does.
-The script deletes itself and its kernel command-line words, then the system reboots
-(`systemd.run_success_action=reboot`); the first-boot agent joins on the next boot.
+The script removes its kernel command-line words, then the system reboots
+(`systemd.run_success_action=reboot`); the first-boot agent joins on the next boot, and
+pifleet-custody.service zeroes and removes the script itself (it holds the PSK and the host
+key; a FAT `rm` would leave its bytes in free clusters).
 """
 
 from __future__ import annotations
