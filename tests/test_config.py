@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -47,6 +49,91 @@ def test_defaults_are_documented_and_applied(tmp_path: Path) -> None:
     schema = json.loads(SCHEMA_PATH.read_text())
     for key in ("arch", "timezone", "locale", "hostname_pattern"):
         assert "default" in schema["properties"][key], key
+
+
+# Where each `$defs` entry that has defaults is read in MINIMAL; a new one must be added here.
+DEFS_AT = {"wifi": "network.wifi", "static": "network.static"}
+MINIMAL = (  # a fleet file giving only what every nested default needs around it
+    "name: f\ncluster: {server: 'https://k:6443', token_env: TOK}\nusers: [{name: ops}]\n"
+    "network: {wifi: {ssid: edge, country: DE}, static: {address: 10.0.0.5/24}}\n"
+)
+
+
+def schema_defaults() -> list[tuple[str, Any]]:
+    """(FleetConfig attribute path such as 'users[0].shell', default) for every schema default."""
+    found: list[tuple[str, Any]] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, list):
+            for sub in node:
+                walk(sub, path)
+        if not isinstance(node, dict):
+            return
+        if "default" in node:
+            found.append((path, node["default"]))
+        for key, sub in node.items():
+            if key == "properties":
+                for name, prop in sub.items():
+                    walk(prop, f"{path}.{name}" if path else name)
+            elif key == "items":
+                walk(sub, f"{path}[0]")
+            elif key == "$defs":
+                for name, definition in sub.items():
+                    walk(definition, DEFS_AT.get(name, f"$defs.{name}"))
+            elif key not in ("default", "examples"):
+                walk(sub, path)
+
+    walk(json.loads(SCHEMA_PATH.read_text()), "")
+    return found
+
+
+def attribute(config: object, path: str) -> Any:
+    """config.users[0].shell for 'users[0].shell'."""
+    value: Any = config
+    for part in path.replace("[0]", ".0").split("."):
+        value = value[int(part)] if part.isdigit() else getattr(value, part)
+    return value
+
+
+def as_read(default: Any) -> Any:
+    """A schema default as FleetConfig holds it: lists and mappings become tuples."""
+    if isinstance(default, list):
+        return tuple(as_read(v) for v in default)
+    if isinstance(default, dict):
+        return tuple(sorted(default.items()))
+    return default
+
+
+def test_every_schema_default_reaches_fleet_config(tmp_path: Path) -> None:
+    full = load(write(tmp_path, MINIMAL))
+    bare = load(write(tmp_path, "name: f\ncluster: {server: 'https://k:6443', token_env: TOK}\n"))
+    defaults = schema_defaults()
+    assert ("users[0].shell", "/bin/bash") in defaults
+    assert ("network.wifi.hidden", False) in defaults
+    assert not [p for p, _ in defaults if p.startswith("$defs.")], "add it to DEFS_AT"
+    wrong = []
+    for path, default in defaults:
+        got = attribute(full if "." in path or "[" in path else bare, path)
+        expected = tmp_path / default if isinstance(got, Path) else as_read(default)
+        if got != expected:
+            wrong.append((path, default, got))
+    assert wrong == []
+
+
+def test_dataclass_defaults_agree_with_the_schema(tmp_path: Path) -> None:
+    """Dataclass defaults exist only so tests can build values by hand; they say what the schema says."""
+    config = load(write(tmp_path, MINIMAL))
+    checked, wrong = [], []
+    for path, default in schema_defaults():
+        owner_path, _, name = path.rpartition(".")
+        owner = attribute(config, owner_path) if owner_path else config
+        field = {f.name: f for f in fields(owner)}.get(name)
+        if field is not None and field.default is not MISSING:
+            checked.append(path)
+            if field.default != as_read(default):
+                wrong.append((path, default, field.default))
+    assert "k3s.release_url" in checked and "hardware.i2c" in checked and "cluster.proxy" in checked
+    assert wrong == []
 
 
 def test_full_config_types(tmp_path: Path) -> None:

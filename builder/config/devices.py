@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.config.model import Device, StaticAddress, Wifi
+from builder.config.schema import with_defaults
 from builder.config.values import _LABEL_VALUE, _TAINT, _scalar, _valid_label_key, static_address
 from builder.util.errors import UserError
 from builder.util.yamlfile import shown
@@ -61,13 +62,12 @@ class DeviceReader:
             ssid=value["ssid"],
             country=value["country"],
             password_env=value.get("password_env"),
-            hidden=bool(value.get("hidden", False)),
+            hidden=bool(with_defaults(value, "network.wifi")["hidden"]),
         )
 
     def static(self, value: dict[str, Any], key: str) -> StaticAddress:
-        return static_address(
-            value["address"], value.get("gateway"), value.get("dns", []), key, self.fail
-        )
+        dns = with_defaults(value, "network.static")["dns"]
+        return static_address(value["address"], value.get("gateway"), dns, key, self.fail)
 
     def device(self, value: dict[str, Any], index: int) -> Device:
         key = f"devices[{index}]"

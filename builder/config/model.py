@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-DEFAULT_RELEASE_URL = "https://github.com/k3s-io/k3s/releases/download"
-DEFAULT_CHANNEL_URL = "https://update.k3s.io/v1-release/channels"
+# Defaults come from config/schema.json (the reader fills them in). The few dataclass defaults
+# below let tests build a value by hand; tests/test_config.py checks that they agree.
 
 Arch = Literal["arm64", "armhf"]
 
@@ -31,8 +31,8 @@ class K3sSource:
     channel: str | None = None
     binary: Path | None = None
     sha256: str | None = None
-    release_url: str = DEFAULT_RELEASE_URL
-    channel_url: str = DEFAULT_CHANNEL_URL
+    release_url: str = "https://github.com/k3s-io/k3s/releases/download"
+    channel_url: str = "https://update.k3s.io/v1-release/channels"
     airgap_images: bool = False
     airgap_path: Path | None = None
     test_standin: bool = False
@@ -121,8 +121,8 @@ class Output:
 class AgentTuning:
     backoff_cap: float
     clock_sync_timeout: float
-    recheck_interval: float = 600.0  # re-check after a final verdict (wrong token, CA mismatch)
-    start_timeout: float = 900.0  # K3s not joined by then: `failed state=start` + its log
+    recheck_interval: float  # re-check after a final verdict (wrong token, CA mismatch)
+    start_timeout: float  # K3s not joined by then: `failed state=start` + its log
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,6 @@ from urllib.parse import urlsplit
 
 from builder.config.devices import DeviceReader
 from builder.config.model import (
-    DEFAULT_CHANNEL_URL,
-    DEFAULT_RELEASE_URL,
     AgentTuning,
     Arch,
     BaseSource,
@@ -28,6 +26,7 @@ from builder.config.model import (
     SeedSettings,
     User,
 )
+from builder.config.schema import with_defaults
 from builder.config.values import interface_problem, parse_size, ssh_key_problem
 from builder.util.yamlfile import shown
 from firstboot.joinconfig import valid_hostname
@@ -39,12 +38,13 @@ class FleetReader(DeviceReader):
     """The whole fleet file; device keys are read by `DeviceReader`."""
 
     def build(self) -> FleetConfig:
-        raw = self.raw
-        arch: Arch = raw.get("arch", "arm64")
-        devices = tuple(self.device(d, i) for i, d in enumerate(raw.get("devices", [])))
+        canonical = json.dumps(self.raw, sort_keys=True, separators=(",", ":"), default=str)
+        raw = with_defaults(self.raw, "")
+        arch: Arch = raw["arch"]
+        devices = tuple(self.device(d, i) for i, d in enumerate(raw["devices"]))
         self.check_unique_hostnames(devices)
         devices_file = raw.get("devices_file")
-        canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+        agent = with_defaults(raw.get("agent", {}), "agent")
         return FleetConfig(
             source=self.path,
             name=raw["name"],
@@ -52,23 +52,23 @@ class FleetReader(DeviceReader):
             base=self.base(raw.get("base"), arch),
             k3s=self.k3s(raw.get("k3s", {})),
             cluster=self.cluster(raw["cluster"]),
-            users=tuple(self.user(u, i) for i, u in enumerate(raw.get("users", []))),
+            users=tuple(self.user(u, i) for i, u in enumerate(raw["users"])),
             network=self.network(raw.get("network", {})),
-            timezone=raw.get("timezone", "Etc/UTC"),
-            locale=raw.get("locale", "en_US.UTF-8"),
-            hostname_pattern=self.hostname_pattern(raw.get("hostname_pattern", "pi-{serial}")),
+            timezone=raw["timezone"],
+            locale=raw["locale"],
+            hostname_pattern=self.hostname_pattern(raw["hostname_pattern"]),
             devices=devices,
             devices_file=self.rel(devices_file) if devices_file else None,
             output=self.output(raw.get("output", {})),
             agent=AgentTuning(
-                backoff_cap=self.seconds(raw.get("agent", {}), "backoff_cap", 60),
-                clock_sync_timeout=self.seconds(raw.get("agent", {}), "clock_sync_timeout", 120),
-                recheck_interval=self.seconds(raw.get("agent", {}), "recheck_interval", 600),
-                start_timeout=self.seconds(raw.get("agent", {}), "start_timeout", 900),
+                backoff_cap=self.seconds(agent, "backoff_cap"),
+                clock_sync_timeout=self.seconds(agent, "clock_sync_timeout"),
+                recheck_interval=self.seconds(agent, "recheck_interval"),
+                start_timeout=self.seconds(agent, "start_timeout"),
             ),
             config_hash=hashlib.sha256(canonical.encode()).hexdigest(),
             seed=SeedSettings(**raw.get("seed", {})),
-            hardware=Hardware(**raw.get("hardware", {})),
+            hardware=Hardware(**with_defaults(raw.get("hardware", {}), "hardware")),
             config_txt=tuple(
                 ConfigTxtLine(section, line)
                 for section, lines in raw.get("boot", {}).get("config_txt", {}).items()
@@ -76,9 +76,9 @@ class FleetReader(DeviceReader):
             ),
         )
 
-    def seconds(self, agent: dict[str, Any], key: str, default: float) -> float:
+    def seconds(self, agent: dict[str, Any], key: str) -> float:
         """A finite number of seconds (the schema bounds it; NaN passes every bound)."""
-        value = float(agent.get(key, default))
+        value = float(agent[key])
         if not math.isfinite(value):
             raise self.fail(f"agent.{key}", f"must be a number of seconds, got {value}")
         return value
@@ -111,41 +111,43 @@ class FleetReader(DeviceReader):
             raise self.fail("k3s.sha256", "only meaningful with k3s.binary")
         if value.get("test_standin") and "binary" not in value:
             raise self.fail("k3s.test_standin", "requires k3s.binary (the stand-in file)")
-        airgap = value.get("airgap_images", False)
+        filled = with_defaults(value, "k3s")
+        airgap = filled["airgap_images"]
         return K3sSource(
             version=value.get("version"),
             channel=value.get("channel") or (None if chosen else "stable"),
             binary=self.rel(value["binary"]) if "binary" in value else None,
             sha256=value.get("sha256", "").lower() or None,
-            release_url=value.get("release_url", DEFAULT_RELEASE_URL).rstrip("/"),
-            channel_url=value.get("channel_url", DEFAULT_CHANNEL_URL).rstrip("/"),
+            release_url=filled["release_url"].rstrip("/"),
+            channel_url=filled["channel_url"].rstrip("/"),
             airgap_images=bool(airgap),
             airgap_path=self.rel(airgap) if isinstance(airgap, str) else None,
-            test_standin=bool(value.get("test_standin", False)),
+            test_standin=bool(filled["test_standin"]),
         )
 
     def cluster(self, value: dict[str, Any]) -> Cluster:
         has_file, has_env = "token_file" in value, "token_env" in value
-        create = self.creation(value)
+        filled = with_defaults(value, "cluster")
+        create = self.creation(value, bool(filled["create"]))
         if not create and has_file == has_env:
             raise self.fail("cluster", "give exactly one of token_file or token_env")
         return Cluster(
             server=self.server(value["server"]),
-            token_file=self.rel(value["token_file"]) if has_file else self.created_token(value),
+            token_file=self.rel(value["token_file"]) if has_file else self.created_token(filled),
             token_env=value.get("token_env"),
-            token_in_boot=bool(value.get("token_in_boot", False)),
-            role=value.get("role", "agent"),
-            node_labels=self.labels(value.get("node_labels", {}), "cluster.node_labels"),
-            node_taints=self.taints(value.get("node_taints", []), "cluster.node_taints"),
-            kubelet_args=self.kubelet_args(value.get("kubelet_args", [])),
+            token_in_boot=bool(filled["token_in_boot"]),
+            role=filled["role"],
+            node_labels=self.labels(filled["node_labels"], "cluster.node_labels"),
+            node_taints=self.taints(filled["node_taints"], "cluster.node_taints"),
+            kubelet_args=self.kubelet_args(filled["kubelet_args"]),
             create=create,
             servers=tuple(value.get("servers", [])),
-            agent_token=bool(value.get("agent_token", False)),
-            initialized=bool(value.get("initialized", False)),
+            agent_token=bool(filled["agent_token"]),
+            initialized=bool(filled["initialized"]),
             ca_hash=value.get("ca_hash"),
             ca_file=self.rel(value["ca_file"]) if "ca_file" in value else None,
-            allow_unpinned=bool(value.get("allow_unpinned", False)),
-            proxy=self.proxy(value.get("proxy", {})),
+            allow_unpinned=bool(filled["allow_unpinned"]),
+            proxy=self.proxy(filled["proxy"]),
         )
 
     def proxy(self, value: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -159,9 +161,9 @@ class FleetReader(DeviceReader):
             raise self.fail("cluster.proxy", str(exc).split(": ", 2)[-1]) from None
         return tuple(sorted(pairs.items()))
 
-    def creation(self, value: dict[str, Any]) -> bool:
-        """`create: true` and the keys that go with it, or without it."""
-        if not value.get("create", False):
+    def creation(self, value: dict[str, Any], create: bool) -> bool:
+        """`create: true` and the keys that go with it, or without it (asked of the keys given)."""
+        if not create:
             for key in ("servers", "agent_token", "initialized"):
                 if key in value:
                     raise self.fail(f"cluster.{key}", "only meaningful with cluster.create: true")
@@ -183,11 +185,11 @@ class FleetReader(DeviceReader):
             )
         return True
 
-    def created_token(self, value: dict[str, Any]) -> Path | None:
+    def created_token(self, filled: dict[str, Any]) -> Path | None:
         """With create: the token agents carry (the golden image's); servers get cluster/token."""
-        if not value.get("create", False):
+        if not filled["create"]:
             return None
-        return self.dir / "cluster" / ("agent-token" if value.get("agent_token") else "token")
+        return self.dir / "cluster" / ("agent-token" if filled["agent_token"] else "token")
 
     def server(self, value: str) -> str:
         """https://host[:port] with a real host name or address and a port in 1-65535."""
@@ -214,7 +216,8 @@ class FleetReader(DeviceReader):
         return tuple(value)
 
     def user(self, value: dict[str, Any], index: int) -> User:
-        keys = value.get("ssh_authorized_keys", [])
+        filled = with_defaults(value, "users")
+        keys = filled["ssh_authorized_keys"]
         for i, key in enumerate(keys):
             problem = ssh_key_problem(key)
             if problem:
@@ -223,13 +226,13 @@ class FleetReader(DeviceReader):
         return User(
             name=value["name"],
             ssh_authorized_keys=tuple(keys),
-            sudo=bool(value.get("sudo", False)),
-            groups=tuple(value.get("groups", [])),
-            shell=value.get("shell", "/bin/bash"),
+            sudo=bool(filled["sudo"]),
+            groups=tuple(filled["groups"]),
+            shell=filled["shell"],
         )
 
     def network(self, value: dict[str, Any]) -> Network:
-        ethernet = value.get("ethernet", "eth0")
+        ethernet = with_defaults(value, "network")["ethernet"]
         problem = interface_problem(ethernet)
         if problem:
             raise self.fail("network.ethernet", f"must be {problem}, got {shown(ethernet)}")
@@ -249,12 +252,12 @@ class FleetReader(DeviceReader):
         return value
 
     def output(self, value: dict[str, Any]) -> Output:
-        size = value.get("size")
+        filled = with_defaults(value, "output")
         return Output(
-            dir=self.rel(value.get("dir", "out")),
-            formats=tuple(value.get("formats", ["img"])),
-            bmap=bool(value.get("bmap", True)),
-            size=self.size(size),
+            dir=self.rel(filled["dir"]),
+            formats=tuple(filled["formats"]),
+            bmap=bool(filled["bmap"]),
+            size=self.size(value.get("size")),
         )
 
     def size(self, value: object) -> int | None:

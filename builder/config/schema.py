@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,38 @@ _TYPE_NAMES = {
 
 
 @lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
+    return schema
+
+
+@lru_cache(maxsize=1)
 def _validator() -> jsonschema.protocols.Validator:
-    schema = json.loads(SCHEMA_PATH.read_text())
+    schema = _schema()
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema)
+
+
+def _resolved(node: dict[str, Any]) -> dict[str, Any]:
+    """`node`, or the `$defs` entry its local "$ref" names; a list's item schema for an array."""
+    if "$ref" in node:
+        node = _schema()["$defs"][node["$ref"].removeprefix("#/$defs/")]
+    return _resolved(node["items"]) if "items" in node else node
+
+
+@cache
+def _defaults(key: str) -> dict[str, Any]:
+    node = _resolved(_schema())
+    for part in key.split(".") if key else ():
+        node = _resolved(node["properties"][part])
+    return {k: p["default"] for k, p in node.get("properties", {}).items() if "default" in p}
+
+
+def with_defaults(value: dict[str, Any], key: str) -> dict[str, Any]:
+    """A copy of the mapping at `key` ("" the top, "cluster", "users" for each user, "network.wifi")
+    with every absent property that has a "default" in the schema filled in: the one place
+    defaults are written down. Whether the user gave a key is still asked of `value`."""
+    return {**copy.deepcopy(_defaults(key)), **value}
 
 
 def validate(raw: Any, source: Path) -> None:
@@ -97,7 +126,7 @@ def _one_of_message(error: ValidationError) -> str:
 
 def device_errors(raw: Any) -> list[ValidationError]:
     """Schema errors of one inventory row against the `devices:` item definition."""
-    schema = json.loads(SCHEMA_PATH.read_text())
+    schema = _schema()
     item = {**schema["$defs"]["device"], "$defs": schema["$defs"]}
     cls = jsonschema.validators.validator_for(schema)
     error = best_match(cls(item).iter_errors(raw))
