@@ -15,8 +15,9 @@ from typing import Any
 
 from builder.disk.flavor import Flavor, detect, elf_arch
 from builder.disk.image import Image
+from builder.seed import cmdline
 from builder.seed.formats import SEED_FILES
-from builder.steps import agent, cmdline, join, k3s
+from builder.steps import agent, join, k3s
 from builder.util.console import human_size
 from firstboot import joinconfig
 
@@ -89,12 +90,12 @@ def _apt_suite(image: Image) -> str | None:
 
 
 def _cmdline_facts(image: Image) -> dict[str, Any]:
-    text = (image.boot.read(cmdline.CMDLINE) or b"").decode(errors="replace").strip()
-    words = text.split()
+    raw = image.boot.read(cmdline.CMDLINE) or b""
+    line = cmdline.CmdLine.parse(raw)
     return {
-        "text": text,
-        "cgroup_memory": all(flag in words for flag in cmdline.CGROUP_FLAGS),
-        "nocloud_override": next((w for w in words if w.startswith("ds=nocloud")), None),
+        "text": raw.decode(errors="replace").strip(),
+        "cgroup_memory": all(flag in line.words for flag in cmdline.CGROUP_FLAGS),
+        "nocloud_override": line.nocloud,
     }
 
 
@@ -166,8 +167,8 @@ def _seed_facts(image: Image, detected: str) -> dict[str, Any]:
 def written_format(image: Image, files: list[str], detected: str) -> str | None:
     """The seed format the boot partition carries (a config's seed.format may differ from
     what the image's packages suggest)."""
-    words = (image.boot.read(cmdline.CMDLINE) or b"").decode(errors="replace").split()
-    if "firstrun.sh" in files and any(w.startswith("systemd.run=") for w in words):
+    line = cmdline.CmdLine.parse(image.boot.read(cmdline.CMDLINE) or b"")
+    if "firstrun.sh" in files and line.values("systemd.run"):
         return "systemd"
     if "rpi-preseed.toml" in files:
         return "rpi-preseed"

@@ -31,8 +31,9 @@ from jsonschema import Draft4Validator
 from builder.disk import dpkg
 from builder.disk.flavor import Flavor, detect, elf_arch
 from builder.disk.image import Image
+from builder.seed import cmdline
 from builder.seed.checks import cloud_config_problems, preseed_problems
-from builder.steps import cmdline, config_txt, k3s
+from builder.steps import config_txt, k3s
 
 log = logging.getLogger("pifleet.lint")
 # Where Debian, Ubuntu and Raspberry Pi OS install the schema of the cloud-init they ship.
@@ -207,18 +208,15 @@ def _release(version: str | None) -> str | None:
 
 
 def _cmdline(image: Image) -> list[str]:
-    raw = image.boot.read(cmdline.CMDLINE)
-    if raw is None:
+    line = cmdline.read(image.boot)
+    if line is None:
         return ["cmdline.txt: missing from the boot partition"]
-    text = raw.decode(errors="replace")
     found = []
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if len(lines) != 1:
-        found.append(f"cmdline.txt: {len(lines)} lines; the firmware reads only the first")
-    words = text.split()
-    if "cgroup_enable=memory" not in words:
+    if line.lines != 1:
+        found.append(f"cmdline.txt: {line.lines} lines; the firmware reads only the first")
+    if "cgroup_enable=memory" not in line.words:
         found.append("cmdline.txt: no cgroup_enable=memory (K3s needs the memory controller)")
-    roots = [w.removeprefix("root=") for w in words if w.startswith("root=")]
+    roots = line.values("root")
     if not roots:
         found.append("cmdline.txt: no root=")
     elif not _root_matches(image, roots[-1]):

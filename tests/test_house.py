@@ -276,3 +276,45 @@ def test_the_version_has_one_source(tmp_path: Path) -> None:
     assert (proc.returncode, proc.stdout) == (0, version() + "\n"), proc.stderr
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     assert version() == pyproject["project"]["version"]  # the installed distribution's
+
+
+# cmdline.txt is builder/seed/cmdline.py's: it parses, edits and stages the line. Beside it, the
+# QEMU bases write a first one from scratch and the boot test reads what the guest left.
+CMDLINE_OWNER = "builder/seed/cmdline.py"
+CMDLINE_NAMERS = {CMDLINE_OWNER, "builder/qemu/base.py", "builder/qemu/boottest.py"}
+
+
+def _cmdline_path(text: str) -> bool:
+    return text == "cmdline.txt" or text.endswith("/cmdline.txt")
+
+
+def _writes(node: ast.Call) -> bool:
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return name == "stage" or name.startswith("write") or name.startswith("replace")
+
+
+def test_only_the_cmdline_module_writes_cmdline_txt() -> None:
+    """One owner of the kernel command line: no other module spells cmdline.txt's path (a string
+    "cmdline.txt" or ending in "/cmdline.txt"), and no other module hands the owner's CMDLINE to a write (stage,
+    write*, replace*): the steps and personalize call builder/seed/cmdline.py instead."""
+    bad = []
+    for path in sorted(modules().values()):
+        where = path.relative_to(REPO).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if where not in CMDLINE_NAMERS:
+            bad += [f"{where}:{n.lineno}" for n in strings(tree) if _cmdline_path(n.value)]
+        if where == CMDLINE_OWNER:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _writes(node):
+                args = [*node.args, *(k.value for k in node.keywords)]
+                named = {
+                    n.id if isinstance(n, ast.Name) else n.attr
+                    for a in args
+                    for n in ast.walk(a)
+                    if isinstance(n, ast.Name | ast.Attribute)
+                }
+                if "CMDLINE" in named:
+                    bad.append(f"{where}:{node.lineno} writes CMDLINE")
+    assert bad == []

@@ -12,7 +12,7 @@ import pytest
 
 from builder.config.fleet import load
 from builder.seed.cloudinit import HostKey, seed_files
-from builder.steps.cmdline import meta_instance_id
+from builder.seed.cmdline import meta_instance_id
 from builder.steps.fstab import private_boot
 from tests.conftest import fleet_yaml, pifleet
 from tests.layouts import LAYOUTS, make_pi_image

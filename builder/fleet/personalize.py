@@ -37,10 +37,9 @@ from builder.fleet.devicekeys import (
 )
 from builder.outputs.artifacts import manifest_inputs
 from builder.plan import input_paths, source_date_epoch
-from builder.seed import formats
+from builder.seed import cmdline, formats
 from builder.seed.base import HostKey
 from builder.sources.digests import sha256_of
-from builder.steps import cmdline
 from builder.util.atomic import replace_when_done, reported_as
 from builder.util.batch import Batch, recover, refuse_overwriting, same_file
 from builder.util.errors import UserError
@@ -100,13 +99,11 @@ def apply(
     for entry in servers.root_entries(config, device):
         image.root.stage(entry)
     root_changed = image.root.flush()
-    raw = image.boot.read(cmdline.CMDLINE)
-    if raw is not None and b"ds=nocloud" in raw and "/meta-data" in files:
+    line = cmdline.read(image.boot)
+    if line is not None and line.nocloud is not None and "/meta-data" in files:
         # The kernel command line beats meta-data: keep its instance-id in agreement.
-        instance = cmdline.meta_instance_id(files["/meta-data"])
-        wifi = device.wifi or config.network.wifi
-        country = wifi.country if wifi else config.hardware.wifi_country
-        image.boot.stage(cmdline.CMDLINE, cmdline.edit(raw, instance, country))
+        country = cmdline.wifi_country(device.wifi or config.network.wifi, config.hardware)
+        cmdline.stage_for_k3s(image.boot, line, files["/meta-data"], country)
     return image.boot.flush() + root_changed
 
 

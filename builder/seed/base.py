@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from builder.config import environ
 from builder.config.model import Device, FleetConfig, Hardware, StaticAddress, User, Wifi
+from builder.seed.cmdline import wifi_country
 from builder.util.errors import UserError
 
 
@@ -41,8 +42,8 @@ class SeedInput:
 
     @property
     def country(self) -> str | None:
-        """The Wi-Fi regulatory domain: the network's, else hardware.wifi_country."""
-        return self.wifi.country if self.wifi else self.hardware.wifi_country
+        """The Wi-Fi regulatory domain (builder/seed/cmdline.py's rule)."""
+        return wifi_country(self.wifi, self.hardware)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ key; a FAT `rm` would leave its bytes in free clusters).
 from __future__ import annotations
 
 from builder.config.model import Hardware, StaticAddress, User
+from builder.seed import cmdline
 from builder.seed.base import HostKey, Seed, SeedInput, Target
 from builder.seed.base import shell_quote as q
 from builder.seed.nmkeyfile import ethernet_keyfile, networkd_file, wifi_keyfile
@@ -36,12 +37,14 @@ USERCONF = "/usr/lib/userconf-pi/userconf"
 NM_DIR = "/etc/NetworkManager/system-connections"
 
 
+# The script's kernel command-line words: the two keys whose value follows, and the unit word.
+RUN = "systemd.run="
+RUN_SUCCESS = "systemd.run_success_action="
+UNIT = "systemd.unit=kernel-command-line.target"
+
+
 def cmdline_words(boot_mount: str) -> tuple[str, ...]:
-    return (
-        f"systemd.run={boot_mount}/{SCRIPT}",
-        "systemd.run_success_action=reboot",
-        "systemd.unit=kernel-command-line.target",
-    )
+    return (f"{RUN}{boot_mount}/{SCRIPT}", f"{RUN_SUCCESS}reboot", UNIT)
 
 
 def render(inp: SeedInput, target: Target) -> Seed:
@@ -262,11 +265,13 @@ def _footer(boot_mount: str) -> list[str]:
     """Take the run off the command line. The script itself stays: it holds the PSK and the
     host key, and a FAT `rm` would leave them in free clusters; pifleet-custody.service zeroes
     and removes it on the next boot, before the network (firstboot/custody.py)."""
-    words = (
-        r"s| systemd\.run=[^ ]*||; s| systemd\.run_success_action=[^ ]*||; "
-        r"s| systemd\.unit=kernel-command-line\.target||"
-    )
-    return [f"sed -i '{words}' {boot_mount}/cmdline.txt", "exit 0"]
+    drop = [rf"s| {_bre(key)}[^ ]*||" for key in (RUN, RUN_SUCCESS)] + [rf"s| {_bre(UNIT)}||"]
+    return [f"sed -i '{'; '.join(drop)}' {boot_mount}{cmdline.CMDLINE}", "exit 0"]
+
+
+def _bre(text: str) -> str:
+    """`text` as a sed basic regular expression matching itself (the words have only dots)."""
+    return text.replace(".", r"\.")
 
 
 def _write(path: str, text: str) -> list[str]:

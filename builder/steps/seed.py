@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from builder.disk.image import Image
 from builder.plan import Plan
-from builder.seed import formats
-from builder.steps import cmdline
+from builder.seed import cmdline, formats
 
 
 def apply(image: Image, plan: Plan) -> None:
     seed = formats.render(plan.config, plan.target)
     for path, data in seed.files.items():
         image.boot.stage(path, data)
-    if seed.cmdline:
-        raw = image.boot.read(cmdline.CMDLINE)
-        if raw is not None:
-            image.boot.stage(cmdline.CMDLINE, cmdline.with_words(raw, seed.cmdline))
+    line = cmdline.read(image.boot) if seed.cmdline else None
+    if line is not None:
+        for word in seed.cmdline:
+            line = line.set(word)
+        cmdline.stage(image.boot, line)
