@@ -22,7 +22,8 @@ import yaml
 
 from builder.disk.table import read_table
 from builder.fleet import flash
-from builder.fleet.target import describe, refusal
+from builder.fleet.destination import FileDestination
+from builder.fleet.target import describe
 from builder.outputs import bmap
 from builder.util.errors import BuildError, UserError
 from tests.conftest import REPO, TEST_TOKEN, fleet_yaml, pifleet
@@ -213,7 +214,7 @@ def test_read_back_verify_catches_a_corrupted_card(work: Path) -> None:
     """Real image, real .bmap, real write; then the card loses a byte, as a failing card does."""
     image, card = work / GOLDEN, work / "card.img"
     plan = bmap.parse((work / (GOLDEN + ".bmap")).read_bytes(), "bmap")
-    written = flash.write(image, card, plan)
+    written = flash.write(image, FileDestination(card), card, plan)
     assert written == sum(end - start for start, end, _ in read_bmap(work / (GOLDEN + ".bmap"))[1])
     flash.verify(card, plan)
     victim = plan.ranges[len(plan.ranges) // 2]
@@ -226,7 +227,8 @@ def test_read_back_verify_catches_a_corrupted_card(work: Path) -> None:
         BuildError, match=rf"blocks {victim.first}-{victim.last} read back differently"
     ):
         flash.verify(card, plan)
-    flash.write(image, card, plan)  # a good card again, then one that lost its end
+    # a good card again, then one that lost its end
+    flash.write(image, FileDestination(card), card, plan)
     flash.verify(card, plan)
     os.truncate(card, plan.ranges[-1].first * bmap.BLOCK)
     with pytest.raises(BuildError, match="read back ended early"):
@@ -346,7 +348,7 @@ def test_the_disk_holding_root_is_refused(work: Path, tmp_path: Path, dry_run: b
             pytest.skip(f"no node for /dev/{name} ({dev}) and no right to make one")
         try:
             # Guard first, in-process: never hand the real root disk to the CLI unless refused.
-            reason = refusal(describe(node), 0)
+            reason = describe(node).refusal(0)
             assert reason is not None and "root filesystem" in reason, reason
             args = ["--dry-run"] if dry_run else []  # without it: no --yes and no terminal
             proc = pifleet("flash", GOLDEN, str(node), *args, cwd=work)
@@ -523,7 +525,7 @@ def test_a_usb_card_is_accepted_and_shown_with_model_size_serial(
 ) -> None:
     root = usb_card(FakeSystem(tmp_path / "root")).done()
     target = describe(node, system_root=root)
-    assert refusal(target, 600 * 1024 * 1024) is None
+    assert target.refusal(600 * 1024 * 1024) is None
     assert (
         target.summary() == f"{node} (Generic STORAGE DEVICE, 59.5 GiB, serial 000000000819, USB)"
     )
@@ -538,12 +540,12 @@ def test_an_mmc_card_is_accepted_and_shown_with_model_size_serial(
         size=str(CARD_SECTORS), name="SC64G", serial="0x1234abcd",
     )  # fmt: skip
     target = describe(node, system_root=system.done())
-    assert refusal(target, 600 * 1024 * 1024) is None  # not "removable", but MMC
+    assert target.refusal(600 * 1024 * 1024) is None  # not "removable", but MMC
     assert target.summary() == f"{node} (SC64G, 59.5 GiB, serial 0x1234abcd, MMC)"
 
 
 def refused(node: Path, root: Path, image_size: int = 600 * 1024 * 1024) -> str:
-    reason = refusal(describe(node, system_root=root), image_size)
+    reason = describe(node, system_root=root).refusal(image_size)
     assert reason is not None and "\n" not in reason and str(node) in reason, reason
     return reason
 
@@ -611,7 +613,7 @@ def test_root_elsewhere_does_not_refuse_the_card(tmp_path: Path, node: Path) -> 
     )
     system.dm("dm-0", "253:0", ["sda2"]).mount("253:0", "/", source="/dev/mapper/root")
     target = describe(node, system_root=system.done())
-    assert not target.holds_root and refusal(target, 1 << 30) is None
+    assert not target.holds_root and target.refusal(1 << 30) is None
 
 
 def test_an_empty_reader_and_a_small_card_are_refused(tmp_path: Path, node: Path) -> None:
@@ -624,7 +626,7 @@ def test_an_empty_reader_and_a_small_card_are_refused(tmp_path: Path, node: Path
 def test_regular_files_and_missing_devices(tmp_path: Path) -> None:
     root = FakeSystem(tmp_path / "root").done()
     new = describe(tmp_path / "new.img", system_root=root)
-    assert not new.block and refusal(new, 1 << 30) is None
+    assert isinstance(new, FileDestination) and new.refusal(1 << 30) is None
     with pytest.raises(UserError, match="/dev/pifleet-missing: no such device or file"):
         describe(Path("/dev/pifleet-missing"), system_root=root)
     with pytest.raises(UserError, match="not a block device or regular file"):

@@ -9,29 +9,29 @@ Only the mapped ranges are written, each checked against the .bmap as it is
 read from the image; they are then read back from the card (page cache
 dropped first) and checked again; then the card is personalized.
 
-What a target is and the refusal rules live in `builder.fleet.target`.
+What a target is lives in `builder.fleet.target`; the two kinds, a file and a disk, and
+their refusal rules in `builder.fleet.destination`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
 import functools
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from builder.disk.sparse import Advance
 from builder.disk.table import read_table
-from builder.fleet.target import Target, describe, refusal
+from builder.fleet.destination import Destination
+from builder.fleet.target import describe
 from builder.outputs import bmap
 from builder.outputs.artifacts import manifest_inputs
-from builder.util.atomic import replace_when_done, reported_as
-from builder.util.batch import recover, refuse_overwriting, same_file
+from builder.util.atomic import reported_as
+from builder.util.batch import recover
 from builder.util.console import human_size, progress
 from builder.util.errors import BuildError, UserError
 
@@ -44,42 +44,23 @@ def _span(r: bmap.Range, size: int) -> tuple[int, int]:
     return r.first * bmap.BLOCK, min((r.last + 1) * bmap.BLOCK, size)
 
 
-def _open_target(target: Path, size: int, name: Path) -> int:
-    """A write descriptor on the card (exclusive: the kernel refuses a mounted one), or on a
-    fresh regular file of the image's size whose unmapped ranges are holes, not old data."""
-    try:
-        if target.is_block_device():
-            return os.open(target, os.O_WRONLY | os.O_EXCL)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        os.ftruncate(fd, size)
-        return fd
-    except PermissionError:
-        raise UserError(
-            f"{name}: permission denied (writing a card needs sudo or the disk group)"
-        ) from None
-    except OSError as exc:
-        if exc.errno == errno.EBUSY:
-            raise UserError(f"{name}: busy: mounted or in use by another program") from None
-        raise BuildError(f"{name}: cannot open for writing: {exc.strerror}") from None
-
-
 def write(
     image: Path,
-    target: Path,
+    destination: Destination,
+    where: Path,
     plan: bmap.Scan,
     advance: Advance | None = None,
-    shown: Path | None = None,
 ) -> int:
-    """Write `plan`'s mapped ranges of `image` to `target` (called `shown` in messages, when it
-    is a temporary stand-in); bytes written.
+    """Write `plan`'s mapped ranges of `image` to `where`, the place `destination.prepared`
+    gave (messages name `destination.path`); bytes written.
 
     Each range is hashed as it is read from the image and checked against the
     plan, so an image changed after its .bmap was made is caught here, not
     blamed on the card.
     """
-    name = shown or target
+    name = destination.path
     written = 0
-    fd = _open_target(target, plan.size, name)
+    fd = destination.open_for_writing(where, plan.size)
     try:
         with open(image, "rb") as src:
             for r in plan.ranges:
@@ -154,7 +135,7 @@ def verify(target: Path, plan: bmap.Scan, shown: Path | None = None) -> None:
 
 
 def confirm(
-    target: Target, image: Path, plan: bmap.Scan, ask: Callable[[str], str] = input
+    target: Destination, image: Path, plan: bmap.Scan, ask: Callable[[str], str] = input
 ) -> None:
     if not sys.stdin.isatty():
         raise UserError(f"{target.path}: not asking on a non-terminal; pass --yes to confirm")
@@ -185,23 +166,6 @@ def image_plan(image: Path, bmap_file: Path | None) -> bmap.Scan:
         return bmap.scan(image, bar.advance)
 
 
-def _refuse_own_inputs(
-    target: Target, image: Path, bmap_file: Path | None, protected: Mapping[str, Path]
-) -> None:
-    """A regular-file target must not be the image, its bmap or another input of the run
-    (the fleet file, the base, a token file): the same path, a symlink or a hard link."""
-    if target.block:
-        return
-    for own in (image, bmap_path(image, bmap_file)):
-        if same_file(target.path, own):
-            raise UserError(
-                f"{target.path}: is the {'image' if own == image else 'bmap'} being flashed itself"
-            )
-    if target.path.name.endswith(".bmap"):
-        raise UserError(f"{target.path}: a block map's name; an image is never written as a .bmap")
-    refuse_overwriting(target.path, protected)
-
-
 def flash(
     image: Path,
     target_path: Path,
@@ -210,7 +174,7 @@ def flash(
     dry_run: bool,
     then: Callable[[Path], None] | None = None,
     protected: Mapping[str, Path] | None = None,
-) -> Target:
+) -> Destination:
     """Write and verify `image` on the target, then run `then` on it (personalization).
 
     A regular-file target is written under a temporary name and appears only
@@ -219,9 +183,10 @@ def flash(
         raise UserError(f"{image}: no such image file")
     read_table(image)  # a disk image, not any file: refused before the card is touched
     target = describe(target_path)
-    _refuse_own_inputs(target, image, bmap_file, protected or {})
+    own = {"image": image, "bmap": bmap_path(image, bmap_file)}
+    target.refuse_inputs(own, protected or {})
     plan = image_plan(image, bmap_file)
-    reason = refusal(target, plan.size)
+    reason = target.refusal(plan.size)
     if reason:
         raise UserError(reason)
     mapped = plan.mapped_blocks * bmap.BLOCK
@@ -234,11 +199,11 @@ def flash(
             f"dry run: would write {human_size(mapped)} to {target.path} and verify it; nothing written"
         )
         return target
-    if (target.block or target.size > 0) and not yes:
+    if target.needs_consent and not yes:
         confirm(target, image, plan)
-    with _destination(target) as dest:
+    with target.prepared() as dest:
         with progress(f"writing {target.path}", mapped) as bar:
-            written = write(image, dest, plan, bar.advance, target.path)
+            written = write(image, target, dest, plan, bar.advance)
         with progress("verifying", mapped):
             verify(dest, plan, target.path)
         print(
@@ -248,17 +213,6 @@ def flash(
             with reported_as(dest, target.path):  # the user's file, not pifleet's temporary one
                 then(dest)
     return target
-
-
-@contextlib.contextmanager
-def _destination(target: Target) -> Iterator[Path]:
-    """Where to write: the card itself, or a temporary file renamed onto the target file
-    (0600: the image holds the join token) once complete."""
-    if target.block:
-        yield target.path
-        return
-    with replace_when_done(target.path, 0o600) as tmp:
-        yield tmp
 
 
 def command(args: argparse.Namespace) -> int:

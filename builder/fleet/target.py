@@ -1,6 +1,6 @@
-"""What a flash target is (a whole disk or a file), read from sysfs and procfs, and why one
-must be refused: a partition, an internal disk, anything mounted, the disk holding `/`,
-a reader with no card, a card too small.
+"""What a flash target is (a whole disk or a file), read from sysfs and procfs: the facts
+`BlockDestination.refusal` judges (a partition, an internal disk, anything mounted, the
+disk holding `/`, a reader with no card, a card too small).
 
 Every sysfs/procfs read goes through `system_root`, so the rules are tested on
 fabricated trees.
@@ -10,41 +10,13 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.util.console import human_size
+from builder.fleet.destination import BlockDestination, Destination, FileDestination
 from builder.util.errors import UserError
 
 
-@dataclass(frozen=True)
-class Target:
-    path: Path
-    block: bool
-    name: str = ""  # sdb, mmcblk0
-    size: int = 0
-    model: str = ""
-    serial: str = ""
-    transport: str = ""  # usb, mmc, or "" when neither
-    removable: bool = False
-    partition: bool = False
-    mounted: tuple[str, ...] = ()
-    holds_root: bool = False
-    children: tuple[str, ...] = field(default=())
-
-    def summary(self) -> str:
-        if not self.block:
-            held = f", {human_size(self.size)}" if self.size else ""
-            return f"{self.path} (a regular file{held})"
-        facts = [self.model or "unknown model", human_size(self.size)]
-        if self.serial:
-            facts.append(f"serial {self.serial}")
-        if self.transport:
-            facts.append(self.transport.upper())
-        return f"{self.path} ({', '.join(facts)})"
-
-
-def describe(path: Path, system_root: Path = Path("/")) -> Target:
+def describe(path: Path, system_root: Path = Path("/")) -> Destination:
     """What `path` is, from sysfs and procfs under `system_root`. The rules judge the path
     resolved (`//dev/sdb`, `sdb` typed in /dev, symlinks); messages name it as given."""
     resolved = Path(os.path.realpath(path))
@@ -52,14 +24,14 @@ def describe(path: Path, system_root: Path = Path("/")) -> Target:
         st = os.stat(resolved)
     except FileNotFoundError:
         if resolved.parent.is_dir() and not resolved.is_relative_to("/dev"):
-            return Target(path, block=False)
+            return FileDestination(path)
         raise UserError(f"{path}: no such device or file") from None
     except OSError as exc:
         raise UserError(f"{path}: {exc.strerror}") from None
     if stat.S_ISREG(st.st_mode):
         if resolved.is_relative_to("/dev"):
             raise UserError(f"{path}: a regular file in /dev, not a disk: a mistyped device name?")
-        return Target(path, block=False, size=st.st_size)
+        return FileDestination(path, size=st.st_size)
     if not stat.S_ISBLK(st.st_mode):
         raise UserError(f"{path}: not a block device or regular file")
     sysdev = system_root / "sys/dev/block" / f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
@@ -69,7 +41,7 @@ def describe(path: Path, system_root: Path = Path("/")) -> Target:
     return _block_target(path, node, system_root)
 
 
-def _block_target(path: Path, node: Path, system_root: Path) -> Target:
+def _block_target(path: Path, node: Path, system_root: Path) -> BlockDestination:
     partition = (node / "partition").exists()
     disk = node.parent if partition else node
     children = tuple(sorted(p.name for p in disk.iterdir() if (p / "partition").exists()))
@@ -78,9 +50,8 @@ def _block_target(path: Path, node: Path, system_root: Path) -> Target:
     above = _closure(system_root, devs, "holders", parents=False)
     vendor = _read(disk / "device/vendor")
     model = _read(disk / "device/model") or _read(disk / "device/name")
-    return Target(
+    return BlockDestination(
         path=path,
-        block=True,
         name=node.name,
         size=int(_read(disk / "size") or 0) * 512,
         model=" ".join(filter(None, [vendor, model])),
@@ -174,23 +145,3 @@ def _closure(system_root: Path, devs: set[str], link: str, parents: bool) -> set
         if (node / link).is_dir():
             todo += [_read(other.resolve() / "dev") for other in (node / link).iterdir()]
     return found
-
-
-def refusal(target: Target, image_size: int) -> str | None:
-    """Why `target` must not be written, or None."""
-    t = target
-    if not t.block:
-        return None
-    if t.holds_root:
-        return f"{t.path} holds the running system's root filesystem"
-    if t.partition:
-        return f"{t.path} is a partition; give the whole disk"
-    if not (t.removable or t.transport in ("usb", "mmc")):
-        return f"{t.path} is not a removable, USB or MMC disk ({t.model or 'internal disk?'})"
-    if t.mounted:
-        return f"{t.path} is mounted at {', '.join(t.mounted)}; unmount it first (pifleet unmounts nothing)"
-    if t.size == 0:
-        return f"{t.path} has no medium (0 bytes): is a card in the reader?"
-    if image_size > t.size:
-        return f"{t.path} is too small: {human_size(t.size)} for a {human_size(image_size)} image"
-    return None
