@@ -181,5 +181,6 @@ def test_cli_refuses_a_negative_limit(tmp_path: Path) -> None:
     done = pifleet("test-server", "--max-inflight", "-1", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "pifleet: error: test-server: --max-inflight must be >= 0"
+        "pifleet test-server: error: argument --max-inflight: '-1' is not a whole number >= 0 "
+        "(see `pifleet test-server --help`)"
     ]

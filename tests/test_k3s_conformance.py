@@ -40,6 +40,19 @@ def servers(
         server.__exit__(None, None, None)
 
 
+def fresh(server: K3sTestServer) -> K3sTestServer:
+    """The module's shared server with any phase an earlier test set on it ended (tests may
+    run in any order, and on two workers)."""
+    for phase in ("cacerts_error", "core_not_ready", "apiserver_down"):
+        server.set_phase(phase, 0)
+    return server
+
+
+# A wait that only says this host was too busy to answer within the request's deadline (the
+# suite runs beside QEMU guests): not something the server said, so not a kind it met.
+BUSY_HOST = ("no complete answer within", "timed out")
+
+
 def join_check(server: K3sTestServer, token_text: str, deadline: float) -> tuple[bool, list[str]]:
     """The agent's verify step, retried while the server says wait: (proved, kinds met)."""
     token = parse(token_text)
@@ -50,7 +63,8 @@ def join_check(server: K3sTestServer, token_text: str, deadline: float) -> tuple
             prove_token(server.url, token, pin.context(), 3)
             return True, seen
         except ServerError as exc:
-            seen.append(exc.kind)
+            if not (exc.kind == "waiting" and any(b in str(exc) for b in BUSY_HOST)):
+                seen.append(exc.kind)
             if exc.kind != "waiting" or time.monotonic() > deadline:
                 return False, seen
             time.sleep(0.1)
@@ -63,7 +77,7 @@ CASES = list(itertools.product(FORMS, CAS, NAMES, PHASES))
 def test_joins_every_server_a_k3s_cluster_can_be(
     servers: dict[tuple[str, str], K3sTestServer], form: str, ca: str, name: str, phase: str
 ) -> None:
-    server = servers[(ca, name)]
+    server = fresh(servers[(ca, name)])
     token = server.mint_token(form)
     if phase == "503":
         server.set_phase("cacerts_error", PHASE_SECONDS)
@@ -82,7 +96,7 @@ def test_joins_every_server_a_k3s_cluster_can_be(
 
 @pytest.mark.parametrize(("ca", "name"), list(itertools.product(CAS, NAMES)))
 def test_final_verdicts(servers: dict[tuple[str, str], K3sTestServer], ca: str, name: str) -> None:
-    server = servers[(ca, name)]
+    server = fresh(servers[(ca, name)])
     good = server.mint_token()
     other = "cd" * 32
     cases = [
