@@ -26,7 +26,7 @@ from builder.disk.superblock import last_write_time
 from builder.outputs import artifacts
 from builder.plan import Plan, input_paths, resolve, source_date_epoch
 from builder.sources.digests import sha256_of
-from builder.steps import ORDER, prefetch
+from builder.steps import ORDER, check_base, prefetch
 from builder.util.batch import Batch
 from builder.util.console import human_size, progress
 from builder.util.errors import BuildError, UserError
@@ -152,6 +152,7 @@ def examine_base(plan: Plan) -> Plan:
             f"{plan.config.source}: arch: the config says {plan.config.arch} "
             f"but the base image is {flavor.arch}"
         )
+    check_base(base, plan)
     epoch = source_date_epoch()
     if epoch is None:
         # Reproducible without SOURCE_DATE_EPOCH: the base's own last write, not the clock.

@@ -224,6 +224,22 @@ def test_unknown_locale_names_the_nearest(fleet_dir: Path, tmp_path: Path) -> No
     refused(fleet_dir, "fleet.yaml: locale", "nearest: de_DE.UTF-8")
 
 
+@pytest.mark.parametrize("typo", ["timezone: Europe/Berlinn", "locale: de_DE.UTF8"])
+def test_a_timezone_or_locale_typo_fails_before_the_base_is_copied(
+    fleet_dir: Path, tmp_path: Path, typo: str
+) -> None:
+    """The checks read only, so they run on the base (issue 22, item 4): no multi-GB copy first."""
+    zi = b"# version 2025b\nZ Europe/Berlin 0:53:28 - LMT 1893 Ap\n"
+    supported = b"de_DE.UTF-8 UTF-8\nen_GB.UTF-8 UTF-8\n"
+    files = {"/usr/share/zoneinfo/tzdata.zi": zi, "/usr/share/i18n/SUPPORTED": supported}
+    write_root_files(fleet_dir / "base.img", files, tmp_path)
+    (fleet_dir / "fleet.yaml").write_text(fleet_yaml(extra=typo))
+    proc = pifleet("-v", "build", "fleet.yaml", cwd=fleet_dir, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "copying base" not in proc.stderr, proc.stderr[-2000:]
+    assert typo.split(":")[0] in proc.stderr.strip().splitlines()[-1]
+
+
 def test_failed_decompression_leaves_no_cache_folder(fleet_dir: Path) -> None:
     packed = lzma.compress((fleet_dir / "base.img").read_bytes()[: 1 << 20])[:-100]
     (fleet_dir / "base.img.xz").write_bytes(packed)

@@ -33,7 +33,6 @@ ORDER: tuple[tuple[str, Step], ...] = (
     ("cmdline", cmdline.apply),
     ("config_txt", config_txt.apply),
     ("locale", locale.apply),
-    ("timezone", timezone.apply),
     ("fstab", fstab.apply),
     ("cloudlog", cloudlog.apply),
     ("k3s", k3s.apply),
@@ -44,7 +43,15 @@ ORDER: tuple[tuple[str, Step], ...] = (
 
 def prefetch(image: Image, plan: Plan) -> None:
     """Read ahead what the steps read from the root filesystem, in one debugfs run."""
-    reads = [fstab.FSTAB, locale.LOCALE_GEN, locale.SUPPORTED]
+    image.root.prefetch([fstab.FSTAB, locale.LOCALE_GEN, locale.SUPPORTED], cloudlog.LOGS)
+
+
+def check_base(image: Image, plan: Plan) -> None:
+    """The steps' read-only checks, on the base before it is copied: a timezone or locale
+    the image lacks fails in a second, not after a multi-GB copy."""
+    reads = [locale.LOCALE_GEN, locale.SUPPORTED]
     if plan.config.timezone not in timezone.BUILT_IN:
         reads += [f"{timezone.ZONEINFO}/{table}" for table in TZ_TABLES]
-    image.root.prefetch(reads, cloudlog.LOGS)
+    image.root.prefetch(reads)
+    timezone.check(image, plan)
+    locale.check(image, plan)

@@ -23,20 +23,30 @@ SUPPORTED = "/usr/share/i18n/SUPPORTED"
 BUILT_IN = ("c", "c.utf-8", "posix")  # need no generation
 
 
-def apply(image: Image, plan: Plan) -> None:
+def check(image: Image, plan: Plan) -> str | None:
+    """The locale's entry in the image's SUPPORTED list, None when there is nothing to enable;
+    a locale the image does not support is refused. Read only: build.examine_base runs it on
+    the base, before the copy."""
     locale = plan.config.locale
     if locale.lower() in BUILT_IN:
-        return
+        return None
     current, supported = image.root.read(LOCALE_GEN), image.root.read(SUPPORTED)
     if current is None and supported is None:
-        return  # nothing to check against, nothing to enable
+        return None  # nothing to check against, nothing to enable
     entry = supported_entry(supported, locale)
     if entry is None:
         raise UserError(
             f"{plan.config.where('locale')}: {locale!r} is not a locale the image supports "
             f"(see {SUPPORTED} in the image){nearest(supported, locale)}"
         )
-    if current is None:
+    return entry
+
+
+def apply(image: Image, plan: Plan) -> None:
+    """Enable the locale in /etc/locale.gen."""
+    entry = check(image, plan)
+    current = image.root.read(LOCALE_GEN)
+    if entry is None or current is None:
         return
     updated = enable(current.decode("utf-8", errors="replace"), entry)
     if updated is not None:

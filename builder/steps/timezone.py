@@ -20,7 +20,8 @@ ZONEINFO = "/usr/share/zoneinfo"
 BUILT_IN = ("UTC", "Etc/UTC")
 
 
-def apply(image: Image, plan: Plan) -> None:
+def check(image: Image, plan: Plan) -> None:
+    """Refuse a zone the image lacks (read only: build.examine_base runs it on the base)."""
     zone = plan.config.timezone
     if zone in BUILT_IN:
         return
