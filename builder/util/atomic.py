@@ -19,7 +19,7 @@ from pathlib import Path
 
 from builder.util import batch
 from builder.util.errors import BuildError, PifleetError, UserError
-from builder.util.private import create_private, stale
+from builder.util.private import create_private, leftovers
 
 # `.<destination name>.pifleet-<pid>.tmp`: pifleet's own temporary names, nothing else.
 _TEMP_NAME = re.compile(r"\..+\.pifleet-(?P<pid>[0-9]{1,10})\.tmp")
@@ -55,12 +55,10 @@ def remove_stale(folder: Path) -> list[Path]:
     batch.recover(folder)
     removed = []
     with contextlib.suppress(OSError):
-        for entry in os.scandir(folder):
-            m = _TEMP_NAME.fullmatch(entry.name)
-            path = Path(entry.path)
-            if m and entry.is_file(follow_symlinks=False) and stale(path, int(m["pid"])):
-                path.unlink(missing_ok=True)
-                removed.append(path)
+        for m in leftovers(folder, _TEMP_NAME, dirs=False):
+            path = folder / m.string
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 

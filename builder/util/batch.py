@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 from builder.util.errors import BuildError, UserError
-from builder.util.private import create_private, stale
+from builder.util.private import create_private, leftovers
 
 log = logging.getLogger("pifleet.batch")
 
@@ -48,12 +48,10 @@ def recover(folder: Path) -> list[Path]:
     returns the staging folders dealt with."""
     found = []
     with contextlib.suppress(OSError):
-        for entry in os.scandir(folder):
-            m = _RUN_DIR.fullmatch(entry.name)
-            path = Path(entry.path)
-            if m and entry.is_dir(follow_symlinks=False) and stale(path, int(m["pid"])):
-                settle(path, folder)
-                found.append(path)
+        for m in leftovers(folder, _RUN_DIR, dirs=True):
+            path = folder / m.string
+            settle(path, folder)
+            found.append(path)
     return found
 
 

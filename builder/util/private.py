@@ -114,17 +114,25 @@ def stale(path: Path, pid: int) -> bool:
     return st.st_uid == os.geteuid() and not stat.S_ISLNK(st.st_mode) and not alive(pid)
 
 
+def leftovers(folder: Path, pattern: re.Pattern[str], dirs: bool) -> Iterator[re.Match[str]]:
+    """The entries of `folder` whose whole name matches `pattern` (with a `pid` group), of
+    the kind asked for (folders or files, never a symlink), that this user's dead runs left."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            m = pattern.fullmatch(entry.name)
+            kind = entry.is_dir if dirs else entry.is_file
+            if m and kind(follow_symlinks=False) and stale(Path(entry.path), int(m["pid"])):
+                yield m
+
+
 def remove_stale_dirs(parent: Path, job: str) -> list[Path]:
     """Remove `pifleet-<job>-<pid>-*` folders in `parent` left by dead runs; the ones removed."""
     removed = []
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(parent):
-            m = _DIR_NAME.fullmatch(entry.name)
-            path = Path(entry.path)
-            ours = m is not None and m["job"] == job and entry.is_dir(follow_symlinks=False)
-            if ours and m is not None and stale(path, int(m["pid"])):
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
+    for m in leftovers(parent, _DIR_NAME, dirs=True):
+        if m["job"] == job:
+            path = parent / m.string
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 
