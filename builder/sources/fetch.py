@@ -17,9 +17,12 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import math
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
@@ -34,6 +37,7 @@ from builder.util.errors import BuildError, UserError
 
 log = logging.getLogger("pifleet.fetch")
 
+T = TypeVar("T")
 ATTEMPTS = 4  # tries per download before giving up (PIFLEET_FETCH_ATTEMPTS)
 DEADLINE_SETTING = "PIFLEET_FETCH_DEADLINE"
 DOWNLOAD_DEADLINE = 7200.0  # seconds for one file, every attempt included (a 2 GB base at 300 kB/s)
@@ -101,21 +105,30 @@ def fetch(
 
 
 def _download_with_retries(url: str, partial: Path, where: str) -> None:
-    tries = attempts()
     with deadline(f"{where}: {url}", DOWNLOAD_DEADLINE) as limit:
-        for attempt in range(1, tries + 1):
-            try:
-                _download(url, partial, where, limit)
-                return
-            except _Transient as exc:
-                limit.check()
-                if attempt == tries:
-                    raise BuildError(
-                        f"{where}: {url}: {exc} (gave up after {tries} attempts)"
-                    ) from None
-                delay = random.uniform(0, min(30.0, 2.0**attempt))
+        _retried(url, where, limit, lambda: _download(url, partial, where, limit), 30.0, True)
+
+
+def _retried(
+    url: str, where: str, limit: Deadline, once: Callable[[], T], cap: float, say: bool
+) -> T:
+    """`once()` up to attempts() times within `limit`, after a transient failure waiting a
+    random delay of at most min(cap, 2**attempt) seconds (logged when `say`)."""
+    tries = attempts()
+    for attempt in range(1, tries + 1):
+        try:
+            return once()
+        except _Transient as exc:
+            limit.check()
+            if attempt == tries:
+                raise BuildError(
+                    f"{where}: {url}: {exc} (gave up after {tries} attempts)"
+                ) from None
+            delay = random.uniform(0, min(cap, 2.0**attempt))
+            if say:
                 log.warning("warning: %s: %s; retrying in %.0f s", url, exc, delay)
-                limit.sleep(delay)
+            limit.sleep(delay)
+    raise AssertionError("unreachable: attempts() is at least 1")
 
 
 def fetch_text(url: str, where: str, limit: int = 32 * 1024 * 1024) -> str:
@@ -127,19 +140,10 @@ def fetch_text(url: str, where: str, limit: int = 32 * 1024 * 1024) -> str:
         except OSError as exc:
             raise UserError(f"{where}: {path}: {exc.strerror}") from None
     check_scheme(url, where, pinned=False)
-    tries = attempts()
     with deadline(f"{where}: {url}", DOCUMENT_DEADLINE) as within:
-        for attempt in range(1, tries + 1):
-            try:
-                body = _read_body(url, where, limit, within)
-                break
-            except _Transient as exc:
-                within.check()
-                if attempt == tries:
-                    raise BuildError(
-                        f"{where}: {url}: {exc} (gave up after {tries} attempts)"
-                    ) from None
-                within.sleep(random.uniform(0, 2.0**attempt))
+        body = _retried(
+            url, where, within, lambda: _read_body(url, where, limit, within), math.inf, False
+        )
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
