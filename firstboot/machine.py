@@ -18,6 +18,7 @@ import contextlib
 import time
 from typing import Callable, Dict, List, Optional
 
+import firstboot.nodepassword as nodepassword
 import firstboot.roles as roles
 import firstboot.secrets as secrets
 from firstboot import card, collect, custody, joinconfig, k3sfiles, naming, network, preflight
@@ -322,6 +323,9 @@ class Agent:
     def do_start(self) -> str:
         unit = k3sfiles.unit_name(self.role)
         since = time.time() - 5
+        made = nodepassword.ensure(self.root)  # K3s's own is not fsynced (nodepassword.py)
+        if made:
+            self.report.progress("start", made)
         try:
             self.services.daemon_reload()
             self.services.enable_and_start(unit)
