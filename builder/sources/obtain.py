@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.config.model import BaseSource, K3sSource
-from builder.sources import catalog, compress
+from builder.sources import compress
 from builder.sources.digests import sha256_of
-from builder.sources.fetch import fetch, fetch_text
 from builder.util.atomic import replace_when_done
 from builder.util.cache import cache_dir
 from builder.util.console import progress
@@ -43,6 +42,10 @@ class Input:
 def obtain_base(src: BaseSource, arch: str, *, where: str) -> Input:
     if src.path is not None:
         return local_base(src.path, src.sha256, where=f"{where}.path")
+    # Downloads only: requests and the catalog cost a tenth of a second to import.
+    from builder.sources import catalog
+    from builder.sources.fetch import fetch
+
     if src.url is not None:
         assert src.sha256 is not None  # the config requires it
         download = fetch(src.url, src.sha256, where=f"{where}.url", pinned=True)
@@ -115,6 +118,9 @@ def _raw_base(
 def obtain_k3s(src: K3sSource, arch: str, *, where: str) -> Input:
     if src.binary is not None:
         return local_k3s(src.binary, src.sha256, where=f"{where}.binary")
+    from builder.sources import catalog
+    from builder.sources.fetch import fetch, fetch_text
+
     version = catalog.k3s_version(src.version, src.channel, src.channel_url, where)
     binary_url, sums_url, _airgap = catalog.k3s_assets(src.release_url, version, arch)
     sums = fetch_text(sums_url, where)
@@ -141,6 +147,9 @@ def obtain_airgap(src: K3sSource, arch: str, k3s: Input, *, where: str) -> Input
         raise UserError(
             f"{where}.airgap_images: true needs k3s.version or k3s.channel (or give a file)"
         )
+    from builder.sources import catalog
+    from builder.sources.fetch import fetch, fetch_text
+
     _binary, sums_url, airgap_url = catalog.k3s_assets(src.release_url, k3s.version, arch)
     asset = airgap_url.rsplit("/", 1)[1]
     digest = catalog.checksum_for(fetch_text(sums_url, where), asset, where)
