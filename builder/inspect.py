@@ -15,24 +15,36 @@ from typing import Any
 
 from builder.disk.flavor import Flavor, detect, elf_arch
 from builder.disk.image import Image
+from builder.layout import (
+    AGENT_DIR,
+    AIRGAP_DIR,
+    BIN_DIR,
+    FIRSTRUN_NAME,
+    K3S_PATH,
+    META_DATA,
+    PRESEED,
+    UNIT_PATH,
+    USER_DATA,
+    WANTS_LINK,
+)
 from builder.seed import cmdline
 from builder.seed.formats import SEED_FILES
-from builder.steps import agent, join, k3s
+from builder.steps import join, k3s
 from builder.util.console import human_size
 from firstboot import joinconfig
 
 # What the facts are read from in the root filesystem, read ahead in one debugfs run.
 READS = (
     "/etc/apt/sources.list",
-    f"{agent.AGENT_DIR}/firstboot/__init__.py",
+    f"{AGENT_DIR}/firstboot/__init__.py",
     joinconfig.JOIN_CONFIG_PATH,
 )
 STATS = (
-    k3s.K3S_PATH,
-    *(f"{k3s.BIN_DIR}/{t}" for t in k3s.TOOLS),
-    k3s.AIRGAP_DIR,
-    agent.UNIT_PATH,
-    agent.WANTS_LINK,
+    K3S_PATH,
+    *(f"{BIN_DIR}/{t}" for t in k3s.TOOLS),
+    AIRGAP_DIR,
+    UNIT_PATH,
+    WANTS_LINK,
     joinconfig.FLEET_TOKEN_PATH,
 )
 
@@ -42,7 +54,7 @@ def collect(path: Path, image: Image | None = None, flavor: Flavor | None = None
     `flavor` what was detected in it."""
     image = image or Image.open(path)
     flavor = flavor or detect(image)
-    image.root.prefetch(READS, STATS, [k3s.AIRGAP_DIR])
+    image.root.prefetch(READS, STATS, [AIRGAP_DIR])
     return {
         "image": {
             "path": str(path),
@@ -100,15 +112,15 @@ def _cmdline_facts(image: Image) -> dict[str, Any]:
 
 
 def _k3s_facts(image: Image) -> dict[str, Any] | None:
-    inode = image.root.stat(k3s.K3S_PATH)
+    inode = image.root.stat(K3S_PATH)
     if inode is None:
         return None
-    head, digest = image.root.fingerprint(k3s.K3S_PATH)
+    head, digest = image.root.fingerprint(K3S_PATH)
     arch = elf_arch(head, inode.size)
-    tools = image.root.stat_many([f"{k3s.BIN_DIR}/{t}" for t in k3s.TOOLS])
-    airgap = image.root.listdir(k3s.AIRGAP_DIR) if image.root.stat(k3s.AIRGAP_DIR) else []
+    tools = image.root.stat_many([f"{BIN_DIR}/{t}" for t in k3s.TOOLS])
+    airgap = image.root.listdir(AIRGAP_DIR) if image.root.stat(AIRGAP_DIR) else []
     return {
-        "path": k3s.K3S_PATH,
+        "path": K3S_PATH,
         "size": inode.size,
         "mode": f"{inode.mode:04o}",
         "arch": arch,
@@ -120,11 +132,11 @@ def _k3s_facts(image: Image) -> dict[str, Any] | None:
 
 
 def _agent_facts(image: Image) -> dict[str, Any] | None:
-    init = image.root.read(f"{agent.AGENT_DIR}/firstboot/__init__.py")
+    init = image.root.read(f"{AGENT_DIR}/firstboot/__init__.py")
     if init is None:
         return None
     version = re.search(rb'__version__ = "([^"]+)"', init)
-    stats = image.root.stat_many([agent.UNIT_PATH, agent.WANTS_LINK, joinconfig.FLEET_TOKEN_PATH])
+    stats = image.root.stat_many([UNIT_PATH, WANTS_LINK, joinconfig.FLEET_TOKEN_PATH])
     join_raw = image.root.read(joinconfig.JOIN_CONFIG_PATH)
     join_facts: dict[str, Any] | None = None
     if join_raw is not None:
@@ -140,8 +152,8 @@ def _agent_facts(image: Image) -> dict[str, Any] | None:
     boot_token = image.boot.read(join.BOOT_TOKEN) is not None
     return {
         "version": version.group(1).decode() if version else None,
-        "unit_installed": stats[agent.UNIT_PATH] is not None,
-        "enabled": stats[agent.WANTS_LINK] is not None,
+        "unit_installed": stats[UNIT_PATH] is not None,
+        "enabled": stats[WANTS_LINK] is not None,
         "join": join_facts,
         "token": {
             "root_filesystem": f"{joinconfig.FLEET_TOKEN_PATH} mode {token_inode.mode:04o}"
@@ -153,7 +165,7 @@ def _agent_facts(image: Image) -> dict[str, Any] | None:
 
 
 def _seed_facts(image: Image, detected: str) -> dict[str, Any]:
-    meta = (image.boot.read("/meta-data") or b"").decode(errors="replace")
+    meta = (image.boot.read(META_DATA) or b"").decode(errors="replace")
     files = [p.lstrip("/") for p in SEED_FILES if image.boot.read(p) is not None]
     facts: dict[str, Any] = {"files": files, "format": written_format(image, files, detected)}
     for key in ("instance-id", "local-hostname"):
@@ -168,11 +180,11 @@ def written_format(image: Image, files: list[str], detected: str) -> str | None:
     """The seed format the boot partition carries (a config's seed.format may differ from
     what the image's packages suggest)."""
     line = cmdline.CmdLine.parse(image.boot.read(cmdline.CMDLINE) or b"")
-    if "firstrun.sh" in files and line.values("systemd.run"):
+    if FIRSTRUN_NAME in files and line.values("systemd.run"):
         return "systemd"
-    if "rpi-preseed.toml" in files:
+    if PRESEED.lstrip("/") in files:
         return "rpi-preseed"
-    if "user-data" in files:
+    if USER_DATA.lstrip("/") in files:
         return detected if detected.startswith("cloudinit") else "cloudinit"
     return None
 

@@ -31,9 +31,10 @@ from jsonschema import Draft4Validator
 from builder.disk import dpkg
 from builder.disk.flavor import Flavor, detect, elf_arch
 from builder.disk.image import Image
+from builder.layout import FIRSTRUN, K3S_PATH, NETWORK_CONFIG, PRESEED, USER_DATA
 from builder.seed import cmdline
 from builder.seed.checks import cloud_config_problems, preseed_problems
-from builder.steps import config_txt, k3s
+from builder.steps import config_txt
 
 log = logging.getLogger("pifleet.lint")
 # Where Debian, Ubuntu and Raspberry Pi OS install the schema of the cloud-init they ship.
@@ -45,7 +46,7 @@ CONFIG_LINE = re.compile(r"^(\[[^\]]+\]|[A-Za-z0-9_]+=.*|(include|initramfs)\s+\
 
 # What lint reads from the root filesystem, read ahead in one debugfs run.
 READS = (CLOUD_INIT_SCHEMA, dpkg.STATUS)
-STATS = (k3s.K3S_PATH,)
+STATS = (K3S_PATH,)
 
 
 def problems(path: Path, allow_standin: bool = False) -> list[str]:
@@ -66,10 +67,10 @@ def image_problems(
 
 def _seed(image: Image) -> list[str]:
     found = []
-    user_data = image.boot.read("/user-data")
+    user_data = image.boot.read(USER_DATA)
     if user_data is not None:
         found += [f"user-data: {p}" for p in user_data_problems(image, user_data)]
-    network = image.boot.read("/network-config")
+    network = image.boot.read(NETWORK_CONFIG)
     if network is not None:
         try:
             doc = yaml.safe_load(network)
@@ -80,10 +81,10 @@ def _seed(image: Image) -> list[str]:
             not isinstance(doc, dict) or doc.get("network", {}).get("version") != 2
         ):
             found.append("network-config: expected network: {version: 2, ...}")
-    preseed = image.boot.read("/rpi-preseed.toml")
+    preseed = image.boot.read(PRESEED)
     if preseed is not None:
         found += [f"rpi-preseed.toml: {p}" for p in preseed_problems(preseed)]
-    script = image.boot.read("/firstrun.sh")
+    script = image.boot.read(FIRSTRUN)
     if script is not None:
         check = subprocess.run(["sh", "-n"], input=script, capture_output=True)
         if check.returncode != 0:
@@ -254,14 +255,14 @@ def ext4_label(path: Path, start: int) -> str:
 
 
 def _k3s(image: Image, allow_standin: bool, flavor: Flavor | None) -> list[str]:
-    if image.root.stat(k3s.K3S_PATH) is None:
+    if image.root.stat(K3S_PATH) is None:
         return []
-    head, _ = image.root.fingerprint(k3s.K3S_PATH)
+    head, _ = image.root.fingerprint(K3S_PATH)
     arch, want = elf_arch(head), (flavor or detect(image)).arch
     if arch is None:
-        return [] if allow_standin else [f"{k3s.K3S_PATH}: not an ELF binary (a test stand-in?)"]
+        return [] if allow_standin else [f"{K3S_PATH}: not an ELF binary (a test stand-in?)"]
     if arch != want:
-        return [f"{k3s.K3S_PATH}: binary is {arch} but the image is {want}"]
+        return [f"{K3S_PATH}: binary is {arch} but the image is {want}"]
     return []
 
 

@@ -318,3 +318,34 @@ def test_only_the_cmdline_module_writes_cmdline_txt() -> None:
                 if "CMDLINE" in named:
                     bad.append(f"{where}:{node.lineno} writes CMDLINE")
     assert bad == []
+
+
+def layout_paths() -> dict[str, str]:
+    """Every path builder/layout.py names (its tuples' members too) -> the constant's name."""
+    from builder import layout
+
+    found: dict[str, str] = {}
+    for name, value in vars(layout).items():
+        if name.isupper():
+            for text in value if isinstance(value, tuple) else (value,):
+                found[text] = name
+    return found
+
+
+def test_image_paths_are_spelled_in_the_layout_only() -> None:
+    """builder/layout.py is the one list of the paths pifleet writes into an image (the seed files,
+    the agent and its units, K3s, the config it edits, the image's helpers the seeds call): no
+    other module of builder/ spells one as a string (tests may: they check the layout)."""
+    paths = layout_paths()
+    assert {"FIRSTRUN", "WANTS_LINK", "IMAGER_CUSTOM", "K3S_PATH", "USER_DATA"} <= set(
+        paths.values()
+    )
+    bad = []
+    for path in sorted((REPO / "builder").rglob("*.py")):
+        if path.name == "layout.py" and path.parent.name == "builder":
+            continue
+        for node in strings(ast.parse(path.read_text(encoding="utf-8"))):
+            if node.value in paths:
+                where = path.relative_to(REPO).as_posix()
+                bad.append(f"{where}:{node.lineno} {node.value!r} (layout.{paths[node.value]})")
+    assert bad == []

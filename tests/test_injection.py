@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from builder.config.fleet import load
 from builder.config.model import FleetConfig, Hardware, User
+from builder.layout import FIRSTRUN_NAME
 from builder.seed import systemd
 from builder.seed.base import SeedInput, Target
 from builder.util.errors import UserError
@@ -87,13 +88,13 @@ def run_firstrun(script: bytes, tmp: Path, boot_mount: str = "/boot/firmware") -
     (root / boot_mount.lstrip("/") / "cmdline.txt").write_text(
         "console=tty1 root=PARTUUID=1-02 " + " ".join(systemd.cmdline_words(boot_mount)) + "\n"
     )
-    (root / boot_mount.lstrip("/") / systemd.SCRIPT).write_bytes(script)
+    (root / boot_mount.lstrip("/") / FIRSTRUN_NAME).write_bytes(script)
     for name, body in SHIMS.items():
         shim = root / "shims" / name
         record = f"{{ printf '%s{US}' \"${{0##*/}}\" \"$@\"; printf '{RS}'; }} >> /shims.log"
         shim.write_text(f"#!/bin/sh\n{record}\n{body}\n")
         shim.chmod(0o755)
-    inner = f"cd / && PATH=/shims:/usr/sbin:/usr/bin exec /bin/sh {boot_mount}/{systemd.SCRIPT}"
+    inner = f"cd / && PATH=/shims:/usr/sbin:/usr/bin exec /bin/sh {boot_mount}/{FIRSTRUN_NAME}"
     setup = (
         f"mount --bind /usr {root}/usr && mount -o remount,bind,ro {root}/usr"
         f" && mount --bind /dev/null {root}/dev/null && exec chroot {root} /bin/sh -c '{inner}'"

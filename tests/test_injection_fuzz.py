@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from builder.config.fleet import load
 from builder.config.schema import SCHEMA_PATH
+from builder.layout import PRESEED
 from builder.seed import cloudinit, preseed, systemd
 from builder.seed.base import SeedInput, Target, seed_input
 from builder.seed.checks import preseed_problems
@@ -204,7 +205,7 @@ def with_value(path: str, value: str, extra: dict[str, Any]) -> dict[str, Any]:
 
 def render_all(inp: SeedInput, value: str, nm: bool, tmp: Path, sandbox: bool = True) -> Rendered:
     ci = cloudinit.render(inp, Target("cloudinit")).files
-    toml_text = preseed.render(inp, Target("rpi-preseed")).files[preseed.FILE]
+    toml_text = preseed.render(inp, Target("rpi-preseed")).files[PRESEED]
     assert preseed_problems(toml_text) == [], toml_text
     script = systemd.render(inp, Target("systemd", network_manager=nm)).files["/firstrun.sh"]
     assert subprocess.run(["sh", "-n"], input=script).returncode == 0, script

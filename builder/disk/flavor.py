@@ -15,6 +15,7 @@ from typing import Literal
 from builder.disk import dpkg
 from builder.disk.image import Image
 from builder.disk.osformat import CLOUD_CFG_D, MARKERS, FormatFacts, detect_format
+from builder.layout import FSTAB
 from builder.util.errors import UserError
 
 EM_ARM = 40
@@ -57,7 +58,7 @@ class Flavor:
 
 # Everything `detect` reads, read ahead in one debugfs run. /usr/lib/os-release is where
 # /etc/os-release links to (os-release(5)): its target is then read in the same run.
-READS = ("/etc/os-release", "/usr/lib/os-release", "/usr/bin/env", "/etc/fstab", dpkg.STATUS)
+READS = ("/etc/os-release", "/usr/lib/os-release", "/usr/bin/env", FSTAB, dpkg.STATUS)
 STATS = ("/etc/rpi-issue", "/usr/bin/cloud-init", "/boot/vmlinuz", *MARKERS.values(), CLOUD_CFG_D)
 
 
@@ -182,7 +183,7 @@ def _arch(image: Image) -> str:
 
 
 def _boot_mount(image: Image, codename: str) -> str:
-    fstab = (image.root.read("/etc/fstab") or b"").decode(errors="replace")
+    fstab = (image.root.read(FSTAB) or b"").decode(errors="replace")
     for line in fstab.splitlines():
         fields = line.split()
         if len(fields) >= 3 and not fields[0].startswith("#") and fields[2] == "vfat":

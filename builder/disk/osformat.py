@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 from builder.disk import dpkg
 from builder.disk.image import Image
+from builder.layout import IMAGER_CUSTOM, USERCONF
 
 FORMATS = ("cloudinit", "cloudinit-rpi", "systemd", "rpi-preseed")
-IMAGER_CUSTOM = "/usr/lib/raspberrypi-sys-mods/imager_custom"
-USERCONF = "/usr/lib/userconf-pi/userconf"
 CLOUD_CFG_D = "/etc/cloud/cloud.cfg.d"
 MARKERS = {
     "cloud-init": "/usr/bin/cloud-init",

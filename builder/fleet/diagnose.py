@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.disk.image import Image
+from builder.layout import NM_CONNECTIONS
 from builder.util.errors import PifleetError, UserError
 from builder.util.terminal import inert
 from firstboot import secrets as device
@@ -34,7 +35,7 @@ from firstboot.redact import Redactor, secrets_in_config
 
 REPORT = "/pifleet/report.json"
 # Besides the files of firstboot/secrets.py, where a device keeps Wi-Fi keys (as collect.py).
-NETWORK_DIRS = ("/etc/netplan", "/etc/NetworkManager/system-connections")
+NETWORK_DIRS = ("/etc/netplan", NM_CONNECTIONS)
 SECRET_MAX = 64 * 1024  # a larger "secret" file is not one
 MAX_DEPTH = 16  # the agent writes 3 levels; anything deeper is not its report
 # The keys the agent writes (firstboot/card.py) and their types; None (null) is always allowed.

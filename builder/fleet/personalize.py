@@ -35,6 +35,7 @@ from builder.fleet.devicekeys import (
     stage_identity,
     write_known_hosts,
 )
+from builder.layout import META_DATA
 from builder.outputs.artifacts import manifest_inputs
 from builder.plan import input_paths, source_date_epoch
 from builder.seed import cmdline, formats
@@ -100,10 +101,10 @@ def apply(
         image.root.stage(entry)
     root_changed = image.root.flush()
     line = cmdline.read(image.boot)
-    if line is not None and line.nocloud is not None and "/meta-data" in files:
+    if line is not None and line.nocloud is not None and META_DATA in files:
         # The kernel command line beats meta-data: keep its instance-id in agreement.
         country = cmdline.wifi_country(device.wifi or config.network.wifi, config.hardware)
-        cmdline.stage_for_k3s(image.boot, line, files["/meta-data"], country)
+        cmdline.stage_for_k3s(image.boot, line, files[META_DATA], country)
     return image.boot.flush() + root_changed
 
 

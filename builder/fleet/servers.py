@@ -28,12 +28,12 @@ from builder import __version__
 from builder.cluster.create import cluster_dir, tls_files
 from builder.config.model import Device, FleetConfig
 from builder.disk.entries import Directory, Entry, File
-from builder.steps.k3s import BIN_DIR, uninstall_script
+from builder.layout import BIN_DIR, K3S_DATA_DIR, K3S_ETC, RANCHER_DIR, RANCHER_ETC, SERVER_DIR
+from builder.steps.k3s import uninstall_script
 from builder.util.errors import UserError
 from builder.util.render import render
 from firstboot import joinconfig, k3sfiles
 
-SERVER_DIR = "/var/lib/rancher/k3s/server"
 TLS_DIR = f"{SERVER_DIR}/tls"
 
 
@@ -75,8 +75,8 @@ def root_entries(config: FleetConfig, device: Device) -> list[Entry]:
     if not config.cluster.create or config.cluster.role_of(device.hostname) != "server":
         return []
     entries: list[Entry] = [
-        Directory("/var/lib/rancher", 0o755),
-        Directory("/var/lib/rancher/k3s", 0o755),
+        Directory(RANCHER_DIR, 0o755),
+        Directory(K3S_DATA_DIR, 0o755),
         Directory(SERVER_DIR, 0o700),
         Directory(TLS_DIR, 0o700),
         Directory(f"{TLS_DIR}/etcd", 0o700),
@@ -88,8 +88,8 @@ def root_entries(config: FleetConfig, device: Device) -> list[Entry]:
     if config.cluster.agent_token:
         agent = _secret(folder / "agent-token")
         entries += [
-            Directory("/etc/rancher", 0o755),
-            Directory("/etc/rancher/k3s", 0o755),
+            Directory(RANCHER_ETC, 0o755),
+            Directory(K3S_ETC, 0o755),
             File(k3sfiles.AGENT_TOKEN_PATH, 0o600, data=agent),
         ]
     name, unit = uninstall_script("server")

@@ -23,6 +23,7 @@ from builder import __version__
 from builder.disk import dpkg
 from builder.disk.flavor import parse_os_release
 from builder.disk.image import Image
+from builder.layout import AGENT_DIR
 from builder.plan import Plan
 from builder.sources.obtain import Input
 
@@ -54,7 +55,7 @@ def document(plan: Plan, image_path: Path, image_sha256: str) -> bytes:
             NOASSERTION,
             None,
             purpose="APPLICATION",
-            comment="/usr/lib/pifleet/firstboot",
+            comment=f"{AGENT_DIR}/firstboot",
         ),
     ]
     if plan.airgap is not None:

@@ -14,11 +14,11 @@ import hashlib
 
 from builder import version
 from builder.config.model import Device, FleetConfig, Hardware
+from builder.layout import META_DATA, NETWORK_CONFIG, SSH_SWITCH, USER_DATA
 from builder.seed.base import HostKey, Seed, SeedInput, Target, seed_input
 from builder.util.render import render as render_template
 
-SEED_FILES = ("/user-data", "/meta-data", "/network-config")
-SSH_SWITCH = "/ssh"  # Raspberry Pi OS enables sshd at first boot when this file exists
+SEED_FILES = (USER_DATA, META_DATA, NETWORK_CONFIG)
 MASK = "(secret)"  # stands for a secret where the instance-id is computed
 
 
@@ -53,11 +53,11 @@ def render(inp: SeedInput, target: Target) -> Seed:
     masked_key = HostKey(MASK, inp.host_key.public) if inp.host_key else None
     masked = (user_data(masked_key), network(MASK if inp.wifi_psk else None))
     files = {
-        "/user-data": user_data(inp.host_key),
-        "/meta-data": render_template(
+        USER_DATA: user_data(inp.host_key),
+        META_DATA: render_template(
             "meta-data", instance_id=instance_id(*masked, inp.hostname), hostname=inp.hostname
         ),
-        "/network-config": network(inp.wifi_psk),
+        NETWORK_CONFIG: network(inp.wifi_psk),
     }
     if target.format == "cloudinit-rpi" and any(u.ssh_authorized_keys for u in inp.users):
         files[SSH_SWITCH] = b""

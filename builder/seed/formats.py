@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from builder.config.model import Device, FleetConfig
 from builder.disk.flavor import Flavor
+from builder.layout import FIRSTRUN, PRESEED
 from builder.seed import cloudinit, preseed, systemd
 from builder.seed.base import HostKey, Seed, SeedInput, Target, seed_input
 
@@ -18,7 +19,7 @@ RENDERERS: dict[str, Renderer] = {
     "rpi-preseed": preseed.render,
 }
 # Every file any format writes at the boot partition's root, for `inspect` and `lint`.
-SEED_FILES = (*cloudinit.SEED_FILES, f"/{systemd.SCRIPT}", preseed.FILE)
+SEED_FILES = (*cloudinit.SEED_FILES, FIRSTRUN, PRESEED)
 
 
 def target(flavor: Flavor) -> Target:

@@ -15,10 +15,10 @@ not written in this format (it would stay in the file): such devices generate th
 from __future__ import annotations
 
 from builder.config.model import User
+from builder.layout import PRESEED
 from builder.seed.base import Seed, SeedInput, Target
 from builder.seed.base import shell_quote as q
 
-FILE = "/rpi-preseed.toml"
 CONFIG_VERSION = "1.1"
 
 Value = str | bool | list[str]
@@ -57,7 +57,7 @@ def render(inp: SeedInput, target: Target) -> Seed:
     early = [cmd for user in inp.users[1:] for cmd in _extra_user(user)]
     if early:
         sections.append(("runcmd", {"early": early}))
-    return Seed({FILE: dump(sections).encode()})
+    return Seed({PRESEED: dump(sections).encode()})
 
 
 def _first_user(user: User) -> list[tuple[str, dict[str, Value]]]:

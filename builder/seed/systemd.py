@@ -26,16 +26,12 @@ key; a FAT `rm` would leave its bytes in free clusters).
 from __future__ import annotations
 
 from builder.config.model import Hardware, StaticAddress, User
+from builder.layout import FIRSTRUN, FIRSTRUN_NAME, NM_CONNECTIONS, USERCONF
+from builder.layout import IMAGER_CUSTOM as IC
 from builder.seed import cmdline
 from builder.seed.base import HostKey, Seed, SeedInput, Target
 from builder.seed.base import shell_quote as q
 from builder.seed.nmkeyfile import ethernet_keyfile, networkd_file, wifi_keyfile
-
-SCRIPT = "firstrun.sh"
-IC = "/usr/lib/raspberrypi-sys-mods/imager_custom"
-USERCONF = "/usr/lib/userconf-pi/userconf"
-NM_DIR = "/etc/NetworkManager/system-connections"
-
 
 # The script's kernel command-line words: the two keys whose value follows, and the unit word.
 RUN = "systemd.run="
@@ -44,7 +40,7 @@ UNIT = "systemd.unit=kernel-command-line.target"
 
 
 def cmdline_words(boot_mount: str) -> tuple[str, ...]:
-    return (f"{RUN}{boot_mount}/{SCRIPT}", f"{RUN_SUCCESS}reboot", UNIT)
+    return (f"{RUN}{boot_mount}/{FIRSTRUN_NAME}", f"{RUN_SUCCESS}reboot", UNIT)
 
 
 def render(inp: SeedInput, target: Target) -> Seed:
@@ -61,7 +57,7 @@ def render(inp: SeedInput, target: Target) -> Seed:
     lines += _interfaces(inp.hardware)
     lines += _footer(target.boot_mount)
     script = "\n".join(lines) + "\n"
-    return Seed({f"/{SCRIPT}": script.encode()}, cmdline_words(target.boot_mount))
+    return Seed({FIRSTRUN: script.encode()}, cmdline_words(target.boot_mount))
 
 
 def _if_ic(helper: list[str], fallback: list[str], available: bool) -> list[str]:
@@ -158,7 +154,7 @@ def _network(inp: SeedInput, target: Target) -> list[str]:
 
 def _static(ethernet: str, static: StaticAddress, network_manager: bool) -> list[str]:
     if network_manager:
-        path = f"{NM_DIR}/pifleet-{ethernet}.nmconnection"
+        path = f"{NM_CONNECTIONS}/pifleet-{ethernet}.nmconnection"
         text = ethernet_keyfile(ethernet, static)
     else:
         path = f"/etc/systemd/network/10-pifleet-{ethernet}.network"
@@ -172,9 +168,9 @@ def _wifi(inp: SeedInput, target: Target) -> list[str]:
     psk = inp.wifi_psk
     args = (["-h"] if wifi.hidden else []) + [q(wifi.ssid)] + [q(psk or ""), q(wifi.country)]
     if target.network_manager:
-        path = f"{NM_DIR}/preconfigured.nmconnection"
+        path = f"{NM_CONNECTIONS}/preconfigured.nmconnection"
         plain = [
-            f"mkdir -p {NM_DIR}",
+            f"mkdir -p {NM_CONNECTIONS}",
             *_write(path, wifi_keyfile(wifi, psk)),
             f"chmod 600 {path}",
             f"raspi-config nonint do_wifi_country {q(wifi.country)}",

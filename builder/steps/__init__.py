@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from builder.disk.image import Image
+from builder.layout import CLOUD_INIT_LOGS, FSTAB, LOCALE_GEN
 from builder.plan import Plan
 from builder.steps import (
     agent,
@@ -43,13 +44,13 @@ ORDER: tuple[tuple[str, Step], ...] = (
 
 def prefetch(image: Image, plan: Plan) -> None:
     """Read ahead what the steps read from the root filesystem, in one debugfs run."""
-    image.root.prefetch([fstab.FSTAB, locale.LOCALE_GEN, locale.SUPPORTED], cloudlog.LOGS)
+    image.root.prefetch([FSTAB, LOCALE_GEN, locale.SUPPORTED], CLOUD_INIT_LOGS)
 
 
 def check_base(image: Image, plan: Plan) -> None:
     """The steps' read-only checks, on the base before it is copied: a timezone or locale
     the image lacks fails in a second, not after a multi-GB copy."""
-    reads = [locale.LOCALE_GEN, locale.SUPPORTED]
+    reads = [LOCALE_GEN, locale.SUPPORTED]
     if plan.config.timezone not in timezone.BUILT_IN:
         reads += [f"{timezone.ZONEINFO}/{table}" for table in TZ_TABLES]
     image.root.prefetch(reads)

@@ -12,18 +12,18 @@ from pathlib import Path
 from builder import version
 from builder.disk.entries import Directory, File, Symlink
 from builder.disk.image import Image
+from builder.layout import (
+    AGENT_DIR,
+    CUSTODY_LINK,
+    CUSTODY_NAME,
+    CUSTODY_PATH,
+    UNIT_NAME,
+    UNIT_PATH,
+    WANTS_LINK,
+)
 from builder.plan import Plan
 from builder.util import bundled
 from builder.util.render import render
-
-AGENT_DIR = "/usr/lib/pifleet"
-UNIT_NAME = "pifleet-firstboot.service"
-UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
-WANTS_LINK = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
-# Runs on every boot, before the network: moves secrets off the boot partition.
-CUSTODY_NAME = "pifleet-custody.service"
-CUSTODY_PATH = f"/etc/systemd/system/{CUSTODY_NAME}"
-CUSTODY_LINK = f"/etc/systemd/system/multi-user.target.wants/{CUSTODY_NAME}"
 
 
 def apply(image: Image, plan: Plan) -> None:

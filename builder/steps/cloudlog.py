@@ -15,16 +15,16 @@ from __future__ import annotations
 
 from builder.disk.entries import File
 from builder.disk.image import Image
+from builder.layout import CLOUD_INIT_LOGS
 from builder.plan import Plan
 
-LOGS = ("/var/log/cloud-init.log", "/var/log/cloud-init-output.log")
 PRIVATE = 0o600
 
 
 def apply(image: Image, plan: Plan) -> None:
     if not plan.target.init_format.startswith("cloudinit"):
         return
-    found = image.root.stat_many(list(LOGS))
+    found = image.root.stat_many(list(CLOUD_INIT_LOGS))
     for path, inode in found.items():
         if inode is None:
             image.root.stage(File(path, PRIVATE, data=b""))

@@ -8,6 +8,7 @@ country. The line and its rules are builder/seed/cmdline.py's.
 from __future__ import annotations
 
 from builder.disk.image import Image
+from builder.layout import META_DATA
 from builder.plan import Plan
 from builder.seed import cmdline
 from builder.util.errors import UserError
@@ -18,5 +19,5 @@ def apply(image: Image, plan: Plan) -> None:
     if line is None:
         raise UserError(f"{plan.base.origin}: the boot partition has no cmdline.txt")
     country = cmdline.wifi_country(plan.config.network.wifi, plan.config.hardware)
-    meta = image.boot.read("/meta-data")  # staged by the seed step, which runs first
+    meta = image.boot.read(META_DATA)  # staged by the seed step, which runs first
     cmdline.stage_for_k3s(image.boot, line, meta, country)

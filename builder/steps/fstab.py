@@ -13,9 +13,9 @@ import re
 
 from builder.disk.entries import File
 from builder.disk.image import Image
+from builder.layout import FSTAB
 from builder.plan import Plan
 
-FSTAB = "/etc/fstab"
 PRIVATE = ("fmask=0077", "dmask=0077")
 _REPLACED = ("fmask=", "dmask=", "umask=")
 _LINE = re.compile(r"\s*(?P<spec>\S+)\s+(?P<dir>\S+)\s+(?P<type>\S+)\s+(?P<options>\S+)")

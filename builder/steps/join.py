@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from builder.disk.entries import Directory, File
 from builder.disk.image import Image
+from builder.layout import K3S_PATH, PIFLEET_ETC
 from builder.plan import Plan
 from firstboot import joinconfig
 
@@ -17,7 +18,7 @@ BOOT_TOKEN = f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.BOOT_TOKEN_FILE}"
 
 def apply(image: Image, plan: Plan) -> None:
     config = join_config(plan)
-    image.root.stage(Directory("/etc/pifleet", 0o755))
+    image.root.stage(Directory(PIFLEET_ETC, 0o755))
     image.root.stage(
         File(joinconfig.JOIN_CONFIG_PATH, 0o644, data=joinconfig.dump_join_config(config))
     )
@@ -39,7 +40,7 @@ def join_config(plan: Plan) -> joinconfig.JoinConfig:
         node_labels=list(cluster.node_labels),
         node_taints=list(cluster.node_taints),
         kubelet_args=list(cluster.kubelet_args),
-        k3s_binary="/usr/local/bin/k3s",
+        k3s_binary=K3S_PATH,
         build_time=plan.epoch,
         backoff_cap=plan.config.agent.backoff_cap,
         clock_sync_timeout=plan.config.agent.clock_sync_timeout,

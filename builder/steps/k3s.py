@@ -12,14 +12,12 @@ from builder import __version__
 from builder.disk.entries import Directory, File, Symlink
 from builder.disk.flavor import elf_arch
 from builder.disk.image import Image
+from builder.layout import AIRGAP_DIR, BIN_DIR, K3S_PATH
 from builder.plan import Plan
 from builder.util.errors import UserError
 from builder.util.render import render
 
-BIN_DIR = "/usr/local/bin"
-K3S_PATH = f"{BIN_DIR}/k3s"
 TOOLS = ("kubectl", "crictl", "ctr")
-AIRGAP_DIR = "/var/lib/rancher/k3s/agent/images"
 _MACHINE = {
     "arm64": "AArch64",
     "armhf": "ARM",

@@ -15,10 +15,10 @@ import difflib
 
 from builder.disk.entries import File
 from builder.disk.image import Image
+from builder.layout import LOCALE_GEN
 from builder.plan import Plan
 from builder.util.errors import UserError
 
-LOCALE_GEN = "/etc/locale.gen"
 SUPPORTED = "/usr/share/i18n/SUPPORTED"
 BUILT_IN = ("c", "c.utf-8", "posix")  # need no generation
 
