@@ -203,7 +203,7 @@ class Agent:
 
     def do_network(self) -> str:
         backoff = self.backoff()
-        last = ""
+        last, nss = "", 0
         while True:
             problem = None
             if not network.has_default_route(self.root):
@@ -211,7 +211,10 @@ class Agent:
             elif self.initialises:  # this server is the cluster: nothing to reach yet
                 return "clock"
             else:
-                problem = network.resolve_problem(self.server)
+                final, problem = network.resolve_problem(self.root, self.server)
+                nss = nss + 1 if final else 0
+                if nss >= REJECTIONS:  # only NSS (mDNS) knows the name, several times over
+                    raise Terminal(str(problem))
             if problem is None:
                 return "clock"
             if problem != last:

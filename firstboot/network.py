@@ -1,11 +1,12 @@
-"""Is the network up enough to join: a default route, and the server's name resolves."""
+"""Is the network up enough to join: a default route, and the server's name resolves as K3s
+resolves it (firstboot/resolve.py)."""
 
 from __future__ import annotations
 
-import socket
-from typing import Optional
+from typing import Optional, Tuple
 from urllib.parse import urlsplit
 
+from firstboot import resolve
 from firstboot.paths import Root
 
 RTF_UP = 0x1
@@ -34,11 +35,10 @@ def has_default_route(root: Root) -> bool:
     return False
 
 
-def resolve_problem(server: str) -> Optional[str]:
-    """None when the server's host name resolves, else why not."""
+def resolve_problem(root: Root, server: str) -> Tuple[bool, Optional[str]]:
+    """(final, why) when the server's host name does not resolve as K3s resolves it (the hosts
+    file, then DNS: firstboot/resolve.py), (False, None) when it does; final when only NSS
+    (mDNS) knows the name."""
     parts = urlsplit(server)
-    try:
-        socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        return "cannot resolve " + str(parts.hostname) + ": " + str(exc.strerror)
-    return None
+    found = resolve.problem(root, str(parts.hostname), parts.port or 443)
+    return found if found else (False, None)

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
+import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from builder.testserver.server import K3sTestServer
+from firstboot import joinconfig
 from tests.agent_helpers import DEFAULT_NODE, make_device, run_agent, stop_services, write
 
 PASSWORD = "etc/rancher/node/password"
@@ -72,3 +76,118 @@ def test_the_agent_creates_the_node_password_and_keeps_a_good_one(
             assert server.node_password_hash(DEFAULT_NODE) == want
     finally:
         stop_services(again)
+
+
+# -- item 1: the server's name as K3s resolves it (hosts, then DNS; never NSS/mDNS) -------------
+
+
+class DnsServer:
+    """A real DNS server on 127.0.0.1 (UDP) that logs every question and answers A records
+    from `names`, NXDOMAIN otherwise."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
+        self.asked: list[tuple[str, int]] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                packet, peer = self.sock.recvfrom(512)
+            except OSError:
+                return
+            ident, offset, labels = packet[:2], 12, []
+            while packet[offset]:
+                labels.append(packet[offset + 1 : offset + 1 + packet[offset]].decode())
+                offset += 1 + packet[offset]
+            question = packet[12 : offset + 5]
+            qtype = struct.unpack(">H", packet[offset + 1 : offset + 3])[0]
+            name = ".".join(labels)
+            self.asked.append((name, qtype))
+            address = self.names.get(name)
+            if address and qtype == 1:
+                answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4)
+                answer += socket.inet_aton(address)
+                reply = ident + struct.pack(">HHHHH", 0x8180, 1, 1, 0, 0) + question + answer
+            else:
+                code = 0x8180 if address else 0x8183  # no AAAA data / NXDOMAIN
+                reply = ident + struct.pack(">HHHHH", code, 1, 0, 0, 0) + question
+            self.sock.sendto(reply, peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def dns_device(device: Path, server: K3sTestServer, dns: DnsServer, hosts: bytes) -> None:
+    url = server.url.replace("127.0.0.1", "localhost")
+    join = joinconfig.JoinConfig(
+        server=url, hostname_pattern="edge-{serial}", backoff_cap=0.2, clock_sync_timeout=1.0,
+        recheck_interval=0.0, start_timeout=6.0,
+    )  # fmt: skip
+    make_device(device, server, server.mint_token(), join=join)
+    write(device / "etc/hosts", hosts)
+    write(device / "etc/resolv.conf", b"search lan\nnameserver 127.0.0.1\n")
+
+
+def test_a_name_only_nss_resolves_is_a_verdict_naming_mdns(tmp_path: Path, device: Path) -> None:
+    """`localhost` stands for a `.local` name: the host's getaddrinfo (NSS) finds it, the
+    device's hosts file and its DNS server do not, so K3s could never reach the server."""
+    dns = DnsServer({})
+    try:
+        with K3sTestServer(state_dir=tmp_path / "s") as server:
+            dns_device(device, server, dns, b"127.0.1.1\traspberrypi\n")
+            env = {"PIFLEET_DNS_PORT": str(dns.port), "K3S_STANDIN_DNS_PORT": str(dns.port)}
+            proc = run_agent(device, env)
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            failed = [line for line in proc.stderr.splitlines() if "failed state=" in line]
+            assert (
+                len(failed) == 1
+                and "failed state=network reason=localhost resolves only" in failed[0]
+            )
+            assert "K3s never uses NSS or mDNS" in failed[0]
+            assert ("localhost", 1) in dns.asked and ("localhost.lan", 1) in dns.asked
+            assert not (device / "etc/rancher/k3s/config.yaml").exists()  # K3s never started
+            assert server.registered_nodes() == []
+    finally:
+        dns.close()
+
+
+def test_a_name_the_device_dns_answers_joins_and_the_standin_resolves_it_alike(
+    tmp_path: Path, device: Path
+) -> None:
+    dns = DnsServer({"localhost": "127.0.0.1"})
+    try:
+        with K3sTestServer(state_dir=tmp_path / "s") as server:
+            dns_device(device, server, dns, b"127.0.1.1\traspberrypi\n")
+            env = {"PIFLEET_DNS_PORT": str(dns.port), "K3S_STANDIN_DNS_PORT": str(dns.port)}
+            proc = run_agent(device, env)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert server.registered_nodes() == [DEFAULT_NODE]
+            asked = [name for name, _ in dns.asked]
+            assert asked.count("localhost") >= 4  # the agent's A+AAAA, then the stand-in's
+    finally:
+        dns.close()
+
+
+# -- what `pifleet diagnose` says for each verdict ---------------------------------------------
+
+
+def remedy(state: str, reason: str) -> str:
+    from builder.fleet.diagnose import remedies
+
+    found = remedies({"last_failure": {"state": state, "reason": reason}})
+    assert len(found) == 1, (state, reason)
+    return found[0]
+
+
+def test_diagnose_names_mdns_for_an_nss_only_name() -> None:
+    from firstboot.paths import Root
+    from firstboot.resolve import problem
+
+    found = problem(Root("/nonexistent-root"), "localhost", 443)  # the host's NSS knows it
+    assert found is not None and found[0]
+    assert "never mDNS" in remedy("network", found[1])

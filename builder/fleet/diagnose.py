@@ -87,6 +87,11 @@ REMEDIES: tuple[tuple[str, str], ...] = (
         "cluster.kubelet_args",
     ),
     (
+        r"mDNS|only through NSS",
+        "K3s resolves the server's name through /etc/hosts and DNS only, never mDNS (.local): "
+        "put a DNS name or an IP address in cluster.server, or give the site's DNS that name",
+    ),
+    (
         r"resolve|route|unreachable|refused|timed out|waiting for the server",
         "the device cannot reach the server: check the site's network, DNS and that port 6443 of "
         "cluster.server is open from the device",
