@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from builder.config import kubelabels
 from builder.config.model import Device, StaticAddress, Wifi
 from builder.config.schema import with_defaults
 from builder.config.values import _LABEL_VALUE, _TAINT, _scalar, _valid_label_key, static_address
@@ -40,6 +41,10 @@ class DeviceReader:
             if not sep or not _valid_label_key(label_key) or not _LABEL_VALUE.match(label_value):
                 where = f"{key}[{i}]" if isinstance(value, list) else f"{key}.{label_key}"
                 raise self.fail(where, f"must be a Kubernetes label key=value, got {shown(item)}")
+            reserved = kubelabels.problem(item)
+            if reserved:
+                where = f"{key}[{i}]" if isinstance(value, list) else f"{key}.{label_key}"
+                raise self.fail(where, reserved)
         return tuple(items)
 
     def taints(self, value: list[str], key: str) -> tuple[str, ...]:
