@@ -121,7 +121,7 @@ def build_into(plan: Plan, batch: Batch) -> list[artifacts.Written]:
     require_space(plan.output_dir, allocated_bytes(plan.base.path), plan.image_path.name)
     with (
         reported_full(plan.output_dir, plan.image_path.name),
-        ThreadPoolExecutor(max_workers=1) as pool,
+        ThreadPoolExecutor(max_workers=2) as pool,
     ):
         tmp = batch.file(plan.image_path)
         # The base's digest is only for the manifest: hash it on the other core while copying.
@@ -131,11 +131,14 @@ def build_into(plan: Plan, batch: Batch) -> list[artifacts.Written]:
         with progress("copying base", size) as bar:
             copy_file(plan.base.path, tmp, bar.advance)
         image = customize(tmp, plan)
-        check(image, plan)
-        facts = inspect.collect(tmp, image, plan.target.as_detected())
+        # The checks only read, mostly waiting for small tools: they run while the image is
+        # hashed, on the core the whole-image digest leaves free.
+        with artifacts.hashing(tmp, pool) as scanned:
+            check(image, plan)
+            facts = inspect.collect(tmp, image, plan.target.as_detected())
         if base_digest is not None:
             plan = replace(plan, base=replace(plan.base, sha256=base_digest.result()))
-        return artifacts.write_all(plan, tmp, facts, batch)
+        return artifacts.write_all(plan, tmp, facts, batch, scanned.result())
 
 
 def examine_base(plan: Plan) -> Plan:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from builder.sources import compress
 from builder.sources.obtain import Input
 from builder.util.batch import Batch
 from builder.util.console import progress
+from builder.util.errors import BuildError
 
 log = logging.getLogger("pifleet.output")
 
@@ -41,14 +46,39 @@ class Written:
     staged: Path | None = None  # where it is until the run commits
 
 
-def write_all(plan: Plan, image_tmp: Path, facts: dict[str, Any], batch: Batch) -> list[Written]:
-    """Write every output for the image being built at `image_tmp`, staged in `batch`.
+@contextmanager
+def hashing(image_tmp: Path, pool: ThreadPoolExecutor) -> Iterator[Future[bmap.Scan]]:
+    """Scan the finished image (its sha256 and block map) in `pool` while the body runs.
+
+    The body may only read the image. When it raises, the scan stops at its next chunk; on
+    a normal exit this waits for the scan, with the progress bar.
+    """
+    stop = threading.Event()
+    with progress("hashing image", image_tmp.stat().st_size) as bar:
+
+        def advance(count: int) -> None:
+            if stop.is_set():
+                raise BuildError("the scan was stopped")  # only the body's error is shown
+            bar.advance(count)
+
+        scanned = pool.submit(bmap.scan, image_tmp, advance)
+        try:
+            yield scanned
+            scanned.result()
+        except BaseException:
+            stop.set()
+            raise
+
+
+def write_all(
+    plan: Plan, image_tmp: Path, facts: dict[str, Any], batch: Batch, result: bmap.Scan
+) -> list[Written]:
+    """Write every output for the image built at `image_tmp` (scanned as `result`), staged
+    in `batch`.
 
     SHA256SUMS, written last, lists every other file written.
     """
     final = plan.image_path
-    with progress("hashing image", image_tmp.stat().st_size) as bar:
-        result = bmap.scan(image_tmp, bar.advance)
     written = [Written(final, result.sha256, image_tmp)]
     if plan.config.output.bmap:
         written.append(_write(batch, final.with_name(final.name + ".bmap"), bmap.render(result)))
