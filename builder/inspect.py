@@ -19,16 +19,13 @@ from builder.layout import (
     AGENT_DIR,
     AIRGAP_DIR,
     BIN_DIR,
-    FIRSTRUN_NAME,
     K3S_PATH,
     META_DATA,
-    PRESEED,
     UNIT_PATH,
-    USER_DATA,
     WANTS_LINK,
 )
 from builder.seed import cmdline
-from builder.seed.formats import SEED_FILES
+from builder.seed.formats import FORMATS, SEED_FILES
 from builder.steps import join, k3s
 from builder.util.console import human_size
 from firstboot import joinconfig
@@ -180,12 +177,9 @@ def written_format(image: Image, files: list[str], detected: str) -> str | None:
     """The seed format the boot partition carries (a config's seed.format may differ from
     what the image's packages suggest)."""
     line = cmdline.CmdLine.parse(image.boot.read(cmdline.CMDLINE) or b"")
-    if FIRSTRUN_NAME in files and line.values("systemd.run"):
-        return "systemd"
-    if PRESEED.lstrip("/") in files:
-        return "rpi-preseed"
-    if USER_DATA.lstrip("/") in files:
-        return detected if detected.startswith("cloudinit") else "cloudinit"
+    for fmt in FORMATS:  # each format's sign: its file, and its command-line word if any
+        if fmt.sign.lstrip("/") in files and (not fmt.cmdline_key or line.values(fmt.cmdline_key)):
+            return detected if detected in fmt.names else fmt.name
     return None
 
 

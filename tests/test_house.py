@@ -14,6 +14,7 @@ The checks read the source with `ast`, so they hold for code that is never run.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -349,3 +350,42 @@ def test_image_paths_are_spelled_in_the_layout_only() -> None:
                 where = path.relative_to(REPO).as_posix()
                 bad.append(f"{where}:{node.lineno} {node.value!r} (layout.{paths[node.value]})")
     assert bad == []
+
+
+def test_the_device_names_the_wants_link_as_the_layout_does() -> None:
+    """firstboot/ never imports builder/, so the agent keeps its own copy of the unit's wants
+    link (it removes it once joined): the two must be one path."""
+    from builder import layout
+    from firstboot import machine
+
+    assert machine.WANTS_LINK == layout.WANTS_LINK
+
+
+def test_every_seed_module_has_one_registered_seed_format() -> None:
+    """Each module of builder/seed/ that renders a seed (a top-level `render`) has one SeedFormat
+    record, of its own renderer, listed in builder/seed/formats.py's FORMATS: detection, the
+    seed.format check, the renderers and `inspect` all read what a format needs from there."""
+    import importlib
+
+    from builder.seed import formats
+    from builder.seed.base import SeedFormat
+
+    renderers = sorted(
+        path.stem
+        for path in (REPO / "builder" / "seed").glob("*.py")
+        if any(
+            isinstance(n, ast.FunctionDef) and n.name == "render"
+            for n in ast.parse(path.read_text(encoding="utf-8")).body
+        )
+        and path.stem != "formats"
+    )
+    assert {"cloudinit", "preseed", "systemd"} <= set(renderers)
+    for stem in renderers:
+        module = importlib.import_module(f"builder.seed.{stem}")
+        records = [v for v in vars(module).values() if isinstance(v, SeedFormat)]
+        assert len(records) == 1, f"builder/seed/{stem}.py: one SeedFormat record"
+        assert records[0] in formats.FORMATS and records[0].render is module.render, stem
+    names = [name for f in formats.FORMATS for name in f.names]
+    assert len(names) == len(set(names)) and set(names) == set(formats.RENDERERS)
+    schema = json.loads((REPO / "config" / "schema.json").read_text(encoding="utf-8"))
+    assert set(schema["properties"]["seed"]["properties"]["format"]["enum"]) == set(names)

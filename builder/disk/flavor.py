@@ -16,6 +16,8 @@ from builder.disk import dpkg
 from builder.disk.image import Image
 from builder.disk.osformat import CLOUD_CFG_D, MARKERS, FormatFacts, detect_format
 from builder.layout import FSTAB
+from builder.seed.base import Target
+from builder.seed.formats import BY_NAME
 from builder.util.errors import UserError
 
 EM_ARM = 40
@@ -102,8 +104,7 @@ def require_supported(flavor: Flavor, image_path: Path, override: str | None = N
     seed = flavor.seed
     if seed is None or override is None or override == seed.format:
         return flavor
-    needs = {"cloudinit": "cloud-init", "cloudinit-rpi": "cloud-init", "rpi-preseed": "rpi-preseed"}
-    package = needs.get(override)
+    package = BY_NAME[override].needs if override in BY_NAME else None
     if package is not None and package not in seed.packages:
         raise UserError(
             f"{image_path}: seed.format {override} needs {package}, which {flavor.name} lacks "
@@ -111,6 +112,18 @@ def require_supported(flavor: Flavor, image_path: Path, override: str | None = N
         )
     chosen = replace(seed, format=override, reason="seed.format in the config")
     return replace(flavor, seed=chosen, detected=seed)
+
+
+def seed_target(flavor: Flavor) -> Target:
+    """What the seed renderers need to know of the image: its format, boot mount, helpers."""
+    seed = flavor.seed
+    return Target(
+        format=flavor.init_format,
+        boot_mount=flavor.boot_mount,
+        imager_custom=bool(seed and seed.imager_custom),
+        userconf=bool(seed and seed.userconf),
+        network_manager=bool(seed and seed.network_manager),
+    )
 
 
 def parse_os_release(data: bytes) -> dict[str, str]:

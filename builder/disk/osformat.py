@@ -15,7 +15,8 @@ image file, so it looks at what is installed, in this order (first match wins):
 |                 | with raspberrypi-sys-mods' imager_custom when the image ships it                |
 
 Packages come from the dpkg database; an image without one (a minimal test
-layout) is judged by marker files (/usr/bin/cloud-init, imager_custom, ...).
+layout) is judged by marker files (/usr/bin/cloud-init, imager_custom, ...). What a format
+needs (its package and marker file) is its SeedFormat record's (builder/seed/formats.py).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from dataclasses import dataclass
 from builder.disk import dpkg
 from builder.disk.image import Image
 from builder.layout import IMAGER_CUSTOM, USERCONF
+from builder.seed.formats import BY_NAME, FORMATS
 
-FORMATS = ("cloudinit", "cloudinit-rpi", "systemd", "rpi-preseed")
 CLOUD_CFG_D = "/etc/cloud/cloud.cfg.d"
+CLOUD_INIT = BY_NAME["cloudinit"].needs
+PRESEED = BY_NAME["rpi-preseed"].needs
+# Package -> the file that stands for it in an image without a dpkg database.
 MARKERS = {
-    "cloud-init": "/usr/bin/cloud-init",
-    "rpi-preseed": "/usr/lib/rpi-preseed",
+    **{f.needs: f.marker for f in FORMATS if f.needs and f.marker},
     "raspberrypi-sys-mods": IMAGER_CUSTOM,
     "network-manager": "/usr/sbin/NetworkManager",
     "userconf-pi": USERCONF,
@@ -39,7 +42,7 @@ MARKERS = {
 
 @dataclass(frozen=True)
 class FormatFacts:
-    format: str  # one of FORMATS
+    format: str  # a SeedFormat name (builder/seed/formats.py BY_NAME)
     reason: str  # the evidence, for `pifleet inspect`
     packages: tuple[str, ...]  # the relevant packages found (dpkg or marker files)
     imager_custom: bool  # raspberrypi-sys-mods' helper is there (firstrun.sh calls it)
@@ -59,7 +62,7 @@ def detect_format(image: Image, os_id: str, rpi_issue: bool) -> FormatFacts:
     else:
         found = {name for name, path in MARKERS.items() if markers[path] is not None}
         how = "marker files"
-    datasource = _datasource(image) if "cloud-init" in found else None
+    datasource = _datasource(image) if CLOUD_INIT in found else None
     fmt, why = _choose(found, os_id, rpi_issue, datasource, image.boot.label())
     return FormatFacts(
         format=fmt,
@@ -75,9 +78,9 @@ def detect_format(image: Image, os_id: str, rpi_issue: bool) -> FormatFacts:
 def _choose(
     found: set[str], os_id: str, rpi_issue: bool, datasource: str | None, boot_label: str
 ) -> tuple[str, str]:
-    if "rpi-preseed" in found:
+    if PRESEED in found:
         return "rpi-preseed", "rpi-preseed is installed"
-    if "cloud-init" in found:
+    if CLOUD_INIT in found:
         ubuntu_seed = "fs_label: system-boot" in (datasource or "") or boot_label == "system-boot"
         if os_id == "ubuntu" or ubuntu_seed:
             return "cloudinit", "cloud-init on Ubuntu (NoCloud on system-boot)"

@@ -4,12 +4,15 @@ In: the fleet's (or one device's) host name, users, SSH keys, network, time zone
 locale, keyboard and Pi interfaces (`SeedInput`), plus what the image can run
 (`Target`). Out: boot-partition files and the kernel command-line words they
 need (`Seed`). Each format module (cloudinit, systemd, preseed) has one
-function, `render(inp, target) -> Seed`.
+function, `render(inp, target) -> Seed`, and one `SeedFormat` record saying what the format
+needs, writes and how a written seed is recognised (as cloud-init's `meta` describes a module);
+builder/seed/formats.py lists the records.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from builder.config import environ
@@ -61,6 +64,29 @@ class Seed:
     # Kernel command-line words: a word whose key (text up to "=") is already there replaces
     # it in place, others are appended, so applying a seed twice changes nothing.
     cmdline: tuple[str, ...] = field(default=())
+
+
+Renderer = Callable[[SeedInput, Target], Seed]
+
+
+@dataclass(frozen=True)
+class SeedFormat:
+    """One seed format: what the OS must have for it, how it is rendered, what it writes."""
+
+    name: str  # Raspberry Pi Imager's init_format
+    render: Renderer
+    files: tuple[str, ...]  # the seed files it writes at the boot partition's root
+    needs: str | None = None  # the package the OS must have (None: any systemd image)
+    marker: str | None = None  # the file that stands for that package without a dpkg database
+    variants: tuple[str, ...] = ()  # other init_format names the same module renders
+    # How `inspect` recognises a written seed: this boot-partition file, and with it this
+    # kernel command-line key when the format needs one.
+    sign: str = ""
+    cmdline_key: str | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.variants)
 
 
 def seed_input(

@@ -15,7 +15,7 @@ import hashlib
 from builder import version
 from builder.config.model import Device, FleetConfig, Hardware
 from builder.layout import META_DATA, NETWORK_CONFIG, SSH_SWITCH, USER_DATA
-from builder.seed.base import HostKey, Seed, SeedInput, Target, seed_input
+from builder.seed.base import HostKey, Seed, SeedFormat, SeedInput, Target, seed_input
 from builder.util.render import render as render_template
 
 SEED_FILES = (USER_DATA, META_DATA, NETWORK_CONFIG)
@@ -62,6 +62,18 @@ def render(inp: SeedInput, target: Target) -> Seed:
     if target.format == "cloudinit-rpi" and any(u.ssh_authorized_keys for u in inp.users):
         files[SSH_SWITCH] = b""
     return Seed(files)
+
+
+# `cloudinit` (Ubuntu, any cloud-init image) and `cloudinit-rpi` (Raspberry Pi OS): one module.
+FORMAT = SeedFormat(
+    name="cloudinit",
+    variants=("cloudinit-rpi",),
+    render=render,
+    files=SEED_FILES,
+    needs="cloud-init",
+    marker="/usr/bin/cloud-init",
+    sign=USER_DATA,
+)
 
 
 def rpi_block(hardware: Hardware) -> dict[str, object] | None:

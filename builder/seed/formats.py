@@ -1,44 +1,28 @@
-"""Picks the seed format for an image and renders it: the one entry point to builder/seed/."""
+"""The seed formats, one `SeedFormat` record per module of builder/seed/, and the one entry
+point that renders a seed. OS detection (builder/disk/osformat.py, flavor.py) and `inspect`
+read what a format needs and writes from these records."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from builder.config.model import Device, FleetConfig
-from builder.disk.flavor import Flavor
-from builder.layout import FIRSTRUN, PRESEED
 from builder.seed import cloudinit, preseed, systemd
-from builder.seed.base import HostKey, Seed, SeedInput, Target, seed_input
+from builder.seed.base import HostKey, Renderer, Seed, SeedFormat, Target, seed_input
 
-Renderer = Callable[[SeedInput, Target], Seed]
-
-RENDERERS: dict[str, Renderer] = {
-    "cloudinit": cloudinit.render,
-    "cloudinit-rpi": cloudinit.render,
-    "systemd": systemd.render,
-    "rpi-preseed": preseed.render,
-}
+# In the order `inspect` tells a written seed apart: firstrun.sh with its command-line word
+# first (it runs whatever else the partition holds), user-data (which Pi OS ships as a
+# template) last.
+FORMATS: tuple[SeedFormat, ...] = (systemd.FORMAT, preseed.FORMAT, cloudinit.FORMAT)
+BY_NAME: dict[str, SeedFormat] = {name: f for f in FORMATS for name in f.names}
+RENDERERS: dict[str, Renderer] = {name: f.render for name, f in BY_NAME.items()}
 # Every file any format writes at the boot partition's root, for `inspect` and `lint`.
-SEED_FILES = (*cloudinit.SEED_FILES, FIRSTRUN, PRESEED)
-
-
-def target(flavor: Flavor) -> Target:
-    seed = flavor.seed
-    return Target(
-        format=flavor.init_format,
-        boot_mount=flavor.boot_mount,
-        imager_custom=bool(seed and seed.imager_custom),
-        userconf=bool(seed and seed.userconf),
-        network_manager=bool(seed and seed.network_manager),
-    )
+SEED_FILES = (*cloudinit.FORMAT.files, *systemd.FORMAT.files, *preseed.FORMAT.files)
 
 
 def render(
     config: FleetConfig,
-    flavor: Flavor,
+    target: Target,
     device: Device | None = None,
     host_key: HostKey | None = None,
 ) -> Seed:
     """The seed for the fleet's golden image (no device) or for one device."""
-    where = target(flavor)
-    return RENDERERS[where.format](seed_input(config, device, host_key), where)
+    return RENDERERS[target.format](seed_input(config, device, host_key), target)

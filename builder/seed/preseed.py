@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from builder.config.model import User
 from builder.layout import PRESEED
-from builder.seed.base import Seed, SeedInput, Target
+from builder.seed.base import Seed, SeedFormat, SeedInput, Target
 from builder.seed.base import shell_quote as q
 
 CONFIG_VERSION = "1.1"
@@ -58,6 +58,16 @@ def render(inp: SeedInput, target: Target) -> Seed:
     if early:
         sections.append(("runcmd", {"early": early}))
     return Seed({PRESEED: dump(sections).encode()})
+
+
+FORMAT = SeedFormat(
+    name="rpi-preseed",
+    render=render,
+    files=(PRESEED,),
+    needs="rpi-preseed",
+    marker="/usr/lib/rpi-preseed",
+    sign=PRESEED,
+)
 
 
 def _first_user(user: User) -> list[tuple[str, dict[str, Value]]]:

@@ -29,7 +29,7 @@ from builder.config.model import Hardware, StaticAddress, User
 from builder.layout import FIRSTRUN, FIRSTRUN_NAME, NM_CONNECTIONS, USERCONF
 from builder.layout import IMAGER_CUSTOM as IC
 from builder.seed import cmdline
-from builder.seed.base import HostKey, Seed, SeedInput, Target
+from builder.seed.base import HostKey, Seed, SeedFormat, SeedInput, Target
 from builder.seed.base import shell_quote as q
 from builder.seed.nmkeyfile import ethernet_keyfile, networkd_file, wifi_keyfile
 
@@ -58,6 +58,16 @@ def render(inp: SeedInput, target: Target) -> Seed:
     lines += _footer(target.boot_mount)
     script = "\n".join(lines) + "\n"
     return Seed({FIRSTRUN: script.encode()}, cmdline_words(target.boot_mount))
+
+
+# Needs no package: any systemd image runs `systemd.run=` (raspberrypi-sys-mods is optional).
+FORMAT = SeedFormat(
+    name="systemd",
+    render=render,
+    files=(FIRSTRUN,),
+    sign=FIRSTRUN,
+    cmdline_key=RUN.removesuffix("="),
+)
 
 
 def _if_ic(helper: list[str], fallback: list[str], available: bool) -> list[str]:
