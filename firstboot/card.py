@@ -24,6 +24,7 @@ from firstboot.redact import Redactor
 REPORT_NAME = "report.json"
 JOURNAL_LINES = 200
 LINE_MAX = 300
+WARNINGS_MAX = 8  # the card keeps the latest distinct warnings
 UNITS = ("pifleet-firstboot", "k3s-agent", "k3s")
 
 
@@ -88,6 +89,8 @@ class CardReport:
                 data["node"] = text[len("node name ") :]
         if kind == "failed":
             self._failure(state, text, now)
+        if kind == "warning" and text not in data.setdefault("warnings", []):
+            data["warnings"] = (data["warnings"] + [text])[-WARNINGS_MAX:]
         if kind == "joined":
             data["joined"] = {"node": text, "at": now}
         if kind in ("failed", "joined"):

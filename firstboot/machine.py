@@ -195,6 +195,8 @@ class Agent:
         if problems:
             raise Terminal("; ".join(problems))
         self.report.progress("load", preflight.page_size_note())
+        for warning in filter(None, [preflight.pod_dns_warning(self.root, self.join.kubelet_args)]):
+            self.report.warning(warning)
         if configured is None:
             naming.set_hostname(self.root, name)
         self.state.node_name = name

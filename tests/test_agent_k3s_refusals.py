@@ -7,6 +7,7 @@ member name, and air-gap images still importing. Real processes on fake device r
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import socket
 import struct
@@ -191,3 +192,55 @@ def test_diagnose_names_mdns_for_an_nss_only_name() -> None:
     found = problem(Root("/nonexistent-root"), "localhost", 443)  # the host's NSS knows it
     assert found is not None and found[0]
     assert "never mDNS" in remedy("network", found[1])
+
+
+# -- item 8: pod DNS that K3s would point at 8.8.8.8 ---------------------------------------------
+
+
+def test_link_local_only_nameservers_are_a_preflight_warning_diagnose_shows(
+    tmp_path: Path, device: Path
+) -> None:
+    with K3sTestServer(state_dir=tmp_path / "s") as server:
+        make_device(device, server, server.mint_token())
+        write(device / "etc/resolv.conf", b"nameserver fe80::1\nnameserver fe80::abcd:1\n")
+        proc = run_agent(device)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    warnings = [line for line in proc.stderr.splitlines() if "warning: K3s will give pods" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert "/etc/resolv.conf (fe80::1, fe80::abcd:1)" in warnings[0]
+    assert "resolv-conf=PATH" in warnings[0]
+    from builder.fleet.diagnose import story
+
+    card = json.loads((device / "boot/firmware/pifleet/report.json").read_text())
+    shown = [line for line in story(card) if line.startswith("  warning: K3s will give pods")]
+    assert len(shown) == 1 and "fe80::1" in shown[0]
+
+
+@pytest.mark.parametrize(
+    ("files", "kubelet_args", "warned"),
+    [
+        ({"/etc/resolv.conf": "nameserver 192.168.1.1\nnameserver fd00::53\n"}, [], False),
+        ({"/etc/resolv.conf": "nameserver 169.254.1.1\n"}, [], True),
+        ({"/etc/resolv.conf": "nameserver 10.0.0.1\nnameserver fe80::1\n"}, [], True),
+        ({"/etc/resolv.conf": "nameserver fe80::1%eth0\n"}, [], True),
+        ({"/etc/resolv.conf": "# no servers\n"}, [], True),
+        (  # systemd-resolved's stub: K3s takes the second file
+            {
+                "/etc/resolv.conf": "nameserver 127.0.0.53\n",
+                "/run/systemd/resolve/resolv.conf": "nameserver 10.1.2.3\n",
+            },
+            [],
+            False,
+        ),
+        ({"/etc/resolv.conf": "nameserver fe80::1\n"}, ["resolv-conf=/etc/k3s-resolv.conf"], False),
+    ],
+)
+def test_pod_dns_follows_is_valid_resolv_conf(
+    tmp_path: Path, files: dict[str, str], kubelet_args: list[str], warned: bool
+) -> None:
+    from firstboot.paths import Root
+    from firstboot.preflight import pod_dns_warning
+
+    for name, text in files.items():
+        write(tmp_path / name.lstrip("/"), text.encode())
+    assert bool(pod_dns_warning(Root(tmp_path), kubelet_args)) == warned

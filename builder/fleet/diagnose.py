@@ -51,6 +51,7 @@ SHAPE: dict[str, Shape] = {
     "last_failure": {"state": str, "reason": str, "count": int, "first": str, "last": str},
     "joined": {"node": str, "at": str},
     "journal": [str],
+    "warnings": [str],
 }
 _NAMES = {int: "a whole number", str: "a string", dict: "an object", list: "a list"}
 
@@ -234,6 +235,7 @@ def story(report: dict[str, Any]) -> list[str]:
         )
     elif report.get("detail") and not joined:
         lines.append(f"  last: {report['detail']}")
+    lines += [f"  warning: {text}" for text in report.get("warnings") or []]
     return lines
 
 
