@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from builder.disk.image import Image
-from builder.fleet.devicekeys import NODE_PASSWORD, PUBLIC, identity_dir
+from builder.fleet.devicekeys import HOST_KEY_PUB_FILE, NODE_PASSWORD, identity_dir
 from builder.testserver.server import K3sTestServer
 from tests.conftest import BOOT_AGENT
 from tests.test_boot import DEVICE, device_image, ext4_read, guest_disk
@@ -113,7 +113,7 @@ def test_no_secret_on_the_boot_partition_after_first_boot_and_reboot(
     assert hostnames[-1] == DEVICE
     assert ext4_read(root, "/etc/hostname").decode().strip() == DEVICE
     identity = identity_dir(image.parent / "out", DEVICE)
-    configured = (identity / PUBLIC).read_text().split()[:2]
+    configured = (identity / HOST_KEY_PUB_FILE).read_text().split()[:2]
     assert ext4_read(root, "/etc/ssh/ssh_host_ed25519_key.pub").decode().split()[:2] == configured
     assert rendered_network(root) == network_first and network_first
     result = json.loads(ext4_read(root, "/var/lib/cloud/data/result.json"))

@@ -24,8 +24,8 @@ from builder.util.errors import UserError
 from builder.util.private import make_private_dirs, require_own, write_private
 from builder.util.secret import Secret
 
-PRIVATE = "ssh_host_ed25519_key"
-PUBLIC = "ssh_host_ed25519_key.pub"
+HOST_KEY_FILE = "ssh_host_ed25519_key"
+HOST_KEY_PUB_FILE = "ssh_host_ed25519_key.pub"
 NODE_PASSWORD = "node-password"
 
 
@@ -53,7 +53,7 @@ def load_identity(out_dir: Path, hostname: str) -> DeviceIdentity | None:
         if not os.path.lexists(folder):
             return None
         require_own(folder, f"the identity of {hostname}", directory=True)
-    paths = [directory / n for n in (PRIVATE, PUBLIC, NODE_PASSWORD)]
+    paths = [directory / n for n in (HOST_KEY_FILE, HOST_KEY_PUB_FILE, NODE_PASSWORD)]
     if not all(os.path.lexists(p) for p in paths):
         return None
     for path in paths:
@@ -81,8 +81,8 @@ def new_identity(hostname: str) -> tuple[DeviceIdentity, dict[str, bytes]]:
         hostname, HostKey(private=private, public=public_line), Secret(password)
     )
     files = {
-        PRIVATE: private.encode(),
-        PUBLIC: (public_line + "\n").encode(),
+        HOST_KEY_FILE: private.encode(),
+        HOST_KEY_PUB_FILE: (public_line + "\n").encode(),
         NODE_PASSWORD: (password + "\n").encode(),
     }
     return identity, files
@@ -122,8 +122,8 @@ def stage_identity(batch: Batch, out_dir: Path, hostname: str) -> DeviceIdentity
 
 def _load(directory: Path, hostname: str) -> DeviceIdentity:
     try:
-        private = (directory / PRIVATE).read_text()
-        public = (directory / PUBLIC).read_text().strip()
+        private = (directory / HOST_KEY_FILE).read_text()
+        public = (directory / HOST_KEY_PUB_FILE).read_text().strip()
         password = (directory / NODE_PASSWORD).read_text().strip()
         serialization.load_ssh_private_key(private.encode(), password=None)
     except (OSError, ValueError) as exc:

@@ -35,8 +35,8 @@ log = logging.getLogger("pifleet.output")
 # they are readable by their owner only. So are their .bmap, manifest, OS list and
 # SHA256SUMS: a build is reproducible, so a public digest of an image (or of one of its
 # ranges) would confirm a guessed token or passphrase, one rebuild per guess.
-PRIVATE = 0o600
-SIDECAR = PRIVATE  # the image's own mode
+PRIVATE_MODE = 0o600
+SIDECAR = PRIVATE_MODE  # the image's own mode
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def _imager_manifest(plan: Plan, result: bmap.Scan, written: list[Written]) -> b
 
 def _compressed(plan: Plan, image_tmp: Path, fmt: str, batch: Batch) -> Written:
     final = plan.output_dir / f"{plan.config.name}.{fmt}"
-    tmp = batch.file(final, PRIVATE)
+    tmp = batch.file(final, PRIVATE_MODE)
     log.info("compressing %s", final.name)
     return Written(final, compress.compress(image_tmp, tmp, fmt), tmp)
 

@@ -18,7 +18,7 @@ from builder.disk.image import Image
 from builder.layout import CLOUD_INIT_LOGS
 from builder.plan import Plan
 
-PRIVATE = 0o600
+PRIVATE_MODE = 0o600
 
 
 def apply(image: Image, plan: Plan) -> None:
@@ -27,7 +27,7 @@ def apply(image: Image, plan: Plan) -> None:
     found = image.root.stat_many(list(CLOUD_INIT_LOGS))
     for path, inode in found.items():
         if inode is None:
-            image.root.stage(File(path, PRIVATE, data=b""))
+            image.root.stage(File(path, PRIVATE_MODE, data=b""))
         elif inode.kind == "regular" and inode.mode & 0o077:
             kept = image.root.read(path) or b""
-            image.root.stage(File(path, PRIVATE, data=kept, uid=inode.uid, gid=inode.gid))
+            image.root.stage(File(path, PRIVATE_MODE, data=kept, uid=inode.uid, gid=inode.gid))

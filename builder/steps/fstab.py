@@ -16,7 +16,7 @@ from builder.disk.image import Image
 from builder.layout import FSTAB
 from builder.plan import Plan
 
-PRIVATE = ("fmask=0077", "dmask=0077")
+PRIVATE_MOUNT_OPTS = ("fmask=0077", "dmask=0077")
 _REPLACED = ("fmask=", "dmask=", "umask=")
 _LINE = re.compile(r"\s*(?P<spec>\S+)\s+(?P<dir>\S+)\s+(?P<type>\S+)\s+(?P<options>\S+)")
 
@@ -38,7 +38,7 @@ def private_boot(text: str, mount: str) -> str | None:
         if m is None or m["spec"].startswith("#") or (m["dir"], m["type"]) != (mount, "vfat"):
             continue
         kept = [o for o in m["options"].split(",") if not o.startswith(_REPLACED)]
-        options = ",".join([*kept, *PRIVATE])
+        options = ",".join([*kept, *PRIVATE_MOUNT_OPTS])
         lines[i] = line[: m.start("options")] + options + line[m.end("options") :]
     updated = "".join(lines)
     return updated if updated != text else None
