@@ -18,9 +18,11 @@ import contextlib
 import time
 from typing import Callable, Dict, List, Optional
 
+import firstboot.caclock as caclock
 import firstboot.nodepassword as nodepassword
 import firstboot.roles as roles
 import firstboot.secrets as secrets
+import firstboot.starting as starting
 from firstboot import card, collect, custody, joinconfig, k3sfiles, naming, network, preflight
 from firstboot.clock import Clock, clock_for, synchronized
 from firstboot.paths import Root, remove, write_atomic
@@ -35,10 +37,10 @@ from firstboot.server import (
     prove_token,
     server_time,
 )
-from firstboot.service import ServiceError, ServiceManager
+from firstboot.service import ServiceManager
 from firstboot.state import ORDER, JoinState, StateError, StateStore
 from firstboot.state import fault as _fault
-from firstboot.texts import DESCRIPTIONS, KNOWN_FAILURES
+from firstboot.texts import DESCRIPTIONS
 from firstboot.token import Token, TokenError, read_first
 
 PINNED_CA = "/var/lib/pifleet/server-ca.pem"
@@ -326,45 +328,22 @@ class Agent:
         return "start"
 
     def do_start(self) -> str:
-        unit = k3sfiles.unit_name(self.role)
-        since = time.time() - 5
         made = nodepassword.ensure(self.root)  # K3s's own is not fsynced (nodepassword.py)
         if made:
             self.report.progress("start", made)
-        try:
-            self.services.daemon_reload()
-            self.services.enable_and_start(unit)
-        except ServiceError as exc:
-            raise Terminal(str(exc)) from None
-        backoff = self.backoff(cap=10.0)
-        last = ""
-        deadline = time.monotonic() + self.join.start_timeout
-        while True:
-            status = self.services.state(unit)
-            if status == "active":
-                return "cleanup"
-            journal = self.services.journal(unit, since)
-            for needle, message in KNOWN_FAILURES:
-                if any(needle in line for line in journal):
-                    raise Terminal(message.format(node=self.state.node_name))
-            if time.monotonic() >= deadline:
-                tail = " | ".join(line.strip()[:200] for line in journal[-3:]) or "(no log lines)"
-                raise Terminal(
-                    "K3s has not joined within "
-                    + str(int(self.join.start_timeout))
-                    + " s ("
-                    + unit
-                    + " is "
-                    + status
-                    + "); last K3s log lines: "
-                    + tail
-                )
-            if status != last:
-                self.report.progress(
-                    "start", "waiting for K3s to register the node (" + unit + " is " + status + ")"
-                )
-                last = status
-            backoff.wait()
+
+        def progress(text: str) -> None:
+            self.report.progress("start", text)
+
+        if self.role == "server":
+            timeout = self.join.clock_sync_timeout
+            caclock.wait_for_ca(
+                self.root, PINNED_CA, self.clock, timeout, self.backoff(5.0), progress
+            )
+        unit, node = k3sfiles.unit_name(self.role), str(self.state.node_name)
+        timeout = self.join.start_timeout
+        starting.start(self.services, unit, node, timeout, self.backoff(cap=10.0), progress)
+        return "cleanup"
 
     def do_cleanup(self) -> str:
         for path in (*self.where(*secrets.CLEANUP), WANTS_LINK):

@@ -24,9 +24,11 @@ certificate of `/cacerts`):
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import re
 import ssl
+import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from firstboot import sigverify
@@ -252,3 +254,21 @@ def hash_ca(body: bytes) -> Tuple[str, bytes]:
     """(hash K3s computes, the PEM certificates the pin trusts) for a /cacerts body."""
     found = pin(body)
     return found.ca_hash, found.trust
+
+
+def not_before(cert: Cert) -> float:
+    """The certificate's notBefore as a Unix time (UTCTime or GeneralizedTime, RFC 5280)."""
+    tbs = cert.tbs
+    _tag, start, end = tlv(tbs, 0)
+    fields = children(tbs, start, end)
+    if fields and fields[0][0] == 0xA0:  # [0] version
+        fields = fields[1:]
+    _tag, _header, vstart, vend = fields[3]  # validity SEQUENCE { notBefore, notAfter }
+    tag, _h, tstart, tend = children(tbs, vstart, vend)[0]
+    text = tbs[tstart:tend].decode("ascii", "replace").rstrip("Z")
+    if tag == 0x17:  # UTCTime YYMMDDHHMMSS: 50-99 are 19xx
+        text = ("19" if int(text[:2]) >= 50 else "20") + text
+    try:
+        return float(calendar.timegm(time.strptime(text[:14], "%Y%m%d%H%M%S")))
+    except ValueError:
+        raise CertError("a certificate's notBefore is not a time") from None

@@ -244,3 +244,46 @@ def test_pod_dns_follows_is_valid_resolv_conf(
     for name, text in files.items():
         write(tmp_path / name.lstrip("/"), text.encode())
     assert bool(pod_dns_warning(Root(tmp_path), kubelet_args)) == warned
+
+
+# -- item 6: a server's clock before its CA's notBefore ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, bytes]:
+    """A cluster as `cluster init` makes it (its CA's notBefore is 5 minutes ago)."""
+    from builder.cluster.ca import generate
+    from builder.cluster.cahash import k3s_ca_hash
+
+    files = {f"tls/{f.path}": f.data for f in generate()}
+    ca_hash = k3s_ca_hash(files["tls/server-ca.crt"])
+    files["token"] = f"K10{ca_hash}::server:{'5e' * 16}\n".encode()
+    files["agent-token"] = f"K10{ca_hash}::node:{'a9' * 16}\n".encode()
+    files["hash"] = ca_hash.encode()
+    return files
+
+
+@pytest.fixture
+def roots() -> Iterator[list[Path]]:
+    made: list[Path] = []
+    yield made
+    for root in made:
+        stop_services(root)
+
+
+def test_a_first_server_whose_clock_is_before_its_ca_gets_a_clock_verdict(
+    cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
+) -> None:
+    from tests.test_cluster_firstboot import first_server
+
+    first, _port, env = first_server(roots, tmp_path, cluster)
+    write(first / "run/pifleet/clock-offset", b"-172800\n")  # two days slow, past build_time
+    proc = run_agent(first, env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    failed = [line for line in proc.stderr.splitlines() if "failed state=" in line]
+    assert len(failed) == 1, proc.stderr
+    assert "failed state=start reason=clock: this server's clock" in failed[0]
+    assert "still before its CA's notBefore" in failed[0]
+    assert "CA hash" not in proc.stderr and "mismatch" not in proc.stderr
+    assert not (first / "var/lib/rancher/k3s/server/db").exists()  # K3s never started
+    assert "clock is before its CA" in remedy("start", failed[0].split("reason=", 1)[1])

@@ -58,6 +58,11 @@ _NAMES = {int: "a whole number", str: "a string", dict: "an object", list: "a li
 # (what the failure reason says, what to do about it); the first match wins.
 REMEDIES: tuple[tuple[str, str], ...] = (
     (
+        r"before its CA's notBefore",
+        "the server's clock is before its CA's validity (no time sync): give it NTP "
+        "(systemd-timesyncd reaching a time server) or set its clock; the device re-checks alone",
+    ),
+    (
         r"Node password rejected",
         "a node of this name joined before with another password: restore "
         "/etc/rancher/node/password from out/devices/<host>/, or `kubectl delete node <host>` "
