@@ -213,11 +213,11 @@ def test_flash_then_personalize_gives_distinct_cards(work: Path) -> None:
 def test_read_back_verify_catches_a_corrupted_card(work: Path) -> None:
     """Real image, real .bmap, real write; then the card loses a byte, as a failing card does."""
     image, card = work / GOLDEN, work / "card.img"
-    plan = bmap.parse((work / (GOLDEN + ".bmap")).read_bytes(), "bmap")
-    written = flash.write(image, FileDestination(card), card, plan)
+    block_map = bmap.parse((work / (GOLDEN + ".bmap")).read_bytes(), "bmap")
+    written = flash.write(image, FileDestination(card), card, block_map)
     assert written == sum(end - start for start, end, _ in read_bmap(work / (GOLDEN + ".bmap"))[1])
-    flash.verify(card, plan)
-    victim = plan.ranges[len(plan.ranges) // 2]
+    flash.verify(card, block_map)
+    victim = block_map.ranges[len(block_map.ranges) // 2]
     with open(card, "r+b") as f:
         f.seek(victim.first * bmap.BLOCK + 100)
         old = f.read(1)
@@ -226,13 +226,13 @@ def test_read_back_verify_catches_a_corrupted_card(work: Path) -> None:
     with pytest.raises(
         BuildError, match=rf"blocks {victim.first}-{victim.last} read back differently"
     ):
-        flash.verify(card, plan)
+        flash.verify(card, block_map)
     # a good card again, then one that lost its end
-    flash.write(image, FileDestination(card), card, plan)
-    flash.verify(card, plan)
-    os.truncate(card, plan.ranges[-1].first * bmap.BLOCK)
+    flash.write(image, FileDestination(card), card, block_map)
+    flash.verify(card, block_map)
+    os.truncate(card, block_map.ranges[-1].first * bmap.BLOCK)
     with pytest.raises(BuildError, match="read back ended early"):
-        flash.verify(card, plan)
+        flash.verify(card, block_map)
 
 
 def test_an_image_changed_after_its_bmap_is_not_blamed_on_the_card(work: Path) -> None:

@@ -48,23 +48,23 @@ def write(
     image: Path,
     destination: Destination,
     where: Path,
-    plan: bmap.Scan,
+    block_map: bmap.BlockMap,
     advance: Advance | None = None,
 ) -> int:
-    """Write `plan`'s mapped ranges of `image` to `where`, the place `destination.prepared`
+    """Write `block_map`'s mapped ranges of `image` to `where`, the place `destination.prepared`
     gave (messages name `destination.path`); bytes written.
 
     Each range is hashed as it is read from the image and checked against the
-    plan, so an image changed after its .bmap was made is caught here, not
+    block map, so an image changed after its .bmap was made is caught here, not
     blamed on the card.
     """
     name = destination.path
     written = 0
-    fd = destination.open_for_writing(where, plan.size)
+    fd = destination.open_for_writing(where, block_map.size)
     try:
         with open(image, "rb") as src:
-            for r in plan.ranges:
-                count, digest = _write_range(src, fd, name, r, plan.size, advance)
+            for r in block_map.ranges:
+                count, digest = _write_range(src, fd, name, r, block_map.size, advance)
                 written += count
                 if r.sha256 and digest != r.sha256:
                     raise BuildError(
@@ -106,14 +106,14 @@ def _write_range(
     return written, digest.hexdigest()
 
 
-def verify(target: Path, plan: bmap.Scan, shown: Path | None = None) -> None:
+def verify(target: Path, block_map: bmap.BlockMap, shown: Path | None = None) -> None:
     """Read the mapped ranges back from the card itself (cache dropped) and check them."""
     name = shown or target
     fd = os.open(target, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        for r in plan.ranges:
-            start, end = _span(r, plan.size)
+        for r in block_map.ranges:
+            start, end = _span(r, block_map.size)
             digest = hashlib.sha256()
             while start < end:
                 try:
@@ -135,11 +135,11 @@ def verify(target: Path, plan: bmap.Scan, shown: Path | None = None) -> None:
 
 
 def confirm(
-    target: Destination, image: Path, plan: bmap.Scan, ask: Callable[[str], str] = input
+    target: Destination, image: Path, block_map: bmap.BlockMap, ask: Callable[[str], str] = input
 ) -> None:
     if not sys.stdin.isatty():
         raise UserError(f"{target.path}: not asking on a non-terminal; pass --yes to confirm")
-    mapped = human_size(plan.mapped_blocks * bmap.BLOCK)
+    mapped = human_size(block_map.mapped_blocks * bmap.BLOCK)
     answer = ask(f"Write {image.name} ({mapped} of data) to {target.summary()}?\n"
                  f"Everything on {target.path} will be lost. Type 'yes' to continue: ")  # fmt: skip
     if answer.strip().lower() != "yes":
@@ -150,16 +150,16 @@ def bmap_path(image: Path, bmap_file: Path | None) -> Path:
     return bmap_file or image.with_name(image.name + ".bmap")
 
 
-def image_plan(image: Path, bmap_file: Path | None) -> bmap.Scan:
+def block_map_of(image: Path, bmap_file: Path | None) -> bmap.BlockMap:
     """The ranges to write: from the .bmap next to the image when there is one, else scanned."""
     candidate = bmap_path(image, bmap_file)
     if candidate.exists():
-        plan = bmap.parse(candidate.read_bytes(), str(candidate))
-        if plan.size != image.stat().st_size:
+        block_map = bmap.parse(candidate.read_bytes(), str(candidate))
+        if block_map.size != image.stat().st_size:
             raise UserError(
-                f"{candidate}: made for a {plan.size}-byte image, but {image} has {image.stat().st_size}"
+                f"{candidate}: made for a {block_map.size}-byte image, but {image} has {image.stat().st_size}"
             )
-        return plan
+        return block_map
     if bmap_file is not None:
         raise UserError(f"{bmap_file}: no such bmap file")
     with progress("scanning image", image.stat().st_size) as bar:
@@ -185,13 +185,13 @@ def flash(
     target = describe(target_path)
     own = {"image": image, "bmap": bmap_path(image, bmap_file)}
     target.refuse_inputs(own, protected or {})
-    plan = image_plan(image, bmap_file)
-    reason = target.refusal(plan.size)
+    block_map = block_map_of(image, bmap_file)
+    reason = target.refusal(block_map.size)
     if reason:
         raise UserError(reason)
-    mapped = plan.mapped_blocks * bmap.BLOCK
+    mapped = block_map.mapped_blocks * bmap.BLOCK
     print(
-        f"{image.name}: {human_size(plan.size)}, {human_size(mapped)} mapped in {len(plan.ranges)} ranges"
+        f"{image.name}: {human_size(block_map.size)}, {human_size(mapped)} mapped in {len(block_map.ranges)} ranges"
     )
     print(f"target:  {target.summary()}")
     if dry_run:
@@ -200,12 +200,12 @@ def flash(
         )
         return target
     if target.needs_consent and not yes:
-        confirm(target, image, plan)
+        confirm(target, image, block_map)
     with target.prepared() as dest:
         with progress(f"writing {target.path}", mapped) as bar:
-            written = write(image, target, dest, plan, bar.advance)
+            written = write(image, target, dest, block_map, bar.advance)
         with progress("verifying", mapped):
-            verify(dest, plan, target.path)
+            verify(dest, block_map, target.path)
         print(
             f"wrote and verified {human_size(written)} ({written / max(mapped, 1):.3f}x the mapped data)"
         )

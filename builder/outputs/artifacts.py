@@ -47,7 +47,7 @@ class Written:
 
 
 @contextmanager
-def hashing(image_tmp: Path, pool: ThreadPoolExecutor) -> Iterator[Future[bmap.Scan]]:
+def hashing(image_tmp: Path, pool: ThreadPoolExecutor) -> Iterator[Future[bmap.BlockMap]]:
     """Scan the finished image (its sha256 and block map) in `pool` while the body runs.
 
     The body may only read the image. When it raises, the scan stops at its next chunk; on
@@ -71,7 +71,7 @@ def hashing(image_tmp: Path, pool: ThreadPoolExecutor) -> Iterator[Future[bmap.S
 
 
 def write_all(
-    plan: Plan, image_tmp: Path, facts: dict[str, Any], batch: Batch, result: bmap.Scan
+    plan: Plan, image_tmp: Path, facts: dict[str, Any], batch: Batch, result: bmap.BlockMap
 ) -> list[Written]:
     """Write every output for the image built at `image_tmp` (scanned as `result`), staged
     in `batch`.
@@ -112,7 +112,7 @@ def _write(batch: Batch, final: Path, data: bytes) -> Written:
     return Written(final, hashlib.sha256(data).hexdigest(), tmp)
 
 
-def _imager_manifest(plan: Plan, result: bmap.Scan, written: list[Written]) -> bytes:
+def _imager_manifest(plan: Plan, result: bmap.BlockMap, written: list[Written]) -> bytes:
     """Imager's local manifest; its download is the .img.xz when there is one."""
     files = [
         imager.File(w.path, (w.staged or w.path).stat().st_size, w.sha256)

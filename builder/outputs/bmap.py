@@ -35,7 +35,7 @@ class Range:
 
 
 @dataclass(frozen=True)
-class Scan:
+class BlockMap:
     size: int
     sha256: str  # of the whole image
     ranges: tuple[Range, ...]
@@ -61,7 +61,7 @@ def mapped_spans(fd: int, size: int) -> list[tuple[int, int]]:
     return spans
 
 
-def scan(path: Path, advance: Advance | None = None) -> Scan:
+def scan(path: Path, advance: Advance | None = None) -> BlockMap:
     with open(path, "rb") as f, ThreadPoolExecutor(max_workers=1) as other_core:
         whole = _Behind(other_core)
         fd = f.fileno()
@@ -75,7 +75,7 @@ def scan(path: Path, advance: Advance | None = None) -> Scan:
             pos = end
         whole.zeros(size - pos)
         digest = whole.hexdigest()
-    return Scan(size, digest, tuple(ranges))
+    return BlockMap(size, digest, tuple(ranges))
 
 
 def _hash_range(
@@ -133,7 +133,7 @@ def _zeros(digest: hashlib._Hash, count: int) -> None:
         count -= step
 
 
-def render(result: Scan) -> bytes:
+def render(result: BlockMap) -> bytes:
     """The .bmap file (version 2.0) for `result`, with its own checksum filled in."""
     mapped = result.mapped_blocks * BLOCK
     percent = 100.0 * result.mapped_blocks / max(result.blocks, 1)
@@ -165,8 +165,8 @@ def render(result: Scan) -> bytes:
     return text.replace("0" * 64, checksum, 1).encode()
 
 
-def parse(data: bytes, where: str) -> Scan:
-    """A .bmap file back into a Scan (whole-image sha256 unknown: ''), its checksum verified."""
+def parse(data: bytes, where: str) -> BlockMap:
+    """A .bmap file back into a BlockMap (whole-image sha256 unknown: ''), its checksum verified."""
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
@@ -189,4 +189,4 @@ def parse(data: bytes, where: str) -> Scan:
     for node in root.iter("Range"):
         first, _, last = (node.text or "").strip().partition("-")
         ranges.append(Range(int(first), int(last or first), node.get("chksum", "")))
-    return Scan(int(text("ImageSize")), "", tuple(ranges))
+    return BlockMap(int(text("ImageSize")), "", tuple(ranges))
