@@ -57,6 +57,8 @@ class JoinConfig:
     recheck_interval: float = 600.0  # after a final verdict; 0: exit 2 instead (tests)
     start_timeout: float = 900.0  # K3s not joined by then: report failed state=start
     proxy: Dict[str, str] = field(default_factory=dict)  # HTTP_PROXY & co. for K3s's env file
+    # more K3s flags for config.yaml, by role ("agent", "server"): the builder checked them
+    k3s_config: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
 
 
@@ -69,6 +71,7 @@ class DeviceConfig:
     role: Optional[str] = None  # overrides the fleet's role (a cluster pifleet creates)
     cluster_init: Optional[bool] = None  # a server: True initialises, False joins `server`
     tls_san: List[str] = field(default_factory=list)  # a server: extra certificate names
+    k3s_config: Dict[str, Any] = field(default_factory=dict)  # wins over the fleet's
 
 
 def dump_join_config(config: JoinConfig) -> bytes:
@@ -76,7 +79,7 @@ def dump_join_config(config: JoinConfig) -> bytes:
 
 
 def dump_device_config(config: DeviceConfig) -> bytes:
-    return _dump({k: v for k, v in asdict(config).items() if v not in (None, [])})
+    return _dump({k: v for k, v in asdict(config).items() if v not in (None, [], {})})
 
 
 def load_join_config(data: bytes, where: str = JOIN_CONFIG_PATH) -> JoinConfig:
@@ -93,6 +96,11 @@ def load_join_config(data: bytes, where: str = JOIN_CONFIG_PATH) -> JoinConfig:
     for key in ("node_labels", "node_taints", "kubelet_args"):
         _check_str_list(raw, key, where)
     check_proxy(raw.get("proxy", {}), where)
+    by_role = raw.get("k3s_config", {})
+    if not isinstance(by_role, dict) or not set(by_role) <= {"agent", "server"}:
+        raise JoinConfigError(f"{where}: k3s_config: must map 'agent' and 'server' to flags")
+    for role, flags in by_role.items():
+        check_k3s_flags(flags, f"{where}: k3s_config.{role}")
     return JoinConfig(**raw)
 
 
@@ -113,6 +121,7 @@ def load_device_config(data: bytes, where: str) -> DeviceConfig:
     server = raw.get("server")
     if server is not None and (not isinstance(server, str) or not server.startswith("https://")):
         raise JoinConfigError(f"{where}: server: must be an https:// URL")
+    check_k3s_flags(raw.get("k3s_config", {}), f"{where}: k3s_config")
     return DeviceConfig(**raw)
 
 
@@ -141,6 +150,25 @@ def _check_keys(raw: Dict[str, Any], cls: type, where: str) -> None:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise JoinConfigError(f"{where}: unknown key {unknown[0]!r}")
+
+
+_FLAG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def check_k3s_flags(value: Any, where: str) -> None:
+    """K3s flags for config.yaml: names as K3s spells them; true/false, an integer, a string
+    or a list of strings."""
+    if not isinstance(value, dict):
+        raise JoinConfigError(f"{where}: must be a mapping of K3s flags to values")
+    for name, item in value.items():
+        if not isinstance(name, str) or not _FLAG.match(name):
+            raise JoinConfigError(f"{where}: {name!r} is not a K3s flag name")
+        if isinstance(item, list):
+            ok = all(isinstance(v, str) for v in item)
+        else:
+            ok = isinstance(item, (bool, int, str))
+        if not ok:
+            raise JoinConfigError(f"{where}.{name}: must be true/false, a number, text or a list")
 
 
 PROXY_NAME = re.compile(r"^(?i:(HTTP|HTTPS|NO)_PROXY)$|^CONTAINERD_[A-Z0-9_]+$")

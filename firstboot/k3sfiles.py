@@ -9,7 +9,7 @@ JSON-quoted scalars, so no value can break its structure.
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 CONFIG_PATH = "/etc/rancher/k3s/config.yaml"
 TOKEN_PATH = "/etc/rancher/k3s/join-token"
@@ -37,8 +37,10 @@ def config_yaml(
     kubelet_args: List[str],
     tls_san: Optional[List[str]] = None,
     agent_token_file: Optional[str] = None,
+    extra: Optional[Dict[str, Any]] = None,
 ) -> bytes:
-    """`server: None` is the server that initialises the cluster (`cluster-init: true`)."""
+    """`server: None` is the server that initialises the cluster (`cluster-init: true`).
+    `extra`: more K3s flags (cluster.k3s_config & co.), after pifleet's own, never over one."""
     lines = ["# Written by pifleet-firstboot; K3s reads it at every start."]
     lines.append("cluster-init: true" if server is None else "server: " + json.dumps(server))
     lines += [
@@ -56,6 +58,15 @@ def config_yaml(
         if values:
             lines.append(key + ":")
             lines.extend("  - " + json.dumps(v) for v in values)
+    written = {line.split(":", 1)[0] for line in lines if not line.startswith((" ", "#"))}
+    for key, value in sorted((extra or {}).items()):
+        if key in written:
+            continue
+        if isinstance(value, list):
+            lines.append(key + ":")
+            lines.extend("  - " + json.dumps(v) for v in value)
+        else:
+            lines.append(key + ": " + json.dumps(value))
     return ("\n".join(lines) + "\n").encode()
 
 

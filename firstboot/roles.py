@@ -85,8 +85,12 @@ def k3s_config(
     """config.yaml for this device's role."""
     labels = k3sfiles.merge_labels(join.node_labels, device.node_labels if device else [])
     taints = list(join.node_taints) + list(device.node_taints if device else [])
+    extra = dict(join.k3s_config.get(role_of(join, device), {}))
+    extra.update(device.k3s_config if device else {})
     if role_of(join, device) != "server" or device is None or device.role != "server":
-        return k3sfiles.config_yaml(server, node, labels, taints, list(join.kubelet_args))
+        return k3sfiles.config_yaml(
+            server, node, labels, taints, list(join.kubelet_args), extra=extra
+        )
     agent_token = k3sfiles.AGENT_TOKEN_PATH
     return k3sfiles.config_yaml(
         None if initialises(device) else server,
@@ -96,4 +100,5 @@ def k3s_config(
         list(join.kubelet_args),
         tls_san=list(device.tls_san),
         agent_token_file=agent_token if root(agent_token).exists() else None,
+        extra=extra,
     )

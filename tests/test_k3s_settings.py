@@ -137,3 +137,146 @@ def test_the_standin_exits_as_the_kubelet_does_on_a_reserved_label(tmp_path: Pat
         assert "[node-role.kubernetes.io/worker]" in err
         assert "pi-a" not in server.registered_nodes()
         assert "pi-b" in server.registered_nodes()
+
+
+# -- item 11: cluster.k3s_config ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("yaml", "expected"),
+    [
+        ("etcd-snapshot-retension: 3", "did you mean etcd-snapshot-retention?"),
+        ("disable-traefk: true", "not a K3s flag"),
+        ("node-name: x", "use devices[].hostname"),
+        ("token: abc", "use cluster.token_file or cluster.token_env"),
+        ("server: https://other:6443", "use cluster.server"),
+        ("node-label: [a=b]", "use cluster.node_labels"),
+        ("cluster-init: true", "use cluster.create"),
+        ("node-ip: 10.0.0.5", "use node_ip"),
+        ("data-dir: /srv/k3s", "pifleet lays out /var/lib/rancher/k3s"),
+        ("vpn-auth: 'name=tailscale,joinKey=k'", "use vpn-auth-file"),
+        ("datastore-endpoint: 'mysql://u:pw@tcp(db:3306)/k3s'", "a DSN without a password"),
+        ("snapshotter: 7", "must be a string"),
+        ("write-kubeconfig-mode: 0644", "quote it"),
+        ("selinux: 'yes'", "must be true or false"),
+        ("lb-server-port: '6444'", "must be an integer"),
+        ("kube-proxy-arg: [1]", "must be a string"),
+    ],
+)
+def test_k3s_config_refuses_what_k3s_would_ignore_or_pifleet_owns(
+    tmp_path: Path, yaml: str, expected: str
+) -> None:
+    message = refused(fleet(tmp_path, cluster=f"  k3s_config: {{{yaml}}}\n"))
+    assert f"cluster.k3s_config.{yaml.split(':')[0]}" in message and expected in message
+    assert "abc" not in message and "joinKey=k" not in message and ":pw@" not in message
+
+
+def test_k3s_config_reads_each_flag_as_its_kind(tmp_path: Path) -> None:
+    config = load(
+        fleet(
+            tmp_path,
+            cluster="  k3s_config: {kube-proxy-arg: metrics-bind-address=0.0.0.0, selinux: true,"
+            " lb-server-port: 6445, pause-image: 'registry.lan/pause:3.6'}\n",
+            devices="    k3s_config: {selinux: false}\n",
+        )
+    )
+    assert dict(config.cluster.k3s_config) == {
+        "kube-proxy-arg": ("metrics-bind-address=0.0.0.0",),
+        "selinux": True,
+        "lb-server-port": 6445,
+        "pause-image": "registry.lan/pause:3.6",
+    }
+    assert config.devices[0].k3s_config == (("selinux", False),)
+
+
+def test_a_server_flag_on_agents_is_refused(tmp_path: Path) -> None:
+    message = refused(fleet(tmp_path, cluster="  k3s_config: {disable: [traefik]}\n"))
+    assert "cluster.k3s_config.disable: a `k3s server` flag only" in message
+    assert "`k3s agent`" in message
+    message = refused(
+        fleet(tmp_path, devices="    k3s_config: {etcd-arg: [quota-backend-bytes=1]}\n")
+    )
+    assert "devices[0].k3s_config.etcd-arg: not a `k3s server`" not in message
+    assert "not a `k3s agent` flag, and pi-1 is an agent" in message
+
+
+def test_an_agent_only_flag_on_servers_is_refused(tmp_path: Path) -> None:
+    path = fleet(
+        tmp_path,
+        cluster="  role: server\n  k3s_config: {disable-apiserver-lb: true}\n",
+    )
+    assert "a `k3s agent` flag only" in refused(path)
+    path = fleet(tmp_path, cluster="  role: server\n  k3s_config: {disable: [traefik]}\n")
+    assert dict(load(path).cluster.k3s_config) == {"disable": ("traefik",)}
+
+
+CREATED = (
+    "  create: true\n  servers: [srv-1]\n"
+    "  k3s_config: {disable: [traefik], kube-proxy-arg: [proxy-mode=ipvs]}\n"
+)
+
+
+def created_fleet(tmp_path: Path, server: str = "", agent: str = "") -> Path:
+    text = (
+        f"name: f\ncluster:\n  server: https://srv-1:6443\n{CREATED}"
+        f"devices:\n  - hostname: srv-1\n{server}  - hostname: pi-1\n{agent}"
+    )
+    path = tmp_path / "fleet.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_with_create_server_flags_go_to_servers_only(tmp_path: Path) -> None:
+    from builder.config import k3sconfig
+
+    config = load(created_fleet(tmp_path, server="    k3s_config: {etcd-snapshot-retention: 2}\n"))
+    assert k3sconfig.for_role(config, "agent") == {"kube-proxy-arg": ["proxy-mode=ipvs"]}
+    assert k3sconfig.for_role(config, "server") == {
+        "disable": ["traefik"],
+        "kube-proxy-arg": ["proxy-mode=ipvs"],
+    }
+    message = refused(
+        created_fleet(tmp_path, agent="    k3s_config: {etcd-snapshot-retention: 2}\n")
+    )
+    assert "devices[1].k3s_config.etcd-snapshot-retention: not a `k3s agent` flag" in message
+    message = refused(created_fleet(tmp_path, server="    k3s_config: {tls-san: [vip.lan]}\n"))
+    assert "with cluster.create pifleet writes tls-san itself" in message
+
+
+def test_k3s_config_reaches_config_yaml_from_a_built_images_seed(fleet_dir: Path) -> None:
+    """End to end without QEMU: the build writes join.json and device.json into the real
+    image files, and the agent's own config.yaml writer merges them (the device wins)."""
+    from builder.disk.image import Image
+    from firstboot import joinconfig, roles
+    from firstboot.paths import Root
+    from tests.conftest import fleet_yaml
+
+    cluster = (
+        "cluster:\n  server: https://k3s.example.net:6443\n  token_file: token\n"
+        "  k3s_config: {kube-proxy-arg: [proxy-mode=ipvs], selinux: true, lb-server-port: 6445}\n"
+        "  flannel_iface: eth0"
+    )
+    devices = (
+        "devices:\n  - hostname: pi-1\n    k3s_config: {selinux: false}\n"
+        "    node_ip: 10.0.0.5,fd00::5\n    flannel_iface: wlan0\n  - hostname: pi-2"
+    )
+    (fleet_dir / "fleet.yaml").write_text(fleet_yaml(cluster=cluster, devices=devices))
+    done = pifleet("build", "fleet.yaml", "--per-device", cwd=fleet_dir)
+    assert done.returncode == 0, done.stderr
+    configs = {}
+    for name in ("pi-1", "pi-2"):
+        image = Image.open(fleet_dir / "out" / f"{name}.img")
+        join_raw = image.root.read(joinconfig.JOIN_CONFIG_PATH)
+        device_raw = image.boot.read("/pifleet/device.json")
+        assert join_raw is not None and device_raw is not None
+        join = joinconfig.load_join_config(join_raw)
+        device = joinconfig.load_device_config(device_raw, name)
+        configs[name] = roles.k3s_config(Root(fleet_dir), join, device, join.server, name).decode()
+    for name, text in configs.items():
+        assert 'kube-proxy-arg:\n  - "proxy-mode=ipvs"\n' in text, name
+        assert "lb-server-port: 6445\n" in text and text.count("selinux:") == 1, name
+        assert text.count("node-name:") == 1 and text.count("flannel-iface:") == 1, name
+    assert "selinux: false\n" in configs["pi-1"] and "selinux: true\n" in configs["pi-2"]
+    assert 'node-ip:\n  - "10.0.0.5"\n  - "fd00::5"\n' in configs["pi-1"]
+    assert 'flannel-iface: "wlan0"' in configs["pi-1"]
+    assert 'flannel-iface: "eth0"' in configs["pi-2"] and "node-ip" not in configs["pi-2"]

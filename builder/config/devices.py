@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from builder.config import kubelabels
+from builder.config import k3sconfig, kubelabels
 from builder.config.model import Device, StaticAddress, Wifi
 from builder.config.schema import with_defaults
 from builder.config.values import _LABEL_VALUE, _TAINT, _scalar, _valid_label_key, static_address
@@ -93,7 +93,27 @@ class DeviceReader:
             static=static,
             wifi=self.wifi(value["wifi"], f"{key}.wifi") if "wifi" in value else None,
             role=value.get("role"),
+            **self.k3s_settings(value, key),
         )
+
+    def k3s_settings(self, value: dict[str, Any], key: str) -> dict[str, Any]:
+        """k3s_config, node_ip, node_external_ip, flannel_iface and advertise_address at `key`
+        (cluster or a device), checked as far as the device's role does not matter."""
+        return {
+            "k3s_config": k3sconfig.read(
+                value.get("k3s_config", {}), f"{key}.k3s_config", self.fail
+            ),
+            "node_ip": k3sconfig.addresses(value.get("node_ip"), f"{key}.node_ip", self.fail),
+            "node_external_ip": k3sconfig.addresses(
+                value.get("node_external_ip"), f"{key}.node_external_ip", self.fail
+            ),
+            "flannel_iface": k3sconfig.interface(
+                value.get("flannel_iface"), f"{key}.flannel_iface", self.fail
+            ),
+            "advertise_address": k3sconfig.address(
+                value.get("advertise_address"), f"{key}.advertise_address", self.fail
+            ),
+        }
 
     def check_unique_hostnames(self, devices: tuple[Device, ...]) -> None:
         seen: dict[str, int] = {}

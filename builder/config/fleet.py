@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from builder.config import environ
+from builder.config import environ, k3sconfig
 from builder.config.inventory import merged
 from builder.config.model import FleetConfig
 from builder.config.reader import FleetReader
@@ -32,6 +32,7 @@ def load(path: Path) -> FleetConfig:
     if config.devices_file is not None:
         config = replace(config, devices=merged(config))
     _check_servers(config)
+    k3sconfig.check(config)
     _take_secrets(config)
     return config
 

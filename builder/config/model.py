@@ -10,6 +10,7 @@ from typing import Literal
 # below let tests build a value by hand; tests/test_config.py checks that they agree.
 
 Arch = Literal["arm64", "armhf"]
+K3sValue = bool | int | str | tuple[str, ...]  # a K3s flag's value in config.yaml
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ class Cluster:
     ca_file: Path | None = None  # pins an unpinned token: the server's server-ca.crt
     allow_unpinned: bool = False  # join with a token that pins nothing (the operator's choice)
     proxy: tuple[tuple[str, str], ...] = ()  # HTTP_PROXY & co. for K3s's env file
+    k3s_config: tuple[tuple[str, K3sValue], ...] = ()  # more K3s flags (builder.config.k3sconfig)
+    node_ip: tuple[str, ...] = ()  # K3s node-ip (one address or a dual-stack pair)
+    node_external_ip: tuple[str, ...] = ()
+    flannel_iface: str | None = None
+    advertise_address: str | None = None  # servers only
 
     def role_of(self, hostname: str) -> Literal["agent", "server"]:
         """The K3s role of one device: from `servers` when pifleet creates the cluster."""
@@ -107,6 +113,11 @@ class Device:
     static: StaticAddress | None
     wifi: Wifi | None
     role: Literal["agent", "server"] | None = None  # with cluster.create: agrees with servers
+    k3s_config: tuple[tuple[str, K3sValue], ...] = ()  # wins over cluster.k3s_config
+    node_ip: tuple[str, ...] = ()
+    node_external_ip: tuple[str, ...] = ()
+    flannel_iface: str | None = None
+    advertise_address: str | None = None
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,7 @@ class FleetReader(DeviceReader):
             ca_file=self.rel(value["ca_file"]) if "ca_file" in value else None,
             allow_unpinned=bool(filled["allow_unpinned"]),
             proxy=self.proxy(filled["proxy"]),
+            **self.k3s_settings(filled, "cluster"),
         )
 
     def proxy(self, value: dict[str, Any]) -> tuple[tuple[str, str], ...]:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from builder import __version__
 from builder.cluster.create import cluster_dir, tls_files
+from builder.config import k3sconfig
 from builder.config.model import Device, FleetConfig
 from builder.disk.entries import Directory, Entry, File
 from builder.layout import BIN_DIR, K3S_DATA_DIR, K3S_ETC, RANCHER_DIR, RANCHER_ETC, SERVER_DIR
@@ -40,8 +41,10 @@ TLS_DIR = f"{SERVER_DIR}/tls"
 def seed(
     config: FleetConfig, device: Device, info: joinconfig.DeviceConfig
 ) -> joinconfig.DeviceConfig:
-    """`info` with the device's role in a cluster pifleet creates (unchanged otherwise)."""
+    """`info` with the device's own K3s flags (k3s_config, node_ip & co.), and its role in a
+    cluster pifleet creates."""
     cluster = config.cluster
+    info = replace(info, k3s_config=k3sconfig.for_device(device))
     if not cluster.create:
         return info
     if cluster.role_of(device.hostname) == "agent":

@@ -7,6 +7,10 @@ device deletes it once joined).
 
 from __future__ import annotations
 
+from typing import Any
+
+from builder.config import k3sconfig
+from builder.config.model import FleetConfig
 from builder.disk.entries import Directory, File
 from builder.disk.image import Image
 from builder.layout import K3S_PATH, PIFLEET_ETC
@@ -47,4 +51,11 @@ def join_config(plan: Plan) -> joinconfig.JoinConfig:
         recheck_interval=plan.config.agent.recheck_interval,
         start_timeout=plan.config.agent.start_timeout,
         proxy=dict(cluster.proxy),
+        k3s_config=k3s_config_by_role(plan.config),
     )
+
+
+def k3s_config_by_role(config: FleetConfig) -> dict[str, dict[str, Any]]:
+    """The fleet-wide K3s flags for each role the fleet runs (see builder.config.k3sconfig)."""
+    by_role = {r: k3sconfig.for_role(config, r) for r in sorted(k3sconfig.fleet_roles(config))}
+    return {role: flags for role, flags in by_role.items() if flags}
