@@ -1,7 +1,7 @@
 """argparse front of `pifleet`: parse, dispatch, turn expected failures into one line.
 
 Subcommands: build, inspect, lint, personalize, flash, boot-test, base, fetch, images,
-test-server, token, demo, cluster, status, diagnose. Each handler lives in the module that owns the work;
+test-server, token, demo, cluster, status, diagnose, node. Each handler lives in the module that owns the work;
 this file only parses arguments and maps errors to exit codes
 (0 ok, 1 runtime failure, 2 bad input, 130 interrupted).
 """
@@ -320,6 +320,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     _register_cluster,
     _register_status,
     _register_diagnose,
+    lambda sub: importlib.import_module("builder.fleet.retire").register(sub),  # node retire
 ]
 
 

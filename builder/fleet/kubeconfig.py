@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from builder.util.deadline import track
 from builder.util.errors import UserError
 from builder.util.terminal import inert
 from builder.util.yamlfile import check_values, read_text, shown
@@ -51,6 +52,21 @@ def check(path: Path) -> dict[str, Any]:
     if current is not None and not isinstance(current, str):
         raise UserError(f"{path}: current-context is {_kind(current)}, not a name")
     return data
+
+
+def api_client(path: Path) -> tuple[Any, str]:
+    """A Kubernetes API client for the kubeconfig at `path` (checked first), its connections
+    under `Deadline`, and the server's address for messages; one-line UserError otherwise."""
+    from kubernetes import config
+    from kubernetes.config.config_exception import ConfigException
+
+    check(path)
+    try:
+        client = config.new_client_from_config(str(path))  # type: ignore[no-untyped-call]
+    except (ConfigException, ValueError, TypeError, AttributeError, KeyError, OSError) as exc:
+        raise UserError(f"{path}: not a usable kubeconfig: {short(exc)}") from None
+    track(client.rest_client.pool_manager)
+    return client, inert(str(client.configuration.host))
 
 
 def _check_section(

@@ -36,7 +36,7 @@ from builder.config.fleet import load
 from builder.config.labels import FLEET, IMAGE, SHORT
 from builder.config.model import FleetConfig
 from builder.fleet import kubeconfig as kubeconfigs
-from builder.util.deadline import Deadline, track
+from builder.util.deadline import Deadline
 from builder.util.errors import BuildError, UserError
 from builder.util.terminal import inert
 
@@ -123,19 +123,10 @@ def fleet_status(config: FleetConfig, nodes: list[Any]) -> FleetStatus:
 def read_nodes(kubeconfig: Path, timeout: float = TIMEOUT) -> list[Any]:
     """Every Node of the cluster `kubeconfig` points at, within `timeout` seconds in all;
     one-line errors: exit 2 for a kubeconfig or a server that is not what it should be."""
-    from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
+    from kubernetes import client
     from urllib3.exceptions import HTTPError
 
-    kubeconfigs.check(kubeconfig)
-    try:
-        api_client = config.new_client_from_config(str(kubeconfig))  # type: ignore[no-untyped-call]
-    except (ConfigException, ValueError, TypeError, AttributeError, KeyError, OSError) as exc:
-        raise UserError(
-            f"{kubeconfig}: not a usable kubeconfig: {kubeconfigs.short(exc)}"
-        ) from None
-    track(api_client.rest_client.pool_manager)
-    host = inert(str(api_client.configuration.host))
+    api_client, host = kubeconfigs.api_client(kubeconfig)
     api = client.CoreV1Api(api_client)
     with Deadline(timeout, f"{kubeconfig}: the cluster at {host}", "--timeout") as deadline:
         try:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from builder.testserver import kubeapi, rules
+from builder.testserver import etcd, kubeapi, kubeobjects, rules
 
 CONFIG = {
     "ClusterDomain": "cluster.local",
@@ -105,7 +105,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._too_many()
         if where.kind == "agent":
             return self._admitted(lambda: self._agent(where.name, caller, body))
-        return self._server_route(where.name)
+        return self._server_route(where.name, body)
 
     def _too_many(self) -> None:
         """429 as k8s WithMaxInFlightLimit answers it (K3s auth.MaxInFlight)."""
@@ -172,15 +172,32 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(status, reply.decode().strip())
         return self._reply(200, reply)
 
-    def _server_route(self, name: str) -> None:
-        if name == "server-bootstrap":
-            return self._error(400, "etcd disabled")
+    def _server_route(self, name: str, body: bytes) -> None:
+        state = self.server_state
+        if name == "server-bootstrap" or name.startswith("db/"):
+            if not state.etcd:
+                return self._error(400, "etcd disabled")
+            return self._etcd(name, body)
         if name == "encrypt/status":
             if self.server_state.phases.active("core_not_ready"):
                 return self._error(500, "secret-encrypt error ID 10000")
             status = {"Enable": False, "Stage": "start", "HashMatch": True}
             return self._reply(200, json.dumps(status).encode(), "application/json")
         return self._error(500, f"{name}: not supported by the test server")
+
+    def _etcd(self, name: str, body: bytes) -> None:
+        """Managed etcd's routes (etcd.py): bootstrap data, the member list, a member added."""
+        state = self.server_state
+        if name == "server-bootstrap":
+            return self._reply(200, b"{}", "application/json")
+        if name == "db/members":
+            try:
+                member, peer = etcd.parse_add(body)
+            except (ValueError, KeyError, TypeError):
+                return self._error(400, "the body is not a member")
+            state.add_etcd_member(etcd.node_of(member), peer, member)
+        info = etcd.info({"members": state.etcd_members()})
+        return self._reply(200, json.dumps(info).encode(), "application/json")
 
     def _apiserver(self, caller: rules.Caller, body: bytes) -> None:
         """The embedded kube-apiserver behind the supervisor: nodes only."""
@@ -189,13 +206,13 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(503, "apiserver not ready")
         if self.headers.get("Authorization") == f"Bearer {state.kube.admin_token}":
             headers = {k.lower(): v for k, v in self.headers.items()}
-            return kubeapi.send(self, state.kube.answer(self.command, self.path, headers))
+            return send(self, state.kube.answer(self.command, self.path, headers, body))
         if caller.error or caller.user in ("node", "server"):  # no Basic at the apiserver
             return self._error(401, "Unauthorized")
         path = self.path.split("?", 1)[0]
         node = caller.user.removeprefix("system:node:")
         if not caller.user.startswith("system:node:"):
-            return self._error(403, f'User "{caller.user}" cannot access "{path}"')
+            return self._error(403, kubeobjects.forbidden(caller.user, self.command, path))
         if path == "/api/v1/nodes" and self.command == "POST":
             try:
                 wanted = json.loads(body)["metadata"]["name"]
@@ -210,4 +227,26 @@ class Handler(BaseHTTPRequestHandler):
                 reply = {"kind": "Node", "metadata": {"name": node}}
                 return self._reply(200, json.dumps(reply).encode(), "application/json")
             return self._error(404, f'nodes "{node}" not found')
+        if path.startswith("/api/v1/"):  # the Node authorizer allows a kubelet nothing else here
+            return self._error(403, kubeobjects.forbidden(caller.user, self.command, path))
         return self._error(404, "the server could not find the requested resource")
+
+
+def send(handler: BaseHTTPRequestHandler, reply: kubeapi.Reply) -> None:
+    """Write `reply` on an HTTP/1.1 handler; a watch streams in chunks until it ends."""
+    handler.send_response(reply.status)
+    handler.send_header("Content-Type", reply.content_type)
+    if reply.stream is None:
+        handler.send_header("Content-Length", str(len(reply.body)))
+        handler.end_headers()
+        handler.wfile.write(reply.body)
+        return
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    try:
+        for chunk in reply.stream:
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            handler.wfile.flush()
+        handler.wfile.write(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        handler.close_connection = True

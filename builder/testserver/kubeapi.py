@@ -16,6 +16,9 @@ official `kubernetes` Python client) can read them.
 | Ready is True while the kubelet posts status within the grace period, then Unknown with reason NodeStatusUnknown, "Kubelet stopped posting node status." | kube-controller-manager node lifecycle controller (`--node-monitor-grace-period`, 40 s default before v1.32, 50 s after) |
 | no or wrong credentials: 401 Status `Unauthorized` | kube-apiserver authentication filter |
 | roles come from `node-role.kubernetes.io/<role>` labels, `<none>` when there are none | pkg/printers/internalversion: findNodeRoles |
+| a cordoned node (`spec.unschedulable`) carries the `node.kubernetes.io/unschedulable:NoSchedule` taint and shows `Ready,SchedulingDisabled` | kube-controller-manager nodelifecycle (TaintNodeUnschedulable); printNode |
+| a watch sends DELETED with the last state of a Node that is gone | k8s.io/apimachinery/pkg/watch |
+| other methods, pods, evictions and Secrets: kubeobjects.py | - |
 """
 
 from __future__ import annotations
@@ -27,15 +30,15 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs
 
 K8S_VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.5+k3s1", "platform": "linux/arm64"}
 GRACE_SECONDS = 40.0
 JSON = "application/json"
+UNSCHEDULABLE = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
 
 
 def _stamp(t: float) -> str:
@@ -51,6 +54,8 @@ class NodeRecord:
     kubelet_version: str = "v1.33.5+k3s1"
     transition: float = 0.0
     was_ready: bool = True
+    unschedulable: bool = False
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def uid(self) -> str:
@@ -83,6 +88,12 @@ class NodeStore:
                 name, dict(labels or {}), old.created if old else now, now, transition=now
             )
             self.version += 1
+
+    def remove(self, name: str) -> bool:
+        """The Node is deleted; False when there was none."""
+        with self.lock:
+            self.version += 1
+            return self.nodes.pop(name, None) is not None
 
     def heartbeat(self, name: str) -> None:
         """The kubelet posted its status (a Lease renewal in real Kubernetes)."""
@@ -128,8 +139,9 @@ def _node(n: NodeRecord, now: float) -> dict[str, Any]:
             "resourceVersion": str(int(n.heartbeat * 1000)),
             "creationTimestamp": _stamp(n.created),
             "labels": {"kubernetes.io/hostname": n.name, "kubernetes.io/os": "linux", **n.labels},
+            "annotations": dict(n.annotations),
         },
-        "spec": {},
+        "spec": {"unschedulable": True, "taints": [UNSCHEDULABLE]} if n.unschedulable else {},
         "status": {
             "conditions": [
                 {
@@ -157,8 +169,8 @@ def _node(n: NodeRecord, now: float) -> dict[str, Any]:
     }
 
 
-def _status(code: int, reason: str, message: str) -> Reply:
-    body = {
+def _status(code: int, reason: str, message: str, details: dict[str, str] | None = None) -> Reply:
+    body: dict[str, object] = {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
@@ -167,6 +179,8 @@ def _status(code: int, reason: str, message: str) -> Reply:
         "reason": reason,
         "code": code,
     }
+    if details:
+        body["details"] = details
     return Reply(code, body=json.dumps(body).encode())
 
 
@@ -174,24 +188,35 @@ def _json(obj: object) -> Reply:
     return Reply(200, body=json.dumps(obj).encode())
 
 
-class KubeApi:
-    """Answers Kubernetes API requests from a `NodeStore`, for holders of `admin_token`."""
+# (method, path, query parameters, body) -> the answer, or None for paths it does not serve
+Writer = Callable[[str, str, dict[str, str], bytes], "Reply | None"]
 
-    def __init__(self, store: NodeStore, admin_token: str) -> None:
+
+class KubeApi:
+    """Answers Kubernetes API requests from a `NodeStore`, for holders of `admin_token`;
+    `writer` (kubeobjects.Objects.answer) takes the rest first."""
+
+    def __init__(self, store: NodeStore, admin_token: str, writer: Writer | None = None) -> None:
         self.store = store
         self.admin_token = admin_token
+        self.writer = writer
 
     def handles(self, path: str) -> bool:
         return path.split("?", 1)[0] in ("/version", "/api", "/api/v1", "/apis") or path.startswith(
             "/api/v1/nodes"
         )
 
-    def answer(self, method: str, target: str, headers: dict[str, str]) -> Reply:
+    def answer(self, method: str, target: str, headers: dict[str, str], body: bytes = b"") -> Reply:
         path, _, query = target.partition("?")
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         auth = headers.get("authorization", "")
         if not hmac.compare_digest(auth.encode(), f"Bearer {self.admin_token}".encode()):
             return _status(401, "Unauthorized", "Unauthorized")
+        if self.writer is not None:
+            params["content-type"] = headers.get("content-type", "")
+            written = self.writer(method, path, params, body)
+            if written is not None:
+                return written
         if method != "GET":
             return _status(
                 405,
@@ -217,7 +242,9 @@ class KubeApi:
         for node in nodes:
             if node["metadata"]["name"] == name:
                 return _json(node)
-        return _status(404, "NotFound", f'nodes "{name}" not found')
+        return _status(
+            404, "NotFound", f'nodes "{name}" not found', {"name": name, "kind": "nodes"}
+        )
 
     def _list(self, accept: str) -> Reply:
         version, nodes = self.store.snapshot()
@@ -247,6 +274,11 @@ class KubeApi:
                         kind = "MODIFIED" if name in seen else "ADDED"
                         seen[name] = key
                         yield json.dumps({"type": kind, "object": node}).encode() + b"\n"
+                gone = set(seen) - {node["metadata"]["name"] for node in nodes}
+                for name in sorted(gone):
+                    del seen[name]
+                    last = {"kind": "Node", "apiVersion": "v1", "metadata": {"name": name}}
+                    yield json.dumps({"type": "DELETED", "object": last}).encode() + b"\n"
                 time.sleep(0.5)
 
         return Reply(200, stream=events())
@@ -261,8 +293,32 @@ _RESOURCES = {
             "singularName": "node",
             "namespaced": False,
             "kind": "Node",
-            "verbs": ["get", "list", "watch"],
+            "verbs": ["delete", "get", "list", "patch", "watch"],
             "shortNames": ["no"],
+        },
+        {
+            "name": "pods",
+            "singularName": "pod",
+            "namespaced": True,
+            "kind": "Pod",
+            "verbs": ["get", "list"],
+            "shortNames": ["po"],
+        },
+        {
+            "name": "pods/eviction",
+            "singularName": "",
+            "namespaced": True,
+            "group": "policy",
+            "version": "v1",
+            "kind": "Eviction",
+            "verbs": ["create"],
+        },
+        {
+            "name": "secrets",
+            "singularName": "secret",
+            "namespaced": True,
+            "kind": "Secret",
+            "verbs": ["delete", "get"],
         },
     ],
 }
@@ -283,11 +339,12 @@ def _table(nodes: list[dict[str, Any]], version: int) -> dict[str, Any]:
             k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/")
         )
         ready = status["conditions"][0]["status"] == "True"
+        cordoned = ",SchedulingDisabled" if node["spec"].get("unschedulable") else ""
         rows.append(
             {
                 "cells": [
                     meta["name"],
-                    "Ready" if ready else "NotReady",
+                    ("Ready" if ready else "NotReady") + cordoned,
                     ",".join(roles) or "<none>",
                     _age(meta["creationTimestamp"]),
                     status["nodeInfo"]["kubeletVersion"],
@@ -322,26 +379,6 @@ def _table(nodes: list[dict[str, Any]], version: int) -> dict[str, Any]:
         ],
         "rows": rows,
     }
-
-
-def send(handler: BaseHTTPRequestHandler, reply: Reply) -> None:
-    """Write `reply` on an HTTP/1.1 handler; a watch streams in chunks until it ends."""
-    handler.send_response(reply.status)
-    handler.send_header("Content-Type", reply.content_type)
-    if reply.stream is None:
-        handler.send_header("Content-Length", str(len(reply.body)))
-        handler.end_headers()
-        handler.wfile.write(reply.body)
-        return
-    handler.send_header("Transfer-Encoding", "chunked")
-    handler.end_headers()
-    try:
-        for chunk in reply.stream:
-            handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            handler.wfile.flush()
-        handler.wfile.write(b"0\r\n\r\n")
-    except (BrokenPipeError, ConnectionResetError):
-        handler.close_connection = True
 
 
 def kubeconfig(url: str, ca_pem: bytes, token: str) -> bytes:

@@ -23,7 +23,8 @@ router = pkg/server/router.go, later pkg/server/handlers/router.go):
 | bootstrap tokens `[a-z0-9]{6}.[a-z0-9]{16}`, checked by the apiserver: secret match, not expired -> system:bootstrappers | pkg/kubeadm/token.go; k8s plugin/pkg/auth/authenticator/token/bootstrap |
 | kubelet certs: `k3s-Node-Name` / `k3s-Node-Password` required (400), core not ready -> 503, stored password differs -> 403 | pkg/nodepassword/validate.go:GetNodeAuthValidator |
 | kubelet cert auth: the cert's node name must equal the header's (400) | validate.go (header node name does not match) |
-| server-bootstrap without managed etcd -> 400 `etcd disabled` | handlers.go:Bootstrap |
+| server-bootstrap without managed etcd -> 400 `etcd disabled`; with it (etcd=True) 200 and the bootstrap data | handlers.go:Bootstrap |
+| /db/info (GET; k3s:server): the etcd member list `{"members": [{"name", "peerURLs", "clientURLs"}]}` a joining server reads; /db/members (POST; k3s:server) is the stand-in's MemberAddAsLearner (real K3s calls etcd on :2379) | pkg/etcd/etcd.go:handler, infoHandler, join |
 | apiserver proxy: 503 `apiserver not ready` before it runs; then the apiserver's own authn (no Basic, anonymous off -> 401) | handlers.go:APIServer; daemons/control/server.go:apiServer |
 | error bodies are a metav1.Status JSON | util/apierrors.go:SendError |
 """
@@ -63,6 +64,7 @@ SERVER_ROUTES = {
     "cert/cacerts": "PUT",
 }
 NODE_ROUTES = frozenset({"connect"})
+DB_ROUTES = {"/db/info": "GET", "/db/members": "POST"}  # etcd.go:handler, before the router
 BOOTSTRAP = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
 PHASES = ("cacerts_error", "apiserver_down", "core_not_ready", "throttle")
 REASONS = {
@@ -72,15 +74,17 @@ REASONS = {
     404: "NotFound",
     405: "MethodNotAllowed",
     409: "AlreadyExists",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
     429: "TooManyRequests",
     500: "InternalError",
     503: "ServiceUnavailable",
 }
 
 
-def status_body(code: int, message: str) -> bytes:
-    """A metav1.Status, as util.SendError writes it."""
-    status = {
+def status_body(code: int, message: str, details: dict[str, str] | None = None) -> bytes:
+    """A metav1.Status, as util.SendError writes it (the apiserver adds `details`: name, kind)."""
+    status: dict[str, object] = {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
@@ -89,6 +93,8 @@ def status_body(code: int, message: str) -> bytes:
         "reason": REASONS.get(code, "Unknown"),
         "code": code,
     }
+    if details:
+        status["details"] = details
     return json.dumps(status).encode()
 
 
@@ -112,6 +118,8 @@ def route(path: str) -> Route:
     clean = path.split("?", 1)[0]
     if clean in ("/cacerts", "/ping") or clean.startswith("/static/"):
         return Route("open", clean.lstrip("/"))
+    if clean in DB_ROUTES:
+        return Route("server", clean.lstrip("/"), DB_ROUTES[clean])
     if clean.startswith(PREFIX):
         rest = clean[len(PREFIX) :]
         if rest in AGENT_ROUTES:

@@ -26,6 +26,9 @@ Python API:
         server.create_bootstrap_token(ttl)  a new `<id>.<secret>`, like `k3s token create`
         server.set_password(pw)         change the token password (a token added later)
         server.registered_nodes()       names the apiserver holds a Node for, in order
+        server.kube_objects.add_pod(Pod(...))  a pod on a node (kubeobjects.py), for drains
+        server.add_etcd_member(node)    with etcd=True: a member, and its Node (etcd.py)
+        server.etcd_members()           member name -> peer URL
         server.set_down(True/False)     stop listening / listen again on the same port
         server.requests                 (method, path, authorized?) of every request seen
 CA, passwords, bootstrap tokens and nodes persist in `state_dir`.
@@ -53,7 +56,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from builder.testserver import kubeapi, rules
+from builder.testserver import etcd as members
+from builder.testserver import kubeapi, kubeobjects, rules
 from builder.testserver.admission import Admission
 from builder.testserver.ca import CertificateAuthority, ServerCA, key_pem, name
 from builder.testserver.handler import Handler
@@ -90,6 +94,7 @@ class K3sTestServer:
         max_inflight: int = 0,
         service_time: float = 0.0,
         retry_after: int = 1,
+        etcd: bool = False,
     ) -> None:
         self._tmp = None if state_dir else tempfile.TemporaryDirectory(prefix="pifleet-k3s-")
         self.state_dir = Path(state_dir or self._tmp.name)  # type: ignore[union-attr]
@@ -103,7 +108,10 @@ class K3sTestServer:
         self.admission = Admission(max_inflight, service_time, retry_after)
         self.requests: list[Request] = []
         self._lock = threading.Lock()
-        self.kube = kubeapi.KubeApi(kubeapi.NodeStore(), self._admin_token())
+        self.etcd = etcd  # managed etcd: server-bootstrap and /db/info answer (etcd.py)
+        store = kubeapi.NodeStore()
+        self.kube_objects = kubeobjects.Objects(store, self)
+        self.kube = kubeapi.KubeApi(store, self._admin_token(), self.kube_objects.answer)
         self._context = self._serving_context((host, "127.0.0.1", GUEST_HOST, *extra_sans), named)
         self._port = port
         self._httpd: ThreadingHTTPServer | None = None
@@ -241,6 +249,39 @@ class K3sTestServer:
             self._save_registry(registry)
         self.kube.store.register(node)
         return True
+
+    def delete_node(self, node: str) -> bool:
+        """The Node is deleted: gone from the apiserver, and its etcd member with it."""
+        with self.kube.store.lock:
+            record = self.kube.store.nodes.get(node)
+            member = members.removed_member(record.labels, record.annotations) if record else None
+        with self._lock:
+            self._save_registry(members.forget(self._registry(), node, member))
+        return self.kube.store.remove(node)
+
+    def forget_node_password(self, node: str) -> bool:
+        """The node-password Secret is deleted: the next password for `node` is accepted."""
+        with self._lock:
+            registry = self._registry()
+            known = registry.setdefault("passwords", {}).pop(node, None) is not None
+            self._save_registry(registry)
+        return known
+
+    def etcd_members(self) -> dict[str, str]:
+        return dict(members.members(self._registry()))
+
+    def add_etcd_member(self, node: str, peer: str = "", member: str = "") -> str:
+        """A member of the cluster's etcd for server `node` (a new name unless `member`), and
+        the Node that server registers, labelled and annotated as K3s does."""
+        member = member or members.member_name(node)
+        peer = peer or "https://127.0.0.1:2380"
+        with self._lock:
+            self._save_registry(members.add(self._registry(), node, member, peer))
+        labels, annotations = members.node_metadata(member, peer)
+        self.kube.store.register(node, labels)
+        with self.kube.store.lock:
+            self.kube.store.nodes[node].annotations.update(annotations)
+        return member
 
     def _admin_token(self) -> str:
         """The Kubernetes API's admin bearer token, kept 0600 from its first byte."""
