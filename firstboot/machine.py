@@ -15,6 +15,7 @@ after the verdict instead (tests, manual runs).
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -22,6 +23,7 @@ import firstboot.caclock as caclock
 import firstboot.nodepassword as nodepassword
 import firstboot.roles as roles
 import firstboot.secrets as secrets
+import firstboot.servernode as servernode
 import firstboot.starting as starting
 from firstboot import card, collect, custody, joinconfig, k3sfiles, naming, network, preflight
 from firstboot.clock import Clock, clock_for, synchronized
@@ -342,7 +344,9 @@ class Agent:
             )
         unit, node = k3sfiles.unit_name(self.role), str(self.state.node_name)
         timeout = self.join.start_timeout
-        starting.start(self.services, unit, node, timeout, self.backoff(cap=10.0), progress)
+        own_node = functools.partial(servernode.not_joined, self.root, node)
+        joined = own_node if self.role == "server" else None  # an agent's READY is its Node
+        starting.start(self.services, unit, node, timeout, self.backoff(10.0), progress, joined)
         return "cleanup"
 
     def do_cleanup(self) -> str:

@@ -135,6 +135,11 @@ def _request(
         conn.close()
 
 
+def get(url: str, path: str, context: ssl.SSLContext, timeout: float = 10.0) -> Answer:
+    """GET `path` from `url` over `context`: (status, body, headers); ServerError as above."""
+    return _request(url, path, context, timeout=timeout)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, Deadline):
         return str(exc)

@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -274,7 +275,7 @@ def roots() -> Iterator[list[Path]]:
 def test_a_first_server_whose_clock_is_before_its_ca_gets_a_clock_verdict(
     cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
 ) -> None:
-    from tests.test_cluster_firstboot import first_server
+    from tests.cluster_devices import first_server
 
     first, _port, env = first_server(roots, tmp_path, cluster)
     write(first / "run/pifleet/clock-offset", b"-172800\n")  # two days slow, past build_time
@@ -287,3 +288,44 @@ def test_a_first_server_whose_clock_is_before_its_ca_gets_a_clock_verdict(
     assert "CA hash" not in proc.stderr and "mismatch" not in proc.stderr
     assert not (first / "var/lib/rancher/k3s/server/db").exists()  # K3s never started
     assert "clock is before its CA" in remedy("start", failed[0].split("reason=", 1)[1])
+
+
+# -- item 14: a server has joined once its own Node is registered and Ready --------------------
+
+
+def test_a_server_joins_only_once_its_own_node_is_registered(
+    cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
+) -> None:
+    from tests.test_cluster_firstboot import first_server
+
+    first, _port, env = first_server(roots, tmp_path, cluster)
+    proc = run_agent(first, {**env, "K3S_STANDIN_NODE_DELAY": "4"})  # READY, then 2 s later
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    waited = [i for i, line in enumerate(lines) if "own Node edge-srv-1 to register" in line]
+    joined = [i for i, line in enumerate(lines) if "joined node=edge-srv-1" in line]
+    assert waited and joined and waited[0] < joined[0], proc.stderr
+    registry = json.loads((first / "var/lib/rancher/k3s/server/standin-registry.json").read_text())
+    assert registry["nodes"] == ["edge-srv-1"]
+    assert (first / "etc/rancher/k3s/k3s.yaml").stat().st_mode & 0o777 == 0o600
+    assert not list((first / "run/pifleet").glob("admin-*"))  # the key's copy is gone
+
+
+def test_a_server_whose_node_never_registers_is_a_verdict(
+    cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
+) -> None:
+    from tests.test_cluster_firstboot import first_server
+
+    first, _port, env = first_server(roots, tmp_path, cluster)
+    config = first / "etc/pifleet/join.json"
+    join = joinconfig.load_join_config(config.read_bytes())
+    write(config, joinconfig.dump_join_config(replace(join, start_timeout=4.0)))
+    proc = run_agent(first, {**env, "K3S_STANDIN_NODE_DELAY": "10000"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    failed = [line for line in proc.stderr.splitlines() if "failed state=start" in line]
+    assert len(failed) == 1, proc.stderr
+    assert (
+        "K3s is up but has not joined within 4 s: waiting for this server's own Node" in failed[0]
+    )
+    assert "never registered its Node" in remedy("start", failed[0].split("reason=", 1)[1])
+    assert not (first / "var/lib/pifleet/joined").exists()

@@ -141,7 +141,7 @@ def test_server_guest_initialises_and_agent_guest_joins_it_pinned(
     registry = json.loads(
         ext4_read(server_root, "/var/lib/rancher/k3s/server/standin-registry.json")
     )
-    assert registry["nodes"] == [AGENT]
+    assert sorted(registry["nodes"]) == [AGENT, SERVER]  # the server's own kubelet too
     member = json.loads(
         ext4_read(server_root, "/var/lib/rancher/k3s/server/db/etcd/standin-member.json")
     )

@@ -88,6 +88,11 @@ REMEDIES: tuple[tuple[str, str], ...] = (
         "the kernel runs without the memory cgroup: cmdline.txt needs cgroup_enable=memory",
     ),
     (
+        r"own Node",
+        "K3s's apiserver is up but this server's kubelet never registered its Node: read the K3s "
+        "journal lines (--journal) for the kubelet's error, e.g. a bad cluster.kubelet_args",
+    ),
+    (
         r"state=start|never became ready|k3s.*(exited|failed)",
         "K3s started but never joined: read the K3s journal lines (--journal), e.g. a bad "
         "cluster.kubelet_args",
