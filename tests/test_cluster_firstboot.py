@@ -138,7 +138,7 @@ def test_first_server_initialises_then_a_server_and_an_agent_join(
     pinned = (agent / "etc/rancher/k3s/join-token").read_text().strip()
     assert pinned == cluster["agent-token"].decode().strip()
     registry = json.loads((first / "var/lib/rancher/k3s/server/standin-registry.json").read_text())
-    assert registry["nodes"] == ["edge-agent-1"]
+    assert sorted(registry["nodes"]) == ["edge-agent-1", "edge-srv-1"]  # the server's own too
     for out in (done, joined):
         for secret in ("5e" * 16, "a9" * 16):
             assert secret not in out.stdout + out.stderr
@@ -203,7 +203,8 @@ def test_with_an_agent_token_the_server_token_does_not_join_an_agent(
     refused = run_agent(agent)
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "failed state=verify" in refused.stderr and "401" in refused.stderr
-    assert not (first / "var/lib/rancher/k3s/server/standin-registry.json").exists()
+    registry = (first / "var/lib/rancher/k3s/server/standin-registry.json").read_text()
+    assert "edge-agent-2" not in registry  # neither a password nor a Node
 
 
 def test_first_server_refuses_a_token_of_another_cluster(
