@@ -135,7 +135,7 @@ def build_into(plan: Plan, batch: Batch) -> list[artifacts.Written]:
         # hashed, on the core the whole-image digest leaves free.
         with artifacts.hashing(tmp, pool) as scanned:
             check(image, plan)
-            facts = inspect.collect(tmp, image, plan.target.as_detected())
+            facts = inspect.collect(tmp, image, plan.flavor.as_detected())
         if base_digest is not None:
             plan = replace(plan, base=replace(plan.base, sha256=base_digest.result()))
         return artifacts.write_all(plan, tmp, facts, batch, scanned.result())
@@ -181,7 +181,7 @@ def refuse_device_identity(base: Image, origin: str) -> None:
 
 def check(image: Image, plan: Plan) -> None:
     """`pifleet lint` on the built image: the first problem fails the build."""
-    found = lint.image_problems(image, plan.k3s_standin, plan.target)
+    found = lint.image_problems(image, plan.k3s_standin, plan.flavor)
     for problem in found[1:]:
         log.error("%s", problem)
     if found:

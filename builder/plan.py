@@ -35,8 +35,8 @@ class Plan:
     airgap: Input | None
     token: Secret
     output_dir: Path
-    # Filled in once the base is open (see `for_image`):
-    flavor: Flavor | None = None
+    # Filled in once the base is open (see `for_image`): the OS detected in it.
+    detected: Flavor | None = None
     epoch: int = 0
 
     @property
@@ -44,13 +44,14 @@ class Plan:
         return self.output_dir / f"{self.config.name}.img"
 
     def for_image(self, flavor: Flavor, epoch: int) -> Plan:
-        return replace(self, flavor=flavor, epoch=epoch)
+        return replace(self, detected=flavor, epoch=epoch)
 
     @property
-    def target(self) -> Flavor:
-        if self.flavor is None:
+    def flavor(self) -> Flavor:
+        """The OS in the base image (with the seed format to write)."""
+        if self.detected is None:
             raise RuntimeError("plan used before the base image was inspected")
-        return self.flavor
+        return self.detected
 
 
 def resolve(

@@ -41,11 +41,13 @@ class Flavor:
     cloud_init: bool
     generic_kernel: bool  # carries /boot/vmlinuz: bootable under QEMU -M virt
     seed: FormatFacts | None = None  # the first-boot format the image understands
-    detected: FormatFacts | None = None  # the format detected, when the config chose another
+    detected_seed: FormatFacts | None = None  # the format detected, when the config chose another
 
     def as_detected(self) -> Flavor:
         """This flavor as the image says, before a config's seed.format chose another format."""
-        return self if self.detected is None else replace(self, seed=self.detected, detected=None)
+        if self.detected_seed is None:
+            return self
+        return replace(self, seed=self.detected_seed, detected_seed=None)
 
     @property
     def init_format(self) -> str:
@@ -111,7 +113,7 @@ def require_supported(flavor: Flavor, image_path: Path, override: str | None = N
             f"(detected: {seed.format})"
         )
     chosen = replace(seed, format=override, reason="seed.format in the config")
-    return replace(flavor, seed=chosen, detected=seed)
+    return replace(flavor, seed=chosen, detected_seed=seed)
 
 
 def seed_target(flavor: Flavor) -> Target:

@@ -124,7 +124,7 @@ def _imager_manifest(plan: Plan, result: bmap.BlockMap, written: list[Written]) 
         f"{plan.config.name} (pifleet)",
         f"{plan.config.name}: K3s fleet image built by pifleet {version()}",
         plan.config.arch,
-        plan.target.init_format,
+        plan.flavor.init_format,
         imager.File(written[0].path, result.size, result.sha256),
         files,
         bmap_file,

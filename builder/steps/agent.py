@@ -39,7 +39,7 @@ def apply(image: Image, plan: Plan) -> None:
     image.root.stage(File(UNIT_PATH, 0o644, data=unit))
     image.root.stage(Symlink(WANTS_LINK, UNIT_PATH))
     custody = render(
-        CUSTODY_NAME, version=version(), agent_dir=AGENT_DIR, boot_mount=plan.target.boot_mount
+        CUSTODY_NAME, version=version(), agent_dir=AGENT_DIR, boot_mount=plan.flavor.boot_mount
     )
     image.root.stage(File(CUSTODY_PATH, 0o644, data=custody))
     image.root.stage(Symlink(CUSTODY_LINK, CUSTODY_PATH))

@@ -22,7 +22,7 @@ PRIVATE_MODE = 0o600
 
 
 def apply(image: Image, plan: Plan) -> None:
-    if not plan.target.init_format.startswith("cloudinit"):
+    if not plan.flavor.init_format.startswith("cloudinit"):
         return
     found = image.root.stat_many(list(CLOUD_INIT_LOGS))
     for path, inode in found.items():

@@ -25,7 +25,7 @@ def apply(image: Image, plan: Plan) -> None:
     current = image.root.read(FSTAB)
     if current is None:
         return
-    updated = private_boot(current.decode("utf-8", errors="replace"), plan.target.boot_mount)
+    updated = private_boot(current.decode("utf-8", errors="replace"), plan.flavor.boot_mount)
     if updated is not None:
         image.root.stage(File(FSTAB, 0o644, data=updated.encode()))
 

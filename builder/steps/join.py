@@ -39,7 +39,7 @@ def join_config(plan: Plan) -> joinconfig.JoinConfig:
         server=cluster.server,
         role=cluster.role,
         token_file=joinconfig.FLEET_TOKEN_PATH,
-        boot_dir=plan.target.boot_mount,
+        boot_dir=plan.flavor.boot_mount,
         hostname_pattern=plan.config.hostname_pattern,
         node_labels=list(cluster.node_labels),
         node_taints=list(cluster.node_taints),

@@ -57,7 +57,7 @@ def check_binary(plan: Plan) -> None:
     with open(plan.k3s.path, "rb") as f:
         header = f.read(64)
     arch = elf_arch(header)
-    image_arch = plan.target.arch
+    image_arch = plan.flavor.arch
     where = plan.k3s.origin
     if arch is None:
         if not plan.k3s_standin:

@@ -10,7 +10,7 @@ from builder.seed import cmdline, formats
 
 
 def apply(image: Image, plan: Plan) -> None:
-    seed = formats.render(plan.config, seed_target(plan.target))
+    seed = formats.render(plan.config, seed_target(plan.flavor))
     for path, data in seed.files.items():
         image.boot.stage(path, data)
     line = cmdline.read(image.boot) if seed.cmdline else None
