@@ -119,6 +119,7 @@ def build_into(plan: Plan, batch: Batch) -> list[artifacts.Written]:
     plan = examine_base(plan)
     # A sparse copy needs the base's data blocks (a reflink needs none: checked anyway).
     require_space(plan.output_dir, allocated_bytes(plan.base.path), plan.image_path.name)
+    lint.ask_host_version()  # answers during the copy
     with (
         reported_full(plan.output_dir, plan.image_path.name),
         ThreadPoolExecutor(max_workers=2) as pool,
