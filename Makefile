@@ -7,10 +7,10 @@ CACHE ?= $(or $(PIFLEET_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/pifleet)
 export PIFLEET_CACHE := $(CACHE)
 
 # `make demo ARCH=armhf` shows an ARMv7 device joining. Each architecture's base comes from its
-# own Debian suite: armhf's is the boot tests' setting (ARMHF_SUITE in tests/test_boot.py; the
+# own Debian suite: armhf's is the boot tests' setting (ARMHF_SUITE in tests/boot_helpers.py; the
 # Debian mirror's trixie armhf index does not match its Release file).
 ARCH ?= arm64
-ARMHF_SUITE := $(shell sed -n 's/^ARMHF_SUITE = "\([a-z]*\)".*/\1/p' tests/test_boot.py)
+ARMHF_SUITE := $(shell sed -n 's/^ARMHF_SUITE = "\([a-z]*\)".*/\1/p' tests/boot_helpers.py)
 # The arm64 base without cloud-init for the systemd-format boot (tests/test_boot_systemd.py).
 SYSTEMD_SUITE := $(shell sed -n 's/^SYSTEMD_SUITE = "\([a-z]*\)".*/\1/p' tests/test_boot_systemd.py)
 SUITE_arm64 := trixie

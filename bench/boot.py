@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from builder.qemu.boottest import BootOptions, boot_test  # noqa: E402
-from tests.test_boot import SUITES, device_image  # noqa: E402
+from tests.boot_helpers import SUITES, device_image  # noqa: E402
 
 
 def base_seconds(arch: str, fresh: bool) -> float:
-    """The base the boot tests use: its suite is their setting (tests/test_boot.py SUITES)."""
+    """The base the boot tests use: its suite is their setting (tests/boot_helpers.py SUITES)."""
     argv = [sys.executable, "-m", "builder", "-q", "base", "--arch", arch, "--suite", SUITES[arch]]
     start = time.monotonic()
     subprocess.run(

@@ -125,6 +125,6 @@ BOOT_AGENT = "agent: {recheck_interval: 15, backoff_cap: 5}\n"
 def arm64_device(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """ONE personalized arm64 image (and its test server's state) for every arm64 boot test:
     each boot runs on its own copy-on-write overlay, so the image is built once per run."""
-    from tests.test_boot import device_image
+    from tests.boot_helpers import device_image
 
     return device_image(tmp_path_factory.mktemp("arm64"), "arm64", BOOT_AGENT)

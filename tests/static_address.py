@@ -12,7 +12,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.test_build import partitions
+from tests.image_read import partitions
 
 ADDRESS, GATEWAY, DNS = "10.0.2.50/24", "10.0.2.2", "10.0.2.3"
 DHCP_ADDRESS = "10.0.2.15"  # what slirp's DHCP server would have given eth0

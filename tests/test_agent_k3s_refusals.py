@@ -10,10 +10,12 @@ import hashlib
 import json
 import re
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -296,7 +298,7 @@ def test_a_first_server_whose_clock_is_before_its_ca_gets_a_clock_verdict(
 def test_a_server_joins_only_once_its_own_node_is_registered(
     cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
 ) -> None:
-    from tests.test_cluster_firstboot import first_server
+    from tests.cluster_devices import first_server
 
     first, _port, env = first_server(roots, tmp_path, cluster)
     proc = run_agent(first, {**env, "K3S_STANDIN_NODE_DELAY": "4"})  # READY, then 2 s later
@@ -314,7 +316,7 @@ def test_a_server_joins_only_once_its_own_node_is_registered(
 def test_a_server_whose_node_never_registers_is_a_verdict(
     cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
 ) -> None:
-    from tests.test_cluster_firstboot import first_server
+    from tests.cluster_devices import first_server
 
     first, _port, env = first_server(roots, tmp_path, cluster)
     config = first / "etc/pifleet/join.json"
@@ -329,3 +331,76 @@ def test_a_server_whose_node_never_registers_is_a_verdict(
     )
     assert "never registered its Node" in remedy("start", failed[0].split("reason=", 1)[1])
     assert not (first / "var/lib/pifleet/joined").exists()
+
+
+# -- item 4: a re-flashed first server must not start a second cluster ---------------------------
+
+
+class CacertsServer:
+    """A real HTTPS server on 127.0.0.1:`port` that serves /cacerts and logs every request
+    with its headers (an existing server of the cluster, as a re-flashed first server sees it)."""
+
+    def __init__(self, port: int, cacerts: bytes, cert: Path, key: Path) -> None:
+        seen: list[tuple[str, str, dict[str, str]]] = []
+        self.seen = seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                seen.append((self.command, self.path, dict(self.headers.items())))
+                body = cacerts if self.path == "/cacerts" else b"{}"
+                self.send_response(200 if self.path == "/cacerts" else 401)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert), str(key))
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_reflashed_first_server_refuses_cluster_init_when_a_server_has_its_ca(
+    cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
+) -> None:
+    from tests.test_cluster_firstboot import first_server
+
+    first, port, env = first_server(roots, tmp_path, cluster)
+    write(tmp_path / "srv.pem", cluster["tls/server-ca.pem"])
+    write(tmp_path / "srv.key", cluster["tls/server-ca.key"], 0o600)
+    other = CacertsServer(
+        port, cluster["tls/server-ca.crt"], tmp_path / "srv.pem", tmp_path / "srv.key"
+    )
+    try:
+        proc = run_agent(first, env)
+    finally:
+        other.close()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    failed = [line for line in proc.stderr.splitlines() if "failed state=" in line]
+    assert len(failed) == 1 and "failed state=verify reason=refusing cluster-init" in failed[0]
+    assert f"https://127.0.0.1:{port} already serves this cluster's CA" in failed[0]
+    assert not (first / "etc/rancher/k3s/config.yaml").exists()  # cluster-init never written
+    assert not (first / "var/lib/rancher/k3s/server/db").exists()  # nor run
+    assert [(m, p) for m, p, _h in other.seen] == [("GET", "/cacerts")]
+    sent = repr(other.seen)
+    password = cluster["token"].decode().strip().rsplit(":", 1)[1]
+    assert "authorization" not in sent.lower() and password not in sent
+    assert "initialized: true" in remedy("verify", failed[0].split("reason=", 1)[1])
+
+
+def test_a_first_server_initialises_when_no_other_server_answers(
+    cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
+) -> None:
+    from tests.test_cluster_firstboot import first_server
+
+    first, _port, env = first_server(roots, tmp_path, cluster)
+    proc = run_agent(first, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cluster-init: true" in (first / "etc/rancher/k3s/config.yaml").read_text()

@@ -8,7 +8,6 @@ import json
 import lzma
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from builder.config.fleet import load
 from builder.util.errors import UserError
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
+from tests.image_edit import write_root_files
 from tests.layouts import elf_for
 
 
@@ -192,20 +192,6 @@ def test_corrupt_root_filesystem_says_damaged(fleet_dir: Path) -> None:
         f.seek(root + 1024 + 0x20)  # s_blocks_per_group: zero is impossible
         f.write(b"\0\0\0\0")
     refused(fleet_dir, "base.img", "damaged", "e2fsck")
-
-
-def write_root_files(image: Path, files: dict[str, bytes], tmp: Path) -> None:
-    """Put `files` into the image's root filesystem with debugfs (parents created)."""
-    from builder.disk.table import read_table
-
-    spec = f"{image}?offset={read_table(image).partitions[1].start}"
-    for i, (path, data) in enumerate(files.items()):
-        source = tmp / f"root-file-{i}"
-        source.write_bytes(data)
-        parts = Path(path).parts
-        cmds = [f"mkdir {'/'.join(parts[: n + 1])[1:]}" for n in range(1, len(parts) - 1)]
-        for cmd in [*cmds, f"write {source} {path}"]:
-            subprocess.run(["debugfs", "-w", "-R", cmd, spec], check=True, capture_output=True)
 
 
 def test_unknown_timezone_names_the_nearest(fleet_dir: Path, tmp_path: Path) -> None:

@@ -18,83 +18,23 @@ from xml.etree import ElementTree
 
 import pytest
 
-from builder.qemu import base
 from builder.qemu.boottest import BootOptions, boot_test
 from builder.testserver.server import K3sTestServer
 from builder.util.secret import Secret
 from firstboot.state import ORDER
 from tests import static_address
-from tests.conftest import REPO, pifleet
-from tests.test_build import fat_names, partitions
+from tests.boot_helpers import (
+    ARMHF_SUITE,
+    BOOT_TIMEOUT,
+    DEVICE,
+    base_image,
+    device_image,
+    guest_disk,
+)
+from tests.conftest import pifleet
+from tests.image_read import ext4_read, fat_names
 
 pytestmark = pytest.mark.slow
-
-STANDIN = REPO / "tests/fixtures/k3s-standin"
-DEVICE = "edge-007"
-BOOT_TIMEOUT = "900"
-# The Debian suite each architecture's boot tests build their base from: a setting, not a probe
-# of the mirror, so that a run is reproducible. The Debian mirror's trixie armhf index has not
-# matched its Release file since 2026-11-21 (issue 17); bookworm's verifies. `make test` builds
-# the bases these name (its ARMHF_SUITE is read from this line).
-ARMHF_SUITE = "bookworm"
-SUITES = {"arm64": "trixie", "armhf": ARMHF_SUITE}
-
-
-def fleet_yaml(arch: str, base_image: Path, device: str = "") -> str:
-    """The boot fleet; `device`: more YAML keys for DEVICE's entry (one `key: value` a line)."""
-    more = "".join(f"\n    {line}" for line in device.splitlines())
-    return f"""\
-name: boot-fleet
-arch: {arch}
-base: {{path: {base_image}}}
-k3s: {{binary: {STANDIN}, test_standin: true}}
-cluster:
-  server: https://k3s.example.internal:6443
-  token_file: token
-  node_labels: {{fleet: boot}}
-users:
-  - name: ops
-    sudo: true
-    ssh_authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@laptop']
-devices:
-  - hostname: {DEVICE}
-    labels: {{zone: lab}}{more}
-output: {{dir: out, formats: [img], bmap: false}}
-"""
-
-
-def base_image(arch: str) -> Path:
-    """The cached `pifleet base` for `arch` from its suite in SUITES (built when absent)."""
-    return base.ensure_base(arch, SUITES[arch])
-
-
-def device_image(
-    workdir: Path, arch: str, extra: str = "", base_path: Path | None = None, device: str = ""
-) -> tuple[Path, Path]:
-    """Build the golden image with the real CLI and personalize DEVICE: (image, server state).
-
-    From `base_path` (default: the cached cloud-init base of `arch`), with `device`'s keys in
-    DEVICE's entry of the fleet file.
-
-    The K3s test server's state (CA and token password) is made first so the
-    token the image carries is one the server accepts.
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    state = workdir / "vm" / "k3s-test-server"
-    token = workdir / "token"
-    token.write_text(K3sTestServer(state_dir=state).mint_token() + "\n")
-    token.chmod(0o600)
-    fleet = fleet_yaml(arch, base_path or base_image(arch), device)
-    (workdir / "fleet.yaml").write_text(fleet + extra)
-    built = pifleet("build", "fleet.yaml", cwd=workdir)
-    assert built.returncode == 0, built.stderr
-    image = workdir / f"{DEVICE}.img"
-    made = pifleet(
-        "personalize", "out/boot-fleet.img", "--config", "fleet.yaml", "--device", DEVICE,
-        "-o", str(image), cwd=workdir,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    return image, state
 
 
 @pytest.fixture(scope="session")
@@ -113,34 +53,6 @@ def armhf_device(armhf_base: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return image, state
 
 
-def guest_disk(overlay: Path, tmp: Path) -> tuple[Path, Path]:
-    """The disk as the guest left it, read with independent tools: (whole disk, root partition).
-
-    The overlay over the image is flattened to one raw file (qemu-img), the root
-    partition cut out of it (dd) and checked: after the clean power-off the
-    boot test does, e2fsck must find it clean with no journal to replay.
-    """
-    disk = tmp / "disk.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(overlay), str(disk)], check=True)
-    start = partitions(disk)[1]["start"] * 512
-    root = tmp / "root.ext4"
-    subprocess.run(
-        ["dd", f"if={disk}", f"of={root}", "bs=4M", "iflag=skip_bytes", f"skip={start}",
-         "conv=sparse", "status=none"],
-        check=True,
-    )  # fmt: skip
-    fsck = subprocess.run(["e2fsck", "-fn", str(root)], capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
-    return disk, root
-
-
-def ext4_read(root: Path, path: str) -> bytes:
-    out = subprocess.run(
-        ["debugfs", "-R", f"cat {path}", str(root)], capture_output=True, check=True
-    )
-    return out.stdout
-
-
 def token_of(state: Path) -> str:
     return K3sTestServer(state_dir=state).mint_token()
 
@@ -150,25 +62,34 @@ def assert_joined_on_disk(overlay: Path, tmp: Path, node: str) -> None:
     and no token left in the boot partition."""
     disk, root = guest_disk(overlay, tmp)
     result = json.loads(ext4_read(root, "/var/lib/cloud/data/result.json"))
-    assert result["v1"]["errors"] == [], result
-    assert result["v1"]["datasource"].startswith("DataSourceNoCloud"), result
+    assert result["v1"]["errors"] == [], f"cloud-init reported errors: {result}"
+    assert result["v1"]["datasource"].startswith("DataSourceNoCloud"), (
+        f"cloud-init's datasource is not NoCloud: {result}"
+    )
     # The seed's network-config was read (not cloud-init's fallback, which also does DHCP).
-    assert b"Applying network configuration from ds " in ext4_read(root, "/var/log/cloud-init.log")
-    assert ext4_read(root, "/etc/hostname").decode().strip() == node
+    assert b"Applying network configuration from ds " in ext4_read(
+        root, "/var/log/cloud-init.log"
+    ), "cloud-init did not apply the seed's network-config"
+    hostname = ext4_read(root, "/etc/hostname").decode().strip()
+    assert hostname == node, f"the guest's hostname is {hostname}, not {node}"
     state = json.loads(ext4_read(root, "/var/lib/pifleet/state.json"))
-    assert (state["state"], state["node_name"]) == ("done", node)
-    assert state["history"][-1]["state"] == "done"
+    assert state["state"] == "done", f"the agent's state is {state['state']}, not done"
+    assert state["node_name"] == node, f"the agent's node is {state['node_name']}, not {node}"
+    assert state["history"][-1]["state"] == "done", f"the agent's history: {state['history']}"
     listing = subprocess.run(
         ["debugfs", "-R", "ls /var/lib/pifleet", str(root)], capture_output=True, text=True
     ).stdout
-    assert "joined" in listing
+    assert "joined" in listing, f"no joined marker in /var/lib/pifleet: {listing}"
     seed_dir = fat_names(disk, "/pifleet")
-    assert "device.json" in seed_dir
-    assert "/token" not in seed_dir and "node-password" not in seed_dir, seed_dir
+    assert "device.json" in seed_dir, f"device.json left the boot partition: {seed_dir}"
+    assert "/token" not in seed_dir, f"the token is still on the boot partition: {seed_dir}"
+    assert "node-password" not in seed_dir, f"the node password is still there: {seed_dir}"
     # The card tells its story to anyone who reads it (issue 16): pifleet diagnose, rootless.
     story = pifleet("diagnose", str(disk), cwd=tmp)
-    assert story.returncode == 0, story.stdout + story.stderr
-    assert story.stdout.startswith(f"{node}: joined as {node} at "), story.stdout
+    assert story.returncode == 0, f"pifleet diagnose failed: {story.stdout}{story.stderr}"
+    assert story.stdout.startswith(f"{node}: joined as {node} at "), (
+        f"the card does not say {node} joined: {story.stdout}"
+    )
 
 
 def test_arm64_image_boots_runs_cloud_init_and_joins(
@@ -212,30 +133,36 @@ def boots_and_joins(image: Path, state: Path, tmp_path: Path) -> None:
         "--timeout", BOOT_TIMEOUT, cwd=tmp_path, timeout=1200,
     )  # fmt: skip
     console = (vm / "console.log").read_text()
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    assert f"joined: node {DEVICE}" in proc.stdout
+    assert proc.returncode == 0, f"boot-test failed: {proc.stdout[-4000:]}"
+    assert f"joined: node {DEVICE}" in proc.stdout, f"boot-test did not report {DEVICE} joined"
     for milestone in ("kernel started", "cloud-init finished", "agent: verify", "joined"):
-        assert milestone in proc.stdout, proc.stdout
+        assert milestone in proc.stdout, f"boot-test did not report {milestone}: {proc.stdout}"
     # The serial console: cloud-init finished, every agent state in order, no traceback.
-    assert "Cloud-init v. " in console and " finished at " in console
+    assert "Cloud-init v. " in console, "cloud-init never ran on the console"
+    assert " finished at " in console, "cloud-init never finished on the console"
     states = [
         ln.split("state=")[1].split()[0] for ln in console.splitlines() if "firstboot: state=" in ln
     ]
-    assert states == list(ORDER), states
-    assert f"pifleet-firstboot: joined node={DEVICE}" in console
-    assert "Traceback" not in console
+    assert states == list(ORDER), f"the agent's states, not every one in order: {states}"
+    assert f"pifleet-firstboot: joined node={DEVICE}" in console, "the agent never said joined"
+    assert "Traceback" not in console, "a traceback on the console"
     # The test server's own records: exactly one node, under the expected name.
-    assert K3sTestServer(state_dir=state).registered_nodes() == [DEVICE]
+    nodes = K3sTestServer(state_dir=state).registered_nodes()
+    assert nodes == [DEVICE], f"the test server has nodes {nodes}, not exactly {DEVICE}"
     # The guest's disk, read back after the VM stopped; the image itself untouched.
-    assert "the guest did not power off" not in proc.stderr
+    assert "the guest did not power off" not in proc.stderr, "the guest did not power off"
     assert_joined_on_disk(vm / "disk.qcow2", tmp_path, DEVICE)
-    assert (image.stat().st_mtime_ns, os.path.getsize(image)) == before
+    after = image.stat().st_mtime_ns, os.path.getsize(image)
+    assert after == before, "the boot changed the image itself"
     report = ElementTree.parse(junit).getroot()
-    assert report.get("failures") == "0"
-    assert {p.get("name") for p in report.iter("property")} >= {"kernel started", "joined"}
+    assert report.get("failures") == "0", "the JUnit report records a failure"
+    properties = {p.get("name") for p in report.iter("property")}
+    assert properties >= {"kernel started", "joined"}, f"the JUnit milestones: {properties}"
     token = token_of(state)
-    for text in (proc.stdout, proc.stderr, console, junit.read_text()):
-        assert token not in text and token.split(":")[-1] not in text
+    for name, text in (("stdout", proc.stdout), ("stderr", proc.stderr), ("console", console),
+                       ("JUnit report", junit.read_text())):  # fmt: skip
+        assert token not in text, f"the token is in the {name}"
+        assert token.split(":")[-1] not in text, f"the token's password is in the {name}"
 
 
 def test_wrong_token_stops_with_a_clear_status(

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from builder.qemu.boottest import BootOptions, BootResult, boot_test
+from builder.qemu.boottest import BootOptions, boot_test
+from builder.qemu.console import BootResult
+from builder.qemu.power import Hooks
 from builder.testserver.server import K3sTestServer
 from builder.util.secret import Secret
-from tests.test_boot import BOOT_TIMEOUT, DEVICE
+from tests.boot_helpers import BOOT_TIMEOUT, DEVICE
 
 pytestmark = pytest.mark.slow
 RECHECK = 15  # agent.recheck_interval of the golden image (seconds)
@@ -30,12 +32,13 @@ def golden(arm64_device: tuple[Path, Path]) -> Path:
     return arm64_device[0]
 
 
-def boot(image: Path, server: K3sTestServer, token: str, tmp: Path, **kw: object) -> BootResult:
+def boot(
+    image: Path, server: K3sTestServer, token: str, tmp: Path, server_down_for: float = 0.0
+) -> BootResult:
     opts = BootOptions(
-        image=image, timeout=float(BOOT_TIMEOUT), keep=tmp / "vm", test_server=server,
-        token=Secret(token), **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
-    return boot_test(opts)
+        image=image, timeout=float(BOOT_TIMEOUT), keep=tmp / "vm", token=Secret(token)
+    )
+    return boot_test(opts, hooks=Hooks(test_server=server, server_down_for=server_down_for))
 
 
 def agent_lines(result: BootResult) -> list[str]:
@@ -90,10 +93,9 @@ def test_wrong_password_reported_then_joins_without_a_reboot(golden: Path, tmp_p
                 switched.append(at)
 
         opts = BootOptions(
-            image=golden, timeout=float(BOOT_TIMEOUT), keep=tmp_path / "vm", test_server=server,
-            token=Secret(token), tolerate_failures=True,
-        )  # fmt: skip
-        result = boot_test(opts, on_milestone)
+            image=golden, timeout=float(BOOT_TIMEOUT), keep=tmp_path / "vm", token=Secret(token)
+        )
+        result = boot_test(opts, on_milestone, Hooks(test_server=server, tolerate_failures=True))
         assert switched, result.tail()
         assert result.passed and result.joined, (result.failure, result.tail())
         assert any("reason=the server rejected the token (401" in v for v in result.verdicts)

@@ -23,10 +23,12 @@ import yaml
 
 from builder.disk.image import Image
 from builder.fleet.devicekeys import HOST_KEY_PUB_FILE, NODE_PASSWORD, identity_dir
+from builder.qemu.console import Stage
 from builder.testserver.server import K3sTestServer
+from tests.boot_helpers import DEVICE, device_image, guest_disk
 from tests.conftest import BOOT_AGENT
-from tests.test_boot import DEVICE, device_image, ext4_read, guest_disk
-from tests.test_boot_faults import Device
+from tests.image_read import ext4_read
+from tests.power_cycles import Device
 
 pytestmark = pytest.mark.slow
 PSK_NAME = "PIFLEET_TEST_WIFI_PASSWORD"
@@ -88,7 +90,7 @@ def test_no_secret_on_the_boot_partition_after_first_boot_and_reboot(
         assert found_in(fat_bytes(disk), secrets) == list(secrets), "the search finds nothing"
 
         first = device.until_joined()
-        assert first.joined == DEVICE, first.console[-40:]
+        assert first.node == DEVICE, first.console[-40:]
         assert any("pifleet-custody: moved" in line for line in first.console), first.console
         after_first = tmp_path / "first"
         after_first.mkdir()
@@ -96,7 +98,9 @@ def test_no_secret_on_the_boot_partition_after_first_boot_and_reboot(
         assert found_in(fat_bytes(disk), secrets) == []
         network_first = rendered_network(root)
 
-        second = device.boot(lambda b, _line: second_boot_done(b.console), clean=True)
+        second = device.boot(
+            Stage("the second boot done", lambda r: second_boot_done(r.console)), clean=True
+        )
         assert second_boot_done(second.console), second.console[-40:]
         assert any(
             "pifleet-custody: the boot partition holds no secrets" in line

@@ -24,10 +24,10 @@ import pytest
 from builder.qemu import base
 from builder.testserver.server import K3sTestServer
 from firstboot.state import ORDER
+from tests.boot_helpers import BOOT_TIMEOUT, DEVICE, device_image, guest_disk
 from tests.conftest import BOOT_AGENT, pifleet
+from tests.image_read import ext4_read, fat_names, fat_read
 from tests.static_address import ADDRESS, DEVICE_KEYS, GATEWAY, add_show_unit, assert_static_on_eth0
-from tests.test_boot import BOOT_TIMEOUT, DEVICE, device_image, ext4_read, guest_disk
-from tests.test_build import fat_names, fat_read
 
 pytestmark = pytest.mark.slow
 
@@ -106,11 +106,16 @@ def assert_firstrun_done_on_disk(overlay: Path, tmp: Path) -> None:
     """What the guest left: no firstrun.sh, cmdline.txt without its words, the hostname,
     the NetworkManager keyfile, the agent done."""
     disk, root = guest_disk(overlay, tmp)
-    assert "firstrun.sh" not in fat_names(disk, "/")
+    assert "firstrun.sh" not in fat_names(disk, "/"), "firstrun.sh is still on the boot partition"
     cmdline = fat_read(disk, "/cmdline.txt").decode()
-    assert "systemd." not in cmdline and "root=PARTUUID=" in cmdline, cmdline
-    assert ext4_read(root, "/etc/hostname").decode().strip() == DEVICE
+    assert "systemd." not in cmdline, f"cmdline.txt keeps firstrun's systemd words: {cmdline}"
+    assert "root=PARTUUID=" in cmdline, f"cmdline.txt lost its root: {cmdline}"
+    hostname = ext4_read(root, "/etc/hostname").decode().strip()
+    assert hostname == DEVICE, f"the guest's hostname is {hostname}, not {DEVICE}"
     keyfile = ext4_read(root, "/etc/NetworkManager/system-connections/pifleet-eth0.nmconnection")
-    assert f"address1={ADDRESS},{GATEWAY}".encode() in keyfile
+    assert f"address1={ADDRESS},{GATEWAY}".encode() in keyfile, (
+        "the NetworkManager keyfile has not the device's static address"
+    )
     state = json.loads(ext4_read(root, "/var/lib/pifleet/state.json"))
-    assert (state["state"], state["node_name"]) == ("done", DEVICE)
+    assert state["state"] == "done", f"the agent's state is {state['state']}, not done"
+    assert state["node_name"] == DEVICE, f"the agent's node is {state['node_name']}"

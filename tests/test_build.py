@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -14,65 +12,11 @@ import pytest
 import yaml
 
 from builder import version
+from tests.builds import build_ok
 from tests.cloudinit_render import networkd_render
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
+from tests.image_read import debugfs, fat_names, fat_read, root_read, root_spec, sha256
 from tests.layouts import elf_for
-
-MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def partitions(image: Path) -> list[dict]:
-    out = subprocess.run(
-        ["sfdisk", "--json", str(image)], capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout)["partitiontable"]["partitions"]
-
-
-def fat_read(image: Path, path: str) -> bytes:
-    boot = partitions(image)[0]["start"] * 512
-    proc = subprocess.run(
-        ["mtype", "-i", f"{image}@@{boot}", f"::{path}"], capture_output=True, env=MTOOLS_ENV
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def fat_names(image: Path, path: str = "/") -> str:
-    boot = partitions(image)[0]["start"] * 512
-    return subprocess.run(
-        ["mdir", "-b", "-i", f"{image}@@{boot}", f"::{path}"],
-        capture_output=True,
-        text=True,
-        env=MTOOLS_ENV,
-    ).stdout
-
-
-def root_spec(image: Path) -> str:
-    return f"{image}?offset={partitions(image)[1]['start'] * 512}"
-
-
-def debugfs(image: Path, command: str) -> str:
-    return subprocess.run(
-        ["debugfs", "-R", command, root_spec(image)], capture_output=True, text=True, check=True
-    ).stdout
-
-
-def root_read(image: Path, path: str, tmp: Path) -> bytes:
-    dest = tmp / "dumped"
-    dest.unlink(missing_ok=True)
-    debugfs(image, f"dump {path} {dest}")
-    return dest.read_bytes()
-
-
-def build_ok(fleet_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    proc = pifleet("build", "fleet.yaml", *extra, cwd=fleet_dir)
-    assert proc.returncode == 0, proc.stderr
-    assert TEST_TOKEN not in proc.stdout + proc.stderr
-    return proc
 
 
 def test_build_trixie_arm64(fleet_dir: Path, tmp_path: Path) -> None:
@@ -83,57 +27,78 @@ def test_build_trixie_arm64(fleet_dir: Path, tmp_path: Path) -> None:
     assert sha256(base) == base_sum, "the base must never be modified"
 
     cmdline = fat_read(image, "/cmdline.txt").decode()
-    assert cmdline.count("\n") == 1 and cmdline.endswith("\n")
+    assert cmdline.count("\n") == 1, f"cmdline.txt is not one line: {cmdline!r}"
+    assert cmdline.endswith("\n"), f"cmdline.txt does not end its line: {cmdline!r}"
     words = cmdline.split()
-    assert words.count("cgroup_memory=1") == 1 and words.count("cgroup_enable=memory") == 1
-    assert "root=PARTUUID=5e3da1f0-02" in words and "cfg80211.ieee80211_regdom=GB" in words
+    assert words.count("cgroup_memory=1") == 1, f"cgroup_memory=1 not once: {cmdline}"
+    assert words.count("cgroup_enable=memory") == 1, f"cgroup_enable=memory not once: {cmdline}"
+    assert "root=PARTUUID=5e3da1f0-02" in words, f"cmdline.txt lost its root: {cmdline}"
+    assert "cfg80211.ieee80211_regdom=GB" in words, f"no Wi-Fi country GB: {cmdline}"
 
     k3s = debugfs(image, "stat /usr/local/bin/k3s")
-    assert "Type: regular    Mode:  0755" in k3s and "User:     0   Group:     0" in k3s
-    assert root_read(image, "/usr/local/bin/k3s", tmp_path) == elf_for("arm64").read_bytes()
+    assert "Type: regular    Mode:  0755" in k3s, "k3s is not a regular file, 0755"
+    assert "User:     0   Group:     0" in k3s, "k3s is not root's"
+    assert root_read(image, "/usr/local/bin/k3s", tmp_path) == elf_for("arm64").read_bytes(), (
+        "k3s is not the given binary"
+    )
     for tool in ("kubectl", "crictl", "ctr"):
-        assert 'Fast link dest: "k3s"' in debugfs(image, f"stat /usr/local/bin/{tool}")
+        assert 'Fast link dest: "k3s"' in debugfs(image, f"stat /usr/local/bin/{tool}"), (
+            f"{tool} is not a link to k3s"
+        )
 
     unit = root_read(image, "/etc/systemd/system/pifleet-firstboot.service", tmp_path).decode()
-    assert "ExecStart=/usr/bin/python3 -m firstboot run" in unit
+    assert "ExecStart=/usr/bin/python3 -m firstboot run" in unit, "the agent unit runs no agent"
     wants = debugfs(
         image, "stat /etc/systemd/system/multi-user.target.wants/pifleet-firstboot.service"
     )
-    assert 'Fast link dest: "/etc/systemd/system/pifleet-firstboot.service"' in wants
+    assert 'Fast link dest: "/etc/systemd/system/pifleet-firstboot.service"' in wants, (
+        "the agent unit is not enabled"
+    )
     # Secrets off the boot partition on every boot, after cloud-init read them, before network.
     custody = root_read(image, "/etc/systemd/system/pifleet-custody.service", tmp_path).decode()
-    assert "ExecStart=/usr/bin/python3 -m firstboot custody" in custody
-    assert (
-        "Before=network-pre.target" in custody
-        and "After=local-fs.target cloud-init-local" in custody
+    assert "ExecStart=/usr/bin/python3 -m firstboot custody" in custody, "custody runs no custody"
+    assert "Before=network-pre.target" in custody, "custody does not run before the network"
+    assert "After=local-fs.target cloud-init-local" in custody, (
+        "custody does not run after cloud-init's local stage"
     )
-    assert "RequiresMountsFor=/boot/firmware /var/lib" in custody
+    assert "RequiresMountsFor=/boot/firmware /var/lib" in custody, (
+        "custody does not wait for the boot partition and /var/lib"
+    )
     linked = debugfs(
         image, "stat /etc/systemd/system/multi-user.target.wants/pifleet-custody.service"
     )
-    assert 'Fast link dest: "/etc/systemd/system/pifleet-custody.service"' in linked
+    assert 'Fast link dest: "/etc/systemd/system/pifleet-custody.service"' in linked, (
+        "the custody unit is not enabled"
+    )
     agent_init = root_read(image, "/usr/lib/pifleet/firstboot/__init__.py", tmp_path)
     source = (Path(__file__).parent.parent / "firstboot/__init__.py").read_bytes()
-    assert agent_init == source + f'\n__version__ = "{version()}"\n'.encode()  # pyproject's
+    assert agent_init == source + f'\n__version__ = "{version()}"\n'.encode(), (
+        "the agent's __init__ is not the source with pyproject's version"
+    )
 
     join = json.loads(root_read(image, "/etc/pifleet/join.json", tmp_path))
-    assert join["server"] == "https://k3s.example.net:6443"
-    assert join["boot_dir"] == "/boot/firmware"
+    assert join["server"] == "https://k3s.example.net:6443", f"join.json's server: {join}"
+    assert join["boot_dir"] == "/boot/firmware", f"join.json's boot_dir: {join}"
     # The user's labels first, then pifleet's own (for `pifleet status`).
-    assert join["node_labels"] == ["site=berlin", "pifleet/fleet=edge-fleet", "pifleet/agent=0.1.0"]
-    assert TEST_TOKEN not in json.dumps(join)
+    assert join["node_labels"] == [
+        "site=berlin", "pifleet/fleet=edge-fleet", "pifleet/agent=0.1.0"
+    ], f"join.json's labels, not the user's then pifleet's: {join['node_labels']}"  # fmt: skip
+    assert TEST_TOKEN not in json.dumps(join), "join.json holds the token"
     token_stat = debugfs(image, "stat /etc/pifleet/token")
-    assert "Mode:  0600" in token_stat and "User:     0   Group:     0" in token_stat
-    assert root_read(image, "/etc/pifleet/token", tmp_path).decode().strip() == TEST_TOKEN
+    assert "Mode:  0600" in token_stat, "/etc/pifleet/token is not 0600"
+    assert "User:     0   Group:     0" in token_stat, "/etc/pifleet/token is not root's"
+    assert root_read(image, "/etc/pifleet/token", tmp_path).decode().strip() == TEST_TOKEN, (
+        "/etc/pifleet/token is not the token"
+    )
 
     meta = yaml.safe_load(fat_read(image, "/meta-data"))
-    assert meta["instance-id"].startswith("pifleet-")
+    assert meta["instance-id"].startswith("pifleet-"), f"meta-data's instance-id: {meta}"
     user_data = fat_read(image, "/user-data").decode()
-    assert user_data.startswith("#cloud-config\n")
-    assert yaml.safe_load(user_data)["users"][0]["name"] == "ops"
+    assert user_data.startswith("#cloud-config\n"), "user-data has no #cloud-config line"
+    assert yaml.safe_load(user_data)["users"][0]["name"] == "ops", "user-data's user is not ops"
     assert "::/ssh" in fat_names(image).split(), "sshd is switched on for users with keys"
     e2fsck = subprocess.run(["e2fsck", "-fn", root_spec(image)], capture_output=True, text=True)
-    assert e2fsck.returncode == 0, e2fsck.stdout
+    assert e2fsck.returncode == 0, f"e2fsck finds the root file system unclean: {e2fsck.stdout}"
 
 
 def test_outputs_manifest_and_sums(fleet_dir: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -14,11 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, TEST_TOKEN, fleet_yaml, pifleet
+from tests.image_read import sha256
 from tests.layouts import elf_for
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def files_in(directory: Path) -> list[str]:

@@ -14,8 +14,8 @@ import pytest
 
 from builder.disk.image import Image
 from tests.conftest import pifleet
-from tests.test_bad_input import write_root_files
-from tests.test_diagnose import SECRETS, carriers, put_report
+from tests.image_edit import put_raw, put_report, write_root_files
+from tests.secret_forms import SECRETS, carriers
 
 # What a hostile (or broken) card could carry, each to a terminal's harm.
 ATTACKS = {
@@ -151,12 +151,6 @@ def test_damaged_report_is_one_line_exit_2(
         assert done.stderr.count("\n") == 1 and "internal error" not in done.stderr
         assert "report.json is damaged" in done.stderr and needle in done.stderr, done.stderr
         assert done.stdout == ""
-
-
-def put_raw(image: Path, data: bytes) -> None:
-    opened = Image.open(image)
-    opened.boot.stage("/pifleet/report.json", data)
-    opened.boot.flush()
 
 
 def test_unknown_keys_and_nulls_are_accepted(

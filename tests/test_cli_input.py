@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
+from tests.image_edit import put_raw
 from tests.layouts import LAYOUTS, make_pi_image
-from tests.test_card_output import put_raw
 
 # command -> option (its longest flag, or a positional's name) -> [(arguments, what the line says)]
 # In arguments, {d} is the command's prepared folder and {busy} a port something listens on.

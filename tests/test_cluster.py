@@ -21,16 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from builder.cluster.ca import generate
 from builder.cluster.cahash import k3s_ca_hash
+from tests.cluster_fleet import CREATE, DEVICES
 from tests.conftest import fleet_yaml, pifleet
-
-SERVERS = ("edge-srv-1", "edge-srv-2", "edge-srv-3")
-AGENTS = ("edge-agent-1", "edge-agent-2")
-
-CREATE = (
-    "cluster:\n  create: true\n  server: https://edge-srv-1:6443\n"
-    f"  servers: [{', '.join(SERVERS)}]\n  agent_token: true"
-)
-DEVICES = "devices:\n" + "".join(f"  - hostname: {h}\n" for h in SERVERS + AGENTS)
 
 
 def openssl_fingerprint(pem: bytes, tmp: Path) -> str:

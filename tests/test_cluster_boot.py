@@ -22,10 +22,11 @@ import pytest
 
 from builder.disk.image import Image
 from builder.qemu import overlay
-from builder.qemu.boottest import BootOptions, _kernel_and_initrd
+from builder.qemu.power import kernel_and_initrd
 from builder.qemu.vm import VM, kernel_command_line, require_qemu
+from tests.boot_helpers import STANDIN, base_image, guest_disk
 from tests.conftest import pifleet
-from tests.test_boot import STANDIN, base_image, ext4_read, guest_disk
+from tests.image_read import ext4_read
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -70,7 +71,7 @@ def free_port() -> int:
 def guest(stack: contextlib.ExitStack, image: Path, work: Path, net: str, mac: str) -> VM:
     work.mkdir(parents=True)
     opened = Image.open(image)
-    kernel, initrd = _kernel_and_initrd(opened, BootOptions(image=image), work)
+    kernel, initrd = kernel_and_initrd(opened, work)
     machine = require_qemu("arm64")
     cmdline = (opened.boot.read("/cmdline.txt") or b"").decode()
     disk = work / "disk.qcow2"

@@ -11,7 +11,6 @@ with the usual backoff and join pinned to the hash `cluster init` made.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -20,12 +19,9 @@ import pytest
 
 from builder.cluster.ca import generate
 from builder.cluster.cahash import k3s_ca_hash
-from builder.testserver.server import K3sTestServer
 from firstboot import joinconfig
-from tests.agent_helpers import make_device, run_agent, run_until, stop_services, write
-
-TLS = "var/lib/rancher/k3s/server/tls"
-SANS = ["edge-srv-1", "edge-srv-2", "edge-srv-3"]
+from tests.agent_helpers import run_agent, run_until, stop_services, write
+from tests.cluster_devices import SANS, device, first_server, free_port, standin_env
 
 
 @pytest.fixture(scope="module")
@@ -39,58 +35,12 @@ def cluster() -> dict[str, bytes]:
     return files
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def roots(tmp_path: Path) -> Iterator[list[Path]]:
     made: list[Path] = []
     yield made
     for root in made:
         stop_services(root)
-
-
-def device(
-    roots: list[Path], base: Path, name: str, files: dict[str, bytes], port: int, **seed: object
-) -> Path:
-    """A device root for `name`; servers carry the CA files, tokens as the builder puts them."""
-    root = base / name
-    roots.append(root)
-    url = f"https://127.0.0.1:{port}"
-    join = joinconfig.JoinConfig(
-        server=url, backoff_cap=0.3, clock_sync_timeout=1.0, recheck_interval=0.0,
-        start_timeout=60.0, hostname_pattern="edge-{serial}",
-    )  # fmt: skip
-    server = seed.get("role") == "server"
-    token = files["token" if server else "agent-token"].decode().strip()
-    make_device(root, cast(K3sTestServer, None), token, join=join)
-    info = joinconfig.DeviceConfig(hostname=name, **seed)  # type: ignore[arg-type]
-    write(root / "boot/firmware/pifleet/device.json", joinconfig.dump_device_config(info))
-    if server:
-        for rel, data in files.items():
-            if rel.startswith("tls/"):
-                secret = rel.endswith(".key")
-                write(root / TLS / rel[4:], data, 0o600 if secret else 0o644)
-        write(root / "etc/rancher/k3s/agent-token", files["agent-token"], 0o600)
-    return root
-
-
-def standin_env(port: int) -> dict[str, str]:
-    """Where the device's K3s stand-in (`k3s server`) listens."""
-    return {"K3S_STANDIN_BIND": "127.0.0.1", "K3S_STANDIN_PORT": str(port)}
-
-
-def first_server(
-    roots: list[Path], base: Path, files: dict[str, bytes]
-) -> tuple[Path, int, dict[str, str]]:
-    """edge-srv-1, the server that initialises: its root, its port and its stand-in's env."""
-    port = free_port()
-    root = device(roots, base, "edge-srv-1", files, port,
-                  role="server", cluster_init=True, tls_san=SANS)  # fmt: skip
-    return root, port, standin_env(port)
 
 
 def state_of(root: Path) -> dict[str, object]:

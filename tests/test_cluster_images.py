@@ -18,9 +18,9 @@ import pytest
 
 from firstboot import joinconfig, roles
 from firstboot.paths import Root
+from tests.cluster_fleet import AGENTS, CREATE, DEVICES, SERVERS
 from tests.conftest import fleet_yaml, pifleet
-from tests.test_build import debugfs, fat_read, partitions
-from tests.test_cluster import AGENTS, CREATE, DEVICES, SERVERS
+from tests.image_read import debugfs, fat_read, partitions
 
 TLS = "/var/lib/rancher/k3s/server/tls"
 

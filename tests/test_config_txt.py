@@ -8,7 +8,7 @@ from pathlib import Path
 from builder.config.model import ConfigTxtLine
 from builder.steps.config_txt import edit, identity
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
-from tests.test_build import fat_read, sha256
+from tests.image_read import fat_read, sha256
 
 # The shape of Raspberry Pi OS Trixie's config.txt (pi-gen stage1/00-boot-files/files/config.txt)
 PI_OS = """# For more options and information see

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from builder.disk.image import Image
 from builder.testserver.server import K3sTestServer
 from firstboot.card import CardReport
 from firstboot.collect import write_bundle
@@ -22,42 +21,11 @@ from firstboot.redact import Redactor
 from firstboot.report import Reporter
 from tests.agent_helpers import make_device, run_agent, stop_services
 from tests.conftest import pifleet
+from tests.image_edit import put_report
+from tests.secret_forms import HASH, SECRETS, carriers
 
-HASH = "ab" * 32
-SSH_KEY = (
-    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
-    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
-    "QyNTUxOQAAACDjKqp5Fc65tJ0RulDqCiirGxqB+Qv...\n"
-    "-----END OPENSSH PRIVATE KEY-----"
-)
-# Every secret form the project knows, each with the part that must never be seen.
-SECRETS: dict[str, str] = {
-    f"K10{HASH}::server:s3rverPassw0rd": "s3rverPassw0rd",
-    f"K10{HASH}::node:ag3ntPassw0rd": "ag3ntPassw0rd",
-    f"K10{HASH}::abcdef.0123456789abcdef": "0123456789abcdef",
-    "K10::server:unpinnedPw": "unpinnedPw",
-    "qwerty.zyxwvutsrqponmlk": "zyxwvutsrqponmlk",  # bare bootstrap token
-    "shortpassword123": "shortpassword123",  # a short (password) token
-    "node-password-5f3a9c": "node-password-5f3a9c",
-    "wifi-psk-Tr0ub4dor&3": "wifi-psk-Tr0ub4dor&3",
-    SSH_KEY: "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ",
-}
 KNOWN = ["shortpassword123", "node-password-5f3a9c", "wifi-psk-Tr0ub4dor&3"]
 # What the bundle must learn by itself from the device (its token file, network-config...).
-
-
-def carriers(secret: str) -> list[str]:
-    """Ways a secret reaches a log line."""
-    return [
-        secret,
-        f"token={secret}",
-        f'{{"token": "{secret}"}}',
-        f"Authorization: Basic {secret}",
-        f"Authorization: Bearer {secret}",
-        f"k3s-Node-Password: {secret}",
-        f"psk: {secret}",
-        f"https://node:{secret}@k3s.example.net:6443/v1-k3s/readyz",
-    ]
 
 
 @pytest.mark.parametrize("secret", list(SECRETS), ids=list(range(len(SECRETS))))
@@ -125,12 +93,6 @@ def test_repeated_failure_counts_and_keeps_first_and_last(tmp_path: Path) -> Non
     failure = report["last_failure"]
     assert (failure["count"], failure["state"], report["state"]) == (14, "verify", "verify")
     assert failure["first"] <= failure["last"]
-
-
-def put_report(image: Path, report: dict[str, object]) -> None:
-    opened = Image.open(image)
-    opened.boot.stage("/pifleet/report.json", json.dumps(report).encode())
-    opened.boot.flush()
 
 
 def test_diagnose_tells_the_failure_and_its_remedy(

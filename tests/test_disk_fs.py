@@ -12,23 +12,9 @@ import pytest
 from builder.disk.entries import Directory, File, Symlink
 from builder.disk.image import Image
 from builder.util.errors import BuildError, UserError
+from tests.image_read import debugfs, fat_read
 
 EPOCH = 1_700_000_000
-
-
-def debugfs(image: Image, command: str) -> str:
-    spec = f"{image.path}?offset={image.root_partition.start}"
-    return subprocess.run(
-        ["debugfs", "-R", command, spec], capture_output=True, text=True, check=True
-    ).stdout
-
-
-def mtype(image: Image, path: str) -> bytes:
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    spec = f"{image.path}@@{image.boot_partition.start}"
-    return subprocess.run(
-        ["mtype", "-i", spec, f"::{path}"], capture_output=True, env=env, check=True
-    ).stdout
 
 
 def test_open_finds_pi_partitions(make_image: Callable[..., Path]) -> None:
@@ -43,8 +29,8 @@ def test_fat_writes_are_read_back_by_mtools(make_image: Callable[..., Path]) -> 
     image.boot.stage("/pifleet/device.json", b'{"hostname": "pi-1"}\n')
     image.boot.stage("/user-data", b"#cloud-config\nhostname: pi-1\n")
     assert image.boot.flush() == 2
-    assert mtype(image, "/pifleet/device.json") == b'{"hostname": "pi-1"}\n'
-    assert mtype(image, "/user-data") == b"#cloud-config\nhostname: pi-1\n"
+    assert fat_read(image.path, "/pifleet/device.json") == b'{"hostname": "pi-1"}\n'
+    assert fat_read(image.path, "/user-data") == b"#cloud-config\nhostname: pi-1\n"
     image.boot.stage("/user-data", b"#cloud-config\nhostname: pi-1\n")
     assert image.boot.flush() == 0, "identical content must not be rewritten"
     image.boot.stage_delete("/pifleet/device.json")
@@ -65,14 +51,14 @@ def test_ext4_writes_exact_modes_owners_and_links(
     root.stage(File("/home/ops/.profile", 0o640, data=b"x", uid=1000, gid=1000))
     root.stage(Directory("/var/lib/deep/er/dir", 0o700))
     assert root.flush() == 5
-    stat = debugfs(image, "stat /etc/pifleet/secret")
+    stat = debugfs(image.path, "stat /etc/pifleet/secret")
     assert "Mode:  0600" in stat and "User:     0   Group:     0" in stat
-    assert "User:  1000   Group:  1000" in debugfs(image, "stat /home/ops/.profile")
-    assert 'Fast link dest: "tool"' in debugfs(image, "stat /usr/local/bin/alias")
-    assert "Mode:  0700" in debugfs(image, "stat /var/lib/deep/er/dir")
-    assert "Mode:  0755" in debugfs(image, "stat /var/lib/deep")
+    assert "User:  1000   Group:  1000" in debugfs(image.path, "stat /home/ops/.profile")
+    assert 'Fast link dest: "tool"' in debugfs(image.path, "stat /usr/local/bin/alias")
+    assert "Mode:  0700" in debugfs(image.path, "stat /var/lib/deep/er/dir")
+    assert "Mode:  0755" in debugfs(image.path, "stat /var/lib/deep")
     dumped = tmp_path / "dumped"
-    debugfs(image, f"dump /usr/local/bin/tool {dumped}")
+    debugfs(image.path, f"dump /usr/local/bin/tool {dumped}")
     assert dumped.read_bytes() == big.read_bytes()
     root.check()
 
@@ -134,7 +120,7 @@ def test_root_grows_by_what_its_new_block_groups_take_too(
     image.commit()
     after = Image.open(path)
     back = tmp_path / "back"
-    debugfs(after, f"dump /usr/local/bin/k3s {back}")
+    debugfs(after.path, f"dump /usr/local/bin/k3s {back}")
     assert back.read_bytes() == payload.read_bytes()
     assert after.root.usage().free >= 16 * 1024 * 1024  # the headroom is still there
     after.root.check()

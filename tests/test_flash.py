@@ -26,68 +26,11 @@ from builder.fleet.destination import FileDestination
 from builder.fleet.target import describe
 from builder.outputs import bmap
 from builder.util.errors import BuildError, UserError
-from tests.conftest import REPO, TEST_TOKEN, fleet_yaml, pifleet
+from tests.conftest import REPO, TEST_TOKEN, pifleet
+from tests.flash_helpers import GOLDEN, built, one_line_error, run, work
+from tests.image_read import fat_read, sha256
 
-MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-GOLDEN = "out/edge-fleet.img"
-
-
-# --- a golden image built by the real `pifleet build`, copied per test ---------------------
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.layouts import make_pi_image
-
-    d = tmp_path_factory.mktemp("golden")
-    make_pi_image(d / "base.img")
-    (d / "token").write_text(TEST_TOKEN + "\n")
-    (d / "token").chmod(0o600)
-    devices = "devices:\n" + "\n".join(f"  - {{hostname: pi-{i:03d}}}" for i in range(1, 4))
-    (d / "fleet.yaml").write_text(fleet_yaml(devices=devices))
-    proc = pifleet("build", "fleet.yaml", cwd=d)
-    assert proc.returncode == 0, proc.stderr
-    (d / "base.img").unlink()
-    return d
-
-
-@pytest.fixture
-def work(built: Path, tmp_path: Path) -> Path:
-    """A private copy of the built fleet directory (sparse), so a test may change anything."""
-    d = tmp_path / "fleet"
-    subprocess.run(["cp", "-a", "--sparse=always", str(built), str(d)], check=True)
-    return d
-
-
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The real CLI; every run is checked for leaked secrets and tracebacks."""
-    proc = pifleet(*args, cwd=cwd)
-    output = proc.stdout + proc.stderr
-    assert TEST_TOKEN not in output and "s3cr3t-t0ken" not in output
-    assert "Traceback" not in output
-    return proc
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
-    assert proc.returncode == code, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pifleet: error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
-def sha256_of(path: Path, start: int = 0, length: int | None = None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(start)
-        remaining = os.fstat(f.fileno()).st_size - start if length is None else length
-        while remaining > 0:
-            chunk = f.read(min(remaining, 1 << 22))
-            assert chunk, f"{path} ended early"
-            digest.update(chunk)
-            remaining -= len(chunk)
-    return digest.hexdigest()
+__all__ = ["built", "work"]  # the fixtures this module's tests take
 
 
 def read_bmap(path: Path) -> tuple[int, list[tuple[int, int, str]]]:
@@ -132,20 +75,9 @@ def holes_supported(directory: Path) -> bool:
         probe.unlink()
 
 
-def fat_read(image: Path, path: str) -> bytes:
-    boot = read_table(image).partition(1).start
-    proc = subprocess.run(
-        ["mcopy", "-n", "-i", f"{image}@@{boot}", f"::{path}", "-"],
-        capture_output=True,
-        env=MTOOLS_ENV,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
 def partition_digest(image: Path, number: int) -> str:
     part = read_table(image).partition(number)
-    return sha256_of(image, part.start, part.size)
+    return sha256(image, part.start, part.size)
 
 
 # --- writing, verifying, personalizing -----------------------------------------------------
@@ -161,13 +93,13 @@ def test_flash_writes_exactly_the_mapped_ranges_and_verifies(work: Path) -> None
     assert card.stat().st_mode & 0o777 == 0o600  # it holds the join token
     assert [p.name for p in work.iterdir() if p.name.startswith(".card.img")] == []
     for start, end, chksum in ranges:
-        assert sha256_of(card, start, end - start) == chksum == sha256_of(image, start, end - start)
+        assert sha256(card, start, end - start) == chksum == sha256(image, start, end - start)
     # The whole card equals the image (unmapped ranges read as zeros, as in the image) ...
     sums = {}
     for line in (work / "out/SHA256SUMS").read_text().splitlines():
         digest, name = line.split()
         sums[name] = digest
-    assert sha256_of(card) == sums["edge-fleet.img"]
+    assert sha256(card) == sums["edge-fleet.img"]
     # ... and nothing outside the mapped ranges was written at all: those are still holes.
     if holes_supported(work):
         for start, end in data_extents(card):
@@ -186,7 +118,7 @@ def merged(ranges: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
 
 def test_flash_then_personalize_gives_distinct_cards(work: Path) -> None:
     image = work / GOLDEN
-    golden_sha = sha256_of(image)
+    golden_sha = sha256(image)
     golden_meta = yaml.safe_load(fat_read(image, "/meta-data"))
     ids = set()
     for host in ("pi-002", "pi-003"):
@@ -207,7 +139,7 @@ def test_flash_then_personalize_gives_distinct_cards(work: Path) -> None:
     assert len(ids) == 2 and golden_meta["instance-id"] not in ids
     known = (work / "out/known_hosts").read_text()
     assert "pi-002" in known and "pi-003" in known
-    assert sha256_of(image) == golden_sha, "the golden image is only read"
+    assert sha256(image) == golden_sha, "the golden image is only read"
 
 
 def test_read_back_verify_catches_a_corrupted_card(work: Path) -> None:
@@ -277,11 +209,11 @@ def test_an_image_changed_after_its_bmap_is_not_blamed_on_the_card(work: Path) -
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     work: Path, args: list[str], fragments: list[str]
 ) -> None:
-    before = {p: sha256_of(p) for p in (work / "out").iterdir() if p.is_file()}
+    before = {p: sha256(p) for p in (work / "out").iterdir() if p.is_file()}
     proc = run("flash", *args, cwd=work)
     one_line_error(proc, 2, *fragments)
     assert not (work / "card.img").exists()
-    assert {p: sha256_of(p) for p in (work / "out").iterdir() if p.is_file()} == before
+    assert {p: sha256(p) for p in (work / "out").iterdir() if p.is_file()} == before
 
 
 def test_dry_run_writes_nothing(work: Path) -> None:
@@ -418,7 +350,7 @@ def test_anything_but_yes_writes_nothing(work: Path, old_card: Path, answer: str
 def test_yes_on_the_terminal_writes(work: Path, old_card: Path) -> None:
     proc = run_on_tty(["flash", GOLDEN, "card.img"], work, "yes")
     assert proc.returncode == 0, proc.stderr
-    assert sha256_of(old_card) == sha256_of(work / GOLDEN)
+    assert sha256(old_card) == sha256(work / GOLDEN)
 
 
 # --- the safety rules on fabricated sysfs/procfs trees ----------------------------------------

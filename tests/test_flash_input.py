@@ -11,7 +11,7 @@ import pytest
 from builder.fleet import flash
 from builder.util.errors import UserError
 from tests.conftest import pifleet
-from tests.test_flash import GOLDEN, built, one_line_error, run, work
+from tests.flash_helpers import GOLDEN, built, one_line_error, run, work
 
 __all__ = ["built", "work"]
 

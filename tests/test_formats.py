@@ -19,7 +19,7 @@ import yaml
 from builder.seed.checks import cloud_config_problems, preseed_problems
 from tests.cloudinit_render import networkd_render
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
-from tests.test_build import fat_names, fat_read, sha256
+from tests.image_read import fat_names, fat_read, sha256
 
 PASSPHRASE = "correct horse battery"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -285,7 +285,7 @@ def test_firstrun_without_sys_mods_uses_plain_commands(tmp_path: Path) -> None:
     """A Debian image without raspberrypi-sys-mods or NetworkManager (pifleet's systemd base)."""
     from builder.config.fleet import load
     from builder.seed import systemd
-    from builder.seed.base import Target, seed_input
+    from builder.seed.base import ImageTraits, seed_input
 
     (tmp_path / "f.yaml").write_text(
         fleet_yaml(
@@ -297,7 +297,7 @@ def test_firstrun_without_sys_mods_uses_plain_commands(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("WIFI_PSK", PASSPHRASE)
         inp = seed_input(config, config.devices[0])
-    seed = systemd.render(inp, Target("systemd", "/boot/firmware"))
+    seed = systemd.render(inp, ImageTraits("systemd", "/boot/firmware"))
     script = seed.files["/firstrun.sh"].decode()
     assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0
     assert "imager_custom" not in script and "userconf" not in script

@@ -282,7 +282,7 @@ def test_the_version_has_one_source(tmp_path: Path) -> None:
 # cmdline.txt is builder/seed/cmdline.py's: it parses, edits and stages the line. Beside it, the
 # QEMU bases write a first one from scratch and the boot test reads what the guest left.
 CMDLINE_OWNER = "builder/seed/cmdline.py"
-CMDLINE_NAMERS = {CMDLINE_OWNER, "builder/qemu/base.py", "builder/qemu/boottest.py"}
+CMDLINE_NAMERS = {CMDLINE_OWNER, "builder/qemu/base.py", "builder/qemu/power.py"}
 
 
 def _cmdline_path(text: str) -> bool:
@@ -389,3 +389,47 @@ def test_every_seed_module_has_one_registered_seed_format() -> None:
     assert len(names) == len(set(names)) and set(names) == set(formats.RENDERERS)
     schema = json.loads((REPO / "config" / "schema.json").read_text(encoding="utf-8"))
     assert set(schema["properties"]["seed"]["properties"]["format"]["enum"]) == set(names)
+
+
+def imported_test_modules(source: str) -> list[str]:
+    """The test modules (tests/test_*.py) that Python `source` imports, however spelled:
+    `tests.test_x`, `from tests import test_x`, a relative import, or `"tests.test_x"` as a
+    string (importlib, pytest_plugins)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            names = [base, *(f"{base}.{alias.name}".lstrip(".") for alias in node.names)]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = [node.value] if re.fullmatch(r"tests\.test_\w+", node.value) else []
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "tests" and len(parts) > 1:
+                parts = parts[1:]
+            if len(parts) == 1 and parts[0].startswith("test_") and name not in found:
+                found.append(name)
+    return found
+
+
+def test_no_module_imports_a_test_module() -> None:
+    """Test modules hold tests; what several use lives in a helper module (tests/image_read.py,
+    tests/boot_helpers.py...) or in conftest.py. No module of tests/ or bench/ imports a test
+    module, so each test file reads as its claims."""
+    assert imported_test_modules("from tests.test_build import fat_read") == ["tests.test_build"]
+    assert imported_test_modules("from tests import test_boot") == ["tests.test_boot"]
+    assert imported_test_modules("from .test_flash import run") == ["test_flash"]
+    assert imported_test_modules("import importlib\nimportlib.import_module('tests.test_x')") == [
+        "tests.test_x"
+    ]
+    assert imported_test_modules("from tests.conftest import test_token") == []
+    bad = [
+        f"{path.relative_to(REPO).as_posix()} imports {name}"
+        for path in sorted([*(REPO / "tests").rglob("*.py"), *(REPO / "bench").glob("*.py")])
+        if path.name != "test_house.py"  # its examples above name test modules
+        for name in imported_test_modules(path.read_text(encoding="utf-8"))
+    ]
+    assert bad == [], "test modules imported as libraries (move the helper out): " + str(bad)

@@ -35,11 +35,11 @@ from builder.config.fleet import load
 from builder.config.schema import SCHEMA_PATH
 from builder.layout import PRESEED
 from builder.seed import cloudinit, preseed, systemd
-from builder.seed.base import SeedInput, Target, seed_input
+from builder.seed.base import ImageTraits, SeedInput, seed_input
 from builder.seed.checks import preseed_problems
 from builder.util.errors import UserError
-from tests.test_fleet_input import VALID, concrete, config_with, schema_keys
-from tests.test_injection import Ran, run_firstrun, userns_available
+from tests.firstrun_sandbox import Ran, run_firstrun, userns_available
+from tests.fleet_data import VALID, concrete, config_with, schema_keys
 
 BARE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 PIECES = ["\n", "\r", "\0", "'", '"', "\\", "$(touch /PWNED)", "`touch /PWNED`", "..", "/",
@@ -204,10 +204,10 @@ def with_value(path: str, value: str, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_all(inp: SeedInput, value: str, nm: bool, tmp: Path, sandbox: bool = True) -> Rendered:
-    ci = cloudinit.render(inp, Target("cloudinit")).files
-    toml_text = preseed.render(inp, Target("rpi-preseed")).files[PRESEED]
+    ci = cloudinit.render(inp, ImageTraits("cloudinit")).files
+    toml_text = preseed.render(inp, ImageTraits("rpi-preseed")).files[PRESEED]
     assert preseed_problems(toml_text) == [], toml_text
-    script = systemd.render(inp, Target("systemd", network_manager=nm)).files["/firstrun.sh"]
+    script = systemd.render(inp, ImageTraits("systemd", network_manager=nm)).files["/firstrun.sh"]
     assert subprocess.run(["sh", "-n"], input=script).returncode == 0, script
     ran = None
     if sandbox and userns_available():
@@ -264,7 +264,7 @@ def fuzz(key: str, values: st.SearchStrategy[str], extra: dict[str, Any],
             outcomes["accepted"] += 1
             rendered = render_all(inp, value, nm, tmp, sandbox=reaches)
             check(rendered)
-            files = cloudinit.render(rendered.inp, Target("cloudinit")).files
+            files = cloudinit.render(rendered.inp, ImageTraits("cloudinit")).files
             collect(rendered, batch, files)
 
     run()

@@ -40,6 +40,7 @@ import pytest
 
 from tests.conftest import REPO, TEST_TOKEN, fleet_yaml
 from tests.http_fixture import AssetServer
+from tests.image_read import sha256
 from tests.layouts import LAYOUTS, make_pi_image
 
 TRIALS_PER_SIGNAL = 20  # under `faults`, from a random seed
@@ -63,14 +64,6 @@ TEMP = re.compile(
 def staged(path: Path, top: Path) -> bool:
     """Whether `path` is temporary: a temporary name, or inside a run's staging folder."""
     return any(TEMP.search(part) for part in path.relative_to(top).parts)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

@@ -5,18 +5,17 @@ judged by the cloud-init the image ships, not the host's (builder/lint.py, user_
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.builds import build_ok
 from tests.conftest import fleet_yaml, pifleet
+from tests.image_read import MTOOLS_ENV, partitions, root_spec
 from tests.layouts import LAYOUTS, elf_for, make_pi_image
-from tests.test_build import build_ok, partitions, root_spec
 
-MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 # The host's own cloud-init schema (tools/setup.sh installs cloud-init): a real one to ship in a
 # test image. The synthetic images say they carry cloud-init 25.2 but ship no schema.
 HOST_SCHEMA = Path(

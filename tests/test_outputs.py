@@ -22,6 +22,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
+from tests.image_read import debugfs, sha256
 from tests.layouts import MIB, TRIXIE, elf_for, make_pi_image
 
 NAME = "edge-fleet"
@@ -69,14 +70,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     proc = pifleet("-v", "build", "fleet.yaml", cwd=d, env=env)
     assert proc.returncode == 0, proc.stderr
     return Built(d, d / "cache", proc)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def decompressed_sha256(tool: str, path: Path) -> tuple[str, int]:
@@ -142,26 +135,17 @@ def partition_offsets(image: Path) -> list[int]:
     return [p["start"] * 512 for p in json.loads(table.stdout)["partitiontable"]["partitions"]]
 
 
-def debugfs(image: Path, offset: int, command: str) -> str:
-    return subprocess.run(
-        ["debugfs", "-R", command, f"{image}?offset={offset}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-
 def file_extents_in_image(image: Path, path: str) -> list[tuple[int, int]]:
     """Byte extents of the image holding the data blocks of `path` in the root filesystem."""
     root = partition_offsets(image)[1]
     block_size = int(
         next(
             line.split(":")[1]
-            for line in debugfs(image, root, "stats").splitlines()
+            for line in debugfs(image, "stats", offset=root).splitlines()
             if line.startswith("Block size:")
         )
     )
-    blocks = [int(b) for b in debugfs(image, root, f"blocks {path}").split()]
+    blocks = [int(b) for b in debugfs(image, f"blocks {path}", offset=root).split()]
     assert blocks, f"{path} has no data blocks"
     return [(root + b * block_size, root + (b + 1) * block_size) for b in blocks]
 
@@ -208,7 +192,7 @@ def test_compressed_image_passes_its_tool_and_decompresses_to_the_image(
     integrity = subprocess.run([tool, "-t", str(path)], capture_output=True, text=True)
     assert integrity.returncode == 0, integrity.stderr
     image = built.output("img")
-    assert decompressed_sha256(tool, path) == (sha256_file(image), image.stat().st_size)
+    assert decompressed_sha256(tool, path) == (sha256(image), image.stat().st_size)
     assert path.stat().st_size < image.stat().st_size // 10, "the image is mostly zeros"
 
 
@@ -238,7 +222,7 @@ def test_sha256sums_lists_every_output_and_sha256sum_accepts_it(built: Built) ->
     assert set(listed) == on_disk
     assert len(lines) == len(listed), "a file is listed twice"
     for name, digest in listed.items():
-        assert digest == sha256_file(built.out / name), name
+        assert digest == sha256(built.out / name), name
     check = subprocess.run(
         ["sha256sum", "--check", "--strict", "SHA256SUMS"],
         cwd=built.out,
@@ -254,7 +238,7 @@ def test_manifest_records_every_image_output(built: Built) -> None:
     recorded = {o["file"]: o["sha256"] for o in manifest["outputs"]}
     for suffix in ("img", "img.bmap", "img.xz", "img.zst"):
         path = built.output(suffix)
-        assert recorded[path.name] == sha256_file(path), suffix
+        assert recorded[path.name] == sha256(path), suffix
 
 
 # --- .bmap ---------------------------------------------------------------------------------
@@ -342,9 +326,9 @@ def test_imager_manifest_entry_describes_the_download(built: Built) -> None:
     assert download == built.output("img.xz").resolve(), "Imager's own format is preferred"
     assert entry["bmap_url"] == built.output("img.bmap").resolve().as_uri()
     assert entry["extract_size"] == image.stat().st_size
-    assert entry["extract_sha256"] == sha256_file(image)
+    assert entry["extract_sha256"] == sha256(image)
     assert entry["image_download_size"] == download.stat().st_size
-    assert entry["image_download_sha256"] == sha256_file(download)
+    assert entry["image_download_sha256"] == sha256(download)
     assert entry["release_date"] == datetime.datetime.fromtimestamp(EPOCH, datetime.UTC).strftime(
         "%Y-%m-%d"
     )
@@ -370,14 +354,14 @@ def test_sbom_validates_with_the_spdx_tools(built: Built) -> None:
         assert purl.startswith(f"pkg:deb/debian/{name}@") and "distro=debian-13" in purl
     assert "cloud-guest-utils" not in by_name
     k3s = next(p for p in raw["packages"] if p["SPDXID"] == "SPDXRef-K3s")
-    assert k3s["checksums"][0]["checksumValue"] == sha256_file(elf_for("arm64"))
+    assert k3s["checksums"][0]["checksumValue"] == sha256(elf_for("arm64"))
     base = next(p for p in raw["packages"] if p["SPDXID"] == "SPDXRef-Base")
-    assert base["checksums"][0]["checksumValue"] == sha256_file(built.dir / "base.img")
+    assert base["checksums"][0]["checksumValue"] == sha256(built.dir / "base.img")
     image = next(p for p in raw["packages"] if p["SPDXID"] == "SPDXRef-Image")
-    assert image["checksums"][0]["checksumValue"] == sha256_file(built.output("img"))
+    assert image["checksums"][0]["checksumValue"] == sha256(built.output("img"))
     assert by_name["pifleet-firstboot"]["versionInfo"]
     sums = (built.out / "SHA256SUMS").read_text()
-    assert f"{sha256_file(path)}  {NAME}.spdx.json" in sums.splitlines()
+    assert f"{sha256(path)}  {NAME}.spdx.json" in sums.splitlines()
 
 
 # --- compressed bases ----------------------------------------------------------------------
@@ -391,7 +375,7 @@ def test_compressed_base_builds_the_same_image_and_is_decompressed_once(
     base = fleet_dir / "base.img"
     subprocess.run([tool, "-T0", "-q", "-k", str(base)], check=True)
     packed = fleet_dir / f"base.img.{suffix}"
-    packed_sum = sha256_file(packed)
+    packed_sum = sha256(packed)
     env = {"SOURCE_DATE_EPOCH": str(EPOCH), "PIFLEET_CACHE": str(fleet_dir / "cache")}
     assert pifleet("build", "fleet.yaml", "-o", "raw", cwd=fleet_dir, env=env).returncode == 0
     (fleet_dir / "fleet.yaml").write_text(fleet_yaml(base=f"base: {{path: {packed.name}}}"))
@@ -400,15 +384,15 @@ def test_compressed_base_builds_the_same_image_and_is_decompressed_once(
         assert proc.returncode == 0, proc.stderr
         assert ("decompressing" in proc.stderr) == (out == "first"), "decompressed once"
         image = fleet_dir / out / f"{NAME}.img"
-        assert sha256_file(image) == sha256_file(fleet_dir / "raw" / f"{NAME}.img")
+        assert sha256(image) == sha256(fleet_dir / "raw" / f"{NAME}.img")
         manifest = json.loads((image.parent / "manifest.json").read_text())
         (recorded,) = [i for i in manifest["inputs"] if i["role"] == "base"]
         assert recorded["sha256"] == packed_sum, "the manifest names the file the user gave"
-    assert sha256_file(packed) == packed_sum, "the base is only read"
+    assert sha256(packed) == packed_sum, "the base is only read"
     (cached,) = (fleet_dir / "cache" / "bases" / packed_sum).iterdir()
     assert cached.stat().st_mode & 0o777 == 0o444
     assert cached.stat().st_blocks * 512 < cached.stat().st_size // 4, "zeros became holes"
-    assert sha256_file(cached) == sha256_file(base)
+    assert sha256(cached) == sha256(base)
 
 
 # --- secrets -------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ Every case runs the real CLI on a real golden image, and checks the inputs are u
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -29,16 +28,12 @@ import pytest
 
 from builder.disk.table import read_table
 from tests.conftest import REPO, TEST_TOKEN, fleet_yaml, pifleet
+from tests.image_read import MTOOLS_ENV, sha256
 from tests.layouts import make_pi_image
 
-MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 GOLDEN = "out/edge-fleet.img"
 DEVICES = "devices:\n" + "\n".join(f"  - {{hostname: pi-{i:03d}}}" for i in range(1, 4))
 INPUTS = ("base.img", "fleet.yaml", "token", GOLDEN, GOLDEN + ".bmap")
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from builder.disk.table import read_table
 from builder.qemu import overlay
-
-MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+from tests.image_read import MTOOLS_ENV
 
 
 def boot_of_overlay(image: Path, disk: Path, tmp: Path) -> Path:

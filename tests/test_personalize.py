@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -17,18 +16,9 @@ from builder.disk.table import read_table
 from builder.fleet.devicekeys import ensure_identity
 from builder.fleet.personalize import personalize_fleet
 from tests.conftest import TEST_TOKEN, fleet_yaml, pifleet
+from tests.image_read import fat_read
 
-MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 DEVICES = 20  # bench/personalize_flash.py measures 200
-
-
-def fat_read(image: Path, path: str) -> bytes:
-    boot = read_table(image).partition(1).start
-    proc = subprocess.run(
-        ["mtype", "-i", f"{image}@@{boot}", f"::{path}"], capture_output=True, env=MTOOLS_ENV
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def partition_digest(image: Path, number: int) -> str:

@@ -15,8 +15,8 @@ from builder.seed.cloudinit import HostKey, seed_files
 from builder.seed.cmdline import meta_instance_id
 from builder.steps.fstab import private_boot
 from tests.conftest import fleet_yaml, pifleet
+from tests.image_read import debugfs, root_read, root_spec
 from tests.layouts import LAYOUTS, make_pi_image
-from tests.test_build import debugfs, root_read, root_spec
 
 
 @pytest.mark.parametrize("layout", ["trixie", "ubuntu"])

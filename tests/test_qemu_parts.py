@@ -11,7 +11,8 @@ from xml.etree import ElementTree
 
 import pytest
 
-from builder.qemu.boottest import BootResult, follow, verdict, write_junit
+from builder.qemu.boottest import write_junit
+from builder.qemu.console import BootResult, follow, verdict
 from builder.qemu.debian import first_error, index_mismatch
 from builder.qemu.vm import ConsoleLine
 from tests.conftest import pifleet

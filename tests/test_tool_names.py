@@ -12,8 +12,8 @@ import pytest
 from builder.disk.debugfs import quote
 from builder.util.errors import UserError
 from tests.conftest import fleet_yaml, pifleet
+from tests.image_read import root_read
 from tests.layouts import elf_for
-from tests.test_build import root_read
 
 
 def k3s_named(fleet_dir: Path, name: str) -> Path:

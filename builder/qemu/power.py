@@ -1,0 +1,182 @@
+"""Powering an image on under QEMU until a chosen stage: the one way pifleet boots an image.
+
+`prepare` attaches the image through a qcow2 overlay (the image is never written) whose boot
+partition points the agent at a server with a token, keeping the device's identity.
+`power_on` boots that disk and follows its serial console until a `Stage` (the boot passed,
+the node joined, the agent entered a state...), then powers the guest off cleanly so what it
+wrote is on its disk. A guest reboot (firstrun.sh's `systemd.run_success_action=reboot`) ends
+QEMU (-no-reboot); the next power-on reads cmdline.txt again from the guest's boot partition,
+as a Raspberry Pi's firmware does at every power-on.
+
+`pifleet boot-test` powers on until the boot passed. The boot tests power the same disk on
+again and again, until the stage they act at, with what they do to a boot in a `Hooks`
+value (a power cut, a clock, a callback per console line) that the CLI never builds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from builder.disk.flavor import Flavor, detect
+from builder.disk.image import Image
+from builder.qemu import overlay
+from builder.qemu.console import BootResult, Milestone, Stage, follow, verdict
+from builder.qemu.vm import VM, Machine, kernel_command_line, require_qemu
+from builder.testserver.server import K3sTestServer
+from builder.util.errors import UserError
+from builder.util.secret import Secret
+from firstboot import joinconfig
+
+MAX_BOOTS = 3  # a first boot that runs firstrun.sh, the one that joins, and one to spare
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a boot test does to a boot that `pifleet boot-test` never does."""
+
+    test_server: K3sTestServer | None = None  # a running test server in a chosen mode
+    server_down_for: float = 0.0  # test server unreachable until this long after the agent's verify
+    tolerate_failures: bool = False  # an agent verdict is recorded; follow on until `until`
+    tolerate_cloud_init: bool = False  # a failed cloud-init stage too (after a power cut)
+    qemu_args: tuple[str, ...] = ()  # more QEMU arguments, e.g. ("-rtc", "base=1970-01-01")
+    during: Callable[[VM, BootResult, str], None] | None = None  # after each console line
+    cut_power: bool = False  # at `until`, pull the plug (QMP quit) instead of a clean power-off
+
+
+@dataclass(frozen=True)
+class Guest:
+    """An image ready to power on: its overlay `disk`, the kernel to boot, its machine."""
+
+    image: Path
+    machine: Machine
+    disk: Path  # the qcow2 overlay, in `work`
+    kernel: Path
+    initrd: Path | None
+    cloud_init: bool  # False for an image without cloud-init (systemd format)
+    work: Path
+
+
+def prepare(
+    image: Image,
+    server: K3sTestServer | str,
+    token: Secret,
+    work: Path,
+    *,
+    flavor: Flavor | None = None,
+    kernel: tuple[Path, Path | None] | None = None,
+) -> Guest:
+    """The overlay over `image` in `work`, its boot partition pointing the agent at `server`
+    with `token`; `kernel`: (kernel, initrd) to boot, default the image's generic kernel."""
+    flavor = flavor or detect(image)
+    machine = require_qemu(flavor.arch)
+    vmlinuz, initrd = kernel or kernel_and_initrd(image, work)
+    disk = work / "disk.qcow2"
+    overlay.create(image.path, disk)
+    overlay.write_boot_files(
+        image.path, disk, redirect(image, server, token), image.epoch or int(time.time())
+    )
+    return Guest(image.path, machine, disk, vmlinuz, initrd, flavor.cloud_init, work)
+
+
+def power_on(
+    guest: Guest,
+    until: Stage = Stage.PASSED,
+    *,
+    timeout: float,
+    on_milestone: Milestone | None = None,
+    hooks: Hooks | None = None,
+    console_log: Path | None = None,
+) -> BootResult:
+    """Power `guest` on and follow its console until `until`, a failure, or `timeout` seconds;
+    then power it off (at most MAX_BOOTS power-ons, one after each guest reboot, each with
+    the cmdline.txt the guest left). `result.failure` says why `until` was not reached."""
+    hooks = hooks or Hooks()
+    log = console_log or guest.work / "console.log"
+    result = BootResult(overlay=guest.disk, cloud_init_expected=guest.cloud_init)
+    started = time.monotonic()
+    deadline = started + timeout
+    for count in range(MAX_BOOTS):
+        cmdline = overlay.read_boot_file(guest.image, guest.disk, "/cmdline.txt") or b""
+        append = kernel_command_line(cmdline.decode(errors="replace"), guest.machine)
+        since = started if count else None
+        vm = VM(guest.machine, guest.disk, guest.kernel, guest.initrd, append, log,
+                extra=hooks.qemu_args, since=since)  # fmt: skip
+        with vm:
+            reboots = result.reboots
+            on_line = _on_line(vm, result, hooks)
+            follow(vm.lines(deadline - time.monotonic()), result, on_milestone,
+                   hooks.tolerate_failures, until, on_line, hooks.tolerate_cloud_init)  # fmt: skip
+            if result.failure is None and not until.reached(result):
+                if result.reboots > reboots and _exited(vm):
+                    result.peak_rss_kib = max(result.peak_rss_kib, vm.peak_rss_kib)
+                    continue  # the guest restarted itself: the next power-on
+                result.failure = _missed(result, until, timeout, vm.running)
+            if not hooks.cut_power:
+                vm.power_off()  # so what the guest wrote is on its disk; warns if it won't
+            result.peak_rss_kib = max(result.peak_rss_kib, vm.peak_rss_kib)
+            vm.stop()
+            break
+    else:
+        result.failure = f"the guest rebooted {result.reboots} times without joining"
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _missed(result: BootResult, until: Stage, timeout: float, running: bool) -> str | None:
+    """Why `until` was not reached: boot-test's verdict when it waits for the boot to pass."""
+    if until is Stage.PASSED:
+        return verdict(result, timeout, running)
+    waited = f"timed out after {timeout:.0f} s" if running else "QEMU exited"
+    return f"{waited} waiting for {until.name}"
+
+
+def _on_line(vm: VM, result: BootResult, hooks: Hooks) -> Callable[[str], None] | None:
+    during = hooks.during
+    if during is None:
+        return None
+    return lambda text: during(vm, result, text)
+
+
+def _exited(vm: VM, grace: float = 30.0) -> bool:
+    """After the guest said it restarts: QEMU (-no-reboot) ends within `grace` seconds."""
+    end = time.monotonic() + grace
+    while vm.running and time.monotonic() < end:
+        time.sleep(0.2)
+    return not vm.running
+
+
+def kernel_and_initrd(
+    image: Image, work: Path, kernel: Path | None = None, initrd: Path | None = None
+) -> tuple[Path, Path | None]:
+    """The kernel and initrd to boot: `kernel` and `initrd` when given, else the image's
+    generic kernel (/boot/vmlinuz, /boot/initrd.img), copied into `work`."""
+    if kernel is not None:
+        return kernel, initrd
+    found = {}
+    for name in ("/boot/vmlinuz", "/boot/initrd.img"):
+        data = image.root.read(name)
+        if data is not None:
+            found[name] = work / Path(name).name
+            found[name].write_bytes(data)
+    if "/boot/vmlinuz" not in found:
+        raise UserError(
+            f"{image.path}: no generic kernel (/boot/vmlinuz) in the image; a Raspberry Pi kernel does "
+            "not boot under QEMU -M virt: give --kernel and --initrd"
+        )
+    return found["/boot/vmlinuz"], found.get("/boot/initrd.img")
+
+
+def redirect(image: Image, server: K3sTestServer | str, token: Secret) -> dict[str, bytes | None]:
+    """Boot-partition files that point the agent at this boot's server, keeping the device's identity."""
+    device_path = f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.DEVICE_FILE}"
+    raw = image.boot.read(device_path)
+    device = joinconfig.load_device_config(raw, device_path) if raw else joinconfig.DeviceConfig()
+    url = server.guest_url if isinstance(server, K3sTestServer) else server
+    updated = replace(device, server=url)  # keeps the role and a server's cluster settings
+    return {
+        device_path: joinconfig.dump_device_config(updated),
+        f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.BOOT_TOKEN_FILE}": (token.reveal() + "\n").encode(),
+    }
