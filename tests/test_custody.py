@@ -24,7 +24,7 @@ from firstboot.paths import Root
 from firstboot.retry import Terminal
 from tests.agent_helpers import make_device, run_agent, stop_services
 from tests.conftest import REPO, TEST_TOKEN, fleet_yaml, pifleet
-from tests.test_build import fat_read
+from tests.image_read import fat_read
 
 PSK = "correct-horse-battery-staple-42"
 NODE_PASSWORD = "0123456789abcdef0123456789abcdef"
@@ -106,31 +106,37 @@ def custody_cli(root: Path) -> subprocess.CompletedProcess[str]:
 def assert_in_custody(root: Path, seed: dict[str, bytes]) -> None:
     """No secret on the boot partition; each in the root filesystem, 0600; the rest intact."""
     left = boot_bytes(root)
-    for secret in secrets_of(seed):
-        assert secret not in left
+    for number, secret in enumerate(secrets_of(seed)):
+        assert secret not in left, f"secret {number} of the seed is still on the boot partition"
     kept = root / custody.SEED_DIR.lstrip("/")
     for name in ("user-data", "network-config", "meta-data"):
-        assert (kept / name).read_bytes() == seed[name], name
-        assert (kept / name).stat().st_mode & 0o777 == 0o600, name
+        assert (kept / name).read_bytes() == seed[name], f"the kept {name} is not the seed's"
+        assert (kept / name).stat().st_mode & 0o777 == 0o600, f"the kept {name} is not 0600"
     for path, name in (("etc/pifleet/token", "pifleet/token"),
                        ("etc/pifleet/node-password", "pifleet/node-password")):  # fmt: skip
-        assert (root / path).read_bytes() == seed[name]
-        assert (root / path).stat().st_mode & 0o777 == 0o600
-        assert not (root / BOOT / name).exists()
+        assert (root / path).read_bytes() == seed[name], f"/{path} is not the seed's {name}"
+        assert (root / path).stat().st_mode & 0o777 == 0o600, f"/{path} is not 0600"
+        assert not (root / BOOT / name).exists(), f"{name} is still on the boot partition"
     # What stays on the boot partition is the same seed, minus the secrets.
     user_data = yaml.safe_load((root / BOOT / "user-data").read_bytes())
     original = yaml.safe_load(seed["user-data"])
     for key in ("ssh_keys", "ssh_deletekeys", "ssh_genkeytypes"):
         original.pop(key, None)
-    assert user_data == original
-    assert (root / BOOT / "user-data").read_bytes().startswith(b"#cloud-config\n")
+    assert user_data == original, "user-data changed beyond its host keys"
+    assert (root / BOOT / "user-data").read_bytes().startswith(b"#cloud-config\n"), (
+        "user-data lost its #cloud-config line"
+    )
     network = yaml.safe_load((root / BOOT / "network-config").read_bytes())
-    assert list(network["network"]["wifis"]["wlan0"]["access-points"]) == ["edge-net"]
-    assert (root / BOOT / "meta-data").read_bytes() == seed["meta-data"]
-    assert (root / BOOT / "pifleet/device.json").read_bytes() == seed["pifleet/device.json"]
+    access_points = list(network["network"]["wifis"]["wlan0"]["access-points"])
+    assert access_points == ["edge-net"], f"network-config's access points: {access_points}"
+    assert (root / BOOT / "meta-data").read_bytes() == seed["meta-data"], "meta-data changed"
+    assert (root / BOOT / "pifleet/device.json").read_bytes() == seed["pifleet/device.json"], (
+        "device.json changed"
+    )
     # Rewritten in place: same size, so no FAT cluster was freed or allocated.
     for name in ("user-data", "network-config"):
-        assert (root / BOOT / name).stat().st_size == len(seed[name]), name
+        size = (root / BOOT / name).stat().st_size
+        assert size == len(seed[name]), f"{name} is {size} bytes, not {len(seed[name])}"
 
 
 def test_custody_moves_every_secret_into_the_root_filesystem(

@@ -59,17 +59,25 @@ def assert_joined(
     node: str = DEFAULT_NODE,
     label: str = "fleet=edge",
 ) -> None:
-    assert server.registered_nodes() == [node]
-    assert (root / "var/lib/pifleet/joined").exists()
+    """The device joined as `node`: the server's record, the agent's state, K3s's config, the
+    pinned token and the agent unit as K3s's install.sh writes them, the builder's copies gone."""
+    nodes = server.registered_nodes()
+    assert nodes == [node], f"the server has nodes {nodes}, not exactly {node}"
+    assert (root / "var/lib/pifleet/joined").exists(), "no joined marker"
     state = json.loads((root / "var/lib/pifleet/state.json").read_text())
-    assert state["state"] == "done" and state["node_name"] == node
-    config = (root / "etc/rancher/k3s/config.yaml").read_text()
-    assert f'node-name: "{node}"' in config and f'server: "{server.url}"' in config
-    assert f'"{label}"' in config and '"max-pods=60"' in config
-    assert (root / "etc/rancher/k3s/config.yaml").stat().st_mode & 0o777 == 0o600
+    assert state["state"] == "done", f"the agent's state is {state['state']}, not done"
+    assert state["node_name"] == node, f"the agent's node is {state['node_name']}, not {node}"
+    config_file = root / "etc/rancher/k3s/config.yaml"
+    config = config_file.read_text()
+    assert f'node-name: "{node}"' in config, f"config.yaml does not name the node {node}"
+    assert f'server: "{server.url}"' in config, f"config.yaml does not name {server.url}"
+    assert f'"{label}"' in config, f"config.yaml has no label {label}"
+    assert '"max-pods=60"' in config, "config.yaml has no kubelet arg max-pods=60"
+    assert config_file.stat().st_mode & 0o777 == 0o600, "config.yaml is not 0600"
+    join_token = root / "etc/rancher/k3s/join-token"
     pinned = pinned_form(token, server.ca_hash)
-    assert (root / "etc/rancher/k3s/join-token").read_text().strip() == pinned
-    assert (root / "etc/rancher/k3s/join-token").stat().st_mode & 0o777 == 0o600
+    assert join_token.read_text().strip() == pinned, "join-token is not the CA-pinned token"
+    assert join_token.stat().st_mode & 0o777 == 0o600, "join-token is not 0600"
     unit = (root / "etc/systemd/system/k3s-agent.service").read_text()
     for line in (
         "Type=notify",
@@ -81,18 +89,20 @@ def assert_joined(
         "ExecStartPre=-/sbin/modprobe overlay",
         "EnvironmentFile=-/etc/systemd/system/k3s-agent.service.env",
     ):
-        assert line in unit.splitlines(), line
-    assert (root / "etc/systemd/system/k3s-agent.service.env").stat().st_mode & 0o777 == 0o600
+        assert line in unit.splitlines(), f"k3s-agent.service has no line {line}"
+    env = root / "etc/systemd/system/k3s-agent.service.env"
+    assert env.stat().st_mode & 0o777 == 0o600, "k3s-agent.service.env is not 0600"
     assert not (root / "etc/pifleet/token").exists(), "the builder's copy of the token is removed"
-    assert not (root / "boot/firmware/pifleet/token").exists()
+    assert not (root / "boot/firmware/pifleet/token").exists(), "the boot token is left"
     assert not (
         root / "etc/systemd/system/multi-user.target.wants/pifleet-firstboot.service"
-    ).is_symlink()
+    ).is_symlink(), "the agent is still enabled after the join"
 
 
 def assert_token_only_in_its_files(root: Path, outputs: str, token: str) -> None:
     password = token.rsplit(":", 1)[-1]
-    assert token not in outputs and password not in outputs
+    assert token not in outputs, "the token is in the agent's output"
+    assert password not in outputs, "the token's password is in the agent's output"
     allowed = {
         root / "etc/rancher/k3s/join-token",
         root / "etc/pifleet/token",
