@@ -16,7 +16,7 @@ from builder.disk import dpkg
 from builder.disk.image import Image
 from builder.disk.osformat import CLOUD_CFG_D, MARKERS, FormatFacts, detect_format
 from builder.layout import FSTAB
-from builder.seed.base import Target
+from builder.seed.base import ImageTraits
 from builder.seed.formats import BY_NAME
 from builder.util.errors import UserError
 
@@ -116,10 +116,10 @@ def require_supported(flavor: Flavor, image_path: Path, override: str | None = N
     return replace(flavor, seed=chosen, detected_seed=seed)
 
 
-def seed_target(flavor: Flavor) -> Target:
+def seed_traits(flavor: Flavor) -> ImageTraits:
     """What the seed renderers need to know of the image: its format, boot mount, helpers."""
     seed = flavor.seed
-    return Target(
+    return ImageTraits(
         format=flavor.init_format,
         boot_mount=flavor.boot_mount,
         imager_custom=bool(seed and seed.imager_custom),

@@ -21,7 +21,7 @@ from pathlib import Path
 from builder.config.fleet import load
 from builder.config.labels import image_label
 from builder.config.model import Device, FleetConfig
-from builder.disk.flavor import Flavor, detect, require_supported, seed_target
+from builder.disk.flavor import Flavor, detect, require_supported, seed_traits
 from builder.disk.image import Image
 from builder.disk.sparse import copy_file
 from builder.disk.superblock import last_write_time
@@ -69,7 +69,7 @@ def device_files(
 ) -> dict[str, bytes]:
     """Boot-partition path -> content for `device`: its seed in the image's format, and its
     device file (labelled with its golden image's digest when known)."""
-    files = dict(formats.render(config, seed_target(flavor), device, secrets.host_key).files)
+    files = dict(formats.render(config, seed_traits(flavor), device, secrets.host_key).files)
     labels = list(device.labels) + ([image_label(golden_sha256)] if golden_sha256 else [])
     info = joinconfig.DeviceConfig(
         hostname=device.hostname, node_labels=labels, node_taints=list(device.taints)

@@ -2,9 +2,9 @@
 
 In: the fleet's (or one device's) host name, users, SSH keys, network, time zone,
 locale, keyboard and Pi interfaces (`SeedInput`), plus what the image can run
-(`Target`). Out: boot-partition files and the kernel command-line words they
+(`ImageTraits`). Out: boot-partition files and the kernel command-line words they
 need (`Seed`). Each format module (cloudinit, systemd, preseed) has one
-function, `render(inp, target) -> Seed`, and one `SeedFormat` record saying what the format
+function, `render(inp, traits) -> Seed`, and one `SeedFormat` record saying what the format
 needs, writes and how a written seed is recognised (as cloud-init's `meta` describes a module);
 builder/seed/formats.py lists the records.
 """
@@ -50,7 +50,7 @@ class SeedInput:
 
 
 @dataclass(frozen=True)
-class Target:
+class ImageTraits:
     format: str  # cloudinit | cloudinit-rpi | systemd | rpi-preseed
     boot_mount: str = "/boot/firmware"
     imager_custom: bool = False
@@ -66,7 +66,7 @@ class Seed:
     cmdline: tuple[str, ...] = field(default=())
 
 
-Renderer = Callable[[SeedInput, Target], Seed]
+Renderer = Callable[[SeedInput, ImageTraits], Seed]
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ import hashlib
 from builder import version
 from builder.config.model import Device, FleetConfig, Hardware
 from builder.layout import META_DATA, NETWORK_CONFIG, SSH_SWITCH, USER_DATA
-from builder.seed.base import HostKey, Seed, SeedFormat, SeedInput, Target, seed_input
+from builder.seed.base import HostKey, ImageTraits, Seed, SeedFormat, SeedInput, seed_input
 from builder.util.render import render as render_template
 
 SEED_FILES = (USER_DATA, META_DATA, NETWORK_CONFIG)
 MASK = "(secret)"  # stands for a secret where the instance-id is computed
 
 
-def render(inp: SeedInput, target: Target) -> Seed:
+def render(inp: SeedInput, traits: ImageTraits) -> Seed:
     def user_data(host_key: HostKey | None) -> bytes:
         return render_template(
             "user-data",
@@ -34,7 +34,7 @@ def render(inp: SeedInput, target: Target) -> Seed:
             keyboard=inp.keyboard,
             users=inp.users,
             host_key=host_key,
-            rpi=rpi_block(inp.hardware) if target.format == "cloudinit-rpi" else None,
+            rpi=rpi_block(inp.hardware) if traits.format == "cloudinit-rpi" else None,
             rfkill=inp.wifi is None and inp.hardware.wifi_country is not None,
         )
 
@@ -59,7 +59,7 @@ def render(inp: SeedInput, target: Target) -> Seed:
         ),
         NETWORK_CONFIG: network(inp.wifi_psk),
     }
-    if target.format == "cloudinit-rpi" and any(u.ssh_authorized_keys for u in inp.users):
+    if traits.format == "cloudinit-rpi" and any(u.ssh_authorized_keys for u in inp.users):
         files[SSH_SWITCH] = b""
     return Seed(files)
 
@@ -96,7 +96,7 @@ def seed_files(
     fmt: str = "cloudinit-rpi",
 ) -> dict[str, bytes]:
     """Boot-partition path -> content of the cloud-init seed for the fleet or one device."""
-    return render(seed_input(config, device, host_key), Target(fmt)).files
+    return render(seed_input(config, device, host_key), ImageTraits(fmt)).files
 
 
 def instance_id(user_data: bytes, network: bytes, hostname: str | None) -> str:

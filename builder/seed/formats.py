@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from builder.config.model import Device, FleetConfig
 from builder.seed import cloudinit, preseed, systemd
-from builder.seed.base import HostKey, Renderer, Seed, SeedFormat, Target, seed_input
+from builder.seed.base import HostKey, ImageTraits, Renderer, Seed, SeedFormat, seed_input
 
 # In the order `inspect` tells a written seed apart: firstrun.sh with its command-line word
 # first (it runs whatever else the partition holds), user-data (which Pi OS ships as a
@@ -20,9 +20,9 @@ SEED_FILES = (*cloudinit.FORMAT.files, *systemd.FORMAT.files, *preseed.FORMAT.fi
 
 def render(
     config: FleetConfig,
-    target: Target,
+    traits: ImageTraits,
     device: Device | None = None,
     host_key: HostKey | None = None,
 ) -> Seed:
     """The seed for the fleet's golden image (no device) or for one device."""
-    return RENDERERS[target.format](seed_input(config, device, host_key), target)
+    return RENDERERS[traits.format](seed_input(config, device, host_key), traits)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from builder.config.model import User
 from builder.layout import PRESEED
-from builder.seed.base import Seed, SeedFormat, SeedInput, Target
+from builder.seed.base import ImageTraits, Seed, SeedFormat, SeedInput
 from builder.seed.base import shell_quote as q
 
 CONFIG_VERSION = "1.1"
@@ -24,7 +24,7 @@ CONFIG_VERSION = "1.1"
 Value = str | bool | list[str]
 
 
-def render(inp: SeedInput, target: Target) -> Seed:
+def render(inp: SeedInput, traits: ImageTraits) -> Seed:
     sections: list[tuple[str, dict[str, Value]]] = []
     if inp.hostname:
         sections.append(("system", {"hostname": inp.hostname}))

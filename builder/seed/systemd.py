@@ -29,7 +29,7 @@ from builder.config.model import Hardware, StaticAddress, User
 from builder.layout import FIRSTRUN, FIRSTRUN_NAME, NM_CONNECTIONS, USERCONF
 from builder.layout import IMAGER_CUSTOM as IC
 from builder.seed import cmdline
-from builder.seed.base import HostKey, Seed, SeedFormat, SeedInput, Target
+from builder.seed.base import HostKey, ImageTraits, Seed, SeedFormat, SeedInput
 from builder.seed.base import shell_quote as q
 from builder.seed.nmkeyfile import ethernet_keyfile, networkd_file, wifi_keyfile
 
@@ -43,21 +43,21 @@ def cmdline_words(boot_mount: str) -> tuple[str, ...]:
     return (f"{RUN}{boot_mount}/{FIRSTRUN_NAME}", f"{RUN_SUCCESS}reboot", UNIT)
 
 
-def render(inp: SeedInput, target: Target) -> Seed:
+def render(inp: SeedInput, traits: ImageTraits) -> Seed:
     lines = ["#!/bin/sh", "", "set +e", ""]
     if inp.hostname:
-        lines += _hostname(inp.hostname, target)
+        lines += _hostname(inp.hostname, traits)
     lines += ["FIRSTUSER=$(getent passwd 1000 | cut -d: -f1)"]
     for index, user in enumerate(inp.users):
-        lines += _user(user, first=index == 0, target=target)
+        lines += _user(user, first=index == 0, traits=traits)
     if inp.host_key:
         lines += _host_key(inp.host_key)
-    lines += _network(inp, target)
-    lines += _locale(inp, target)
+    lines += _network(inp, traits)
+    lines += _locale(inp, traits)
     lines += _interfaces(inp.hardware)
-    lines += _footer(target.boot_mount)
+    lines += _footer(traits.boot_mount)
     script = "\n".join(lines) + "\n"
-    return Seed({FIRSTRUN: script.encode()}, cmdline_words(target.boot_mount))
+    return Seed({FIRSTRUN: script.encode()}, cmdline_words(traits.boot_mount))
 
 
 # Needs no package: any systemd image runs `systemd.run=` (raspberrypi-sys-mods is optional).
@@ -78,7 +78,7 @@ def _if_ic(helper: list[str], fallback: list[str], available: bool) -> list[str]
     return [f"if [ -f {IC} ]; then", *helper, "else", *fallback, "fi"]
 
 
-def _hostname(name: str, target: Target) -> list[str]:
+def _hostname(name: str, traits: ImageTraits) -> list[str]:
     return [
         "CURRENT_HOSTNAME=$(tr -d ' \\t\\n\\r' < /etc/hostname)",
         *_if_ic(
@@ -87,14 +87,14 @@ def _hostname(name: str, target: Target) -> list[str]:
                 f"echo {name} > /etc/hostname",
                 f'sed -i "s/127.0.1.1.*$CURRENT_HOSTNAME/127.0.1.1\\t{name}/g" /etc/hosts',
             ],
-            target.imager_custom,
+            traits.imager_custom,
         ),
     ]
 
 
-def _user(user: User, first: bool, target: Target) -> list[str]:
+def _user(user: User, first: bool, traits: ImageTraits) -> list[str]:
     name, home = q(user.name), f"/home/{user.name}"
-    if first and target.userconf:
+    if first and traits.userconf:
         # Renames the image's first user (uid 1000, with its Pi groups) and turns off the
         # interactive user wizard; '!' locks the password: keys only.
         create = [
@@ -117,7 +117,7 @@ def _user(user: User, first: bool, target: Target) -> list[str]:
             f"chmod 0440 {drop_in}",
         ]
     if user.ssh_authorized_keys:
-        lines += _keys(user, home, first and target.imager_custom)
+        lines += _keys(user, home, first and traits.imager_custom)
     return lines
 
 
@@ -151,12 +151,12 @@ def _host_key(key: HostKey) -> list[str]:
     ]
 
 
-def _network(inp: SeedInput, target: Target) -> list[str]:
+def _network(inp: SeedInput, traits: ImageTraits) -> list[str]:
     lines: list[str] = []
     if inp.static is not None:
-        lines += _static(inp.ethernet, inp.static, target.network_manager)
+        lines += _static(inp.ethernet, inp.static, traits.network_manager)
     if inp.wifi is not None:
-        lines += _wifi(inp, target)
+        lines += _wifi(inp, traits)
     elif inp.country:
         lines += _rfkill()
     return lines
@@ -172,12 +172,12 @@ def _static(ethernet: str, static: StaticAddress, network_manager: bool) -> list
     return [f"mkdir -p {q(path.rsplit('/', 1)[0])}", *_write(path, text), f"chmod 600 {q(path)}"]
 
 
-def _wifi(inp: SeedInput, target: Target) -> list[str]:
+def _wifi(inp: SeedInput, traits: ImageTraits) -> list[str]:
     wifi = inp.wifi
     assert wifi is not None
     psk = inp.wifi_psk
     args = (["-h"] if wifi.hidden else []) + [q(wifi.ssid)] + [q(psk or ""), q(wifi.country)]
-    if target.network_manager:
+    if traits.network_manager:
         path = f"{NM_CONNECTIONS}/preconfigured.nmconnection"
         plain = [
             f"mkdir -p {NM_CONNECTIONS}",
@@ -187,7 +187,7 @@ def _wifi(inp: SeedInput, target: Target) -> list[str]:
         ]
     else:
         plain = _wpa_supplicant(wifi.ssid, psk, wifi.country, wifi.hidden)
-    return _if_ic([f"{IC} set_wlan " + " ".join(args)], plain, target.imager_custom) + _rfkill()
+    return _if_ic([f"{IC} set_wlan " + " ".join(args)], plain, traits.imager_custom) + _rfkill()
 
 
 def _wpa_supplicant(ssid: str, psk: str | None, country: str, hidden: bool) -> list[str]:
@@ -226,7 +226,7 @@ def _rfkill() -> list[str]:
     ]
 
 
-def _locale(inp: SeedInput, target: Target) -> list[str]:
+def _locale(inp: SeedInput, traits: ImageTraits) -> list[str]:
     lines = []
     if inp.keyboard:
         lines += _if_ic(
@@ -238,7 +238,7 @@ def _locale(inp: SeedInput, target: Target) -> list[str]:
                 ),
                 "dpkg-reconfigure -f noninteractive keyboard-configuration",
             ],
-            target.imager_custom,
+            traits.imager_custom,
         )
     lines += _if_ic(
         [f"{IC} set_timezone {q(inp.timezone)}"],
@@ -247,7 +247,7 @@ def _locale(inp: SeedInput, target: Target) -> list[str]:
             f"echo {q(inp.timezone)} > /etc/timezone",
             "dpkg-reconfigure -f noninteractive tzdata",
         ],
-        target.imager_custom,
+        traits.imager_custom,
     )
     # /etc/locale.gen already lists the locale (the build's locale step).
     lines += ["locale-gen", f"update-locale LANG={q(inp.locale)}"]
