@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional
 
 import firstboot.caclock as caclock
 import firstboot.nodepassword as nodepassword
+import firstboot.reinit as reinit
 import firstboot.roles as roles
 import firstboot.secrets as secrets
 import firstboot.servernode as servernode
@@ -265,7 +266,11 @@ class Agent:
             token = self.token()
             try:
                 if self.initialises:  # the CA in the image is the cluster's: pin it locally
-                    self.pinned(token, roles.local_pin(self.root, token))
+                    pin, node = roles.local_pin(self.root, token), str(self.state.node_name)
+                    reinit.refuse_second_cluster(
+                        self.root, self.join, self.device, node, pin.ca_hash
+                    )
+                    self.pinned(token, pin)
                     return "configure"
                 pin = check_pin(fetch_cacerts(self.server), token)
                 prove_token(self.server, token, pin.context(), role=self.role)

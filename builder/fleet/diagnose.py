@@ -69,6 +69,11 @@ REMEDIES: tuple[tuple[str, str], ...] = (
         "and delete its <host>.node-password.k3s secret in kube-system",
     ),
     (
+        r"refusing cluster-init",
+        "another server already runs this cluster: this card is a re-flashed first server; set "
+        "cluster.initialized: true and rebuild (or re-personalize) it, so it joins as a server",
+    ),
+    (
         r"CA hash|does not match|CA mismatch|pinned",
         "the server's CA is not the one the token pins: wrong cluster.server, or the cluster was "
         "re-created or its CA rotated; take the current token (`pifleet token pin`) and rebuild",
