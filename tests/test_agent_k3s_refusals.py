@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.testserver.server import K3sTestServer
+from builder.testserver.server import K3sTestServer, free_port
 from firstboot import joinconfig
 from tests.agent_helpers import DEFAULT_NODE, make_device, run_agent, stop_services, write
 
@@ -404,3 +404,33 @@ def test_a_first_server_initialises_when_no_other_server_answers(
     proc = run_agent(first, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cluster-init: true" in (first / "etc/rancher/k3s/config.yaml").read_text()
+
+
+# -- item 3 (agent half): etcd's duplicate member name names `pifleet node retire` -------------
+
+
+def test_a_reflashed_joining_server_is_told_to_retire_its_old_node(
+    tmp_path: Path, device: Path
+) -> None:
+    from builder.cluster.ca import generate
+
+    with K3sTestServer(state_dir=tmp_path / "s", etcd=True) as server:
+        server.add_etcd_member("edge-srv-2")  # the member from before the card was re-flashed
+        join = joinconfig.JoinConfig(
+            server=server.url, hostname_pattern="edge-{serial}", backoff_cap=0.2,
+            clock_sync_timeout=1.0, recheck_interval=0.0, start_timeout=60.0,
+        )  # fmt: skip
+        make_device(device, server, server.mint_token("server"), join=join)
+        info = joinconfig.DeviceConfig(
+            hostname="edge-srv-2", role="server", cluster_init=False, server=server.url
+        )
+        write(device / "boot/firmware/pifleet/device.json", joinconfig.dump_device_config(info))
+        for made in generate():
+            write(device / "var/lib/rancher/k3s/server/tls" / made.path, made.data, 0o600)
+        env = {"K3S_STANDIN_BIND": "127.0.0.1", "K3S_STANDIN_PORT": str(free_port())}
+        proc = run_agent(device, env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    failed = [line for line in proc.stderr.splitlines() if "failed state=" in line]
+    assert len(failed) == 1 and "failed state=start reason=etcd refuses this server" in failed[0]
+    assert "pifleet node retire edge-srv-2 --kubeconfig F" in failed[0]
+    assert "pifleet node retire" in remedy("start", failed[0].split("reason=", 1)[1])

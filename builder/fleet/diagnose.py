@@ -69,6 +69,12 @@ REMEDIES: tuple[tuple[str, str], ...] = (
         "and delete its <host>.node-password.k3s secret in kube-system",
     ),
     (
+        r"pifleet node retire|duplicate node name",
+        "a re-flashed server's old etcd member is still in the cluster: run `pifleet node retire "
+        "<host> --kubeconfig F` (cordon, drain, delete the Node and its node-password Secret); the "
+        "device re-checks and joins by itself",
+    ),
+    (
         r"refusing cluster-init",
         "another server already runs this cluster: this card is a re-flashed first server; set "
         "cluster.initialized: true and rebuild (or re-personalize) it, so it joins as a server",
