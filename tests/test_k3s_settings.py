@@ -3,6 +3,7 @@ about before a card is flashed, and the K3s settings real fleets need reaching c
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -280,3 +281,109 @@ def test_k3s_config_reaches_config_yaml_from_a_built_images_seed(fleet_dir: Path
     assert 'node-ip:\n  - "10.0.0.5"\n  - "fd00::5"\n' in configs["pi-1"]
     assert 'flannel-iface: "wlan0"' in configs["pi-1"]
     assert 'flannel-iface: "eth0"' in configs["pi-2"] and "node-ip" not in configs["pi-2"]
+
+
+# -- item 9: agents never carry the server token by default -------------------------------------
+
+K10 = "K10" + "7e" * 32
+
+
+def token_fleet(tmp_path: Path, token: str, cluster: str = "") -> Path:
+    (tmp_path / "token").write_text(token + "\n")
+    (tmp_path / "token").chmod(0o600)
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        f"name: f\ncluster:\n  server: {SERVER}\n  token_file: token\n  ca_hash: '{'7e' * 32}'\n"
+        f"{cluster}"
+    )
+    return path
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture, path: Path) -> list[str]:
+    from builder.config.token import read_token
+
+    config = load(path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        secret = read_token(config.cluster, str(config.source)).reveal()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    for line in lines:
+        assert secret.rsplit(":", 1)[-1] not in line and "\n" not in line
+    return lines
+
+
+def test_cluster_create_gives_agents_an_agent_token_by_default(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        "name: f\ncluster:\n  create: true\n  server: https://srv-1:6443\n  servers: [srv-1]\n"
+        "devices:\n  - hostname: srv-1\n  - hostname: pi-1\n"
+    )
+    config = load(path)
+    assert config.cluster.agent_token is True
+    assert config.cluster.token_file == tmp_path / "cluster" / "agent-token"
+
+
+def test_a_server_token_on_agents_warns_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (line,) = warnings_of(caplog, token_fleet(tmp_path, f"{K10}::server:s3cret-pw"))
+    assert line.startswith(f"warning: {tmp_path / 'fleet.yaml'}: cluster.token_file: ")
+    assert "server token on agents" in line and "/v1-k3s/server-bootstrap" in line
+    assert "agent token" in line and "bootstrap" in line
+
+
+def test_a_short_token_on_agents_warns_that_it_may_be_the_server_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (line,) = warnings_of(caplog, token_fleet(tmp_path, "s3cret-pw"))
+    assert "short token on agents is the server token unless" in line and "--agent-token" in line
+
+
+@pytest.mark.parametrize(
+    "token",
+    [f"{K10}::node:s3cret-pw", f"{K10}::abcdef.0123456789abcdef", "abcdef.0123456789abcdef"],
+)
+def test_agent_and_bootstrap_tokens_do_not_warn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, token: str
+) -> None:
+    assert warnings_of(caplog, token_fleet(tmp_path, token)) == []
+
+
+def test_a_server_token_on_a_server_does_not_warn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = token_fleet(tmp_path, f"{K10}::server:s3cret-pw", cluster="  role: server\n")
+    assert warnings_of(caplog, path) == []
+
+
+def created_cluster(tmp_path: Path, agent_token: str, files: tuple[str, ...]) -> Path:
+    (tmp_path / "cluster").mkdir(mode=0o700)
+    for name in files:
+        user = "node" if name == "agent-token" else "server"
+        (tmp_path / "cluster" / name).write_text(f"{K10}::{user}:s3cret-pw\n")
+        (tmp_path / "cluster" / name).chmod(0o600)
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        "name: f\ncluster:\n  create: true\n  server: https://srv-1:6443\n  servers: [srv-1]\n"
+        f"{agent_token}devices:\n  - hostname: srv-1\n  - hostname: pi-1\n"
+    )
+    return path
+
+
+def test_create_without_an_agent_token_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = created_cluster(tmp_path, "  agent_token: false\n", ("token",))
+    (line,) = warnings_of(caplog, path)
+    assert "cluster.agent_token is false, so every agent carries the server token" in line
+
+
+def test_a_cluster_made_without_an_agent_token_names_the_way_out(tmp_path: Path) -> None:
+    from builder.config.token import read_token
+
+    config = load(created_cluster(tmp_path, "", ("token",)))
+    with pytest.raises(UserError) as info:
+        read_token(config.cluster, str(config.source))
+    message = str(info.value)
+    assert "cluster.agent_token: " in message and "made without an agent token" in message
+    assert "cluster.agent_token: false" in message and "s3cret" not in message

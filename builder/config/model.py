@@ -51,7 +51,7 @@ class Cluster:
     kubelet_args: tuple[str, ...]
     create: bool = False  # pifleet makes the CA set and token (`pifleet cluster init`)
     servers: tuple[str, ...] = ()  # with create: devices running `k3s server`, first initialises
-    agent_token: bool = False  # with create: agents join with a separate agent-only token
+    agent_token: bool = True  # with create: agents join with a separate agent-only token
     initialized: bool = False  # with create: the cluster runs already; every server joins it
     ca_hash: str | None = None  # pins an unpinned token: the hash K3s computes for /cacerts
     ca_file: Path | None = None  # pins an unpinned token: the server's server-ca.crt

@@ -38,7 +38,41 @@ def read_token(cluster: Cluster, where: str) -> Secret:
     if hash_problem(parsed):
         raise UserError(f"{where}: {key}: {hash_problem(parsed)}")
     check_role(parsed, cluster, f"{where}: {key}")
+    warn_server_token_on_agents(parsed, cluster, f"{where}: {key}")
     return Secret(pinned(parsed, cluster, where, key))
+
+
+SERVER_TOKEN_RISK = (
+    "which also opens /v1-k3s/server-bootstrap and its CA keys (K3s router.go: serverAuthed), so"
+    " one stolen Pi exposes the cluster's PKI"
+)
+
+
+def warn_server_token_on_agents(token: Token, cluster: Cluster, where: str) -> None:
+    """One warning line when the agents' image carries the server token, or may: K3s accepts
+    the server's credentials on every server route."""
+    if cluster.role != "agent" and not cluster.create:
+        return
+    if cluster.create:
+        if not cluster.agent_token:
+            log.warning(
+                "warning: %s: cluster.agent_token is false, so every agent carries the server"
+                " token, %s; leave it true (the default) for an agent-only token",
+                where.rsplit(": ", 1)[0],
+                SERVER_TOKEN_RISK,
+            )
+        return
+    fix = "use an agent token (K10...::node:..., `k3s token create` makes a bootstrap one)"
+    if token.username == "server":
+        log.warning("warning: %s: a server token on agents, %s; %s", where, SERVER_TOKEN_RISK, fix)
+    elif token.form == "short":
+        log.warning(
+            "warning: %s: a short token on agents is the server token unless the servers run with"
+            " --agent-token, %s; %s",
+            where,
+            SERVER_TOKEN_RISK,
+            fix,
+        )
 
 
 def check_role(token: Token, cluster: Cluster, where: str) -> None:
@@ -120,6 +154,15 @@ def one_line(text: str, prefix: str) -> None:
 def _read_file(cluster: Cluster, where: str) -> str:
     path = cluster.token_file
     assert path is not None
+    made_without = path.name == "agent-token" and os.path.lexists(path.with_name("token"))
+    if cluster.create and made_without and not os.path.lexists(path):
+        raise UserError(
+            f"{where}: cluster.agent_token: {path} does not exist: this cluster was made"
+            " without an agent token (cluster.agent_token is true by default); set"
+            " cluster.agent_token: false to keep its agents on the server token (the build"
+            " warns), or, before any server runs, move cluster/ away and run"
+            f" `pifleet cluster init {where}` again"
+        )
     if cluster.create and not os.path.lexists(path):
         raise UserError(
             f"{where}: cluster.create: no cluster yet ({path} does not exist);"
