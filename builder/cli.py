@@ -204,7 +204,7 @@ def _register_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "(no cloud-init, NetworkManager, firstrun.sh as Pi OS Bookworm)",
     )
     p.add_argument("--rebuild", action="store_true", help="build again even when cached")
-    p.set_defaults(handler="builder.qemu.base:command")
+    p.set_defaults(handler="builder.bases.debian:command")
 
 
 def _register_boot_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

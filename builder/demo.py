@@ -22,11 +22,12 @@ import os
 from pathlib import Path
 
 from builder import build
+from builder.bases import debian as base
 from builder.config.fleet import load
 from builder.config.model import FleetConfig
 from builder.fleet import personalize, status
 from builder.plan import resolve
-from builder.qemu import base, boottest
+from builder.qemu import boottest
 from builder.testserver.server import K3sTestServer
 from builder.util import bundled
 from builder.util.errors import PifleetError

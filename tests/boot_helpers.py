@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from builder.qemu import base
+from builder.bases import debian as base
 from builder.testserver.server import K3sTestServer
 from tests.conftest import REPO, pifleet
 from tests.image_read import partitions

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.qemu import base
+from builder.bases import debian as base
 from builder.testserver.server import K3sTestServer
 from firstboot.state import ORDER
 from tests.boot_helpers import BOOT_TIMEOUT, DEVICE, device_image, guest_disk

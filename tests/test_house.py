@@ -282,7 +282,7 @@ def test_the_version_has_one_source(tmp_path: Path) -> None:
 # cmdline.txt is builder/seed/cmdline.py's: it parses, edits and stages the line. Beside it, the
 # QEMU bases write a first one from scratch and the boot test reads what the guest left.
 CMDLINE_OWNER = "builder/seed/cmdline.py"
-CMDLINE_NAMERS = {CMDLINE_OWNER, "builder/qemu/base.py", "builder/qemu/power.py"}
+CMDLINE_NAMERS = {CMDLINE_OWNER, "builder/bases/debian.py", "builder/qemu/power.py"}
 
 
 def _cmdline_path(text: str) -> bool:

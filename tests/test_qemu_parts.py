@@ -11,9 +11,9 @@ from xml.etree import ElementTree
 
 import pytest
 
+from builder.bases.bootstrap import first_error, index_mismatch
 from builder.qemu.boottest import write_junit
 from builder.qemu.console import BootResult, follow, verdict
-from builder.qemu.debian import first_error, index_mismatch
 from builder.qemu.vm import ConsoleLine
 from tests.conftest import pifleet
 from tests.http_fixture import AssetServer
@@ -225,7 +225,7 @@ def test_a_guest_reboot_ends_that_boot_and_an_image_without_cloud_init_passes_on
 def test_the_cloud_init_base_keeps_its_cache_key() -> None:
     """CI caches the bases by these keys: `--format` leaves the cloud-init ones as they were
     (a RECIPE_VERSION bump changes them on purpose: update them with it)."""
-    from builder.qemu.base import Recipe
+    from builder.bases.debian import Recipe
 
     assert Recipe("arm64").key() == Recipe("arm64", format="cloudinit").key() == "6260827006e7a626"
     assert Recipe("armhf", "bookworm").key() == "c5a47d894098f3ce"

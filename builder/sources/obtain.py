@@ -53,7 +53,7 @@ def obtain_base(src: BaseSource, arch: str, *, where: str) -> Input:
     assert src.name is not None
     entry = catalog.entry(src.name, arch, where)
     if entry.source == "pifleet-base":
-        from builder.qemu.base import ensure_base
+        from builder.bases.debian import ensure_base
 
         path = ensure_base(arch)
         return Input(role="base", path=path, sha256=None, origin=entry.name)

@@ -11,7 +11,7 @@ from /boot/firmware as Pi OS configures it; /etc/machine-id `uninitialized`.
 Unlike Pi OS it carries a generic Debian kernel (and a host-built initramfs) in
 /boot of the root filesystem, so `pifleet boot-test` can boot it under `-M virt`.
 
-Unlike Pi OS it also has no udev hwdb.bin (see debian.skip_hwdb): building it
+Unlike Pi OS it also has no udev hwdb.bin (see bootstrap.skip_hwdb): building it
 emulated costs minutes, and nothing a boot test checks needs it.
 
 `--format systemd` builds the same Debian without cloud-init and with NetworkManager, as
@@ -38,8 +38,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from builder.bases import bootstrap, initramfs
 from builder.disk.table import MBR_FAT32_LBA, MBR_LINUX, Partition, PartitionTable, write_table
-from builder.qemu import debian, initramfs
 from builder.util.cache import cache_dir
 from builder.util.console import human_size
 from builder.util.errors import UserError
@@ -194,7 +194,7 @@ def ensure_base(
 def build(recipe: Recipe, work: Path) -> Path:
     rootfs, downloads = work / "rootfs", work / "debs"
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "1735689600"))  # 2025-01-01 by default
-    spec = debian.Bootstrap(
+    spec = bootstrap.Bootstrap(
         recipe.suite,
         recipe.arch,
         recipe.mirror,
@@ -202,15 +202,15 @@ def build(recipe: Recipe, work: Path) -> Path:
         KERNELS[recipe.arch],
         SUITES[recipe.suite].python,
     )
-    debian.bootstrap(spec, rootfs, downloads)
-    version = debian.unpack_kernel(rootfs, downloads)
+    bootstrap.bootstrap(spec, rootfs, downloads)
+    version = bootstrap.unpack_kernel(rootfs, downloads)
     log.info("kernel %s unpacked; building the initramfs on the host", version)
-    busybox = debian.busybox_binary(downloads, work / "busybox")
+    busybox = bootstrap.busybox_binary(downloads, work / "busybox")
     initramfs.build(rootfs, version, busybox, rootfs / f"boot/initrd.img-{version}", epoch)
     (rootfs / "boot/initrd.img").symlink_to(f"initrd.img-{version}")
-    log.info("byte-compiling Python %s", debian.compile_python(rootfs, spec.python))
-    debian.skip_hwdb(rootfs)
-    debian.set_default_locale(rootfs, DEFAULT_LOCALE)
+    log.info("byte-compiling Python %s", bootstrap.compile_python(rootfs, spec.python))
+    bootstrap.skip_hwdb(rootfs)
+    bootstrap.set_default_locale(rootfs, DEFAULT_LOCALE)
     cloud_cfg = SUITES[recipe.suite].cloud_cfg if recipe.format == "cloudinit" else None
     configure_rootfs(rootfs, recipe.disk_id, cloud_cfg)
     boot = work / "boot"
