@@ -19,7 +19,7 @@ from pathlib import Path
 
 from builder import inspect, lint
 from builder.config.fleet import load
-from builder.disk.flavor import detect, require_supported
+from builder.detect.flavor import detect, require_supported
 from builder.disk.image import Image, check_tool_path
 from builder.disk.sparse import allocated_bytes, copy_file
 from builder.disk.superblock import last_write_time

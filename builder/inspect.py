@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from builder.disk.flavor import Flavor, detect, elf_arch
+from builder.detect.flavor import Flavor, detect, elf_arch
 from builder.disk.image import Image
 from builder.layout import (
     AGENT_DIR,

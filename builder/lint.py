@@ -30,8 +30,8 @@ import jsonschema
 import yaml
 from jsonschema import Draft4Validator
 
-from builder.disk import dpkg
-from builder.disk.flavor import Flavor, detect, elf_arch
+from builder.detect import dpkg
+from builder.detect.flavor import Flavor, detect, elf_arch
 from builder.disk.image import Image
 from builder.layout import FIRSTRUN, K3S_PATH, NETWORK_CONFIG, PRESEED, USER_DATA
 from builder.seed import cmdline

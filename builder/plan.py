@@ -15,7 +15,7 @@ from pathlib import Path
 from builder.config.labels import fleet_labels
 from builder.config.model import FleetConfig
 from builder.config.token import read_token
-from builder.disk.flavor import Flavor
+from builder.detect.flavor import Flavor
 from builder.sources import obtain as sources
 from builder.sources.obtain import Input
 from builder.util.batch import same_file

@@ -45,7 +45,7 @@ class Layout:
     rpi_issue: bool
     machine_id: str
     # dpkg database (/var/lib/dpkg/status) and the files those packages ship that drive
-    # format detection (builder/disk/osformat.py); () = no dpkg database at all.
+    # format detection (builder/detect/osformat.py); () = no dpkg database at all.
     packages: tuple[tuple[str, str], ...] = ()
     markers: tuple[str, ...] = ()
 

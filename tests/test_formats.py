@@ -309,7 +309,7 @@ def test_firstrun_without_sys_mods_uses_plain_commands(tmp_path: Path) -> None:
 def test_detection_reads_dpkg_first_and_marker_files_without_it(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from builder.disk.flavor import detect
+    from builder.detect.flavor import detect
     from builder.disk.image import Image
     from tests.layouts import BOOKWORM, TRIXIE, make_pi_image
 

@@ -138,7 +138,7 @@ class AgentTuning:
 
 @dataclass(frozen=True)
 class SeedSettings:
-    format: str | None = None  # None: detected from the image (see builder.disk.osformat)
+    format: str | None = None  # None: detected from the image (see builder.detect.osformat)
     keyboard: str | None = None  # XKB layout such as "de"
 
 

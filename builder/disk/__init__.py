@@ -1,3 +1,3 @@
-"""The rootless image engine: partition tables, sparse copies, FAT and ext4 edits, OS flavor.
+"""The rootless image engine: partition tables, sparse copies, FAT and ext4 edits.
 Takes an image file; gives typed access to its partitions, with no mount and no root.
 """

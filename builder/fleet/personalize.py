@@ -21,7 +21,7 @@ from pathlib import Path
 from builder.config.fleet import load
 from builder.config.labels import image_label
 from builder.config.model import Device, FleetConfig
-from builder.disk.flavor import Flavor, detect, require_supported, seed_traits
+from builder.detect.flavor import Flavor, detect, require_supported, seed_traits
 from builder.disk.image import Image
 from builder.disk.sparse import copy_file
 from builder.disk.superblock import last_write_time

@@ -20,8 +20,8 @@ from urllib.parse import quote
 
 import firstboot
 from builder import __version__
-from builder.disk import dpkg
-from builder.disk.flavor import parse_os_release
+from builder.detect import dpkg
+from builder.detect.flavor import parse_os_release
 from builder.disk.image import Image
 from builder.layout import AGENT_DIR
 from builder.plan import Plan

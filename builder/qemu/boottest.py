@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.disk.flavor import detect
+from builder.detect.flavor import detect
 from builder.disk.image import Image
 from builder.qemu.console import BootResult, Milestone
 from builder.qemu.power import Hooks, kernel_and_initrd, power_on, prepare

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from builder.disk.flavor import Flavor, detect
+from builder.detect.flavor import Flavor, detect
 from builder.disk.image import Image
 from builder.qemu import overlay
 from builder.qemu.console import BootResult, Milestone, Stage, follow, verdict

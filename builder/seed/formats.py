@@ -1,5 +1,5 @@
 """The seed formats, one `SeedFormat` record per module of builder/seed/, and the one entry
-point that renders a seed. OS detection (builder/disk/osformat.py, flavor.py) and `inspect`
+point that renders a seed. OS detection (builder/detect/osformat.py, flavor.py) and `inspect`
 read what a format needs and writes from these records."""
 
 from __future__ import annotations

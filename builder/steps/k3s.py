@@ -9,8 +9,8 @@ script) is accepted only when the config says `k3s.test_standin: true`.
 from __future__ import annotations
 
 from builder import __version__
+from builder.detect.flavor import elf_arch
 from builder.disk.entries import Directory, File, Symlink
-from builder.disk.flavor import elf_arch
 from builder.disk.image import Image
 from builder.layout import AIRGAP_DIR, BIN_DIR, K3S_PATH
 from builder.plan import Plan

@@ -3,7 +3,7 @@ its files into the boot partition and its words onto the kernel command line."""
 
 from __future__ import annotations
 
-from builder.disk.flavor import seed_traits
+from builder.detect.flavor import seed_traits
 from builder.disk.image import Image
 from builder.plan import Plan
 from builder.seed import cmdline, formats

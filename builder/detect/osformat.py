@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from builder.disk import dpkg
+from builder.detect import dpkg
 from builder.disk.image import Image
 from builder.layout import IMAGER_CUSTOM, USERCONF
 from builder.seed.formats import BY_NAME, FORMATS

@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from builder.disk import dpkg
+from builder.detect import dpkg
+from builder.detect.osformat import CLOUD_CFG_D, MARKERS, FormatFacts, detect_format
 from builder.disk.image import Image
-from builder.disk.osformat import CLOUD_CFG_D, MARKERS, FormatFacts, detect_format
 from builder.layout import FSTAB
 from builder.seed.base import ImageTraits
 from builder.seed.formats import BY_NAME
