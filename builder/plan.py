@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from builder.config import advice
 from builder.config.labels import fleet_labels
 from builder.config.model import FleetConfig
 from builder.config.token import read_token
@@ -63,6 +64,7 @@ def resolve(
 ) -> Plan:
     """Find, fetch and verify every input named by `config` (CLI overrides win)."""
     where = str(config.source)
+    advice.warn(config)
     token = read_token(config.cluster, where)
     if base_override is not None:
         base = sources.local_base(base_override, None, where="--base")

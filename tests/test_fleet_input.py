@@ -97,6 +97,7 @@ CASES: dict[str, tuple[Any, dict[str, Any]]] = {
     "devices[].node_external_ip": ([], {}),
     "devices[].flannel_iface": ("", {}),
     "devices[].advertise_address": ("srv", {}),
+    "devices[].board": ("rpi4", {}),
     "devices_file": ("", {}),
     "output.dir": (5, {}),
     "output.formats": (["iso"], {}),
@@ -115,6 +116,7 @@ CASES: dict[str, tuple[Any, dict[str, Any]]] = {
     "hardware.usb_gadget": ("y", {}),
     "hardware.pi5_4k_pages": ("y", {}),
     "hardware.wifi_country": ("de", {}),
+    "hardware.board": ("pi6", {}),
     "boot.config_txt": ({"all": ["no equals sign"]}, {}),
 }
 

@@ -387,3 +387,93 @@ def test_a_cluster_made_without_an_agent_token_names_the_way_out(tmp_path: Path)
     message = str(info.value)
     assert "cluster.agent_token: " in message and "made without an agent token" in message
     assert "cluster.agent_token: false" in message and "s3cret" not in message
+
+
+# -- items 5, 1 and 13 (build half): warnings -------------------------------------------------
+
+
+def advice_for(path: Path) -> list[str]:
+    from builder.config.advice import warnings
+
+    lines = warnings(load(path))
+    assert all("\n" not in line and line.startswith("warning: ") for line in lines)
+    return lines
+
+
+def server_fleet(tmp_path: Path, server: str = SERVER, srv: str = "", top: str = "") -> Path:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        f"name: f\n{top}cluster:\n  create: true\n  server: {server}\n  servers: [srv-1]\n"
+        f"devices:\n  - hostname: srv-1\n{srv}  - hostname: pi-1\n"
+    )
+    return path
+
+
+def test_a_server_without_a_static_address_warns(tmp_path: Path) -> None:
+    (line,) = advice_for(server_fleet(tmp_path))
+    assert "devices[0]: server srv-1 has no static address" in line and "k3s-io/k3s#11778" in line
+    assert advice_for(server_fleet(tmp_path, srv="    address: 10.0.0.5/24\n")) == []
+
+
+def test_role_server_without_devices_warns_once(tmp_path: Path) -> None:
+    (line,) = advice_for(fleet(tmp_path, cluster="  role: server\n"))
+    assert "server pi-1 has no static address" in line
+    path = tmp_path / "bare.yaml"
+    path.write_text(f"name: f\ncluster:\n  server: {SERVER}\n  token_env: TOK\n  role: server\n")
+    (line,) = advice_for(path)
+    assert "cluster.role: server (every device of the image) has no static address" in line
+
+
+def test_agents_without_static_addresses_do_not_warn(tmp_path: Path) -> None:
+    assert advice_for(fleet(tmp_path)) == []
+
+
+@pytest.mark.parametrize("host", ["k3s.local", "K3S.LOCAL", "srv.lab.local"])
+def test_an_mdns_server_name_warns_naming_mdns(tmp_path: Path, host: str) -> None:
+    path = server_fleet(tmp_path, server=f"https://{host}:6443", srv="    address: 10.0.0.5/24\n")
+    (line,) = advice_for(path)
+    assert "cluster.server:" in line and "mDNS (.local)" in line and "k3s-io/k3s#9748" in line
+
+
+def test_a_dns_name_does_not_warn(tmp_path: Path) -> None:
+    path = server_fleet(
+        tmp_path, server="https://k3s.local.example:6443", srv="    address: 10.0.0.5/24\n"
+    )
+    assert advice_for(path) == []
+
+
+@pytest.mark.parametrize(
+    ("board", "warns"),
+    [("pi3b+", True), ("zero2w", True), ("pi4-1gb", True), ("pi4-2gb", False), ("pi5-8gb", False)],
+)
+def test_a_server_on_a_small_board_warns(tmp_path: Path, board: str, warns: bool) -> None:
+    srv = f"    address: 10.0.0.5/24\n    board: {board}\n"
+    lines = advice_for(server_fleet(tmp_path, srv=srv))
+    assert bool(lines) == warns
+    if warns:
+        assert f"server srv-1 is a {board} with" in lines[0] and "2 GB" in lines[0]
+
+
+def test_the_fleet_board_applies_to_servers_and_agents_never_warn(tmp_path: Path) -> None:
+    path = server_fleet(tmp_path, srv="    address: 10.0.0.5/24\n", top="hardware: {board: pi3b}\n")
+    (line,) = advice_for(path)
+    assert "server srv-1 is a pi3b with 1024 MB" in line
+    path = server_fleet(
+        tmp_path,
+        srv="    address: 10.0.0.5/24\n    board: pi5-4gb\n",
+        top="hardware: {board: pi3b}\n",
+    )
+    assert advice_for(path) == []
+    assert "board" in refused(server_fleet(tmp_path, srv="    board: pi6\n"))
+
+
+def test_the_build_prints_the_warnings(fleet_dir: Path) -> None:
+    from tests.conftest import fleet_yaml
+
+    cluster = "cluster:\n  server: https://k3s.local:6443\n  token_file: token\n  role: server"
+    (fleet_dir / "fleet.yaml").write_text(fleet_yaml(cluster=cluster))
+    done = pifleet("build", "fleet.yaml", cwd=fleet_dir)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert any("mDNS (.local)" in line for line in lines), done.stderr
+    assert any("has no static address" in line for line in lines), done.stderr

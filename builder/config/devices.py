@@ -93,6 +93,7 @@ class DeviceReader:
             static=static,
             wifi=self.wifi(value["wifi"], f"{key}.wifi") if "wifi" in value else None,
             role=value.get("role"),
+            board=value.get("board"),
             **self.k3s_settings(value, key),
         )
 

@@ -118,6 +118,7 @@ class Device:
     node_external_ip: tuple[str, ...] = ()
     flannel_iface: str | None = None
     advertise_address: str | None = None
+    board: str | None = None  # overrides hardware.board
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class Hardware:
     usb_gadget: bool = False
     pi5_4k_pages: bool = False
     wifi_country: str | None = None  # regulatory domain without a Wi-Fi network
+    board: str | None = None  # the fleet's board (builder.config.advice.BOARD_RAM); checks only
 
 
 @dataclass(frozen=True)
