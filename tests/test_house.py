@@ -1,12 +1,15 @@
 """The house rules, checked on the code itself (the layout in README's "How it works", issue 13).
 
 - Imports point one way: no import cycle between modules of builder/ and firstboot/,
-  lazy imports inside functions included (a deferred cycle is still a cycle).
+  lazy imports inside functions included (a deferred cycle is still a cycle), and none
+  between the packages of builder/.
 - firstboot/ is the device half: it never imports builder, and only the standard
   library (plus python3-systemd, optional).
 - Small rooms: no module over 400 lines, no function over 60.
 - One owner per concept: the device's secret files are named in firstboot/secrets.py's table
   only, and the join's states in firstboot/state.py's; pyproject.toml alone says the version.
+  The paths pifleet writes into an image are builder/layout.py's, and each seed format is one
+  SeedFormat record in builder/seed/formats.py.
 
 The checks read the source with `ast`, so they hold for code that is never run.
 """
@@ -118,6 +121,43 @@ def test_cycle_detector_sees_a_lazy_cycle(tmp_path: Path) -> None:
         "def f():\n    from builder.config.a import x\n"
     )
     assert cycles(import_graph(tmp_path)) == [["builder.config.a", "builder.config.b"]]
+
+
+def package_graph(root: Path = REPO) -> dict[str, set[str]]:
+    """The import graph between the rooms of builder/ (its packages and top-level modules):
+    builder.seed.cloudinit counts as builder.seed."""
+
+    def room(name: str) -> str:
+        return ".".join(name.split(".")[:2])
+
+    graph: dict[str, set[str]] = {}
+    for name, targets in import_graph(root).items():
+        graph.setdefault(room(name), set()).update(
+            room(t) for t in targets if room(t) != room(name)
+        )
+    return graph
+
+
+def test_packages_import_one_way() -> None:
+    """Later stages import earlier ones, folder by folder too: no two packages import each other,
+    even through different modules (detect/ reads seed/'s format records, so seed/ never
+    imports detect/; bases/ builds on disk/ and sources/ on bases/, never back)."""
+    assert cycles(package_graph()) == []
+
+
+def test_package_cycle_detector_sees_a_cycle_between_folders(tmp_path: Path) -> None:
+    """The checker itself: a.x imports b.y and b.z imports a.w, no module cycle, a folder one."""
+    for folder in ("a", "b"):
+        (tmp_path / "builder" / folder).mkdir(parents=True)
+        (tmp_path / "builder" / folder / "__init__.py").write_text("")
+    (tmp_path / "firstboot").mkdir()
+    (tmp_path / "builder" / "__init__.py").write_text("")
+    (tmp_path / "builder" / "a" / "x.py").write_text("from builder.b import y\n")
+    (tmp_path / "builder" / "a" / "w.py").write_text("")
+    (tmp_path / "builder" / "b" / "y.py").write_text("")
+    (tmp_path / "builder" / "b" / "z.py").write_text("from builder.a import w\n")
+    assert cycles(import_graph(tmp_path)) == []
+    assert cycles(package_graph(tmp_path)) == [["builder.a", "builder.b"]]
 
 
 def test_firstboot_stands_alone() -> None:
