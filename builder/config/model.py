@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from builder.config.registries import Registries
+
 # Defaults come from config/schema.json (the reader fills them in). The few dataclass defaults
 # below let tests build a value by hand; tests/test_config.py checks that they agree.
 
@@ -62,6 +64,9 @@ class Cluster:
     node_external_ip: tuple[str, ...] = ()
     flannel_iface: str | None = None
     advertise_address: str | None = None  # servers only
+    registries: Registries | None = None  # registries.yaml (builder.config.registries)
+    system_default_registry: str | None = None  # servers: K3s system-default-registry
+    embedded_registry: bool = False  # servers: K3s embedded-registry (Spegel)
 
     def role_of(self, hostname: str) -> Literal["agent", "server"]:
         """The K3s role of one device: from `servers` when pifleet creates the cluster."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from builder.config import registries
 from builder.config.devices import DeviceReader
 from builder.config.model import (
     AgentTuning,
@@ -148,6 +149,11 @@ class FleetReader(DeviceReader):
             ca_file=self.rel(value["ca_file"]) if "ca_file" in value else None,
             allow_unpinned=bool(filled["allow_unpinned"]),
             proxy=self.proxy(filled["proxy"]),
+            registries=registries.read(
+                value.get("registries"), "cluster.registries", self.rel, self.fail
+            ),
+            system_default_registry=registries.host(value, "system_default_registry", self.fail),
+            embedded_registry=bool(value.get("embedded_registry", False)),
             **self.k3s_settings(filled, "cluster"),
         )
 

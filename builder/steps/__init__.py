@@ -21,6 +21,7 @@ from builder.steps import (
     join,
     k3s,
     locale,
+    registries,
     seed,
     timezone,
 )
@@ -37,6 +38,7 @@ ORDER: tuple[tuple[str, Step], ...] = (
     ("fstab", fstab.apply),
     ("cloudlog", cloudlog.apply),
     ("k3s", k3s.apply),
+    ("registries", registries.apply),
     ("agent", agent.apply),
     ("join", join.apply),
 )
@@ -55,4 +57,5 @@ def check_base(image: Image, plan: Plan) -> None:
         reads += [f"{timezone.ZONEINFO}/{table}" for table in TZ_TABLES]
     image.root.prefetch(reads)
     timezone.check(image, plan)
+    registries.check(image, plan)
     locale.check(image, plan)

@@ -15,6 +15,7 @@ from builder.disk.entries import Directory, File
 from builder.disk.image import Image
 from builder.layout import K3S_PATH, PIFLEET_ETC
 from builder.plan import Plan
+from builder.steps import registries
 from firstboot import joinconfig
 
 BOOT_TOKEN = f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.BOOT_TOKEN_FILE}"
@@ -51,7 +52,7 @@ def join_config(plan: Plan) -> joinconfig.JoinConfig:
         recheck_interval=plan.config.agent.recheck_interval,
         start_timeout=plan.config.agent.start_timeout,
         proxy=dict(cluster.proxy),
-        k3s_config=k3s_config_by_role(plan.config),
+        k3s_config=registries.with_server_flags(k3s_config_by_role(plan.config), plan.config),
     )
 
 
