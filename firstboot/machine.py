@@ -19,6 +19,7 @@ import functools
 import time
 from typing import Callable, Dict, List, Optional
 
+import firstboot.airgap as airgap
 import firstboot.caclock as caclock
 import firstboot.nodepassword as nodepassword
 import firstboot.reinit as reinit
@@ -348,10 +349,11 @@ class Agent:
                 self.root, PINNED_CA, self.clock, timeout, self.backoff(5.0), progress
             )
         unit, node = k3sfiles.unit_name(self.role), str(self.state.node_name)
-        timeout = self.join.start_timeout
+        timeout = self.join.start_timeout + airgap.allowance(self.root)  # slow cards import long
         own_node = functools.partial(servernode.not_joined, self.root, node)
         joined = own_node if self.role == "server" else None  # an agent's READY is its Node
-        starting.start(self.services, unit, node, timeout, self.backoff(10.0), progress, joined)
+        backoff = self.backoff(10.0)
+        starting.start(self.services, unit, node, timeout, backoff, progress, joined, self.root)
         return "cleanup"
 
     def do_cleanup(self) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from typing import Callable, List, Optional
 
+from firstboot import airgap
+from firstboot.paths import Root
 from firstboot.retry import Backoff, Terminal
 from firstboot.service import ServiceError, ServiceManager
 from firstboot.texts import KNOWN_FAILURES
@@ -40,8 +42,10 @@ def start(
     backoff: Backoff,
     progress: Callable[[str], None],
     joined: Optional[Joined] = None,
+    root: Optional[Root] = None,
 ) -> None:
-    """Start `unit` and return once the device has joined; Terminal with the verdict."""
+    """Start `unit` and return once the device has joined; Terminal with the verdict (the
+    air-gap import's, firstboot/airgap.py, when `root` is given and that is the reason)."""
     since = time.time() - 5
     try:
         services.daemon_reload()
@@ -60,10 +64,15 @@ def start(
         if verdict:
             raise Terminal(verdict)
         if time.monotonic() >= deadline:
+            late = airgap.verdict(root, journal, timeout) if root else None
             raise Terminal(
-                awaited_verdict(awaited, timeout) or timeout_verdict(journal, unit, status, timeout)
+                late
+                or awaited_verdict(awaited, timeout)
+                or timeout_verdict(journal, unit, status, timeout)
             )
         text = awaited or "waiting for K3s to register the node (" + unit + " is " + status + ")"
+        if airgap.importing(journal):
+            text = "K3s is importing air-gap images (" + str(airgap.importing(journal)) + ")"
         if text != last:
             progress(text)
             last = text

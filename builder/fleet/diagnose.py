@@ -99,6 +99,16 @@ REMEDIES: tuple[tuple[str, str], ...] = (
         "the kernel runs without the memory cgroup: cmdline.txt needs cgroup_enable=memory",
     ),
     (
+        r"still importing air-gap images",
+        "K3s is still importing the air-gap images (a slow card, e.g. a Pi 3's SD card): it goes on "
+        "by itself; a faster card, or a longer agent.start_timeout, avoids the verdict",
+    ),
+    (
+        r"failed to import air-gap images",
+        "K3s could not import an air-gap tarball: check that k3s.airgap_images is the tarball of "
+        "this K3s version and architecture, and rebuild",
+    ),
+    (
         r"own Node",
         "K3s's apiserver is up but this server's kubelet never registered its Node: read the K3s "
         "journal lines (--journal) for the kubelet's error, e.g. a bad cluster.kubelet_args",
