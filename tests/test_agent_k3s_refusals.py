@@ -23,6 +23,7 @@ import pytest
 from builder.testserver.server import K3sTestServer, free_port
 from firstboot import joinconfig
 from tests.agent_helpers import DEFAULT_NODE, make_device, run_agent, stop_services, write
+from tests.cluster_devices import first_server
 
 PASSWORD = "etc/rancher/node/password"
 
@@ -277,8 +278,6 @@ def roots() -> Iterator[list[Path]]:
 def test_a_first_server_whose_clock_is_before_its_ca_gets_a_clock_verdict(
     cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
 ) -> None:
-    from tests.cluster_devices import first_server
-
     first, _port, env = first_server(roots, tmp_path, cluster)
     write(first / "run/pifleet/clock-offset", b"-172800\n")  # two days slow, past build_time
     proc = run_agent(first, env)
@@ -298,8 +297,6 @@ def test_a_first_server_whose_clock_is_before_its_ca_gets_a_clock_verdict(
 def test_a_server_joins_only_once_its_own_node_is_registered(
     cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
 ) -> None:
-    from tests.cluster_devices import first_server
-
     first, _port, env = first_server(roots, tmp_path, cluster)
     proc = run_agent(first, {**env, "K3S_STANDIN_NODE_DELAY": "4"})  # READY, then 2 s later
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -316,8 +313,6 @@ def test_a_server_joins_only_once_its_own_node_is_registered(
 def test_a_server_whose_node_never_registers_is_a_verdict(
     cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
 ) -> None:
-    from tests.cluster_devices import first_server
-
     first, _port, env = first_server(roots, tmp_path, cluster)
     config = first / "etc/pifleet/join.json"
     join = joinconfig.load_join_config(config.read_bytes())
@@ -370,8 +365,6 @@ class CacertsServer:
 def test_a_reflashed_first_server_refuses_cluster_init_when_a_server_has_its_ca(
     cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
 ) -> None:
-    from tests.test_cluster_firstboot import first_server
-
     first, port, env = first_server(roots, tmp_path, cluster)
     write(tmp_path / "srv.pem", cluster["tls/server-ca.pem"])
     write(tmp_path / "srv.key", cluster["tls/server-ca.key"], 0o600)
@@ -398,8 +391,6 @@ def test_a_reflashed_first_server_refuses_cluster_init_when_a_server_has_its_ca(
 def test_a_first_server_initialises_when_no_other_server_answers(
     cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
 ) -> None:
-    from tests.test_cluster_firstboot import first_server
-
     first, _port, env = first_server(roots, tmp_path, cluster)
     proc = run_agent(first, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
