@@ -64,7 +64,6 @@ def resolve(
 ) -> Plan:
     """Find, fetch and verify every input named by `config` (CLI overrides win)."""
     where = str(config.source)
-    advice.warn(config)
     token = read_token(config.cluster, where)
     if base_override is not None:
         base = sources.local_base(base_override, None, where="--base")
@@ -78,6 +77,7 @@ def resolve(
     out = (output_dir or config.output.dir).resolve()
     config = with_fleet_labels(config)
     _check_output_dir(out, base.path, config.name)
+    advice.warn(config)  # once every input is there: a failed build shows its error alone
     return Plan(
         config=config,
         base=base,

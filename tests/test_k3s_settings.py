@@ -148,6 +148,7 @@ def test_the_standin_exits_as_the_kubelet_does_on_a_reserved_label(tmp_path: Pat
     [
         ("etcd-snapshot-retension: 3", "did you mean etcd-snapshot-retention?"),
         ("disable-traefk: true", "not a K3s flag"),
+        ("node-lable: [a=b]", "did you mean node-label, which pifleet writes itself (use cluster"),
         ("node-name: x", "use devices[].hostname"),
         ("token: abc", "use cluster.token_file or cluster.token_env"),
         ("server: https://other:6443", "use cluster.server"),

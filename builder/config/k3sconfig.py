@@ -39,6 +39,8 @@ def read(value: dict[str, Any], key: str, fail: Fail) -> Settings:
         where = f"{key}.{name}"
         if name not in k3sflags.AGENT and name not in k3sflags.SERVER:
             near = k3sflags.nearest(name)
+            if near in k3sflags.OWNED:
+                near = f"{near}, which pifleet writes itself (use {k3sflags.OWNED[near]})"
             hint = (
                 f"; did you mean {near}?"
                 if near
