@@ -127,6 +127,9 @@ OWNED: dict[str, str] = {
     "advertise-address": "advertise_address (cluster.advertise_address or devices[].advertise_address)",
     "config": "nothing: pifleet writes /etc/rancher/k3s/config.yaml itself",
     "data-dir": "nothing: pifleet lays out /var/lib/rancher/k3s (air-gap images, the cluster CA, the etcd member check)",
+    "system-default-registry": "cluster.system_default_registry",
+    "embedded-registry": "cluster.embedded_registry",
+    "private-registry": "cluster.registries (pifleet writes /etc/rancher/k3s/registries.yaml, 0600)",
     "cluster-reset": "nothing in the image: it is a one-time repair (`k3s server --cluster-reset` on the device), and in config.yaml it would reset the member at every start",
 }
 # With cluster.create pifleet writes tls-san (cluster.server's host and every server).
