@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from builder.util.atomic import write_atomic
@@ -46,19 +46,21 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 class CertificateAuthority:
-    """An ECDSA P-256 CA, self-signed or signed by `parent`; kept in `directory`."""
+    """An ECDSA P-256 CA, self-signed or signed by `parent`; kept in `directory` (one found
+    there may be RSA, as `pifleet cluster init`'s root and intermediate are)."""
 
     def __init__(
         self, directory: Path, stem: str, parent: CertificateAuthority | None = None
     ) -> None:
         key_path, cert_path = directory / f"{stem}.key", directory / f"{stem}.crt"
+        self.key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
         if key_path.exists() and cert_path.exists():
             loaded = serialization.load_pem_private_key(key_path.read_bytes(), None)
-            assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+            assert isinstance(loaded, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))
             self.key = loaded
             self.cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             return
-        self.key = ec.generate_private_key(ec.SECP256R1())
+        made = self.key = ec.generate_private_key(ec.SECP256R1())
         subject = name(f"{stem}@{int(now().timestamp())}")
         issuer_key = parent.key if parent else self.key
         ski = x509.SubjectKeyIdentifier.from_public_key(self.key.public_key())
@@ -84,7 +86,7 @@ class CertificateAuthority:
             .add_extension(aki, critical=False)
             .sign(issuer_key, hashes.SHA256())
         )
-        write_atomic(key_path, _pem_key(self.key), 0o600)
+        write_atomic(key_path, _pem_key(made), 0o600)
         write_atomic(cert_path, self.pem, 0o644)
 
     @property
