@@ -78,12 +78,14 @@ def refused(capsys: pytest.CaptureFixture[str], argv: list[str], prog: str) -> s
     with pytest.raises(SystemExit) as done:
         cli.main(argv)
     out, err = capsys.readouterr()
-    assert done.value.code == 2, (argv, err)
+    assert done.value.code == 2, f"exit 2 for bad input: {argv} {err}"
     lines = err.splitlines()
-    assert len(lines) == 1 and out == "", (argv, err)
-    assert lines[0].startswith(f"{prog}: error: "), (argv, lines[0])
-    assert lines[0].endswith(f"(see `{prog} --help`)"), (argv, lines[0])
-    assert "Traceback" not in err and "usage:" not in err
+    assert len(lines) == 1, f"one line on stderr: {argv} {err}"
+    assert out == "", f"nothing on stdout: {argv} {out}"
+    assert lines[0].startswith(f"{prog}: error: "), f"the line starts with the prog: {lines[0]}"
+    assert lines[0].endswith(f"(see `{prog} --help`)"), f"the line points at --help: {lines[0]}"
+    assert "Traceback" not in err, f"no traceback: {argv}"
+    assert "usage:" not in err, f"no usage block: {argv}"
     return lines[0]
 
 

@@ -67,14 +67,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_pi_image(fleet / "base.img", LAYOUTS["trixie"], "arm64")
     (fleet / "fleet.yaml").write_text(fleet_yaml(cluster=CREATE, devices=DEVICES))
     before = pifleet("build", "fleet.yaml", "--per-device", cwd=fleet)
-    assert before.returncode == 2, before.stderr
-    assert before.stderr.count("\n") == 1
-    assert "run `pifleet cluster init" in before.stderr and "Traceback" not in before.stderr
-    assert pifleet("cluster", "init", "fleet.yaml", cwd=fleet).returncode == 0
+    assert before.returncode == 2, f"a build before cluster init is bad input: {before.stderr}"
+    assert before.stderr.count("\n") == 1, f"it says so in one line: {before.stderr}"
+    assert "run `pifleet cluster init" in before.stderr, "the line names the command to run"
+    assert "Traceback" not in before.stderr, "no traceback"
+    made = pifleet("cluster", "init", "fleet.yaml", cwd=fleet)
+    assert made.returncode == 0, f"cluster init succeeds: {made.stderr}"
     done = pifleet("build", "fleet.yaml", "--per-device", cwd=fleet)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, f"the build after cluster init succeeds: {done.stderr}"
     for needle in secret_needles(fleet / "cluster"):
-        assert needle.decode() not in done.stdout + done.stderr
+        assert needle.decode() not in done.stdout + done.stderr, "no cluster secret is printed"
     return fleet
 
 
