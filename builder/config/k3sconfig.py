@@ -10,6 +10,7 @@ the agent appends them to the config.yaml it writes (firstboot/k3sfiles.py).
 |---|---|
 | a key must be a flag of the device's role (`k3s agent` or `k3s server`); fleet-wide, of a role the fleet has | builder/config/k3sflags.py (agent.go, server.go) |
 | a flag pifleet writes is refused, naming the pifleet key | firstboot/k3sfiles.py:config_yaml |
+| a value (or list item) with a password (a URL's `user:password@`, a DSN's `password=`) is refused: join.json is 0644 | pifleet's rule for the token |
 | node_ip, node_external_ip: one address, or a dual-stack pair (one IPv4, one IPv6), as a list or comma-separated | k8s staging/src/k8s.io/component-helpers/node/util/ips.go:ParseNodeIPArgument; k3s agent.go (node-ip, node-external-ip) |
 | flannel_iface: a network interface name | k3s agent.go (flannel-iface); Linux dev_valid_name |
 | advertise_address: one address, servers only (`k3s server` flag) | k3s server.go (advertise-address) |
@@ -18,6 +19,7 @@ the agent appends them to the config.yaml it writes (firstboot/k3sfiles.py).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,8 +51,12 @@ def read(value: dict[str, Any], key: str, fail: Fail) -> Settings:
             raise fail(where, f"not a K3s flag{hint}")
         if name in k3sflags.OWNED:
             raise fail(where, f"pifleet writes {name} itself; use {k3sflags.OWNED[name]}")
-        if name in k3sflags.SECRET or (name == "datastore-endpoint" and _has_password(item)):
-            instead = k3sflags.SECRET.get(name, "a DSN without a password")
+        if name in k3sflags.SECRET or _has_password(item):
+            instead = k3sflags.SECRET.get(name) or (
+                "a DSN without a password"
+                if name == "datastore-endpoint"
+                else "a value without a password (a file K3s reads, as etcd-s3-config-secret)"
+            )
             raise fail(
                 where,
                 f"its value is a credential, which would be in /etc/pifleet/join.json (0644) and"
@@ -61,12 +67,25 @@ def read(value: dict[str, Any], key: str, fail: Fail) -> Settings:
     return tuple(out)
 
 
+# A URL's user:password@ anywhere in a value (etcd-s3-proxy, etcd-s3-endpoint, a DSN, an
+# `--x-arg=https://u:pw@h`), or a key=value DSN's password (PostgreSQL allows spaces around =).
+_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]*:[^/?#@\s]+@")
+_PASSWORD = re.compile(r"password\s*=", re.IGNORECASE)
+
+
 def _has_password(value: object) -> bool:
-    text = str(value)
-    try:
-        return bool(urlsplit(text).password) or "password=" in text.lower()
-    except ValueError:
-        return False
+    """Whether a flag's value (every item of a list) carries a password."""
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        text = str(item)
+        if _USERINFO.search(text) or _PASSWORD.search(text):
+            return True
+        try:
+            if urlsplit(text).password:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _typed(value: object, kind: k3sflags.Kind, where: str, fail: Fail) -> K3sValue:
