@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from firstboot import fsyncprobe
 from firstboot.paths import write_atomic
 from firstboot.redact import Redactor
 
@@ -87,6 +88,8 @@ class CardReport:
             data["detail"] = text
             if state == "load" and text.startswith("node name "):
                 data["node"] = text[len("node name ") :]
+            if text.startswith(fsyncprobe.PREFIX):  # a server's disk, kept apart from detail
+                data["fsync"] = text[len(fsyncprobe.PREFIX) :]
         if kind == "failed":
             self._failure(state, text, now)
         if kind == "warning" and text not in data.setdefault("warnings", []):

@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional
 
 import firstboot.airgap as airgap
 import firstboot.caclock as caclock
+import firstboot.fsyncprobe as fsyncprobe
 import firstboot.nodepassword as nodepassword
 import firstboot.reinit as reinit
 import firstboot.roles as roles
@@ -68,6 +69,7 @@ class Agent:
         self.join = joinconfig.JoinConfig(server="https://unset")
         self.device: Optional[joinconfig.DeviceConfig] = None
         self.handlers: Dict[str, Callable[[], str]] = {s: getattr(self, "do_" + s) for s in ORDER}
+        self.probed = False  # the server's disk measured in this run (fsyncprobe.py)
 
     # -- driver ----------------------------------------------------------------
 
@@ -344,6 +346,9 @@ class Agent:
             self.report.progress("start", text)
 
         if self.role == "server":
+            if not self.probed:  # etcd's disk, before K3s loads it: a warning at most
+                fsyncprobe.tell(self.root, progress, self.report.warning)
+                self.probed = True
             timeout = self.join.clock_sync_timeout
             caclock.wait_for_ca(
                 self.root, PINNED_CA, self.clock, timeout, self.backoff(5.0), progress

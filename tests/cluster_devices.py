@@ -60,3 +60,17 @@ def first_server(
     root = device(roots, base, "edge-srv-1", files, port,
                   role="server", cluster_init=True, tls_san=SANS)  # fmt: skip
     return root, port, standin_env(port)
+
+
+def cluster_files() -> dict[str, bytes]:
+    """A cluster as `pifleet cluster init` makes it: its CA files under tls/, the server token,
+    the agent token and the CA hash, as `device()` takes them."""
+    from builder.cluster.ca import generate
+    from builder.cluster.cahash import k3s_ca_hash
+
+    files = {f"tls/{f.path}": f.data for f in generate()}
+    ca_hash = k3s_ca_hash(files["tls/server-ca.crt"])
+    files["token"] = f"K10{ca_hash}::server:{'5e' * 16}\n".encode()
+    files["agent-token"] = f"K10{ca_hash}::node:{'a9' * 16}\n".encode()
+    files["hash"] = ca_hash.encode()
+    return files

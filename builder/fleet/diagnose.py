@@ -52,6 +52,7 @@ SHAPE: dict[str, Shape] = {
     "joined": {"node": str, "at": str},
     "journal": [str],
     "warnings": [str],
+    "fsync": str,
 }
 _NAMES = {int: "a whole number", str: "a string", dict: "an object", list: "a list"}
 
@@ -256,6 +257,8 @@ def story(report: dict[str, Any]) -> list[str]:
         lines = [f"{node}: reached {state} at {_clock(at)}" if at else f"{node}: state {state}"]
     if any(s in reached for s in ("configure", "start", "cleanup", "done")):
         lines.append(f"  server CA pinned for {report.get('server', '?')}")
+    if report.get("fsync"):  # a server's disk as etcd sees it (firstboot/fsyncprobe.py)
+        lines.append(f"  fsync: {report['fsync']}")
     failure = report.get("last_failure")
     if failure and not joined:
         count = failure.get("count") or 1
