@@ -3,7 +3,12 @@
 The unit matches what the official K3s installer writes (Type=notify,
 KillMode=process, Delegate=yes, Restart=always, TimeoutStartSec=0, modprobe
 pre-steps, an env file with mode 0600). config.yaml uses YAML block style with
-JSON-quoted scalars, so no value can break its structure.
+double-quoted scalars (`quoted`), so no value can break its structure.
+
+| rule | source |
+|---|---|
+| K3s reads config.yaml with go-yaml v2; a later duplicate key wins (a `key+` appends) | k3s pkg/configfilearg/parser.go:readConfigFile |
+| go-yaml refuses a `\\u` escape of a surrogate ("found invalid Unicode character escape code"), which is how JSON writes a character above U+FFFF, and a raw DEL or C1 control; so every character outside printable ASCII is written as `\\uXXXX` or `\\UXXXXXXXX` | go-yaml v2 scannerc.go (yaml_parser_scan_flow_scalar), readerc.go |
 """
 
 from __future__ import annotations
@@ -29,6 +34,16 @@ def env_path(role: str) -> str:
     return unit_path(role) + ".env"
 
 
+def quoted(value: Any) -> str:
+    """A JSON scalar as a YAML double-quoted one that go-yaml v2 reads back unchanged."""
+    text = json.dumps(value, ensure_ascii=False)  # escapes only ", \\ and C0 controls
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")  # pairs joined
+    return "".join(
+        c if " " <= c <= "~" else ("\\u%04x" % ord(c) if ord(c) <= 0xFFFF else "\\U%08x" % ord(c))
+        for c in text
+    )
+
+
 def config_yaml(
     server: Optional[str],
     node_name: str,
@@ -42,13 +57,13 @@ def config_yaml(
     """`server: None` is the server that initialises the cluster (`cluster-init: true`).
     `extra`: more K3s flags (cluster.k3s_config & co.), after pifleet's own, never over one."""
     lines = ["# Written by pifleet-firstboot; K3s reads it at every start."]
-    lines.append("cluster-init: true" if server is None else "server: " + json.dumps(server))
+    lines.append("cluster-init: true" if server is None else "server: " + quoted(server))
     lines += [
-        "token-file: " + json.dumps(TOKEN_PATH),
-        "node-name: " + json.dumps(node_name),
+        "token-file: " + quoted(TOKEN_PATH),
+        "node-name: " + quoted(node_name),
     ]
     if agent_token_file:
-        lines.append("agent-token-file: " + json.dumps(agent_token_file))
+        lines.append("agent-token-file: " + quoted(agent_token_file))
     for key, values in (
         ("tls-san", tls_san or []),
         ("node-label", labels),
@@ -57,16 +72,16 @@ def config_yaml(
     ):
         if values:
             lines.append(key + ":")
-            lines.extend("  - " + json.dumps(v) for v in values)
+            lines.extend("  - " + quoted(v) for v in values)
     written = {line.split(":", 1)[0] for line in lines if not line.startswith((" ", "#"))}
     for key, value in sorted((extra or {}).items()):
         if key in written:
             continue
         if isinstance(value, list):
             lines.append(key + ":")
-            lines.extend("  - " + json.dumps(v) for v in value)
+            lines.extend("  - " + quoted(v) for v in value)
         else:
-            lines.append(key + ": " + json.dumps(value))
+            lines.append(key + ": " + quoted(value))
     return ("\n".join(lines) + "\n").encode()
 
 

@@ -7,13 +7,16 @@ its fix."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from builder.config import k3sconfig
 from builder.config.fleet import load
 from builder.util.errors import UserError
+from firstboot import k3sfiles
 
 SERVER = "https://k3s.example.net:6443"
 SECRET = "s3cr3t-Pa55"
@@ -68,3 +71,36 @@ def test_values_without_a_password_are_kept(
     monkeypatch.setenv("TOK", "K10" + "ab" * 32 + "::server:x")
     config = load(fleet(tmp_path, value))
     assert value.split(":")[0] in k3sconfig.for_role(config, "server")
+
+
+# -- config.yaml as K3s's go-yaml v2 reads it -------------------------------------------------
+
+# go-yaml v2 refuses these in a double-quoted scalar (scannerc.go: a \u escape of a surrogate,
+# "found invalid Unicode character escape code"; readerc.go: a raw DEL, C1 control or U+FFFE)
+GO_YAML_REFUSES = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}|\\u[dD][c-fC-F][0-9a-fA-F]{2}|[\x7f-\x9f\ufffe]"
+)
+
+
+@pytest.mark.parametrize(
+    "value",
+    (
+        "/var/lib/snapshots/\U0001f4e6",  # a character above U+FFFF: JSON's surrogate pair
+        "caf\u00e9 \u2028 \u0085 \x7f end",  # a line separator, NEL and DEL stay one scalar
+        'quote " backslash \\ newline \n # not: a comment\n---\ntoken: x',
+    ),
+)
+def test_config_yaml_values_read_back_as_go_yaml_reads_them(value: str) -> None:
+    text = k3sfiles.config_yaml(
+        "https://k3s.lan:6443",
+        "pi-1",
+        [],
+        [],
+        [],
+        extra={"etcd-snapshot-dir": value, "etcd-arg": [value]},
+    ).decode()
+    assert not GO_YAML_REFUSES.search(text), f"K3s's YAML parser refuses: {text!r}"
+    assert text.isascii()
+    document = yaml.safe_load(text)
+    assert document["etcd-snapshot-dir"] == value and document["etcd-arg"] == [value]
+    assert document["token-file"] == k3sfiles.TOKEN_PATH and "token" not in document
