@@ -10,6 +10,9 @@ although glibc's getaddrinfo, and so every other program on the Pi, finds it.
 | order: the hosts file, then DNS; nsswitch.conf's other sources (mdns, myhostname) are not used | Go net/conf.go:hostLookupOrder (netgo) |
 | a name with fewer dots than `ndots` (default 1) tries the search domains first, then itself; a rooted name only itself | Go net/dnsclient_unix.go:nameList |
 | each nameserver in turn, over UDP, A and AAAA, a few seconds each (Go: 5 s, 2 attempts) | Go net/dnsconfig_unix.go; dnsclient_unix.go:tryOneName |
+| at most 3 nameservers (later lines are ignored) | Go net/dnsconfig_unix.go (MAXNS, "small, but the standard limit") |
+| a connected UDP socket, so only the nameserver's own address is heard; a random query id; a reply counts only with that id, the response bit and our question (else the next datagram is read, until the timeout) | Go net/dnsclient_unix.go:dnsPacketRoundTrip, checkResponse |
+| a malformed or truncated answer is no answer, never an error | Go net/dnsclient_unix.go (dnsmessage parse errors) |
 
 The DNS query is a plain RFC 1035 A/AAAA question over UDP; only the addresses in the answer
 count (a CNAME chain's final A/AAAA records are in the same answer section).
@@ -21,6 +24,7 @@ import ipaddress
 import os
 import socket
 import struct
+import time
 from typing import List, Optional, Tuple
 
 from firstboot.paths import Root
@@ -29,6 +33,7 @@ HOSTS = "/etc/hosts"
 RESOLV_CONF = "/etc/resolv.conf"
 TYPES = (1, 28)  # A, AAAA
 TIMEOUT = 2.0
+MAX_SERVERS = 3  # Go reads no more nameservers than glibc uses
 
 
 def is_address(name: str) -> bool:
@@ -61,7 +66,8 @@ def resolv_conf(root: Root) -> Tuple[List[str], List[str], int]:
     ndots = 1
     for fields in _lines(root, RESOLV_CONF):
         if len(fields) > 1 and fields[0] == "nameserver" and is_address(fields[1]):
-            servers.append(fields[1])
+            if len(servers) < MAX_SERVERS:
+                servers.append(fields[1])
         elif fields and fields[0] in ("search", "domain"):
             search = [d.rstrip(".") for d in fields[1:]]
         elif fields and fields[0] == "options":
@@ -78,13 +84,17 @@ def names_to_try(name: str, search: List[str], ndots: int) -> List[str]:
     return [name, *suffixed] if name.count(".") >= ndots else [*suffixed, name]
 
 
+def encode_name(name: str) -> bytes:
+    """`name`'s labels as a DNS question writes them; UnicodeError for a name DNS cannot carry
+    (an empty or over-long label, from resolv.conf's search line for instance)."""
+    return b"".join(bytes([len(p)]) + p for p in name.encode("idna").split(b".") if p) + b"\0"
+
+
 def query(name: str, qtype: int) -> Tuple[int, bytes]:
     """(id, packet): a recursive question for `name`."""
     ident = int.from_bytes(os.urandom(2), "big")
-    labels = b"".join(bytes([len(p)]) + p for p in name.encode("idna").split(b".") if p)
-    return ident, struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack(
-        ">HH", qtype, 1
-    )
+    header = struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0)
+    return ident, header + encode_name(name) + struct.pack(">HH", qtype, 1)
 
 
 def _skip_name(packet: bytes, offset: int) -> int:
@@ -97,12 +107,20 @@ def _skip_name(packet: bytes, offset: int) -> int:
         offset += 1 + length
 
 
-def addresses(packet: bytes, ident: int) -> List[str]:
-    """The A/AAAA addresses of an answer to question `ident` ([] for NXDOMAIN or no data)."""
+def addresses(packet: bytes, ident: int, question: Optional[bytes] = None) -> Optional[List[str]]:
+    """The A/AAAA addresses of an answer to question `ident` ([] for NXDOMAIN, no data or a
+    malformed answer); None when the packet is no answer to it (another id, not a response,
+    or another question than `question`, the query's bytes after its header)."""
     if len(packet) < 12:
-        return []
+        return None
     got, flags, qdcount, ancount = struct.unpack(">HHHH", packet[:8])
-    if got != ident or not flags & 0x8000 or flags & 0x000F:
+    if got != ident or not flags & 0x8000:
+        return None
+    if question is not None and (
+        qdcount != 1 or packet[12 : 12 + len(question)].lower() != question.lower()
+    ):
+        return None
+    if flags & 0x000F:
         return []
     offset, found = 12, []
     try:
@@ -113,11 +131,27 @@ def addresses(packet: bytes, ident: int) -> List[str]:
             rtype, _cls, _ttl, size = struct.unpack(">HHIH", packet[offset : offset + 10])
             data = packet[offset + 10 : offset + 10 + size]
             offset += 10 + size
+            if len(data) != size:
+                return []  # truncated: no answer
             if (rtype, size) in ((1, 4), (28, 16)):
                 found.append(str(ipaddress.ip_address(data)))
-    except (IndexError, struct.error):
-        return found
+    except (IndexError, struct.error, ValueError):
+        return []
     return found
+
+
+def _round_trip(sock: socket.socket, packet: bytes, ident: int, timeout: float) -> List[str]:
+    """Send the question; read datagrams until one answers it or `timeout` has passed."""
+    deadline = time.monotonic() + timeout
+    sock.send(packet)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return []
+        sock.settimeout(left)
+        found = addresses(sock.recv(4096), ident, packet[12:])
+        if found is not None:
+            return found
 
 
 def ask(server: str, port: int, name: str, timeout: float = TIMEOUT) -> List[str]:
@@ -125,13 +159,15 @@ def ask(server: str, port: int, name: str, timeout: float = TIMEOUT) -> List[str
     family = socket.AF_INET6 if ":" in server else socket.AF_INET
     found: List[str] = []
     for qtype in TYPES:
-        ident, packet = query(name, qtype)
+        try:
+            ident, packet = query(name, qtype)
+        except UnicodeError:
+            return []  # DNS cannot carry this name
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(timeout)
             try:
-                sock.sendto(packet, (server, port))
-                found += addresses(sock.recv(4096), ident)
-            except (OSError, UnicodeError):
+                sock.connect((server, port))  # the kernel drops datagrams from elsewhere
+                found += _round_trip(sock, packet, ident, timeout)
+            except OSError:
                 continue
     return found
 

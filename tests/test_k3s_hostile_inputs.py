@@ -8,6 +8,10 @@ its fix."""
 from __future__ import annotations
 
 import re
+import socket
+import struct
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,8 @@ import yaml
 from builder.config import k3sconfig
 from builder.config.fleet import load
 from builder.util.errors import UserError
-from firstboot import k3sfiles
+from firstboot import k3sfiles, resolve
+from firstboot.paths import Root
 
 SERVER = "https://k3s.example.net:6443"
 SECRET = "s3cr3t-Pa55"
@@ -104,3 +109,113 @@ def test_config_yaml_values_read_back_as_go_yaml_reads_them(value: str) -> None:
     document = yaml.safe_load(text)
     assert document["etcd-snapshot-dir"] == value and document["etcd-arg"] == [value]
     assert document["token-file"] == k3sfiles.TOKEN_PATH and "token" not in document
+
+
+# -- the agent's DNS client (firstboot/resolve.py) against a hostile network --------------------
+
+
+class HostileDns:
+    """A DNS server on 127.0.0.1 that logs each question and answers it as `script` says: a
+    list of (how, address) per question, sent in order; `how` is "spoof" (the right id, from
+    another port), "wrong-id", "other-question", "truncated" or "real" (from its own port)."""
+
+    def __init__(self, script: list[tuple[str, str]]) -> None:
+        self.script = script
+        self.asked: list[tuple[str, int]] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.spoofer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.spoofer.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                packet, peer = self.sock.recvfrom(512)
+            except OSError:
+                return
+            question = packet[12:]
+            qtype = struct.unpack(">H", question[-4:-2])[0]
+            self.asked.append((question[:-4].decode("latin-1"), qtype))
+            for how, address in self.script:
+                sender = self.spoofer if how == "spoof" else self.sock
+                try:
+                    sender.sendto(self.reply(packet, how, address, qtype), peer)
+                except OSError:  # closed by the test
+                    return
+                time.sleep(0.02)
+
+    @staticmethod
+    def reply(packet: bytes, how: str, address: str, qtype: int) -> bytes:
+        ident = struct.unpack(">H", packet[:2])[0]
+        if how == "wrong-id":
+            ident ^= 0x5A5A
+        question = packet[12:]
+        if how == "other-question":
+            question = b"\x04evil\x07example\x00" + question[-4:]
+        if qtype != 1:
+            return struct.pack(">HHHHHH", ident, 0x8180, 1, 0, 0, 0) + question
+        answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(address)
+        if how == "truncated":
+            answer = answer[:-2]  # rdlength says 4, two bytes follow
+        return struct.pack(">HHHHHH", ident, 0x8180, 1, 1, 0, 0) + question + answer
+
+    def close(self) -> None:
+        self.sock.close()
+        self.spoofer.close()
+
+
+@pytest.mark.parametrize("first", ["spoof", "wrong-id", "other-question"])
+def test_the_dns_client_takes_only_the_servers_answer_to_its_question(first: str) -> None:
+    """A forged answer (another source port, another id, another question) comes first; the
+    agent must ignore it, as Go's resolver in K3s does, and take the real one after it."""
+    dns = HostileDns([(first, "6.6.6.6"), ("real", "10.1.2.3")])
+    try:
+        found = resolve.ask("127.0.0.1", dns.port, "k3s.lan", timeout=2.0)
+    finally:
+        dns.close()
+    assert "6.6.6.6" not in found, f"a forged answer ({first}) was taken"
+    assert found == ["10.1.2.3"], found
+    assert [t for _, t in dns.asked] == [1, 28]
+
+
+def test_a_truncated_answer_is_no_answer_not_a_crash() -> None:
+    dns = HostileDns([("truncated", "10.1.2.3")])
+    try:
+        assert resolve.ask("127.0.0.1", dns.port, "k3s.lan", timeout=0.3) == []
+    finally:
+        dns.close()
+
+
+def test_a_search_domain_dns_cannot_carry_is_skipped_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """resolv.conf comes from DHCP: a search domain with an empty or 64-character label."""
+    (tmp_path / "etc").mkdir()
+    dns = HostileDns([("real", "10.1.2.3")])
+    (tmp_path / "etc/resolv.conf").write_text(
+        f"nameserver 127.0.0.1\nsearch a..b {'x' * 64}.lan\noptions ndots:5\n"
+    )
+    monkeypatch.setenv("PIFLEET_DNS_PORT", str(dns.port))
+    try:
+        assert resolve.as_k3s(Root(tmp_path), "k3s") == ["10.1.2.3"]
+    finally:
+        dns.close()
+
+
+def test_a_server_dripping_forged_answers_cannot_hold_the_agent_past_its_timeout() -> None:
+    dns = HostileDns([("wrong-id", "6.6.6.6")] * 100)
+    started = time.monotonic()
+    try:
+        assert resolve.ask("127.0.0.1", dns.port, "k3s.lan", timeout=0.4) == []
+    finally:
+        dns.close()
+    assert time.monotonic() - started < 2.0
+
+
+def test_only_three_nameservers_are_asked_as_go_does(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    servers = "".join(f"nameserver 127.0.0.{i}\n" for i in range(1, 9))
+    (tmp_path / "etc/resolv.conf").write_text(servers)
+    assert resolve.resolv_conf(Root(tmp_path))[0] == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
