@@ -29,7 +29,9 @@ def show(case: Case, result: str) -> None:
 def main() -> int:
     print(f"{'fault':<58} {'result':<8} seconds")
     failed, _ = run_tests(
-        "slow or faults", ["tests/test_boot_faults.py", "tests/test_boot_k3s.py"], show
+        "slow or faults",
+        ["tests/test_boot_faults.py", "tests/test_boot_k3s.py", "tests/test_boot_k3s_refusals.py"],
+        show,
     )
     return 1 if failed else 0
 
