@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,8 +23,9 @@ import yaml
 from builder.config import k3sconfig
 from builder.config.fleet import load
 from builder.util.errors import UserError
-from firstboot import k3sfiles, resolve
+from firstboot import joinconfig, k3sfiles, reinit, resolve
 from firstboot.paths import Root
+from firstboot.retry import Terminal
 
 SERVER = "https://k3s.example.net:6443"
 SECRET = "s3cr3t-Pa55"
@@ -219,3 +223,90 @@ def test_only_three_nameservers_are_asked_as_go_does(tmp_path: Path) -> None:
     servers = "".join(f"nameserver 127.0.0.{i}\n" for i in range(1, 9))
     (tmp_path / "etc/resolv.conf").write_text(servers)
     assert resolve.resolv_conf(Root(tmp_path))[0] == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+
+
+# -- a re-flashed first server's probe of the others (firstboot/reinit.py) ----------------------
+
+
+class CacertsServer:
+    """HTTPS on 127.0.0.1 serving `cacerts` at /cacerts with `cert`/`key`; logs each request."""
+
+    def __init__(self, cacerts: bytes, cert: Path, key: Path) -> None:
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        seen = self.seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                seen.append((self.path, dict(self.headers.items())))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(cacerts)))
+                self.end_headers()
+                self.wfile.write(cacerts)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.httpd.server_address[1])
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert), str(key))
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def probe(tmp_path: Path, files: dict[str, bytes], cert: Path, key: Path) -> list[str]:
+    """Run the first server's probe against one other server; [] or the refusal's line."""
+    from builder.cluster.cahash import k3s_ca_hash
+
+    root = tmp_path / "first"
+    (root / "var/lib/rancher/k3s/server/tls").mkdir(parents=True)
+    (root / "var/lib/rancher/k3s/server/tls/server-ca.crt").write_bytes(files["server-ca.crt"])
+    other = CacertsServer(files["server-ca.crt"], cert, key)
+    join = joinconfig.JoinConfig(server=f"https://127.0.0.1:{other.port}")
+    device = joinconfig.DeviceConfig(role="server", cluster_init=True, tls_san=["127.0.0.1"])
+    try:
+        reinit.refuse_second_cluster(
+            Root(root), join, device, "edge-srv-1", k3s_ca_hash(files["server-ca.crt"])
+        )
+        return []
+    except Terminal as exc:
+        return [str(exc)]
+    finally:
+        other.close()
+        assert all("authorization" not in repr(h).lower() for _p, h in other.seen)
+
+
+@pytest.fixture(scope="module")
+def ca_files() -> dict[str, bytes]:
+    from builder.cluster.ca import generate
+
+    return {f.path: f.data for f in generate()}
+
+
+def test_a_host_replaying_the_public_ca_cannot_block_cluster_init(
+    tmp_path: Path, ca_files: dict[str, bytes]
+) -> None:
+    """/cacerts answers anyone, so anyone on the LAN has the CA; at a server's name it serves
+    it with its own self-signed certificate. That is no server of this cluster."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "2", "-subj", "/CN=k3s", "-keyout", str(tmp_path / "evil.key"),
+         "-out", str(tmp_path / "evil.crt")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    refused = probe(tmp_path, ca_files, tmp_path / "evil.crt", tmp_path / "evil.key")
+    assert refused == [], f"a replayed CA blocked cluster-init: {refused}"
+
+
+def test_a_server_whose_certificate_the_ca_signed_still_blocks_cluster_init(
+    tmp_path: Path, ca_files: dict[str, bytes]
+) -> None:
+    (tmp_path / "srv.pem").write_bytes(ca_files["server-ca.pem"])
+    (tmp_path / "srv.key").write_bytes(ca_files["server-ca.key"])
+    (tmp_path / "srv.key").chmod(0o600)
+    refused = probe(tmp_path, ca_files, tmp_path / "srv.pem", tmp_path / "srv.key")
+    assert len(refused) == 1 and "already serves this cluster's CA" in refused[0], refused
