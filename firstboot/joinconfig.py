@@ -33,7 +33,7 @@ BOOT_TOKEN_FILE = "token"
 BOOT_NODE_PASSWORD_FILE = "node-password"
 SCHEMA_VERSION = 1
 
-_HOSTNAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_HOSTNAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 
 
 class JoinConfigError(ValueError):
@@ -152,7 +152,7 @@ def _check_keys(raw: Dict[str, Any], cls: type, where: str) -> None:
         raise JoinConfigError(f"{where}: unknown key {unknown[0]!r}")
 
 
-_FLAG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_FLAG = re.compile(r"^[a-z0-9][a-z0-9-]*\Z")  # \Z: $ also matches before a final newline
 
 
 def check_k3s_flags(value: Any, where: str) -> None:
@@ -171,7 +171,7 @@ def check_k3s_flags(value: Any, where: str) -> None:
             raise JoinConfigError(f"{where}.{name}: must be true/false, a number, text or a list")
 
 
-PROXY_NAME = re.compile(r"^(?i:(HTTP|HTTPS|NO)_PROXY)$|^CONTAINERD_[A-Z0-9_]+$")
+PROXY_NAME = re.compile(r"^(?i:(HTTP|HTTPS|NO)_PROXY)\Z|^CONTAINERD_[A-Z0-9_]+\Z")
 
 
 def check_proxy(value: Any, where: str) -> None:

@@ -7,11 +7,14 @@ its fix."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +29,7 @@ from builder.util.errors import UserError
 from firstboot import joinconfig, k3sfiles, reinit, resolve
 from firstboot.paths import Root
 from firstboot.retry import Terminal
+from tests.conftest import REPO
 
 SERVER = "https://k3s.example.net:6443"
 SECRET = "s3cr3t-Pa55"
@@ -310,3 +314,51 @@ def test_a_server_whose_certificate_the_ca_signed_still_blocks_cluster_init(
     (tmp_path / "srv.key").chmod(0o600)
     refused = probe(tmp_path, ca_files, tmp_path / "srv.pem", tmp_path / "srv.key")
     assert len(refused) == 1 and "already serves this cluster's CA" in refused[0], refused
+
+
+# -- a final newline passes `^...$`: names checked with \Z -------------------------------------
+
+
+def test_retire_refuses_a_name_with_a_final_newline_before_any_request(tmp_path: Path) -> None:
+    from builder.testserver.server import K3sTestServer
+
+    with K3sTestServer(state_dir=tmp_path / "k3s", etcd=True) as server:
+        server.preregister("edge-srv-2", "old-node-password")
+        proc = subprocess.run(
+            [sys.executable, "-m", "builder", "node", "retire", "edge-srv-2\n",
+             "--kubeconfig", str(server.kubeconfig), "--yes"],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        asked = [(r.method, r.path) for r in server.requests]
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "not a node name" in proc.stderr
+    assert asked == [], f"the apiserver was asked: {asked}"
+
+
+@pytest.mark.parametrize(
+    "device",
+    (
+        {"k3s_config": {"server\n": "https://evil.lan:6443"}},
+        {"hostname": "pi-1\n"},
+    ),
+)
+def test_the_agent_refuses_seed_names_with_a_final_newline(device: dict[str, object]) -> None:
+    with pytest.raises(joinconfig.JoinConfigError):
+        joinconfig.load_device_config(json.dumps(device).encode(), "device.json")
+
+
+def test_the_agent_refuses_a_proxy_name_with_a_final_newline() -> None:
+    with pytest.raises(joinconfig.JoinConfigError):
+        joinconfig.check_proxy({"HTTP_PROXY\n": "http://p.lan:3128"}, "join.json")
+
+
+def test_a_registry_host_with_a_final_newline_is_refused(tmp_path: Path) -> None:
+    from builder.config.registries import read
+
+    def fail(key: str, why: str) -> UserError:
+        return UserError(f"{key}: {why}")
+
+    with pytest.raises(UserError, match="not a registry host"):
+        read({"mirrors": {"docker.io\n": {"endpoint": []}}}, "cluster.registries",
+             lambda t: tmp_path / t, fail)  # fmt: skip

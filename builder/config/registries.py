@@ -30,7 +30,7 @@ from builder.util.errors import UserError
 
 Fail = Callable[[str, str], UserError]
 HOST = re.compile(
-    r"^(\*|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?)$"
+    r"^(\*|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?)\Z"
 )
 SECRETS = ("password", "auth", "identitytoken")  # each as <name>_file or <name>_env
 AUTH_KEYS = frozenset({"username", *(f"{s}_{how}" for s in SECRETS for how in ("file", "env"))})

@@ -43,7 +43,7 @@ from builder.util.terminal import inert
 TIMEOUT = 300.0  # seconds for the whole retire (--timeout)
 RETRY = 5.0  # seconds between evictions a disruption budget refused (kubectl's default)
 POLL = 0.5  # seconds between reads while waiting for a pod or the Node to be gone
-NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 MIRROR = "kubernetes.io/config.mirror"
 STRATEGIC = "application/strategic-merge-patch+json"
 
