@@ -362,3 +362,95 @@ def test_a_registry_host_with_a_final_newline_is_refused(tmp_path: Path) -> None
     with pytest.raises(UserError, match="not a registry host"):
         read({"mirrors": {"docker.io\n": {"endpoint": []}}}, "cluster.registries",
              lambda t: tmp_path / t, fail)  # fmt: skip
+
+
+# -- node retire against an apiserver that answers junk ------------------------------------------
+
+
+class JunkApiserver:
+    """Plain HTTP on 127.0.0.1 that answers the Node as found, and `pods` (a JSON text) for
+    the pod list; logs each request with its headers."""
+
+    def __init__(self, pods: bytes) -> None:
+        self.seen: list[tuple[str, str]] = []
+        seen = self.seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def answer(self) -> None:
+                seen.append((self.command, self.path))
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                body = pods if self.path.startswith("/api/v1/pods") else b'{"kind": "Node"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PATCH = do_POST = do_DELETE = answer
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.httpd.server_address[1])
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def retire_against(
+    tmp_path: Path, server: JunkApiserver, timeout: str
+) -> tuple[subprocess.CompletedProcess[str], list[tuple[str, str]]]:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{server.port}'}}}}]\n"
+        "users: [{name: u, user: {token: not-a-real-token}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "builder", "node", "retire", "edge-srv-2",
+             "--kubeconfig", str(kubeconfig), "--yes", "--timeout", timeout],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        server.close()
+    return proc, server.seen
+
+
+@pytest.mark.parametrize(
+    "pods",
+    (
+        b'{"items": [{"metadata": {"name": "web-1"}}]}',  # no namespace
+        b'{"items": [{"spec": {}}]}',  # no metadata
+        b'{"items": ["web-1"]}',
+        b'{"items": {"web-1": 1}}',
+        b'[{"metadata": {"name": "web-1", "namespace": "default"}}]',
+    ),
+)
+def test_retire_against_an_apiserver_answering_junk_is_one_line(
+    tmp_path: Path, pods: bytes
+) -> None:
+    proc, seen = retire_against(tmp_path, JunkApiserver(pods), "10")
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "pods on edge-srv-2" in lines[0], proc.stderr
+    assert ("DELETE", "/api/v1/nodes/edge-srv-2") not in seen, "deleted after junk"
+
+
+@pytest.mark.parametrize("field", ("annotations", "ownerReferences"))
+def test_retire_reads_a_pods_odd_annotations_or_owners_without_a_crash(
+    tmp_path: Path, field: str
+) -> None:
+    """The pod is evicted; this apiserver never lets it go, so the --timeout ends it."""
+    pods = b'{"items": [{"metadata": {"name": "w", "namespace": "d", "%s": 5}}]}' % field.encode()
+    proc, seen = retire_against(tmp_path, JunkApiserver(pods), "2")
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert ("POST", "/api/v1/namespaces/d/pods/w/eviction") in seen

@@ -97,7 +97,7 @@ class Cluster:
             answer = getattr(self.api, method)(
                 *args, _preload_content=False, _request_timeout=(timeout, timeout), **kwargs
             )
-            return json.loads(answer.data or b"{}")
+            found = json.loads(answer.data or b"{}")
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -111,6 +111,12 @@ class Cluster:
                              f"{short(exc)}") from None  # fmt: skip
         except ValueError:
             raise BuildError(f"{self.kubeconfig}: {what}: {self.host} answered no JSON") from None
+        if not isinstance(found, dict):
+            raise BuildError(f"{self.kubeconfig}: {what}: {self.host} answered no JSON object")
+        return found
+
+    def refuse(self, what: str, why: str) -> BuildError:
+        return BuildError(f"{self.kubeconfig}: {what}: {self.host} answered {why}")
 
 
 class Busy:
@@ -133,21 +139,35 @@ def _refusal(exc: Any) -> str:
 def _drainable(pod: dict[str, Any]) -> str:
     """Why a pod stays ("" when it is evicted), as kubectl's drain filters decide."""
     meta = pod.get("metadata") or {}
-    if MIRROR in (meta.get("annotations") or {}):
+    annotations, owners = meta.get("annotations"), meta.get("ownerReferences")
+    if isinstance(annotations, dict) and MIRROR in annotations:
         return "mirror"
-    for owner in meta.get("ownerReferences") or []:
-        if owner.get("controller") and owner.get("kind") == "DaemonSet":
+    for owner in owners if isinstance(owners, list) else []:
+        if isinstance(owner, dict) and owner.get("controller") and owner.get("kind") == "DaemonSet":
             return "DaemonSet"
     return ""
 
 
-def drain(cluster: Cluster, name: str) -> None:
+def _pods(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    """The pods on `name`, each with a string namespace and name; one line otherwise."""
+    what = f"list the pods on {name}"
     listed = cluster.call(
-        f"list the pods on {name}",
-        "list_pod_for_all_namespaces",
-        field_selector=f"spec.nodeName={name}",
+        what, "list_pod_for_all_namespaces", field_selector=f"spec.nodeName={name}"
     )
     pods = (listed or {}).get("items") or []
+    if not isinstance(pods, list):
+        raise cluster.refuse(what, "no list of pods")
+    for pod in pods:
+        meta = pod.get("metadata") if isinstance(pod, dict) else None
+        if not isinstance(meta, dict) or not all(
+            isinstance(meta.get(k), str) for k in ("namespace", "name")
+        ):
+            raise cluster.refuse(what, "a pod without a namespace and name")
+    return pods
+
+
+def drain(cluster: Cluster, name: str) -> None:
+    pods = _pods(cluster, name)
     left = {"DaemonSet": 0, "mirror": 0}
     evicted = []
     for pod in pods:
