@@ -454,3 +454,32 @@ def test_retire_reads_a_pods_odd_annotations_or_owners_without_a_crash(
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert ("POST", "/api/v1/namespaces/d/pods/w/eviction") in seen
+
+
+# -- YAML types where text is expected -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "line", "expected"),
+    (
+        ("cluster", "k3s_config: {5: x}", "cluster.k3s_config.5: not a K3s flag"),
+        ("cluster", "k3s_config: {null: x}", "cluster.k3s_config.None: not a K3s flag"),
+        ("device", "k3s_config: {5: x}", "devices[0].k3s_config.5: not a K3s flag"),
+        ("cluster", "registries: {configs: {r.lan: {tls: {ca_file: 5}}}}", "tls.ca_file: must"),
+        ("cluster", "registries: {configs: {r.lan: {tls: {key_file: [k]}}}}", "tls.key_file:"),
+        ("cluster", "registries: {configs: {r.lan: {tls: {cert_file: ''}}}}", "tls.cert_file:"),
+    ),
+)
+def test_a_non_text_name_or_file_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, line: str, expected: str
+) -> None:
+    monkeypatch.setenv("TOK", "K10" + "ab" * 32 + "::server:x")
+    cluster, device = (f"  {line}\n", "") if where == "cluster" else ("", f"    {line}\n")
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        f"name: f\ncluster:\n  server: {SERVER}\n  token_env: TOK\n  role: server\n{cluster}"
+        f"devices:\n  - hostname: pi-1\n{device}"
+    )
+    with pytest.raises(UserError) as info:
+        load(path)
+    assert expected in str(info.value) and "\n" not in str(info.value), str(info.value)

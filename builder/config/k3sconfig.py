@@ -39,6 +39,10 @@ def read(value: dict[str, Any], key: str, fail: Fail) -> Settings:
     out: list[tuple[str, K3sValue]] = []
     for name, item in value.items():
         where = f"{key}.{name}"
+        if not isinstance(name, str):
+            raise fail(
+                where, "not a K3s flag (a flag's name is text, as `k3s agent --help` spells it)"
+            )
         if name not in k3sflags.AGENT and name not in k3sflags.SERVER:
             near = k3sflags.nearest(name)
             if near in k3sflags.OWNED:

@@ -148,11 +148,10 @@ def _config(
         raise fail(f"{key}.auth.username", "must be one line of text")
     if any(s.field == "password" for s in sources) and not username:
         raise fail(f"{key}.auth", "a password needs a username")
-    paths = {
-        k: rel(v) if isinstance(v, str) and v else None
-        for k, v in tls.items()
-        if k != "insecure_skip_verify"
-    }
+    for name, given in tls.items():
+        if name != "insecure_skip_verify" and (not isinstance(given, str) or not given):
+            raise fail(f"{key}.tls.{name}", "must be a file name")
+    paths = {k: rel(v) for k, v in tls.items() if k != "insecure_skip_verify"}
     if bool(paths.get("cert_file")) != bool(paths.get("key_file")):
         one, other = (
             ("cert_file", "key_file") if paths.get("cert_file") else ("key_file", "cert_file")
