@@ -8,6 +8,7 @@ double-quoted scalars (`quoted`), so no value can break its structure.
 | rule | source |
 |---|---|
 | K3s reads config.yaml with go-yaml v2; a later duplicate key wins (a `key+` appends) | k3s pkg/configfilearg/parser.go:readConfigFile |
+| a key with no value (`kube-proxy-arg:`, an empty list) becomes `--kube-proxy-arg=`, one empty value, so an empty list is left out | k3s pkg/configfilearg/parser.go:readConfigFile (convert.ToString(nil) is "") |
 | go-yaml refuses a `\\u` escape of a surrogate ("found invalid Unicode character escape code"), which is how JSON writes a character above U+FFFF, and a raw DEL or C1 control; so every character outside printable ASCII is written as `\\uXXXX` or `\\UXXXXXXXX` | go-yaml v2 scannerc.go (yaml_parser_scan_flow_scalar), readerc.go |
 """
 
@@ -75,7 +76,7 @@ def config_yaml(
             lines.extend("  - " + quoted(v) for v in values)
     written = {line.split(":", 1)[0] for line in lines if not line.startswith((" ", "#"))}
     for key, value in sorted((extra or {}).items()):
-        if key in written:
+        if key in written or value == []:  # K3s reads an empty `key:` as one "" value
             continue
         if isinstance(value, list):
             lines.append(key + ":")

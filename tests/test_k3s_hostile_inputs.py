@@ -483,3 +483,12 @@ def test_a_non_text_name_or_file_is_one_line(
     with pytest.raises(UserError) as info:
         load(path)
     assert expected in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_an_empty_list_is_left_out_of_config_yaml() -> None:
+    """K3s reads `kube-proxy-arg:` (null) as `--kube-proxy-arg=`: one empty argument."""
+    text = k3sfiles.config_yaml(
+        "https://k3s.lan:6443", "pi-1", [], [], [], extra={"kube-proxy-arg": [], "disable": []}
+    ).decode()
+    document = yaml.safe_load(text)
+    assert "kube-proxy-arg" not in document and "disable" not in document, text
