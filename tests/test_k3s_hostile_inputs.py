@@ -492,3 +492,41 @@ def test_an_empty_list_is_left_out_of_config_yaml() -> None:
     ).decode()
     document = yaml.safe_load(text)
     assert "kube-proxy-arg" not in document and "disable" not in document, text
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    (
+        ("node_ip: 'fe80::1%eth0'", "a zone"),
+        ("advertise_address: 'fe80::1%eth0'", "a zone"),
+        ("node_ip: 127.0.0.1", "loopback"),
+        ("node_ip: '10.0.0.5,::1'", "loopback"),
+        ("node_ip: 169.254.1.1", "link-local"),
+        ("node_ip: 0.0.0.0", "all-zeros"),
+        ("node_external_ip: 224.0.0.1", "multicast"),
+    ),
+)
+def test_a_node_address_the_kubelet_or_go_refuses_is_refused_at_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str, expected: str
+) -> None:
+    monkeypatch.setenv("TOK", "K10" + "ab" * 32 + "::server:x")
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        f"name: f\ncluster:\n  server: {SERVER}\n  token_env: TOK\n  role: server\n"
+        f"devices:\n  - hostname: pi-1\n    {line}\n"
+    )
+    with pytest.raises(UserError) as info:
+        load(path)
+    assert f"devices[0].{line.split(':')[0]}:" in str(info.value), str(info.value)
+    assert expected in str(info.value), str(info.value)
+
+
+def test_ordinary_node_addresses_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOK", "K10" + "ab" * 32 + "::server:x")
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        f"name: f\ncluster:\n  server: {SERVER}\n  token_env: TOK\n  role: server\n"
+        "devices:\n  - hostname: pi-1\n    node_ip: '192.168.1.10,2001:db8::10'\n"
+        "    advertise_address: 192.168.1.10\n"
+    )
+    assert load(path).devices[0].node_ip == ("192.168.1.10", "2001:db8::10")

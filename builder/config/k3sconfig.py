@@ -12,6 +12,7 @@ the agent appends them to the config.yaml it writes (firstboot/k3sfiles.py).
 | a flag pifleet writes is refused, naming the pifleet key | firstboot/k3sfiles.py:config_yaml |
 | a value (or list item) with a password (a URL's `user:password@`, a DSN's `password=`) is refused: join.json is 0644 | pifleet's rule for the token |
 | node_ip, node_external_ip: one address, or a dual-stack pair (one IPv4, one IPv6), as a list or comma-separated | k8s staging/src/k8s.io/component-helpers/node/util/ips.go:ParseNodeIPArgument; k3s agent.go (node-ip, node-external-ip) |
+| node_ip, node_external_ip: not loopback, multicast, link-local or all zeros; no address has a zone (`fe80::1%eth0`) | k8s pkg/kubelet/kubelet_node_status.go:validateNodeIP; Go net.ParseIP |
 | flannel_iface: a network interface name | k3s agent.go (flannel-iface); Linux dev_valid_name |
 | advertise_address: one address, servers only (`k3s server` flag) | k3s server.go (advertise-address) |
 """
@@ -124,16 +125,41 @@ def addresses(value: str | list[str] | None, key: str, fail: Fail) -> tuple[str,
         raise fail(key, f"must be IP addresses (comma-separated), got {shown(value)}") from None
     if len(ips) > 2 or (len(ips) == 2 and ips[0].version == ips[1].version):
         raise fail(key, f"must be one address or one IPv4 and one IPv6, got {shown(value)}")
+    for ip in ips:
+        why = _scoped(ip) or _not_a_node_ip(ip)
+        if why:
+            raise fail(key, f"{ip}: {why}")
     return tuple(str(ip) for ip in ips)
+
+
+def _scoped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        return "an address with a zone (%...), which Go's net.ParseIP in K3s does not read"
+    return None
+
+
+def _not_a_node_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """The kubelet's validateNodeIP (pkg/kubelet/kubelet_node_status.go) refuses these."""
+    for bad, what in (
+        (ip.is_loopback, "a loopback"), (ip.is_multicast, "a multicast"),
+        (ip.is_link_local, "a link-local"), (ip.is_unspecified, "an all-zeros"),
+    ):  # fmt: skip
+        if bad:
+            return f"{what} address, which the kubelet refuses as a node address"
+    return None
 
 
 def address(value: str | None, key: str, fail: Fail) -> str | None:
     if value is None:
         return None
     try:
-        return str(ipaddress.ip_address(value))
+        ip = ipaddress.ip_address(value)
     except ValueError:
         raise fail(key, f"must be an IP address, got {shown(value)}") from None
+    why = _scoped(ip)
+    if why:
+        raise fail(key, f"{ip}: {why}")
+    return str(ip)
 
 
 def interface(value: str | None, key: str, fail: Fail) -> str | None:
