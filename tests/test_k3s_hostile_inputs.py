@@ -530,3 +530,56 @@ def test_ordinary_node_addresses_are_kept(tmp_path: Path, monkeypatch: pytest.Mo
         "    advertise_address: 192.168.1.10\n"
     )
     assert load(path).devices[0].node_ip == ("192.168.1.10", "2001:db8::10")
+
+
+# -- registry rewrites K3s would skip: Python's re takes them, Go's regexp does not --------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    (
+        ("^rancher/(?!pause)(.*)", "a lookahead"),
+        ("(?<=library/)(.*)", "a lookbehind"),
+        ("^(a)/\\1", "a backreference"),
+        ("[\\1]", "a backreference"),
+        ("^(?P<x>a)(?P=x)", "a backreference"),
+        ("^(?>ab)", "an atomic group"),
+        ("^a*+b", "a possessive quantifier"),
+        ("^rancher/(.*)\\Z", "\\Z"),
+        ("(?x) ^rancher/ (.*)", "a flag Go lacks"),
+    ),
+)
+def test_a_rewrite_go_cannot_compile_is_refused(
+    tmp_path: Path, pattern: str, expected: str
+) -> None:
+    from builder.config.registries import read
+
+    def fail(key: str, why: str) -> UserError:
+        return UserError(f"{key}: {why}")
+
+    value = {"mirrors": {"docker.io": {"endpoint": [], "rewrite": {pattern: "x/$1"}}}}
+    with pytest.raises(UserError) as info:
+        read(value, "cluster.registries", lambda t: tmp_path / t, fail)
+    assert "cluster.registries.mirrors.docker.io.rewrite" in str(info.value)
+    assert expected in str(info.value) and "Go" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    (
+        "^rancher/(.*)",
+        "(?i)^Library/(?P<name>.*)",
+        "^(?:a|b)[]\\d(?]+\\++$",
+        "[^]\\d(?=]",
+        "x{2}",
+    ),
+)
+def test_rewrites_go_compiles_are_kept(tmp_path: Path, pattern: str) -> None:
+    from builder.config.registries import read
+
+    def fail(key: str, why: str) -> UserError:
+        return UserError(f"{key}: {why}")
+
+    value = {"mirrors": {"docker.io": {"endpoint": [], "rewrite": {pattern: "x/$1"}}}}
+    found = read(value, "cluster.registries", lambda t: tmp_path / t, fail)
+    assert found is not None and found.mirrors[0].rewrites == ((pattern, "x/$1"),)

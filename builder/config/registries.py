@@ -10,7 +10,7 @@ the TLS files are files on the build host, which the build copies into the image
 | rule | follows |
 |---|---|
 | `mirrors.<name>`: a registry name (`docker.io`, `registry.lan:5000`) or `*`; `endpoint`: a list of `http://` or `https://` URLs ("unsupported scheme" otherwise); an empty list leaves the default endpoint (and with the embedded registry, Spegel) | wharfie registries.go:getEndpointForHost, RoundTrip; docs.k3s.io registry-mirror |
-| `mirrors.<name>.rewrite`: pattern -> replacement; a pattern that does not compile is skipped by K3s with only a warning, so it is refused here | registries.go:Rewrite |
+| `mirrors.<name>.rewrite`: pattern -> replacement; a pattern that does not compile is skipped by K3s with only a warning, so it is refused here, including what Python's re takes and Go's regexp (RE2) does not (lookarounds, backreferences, possessive quantifiers, ...) | registries.go:Rewrite; Go regexp/syntax |
 | `configs.<host>`: the endpoint's host (`host[:port]`), not the mirror's name | registries.go:getAuthenticatorForHost, getTLSConfigForHost |
 | `auth`: `username` with `password_file` (0600) or `password_env`; or `auth_file`/`auth_env` (base64 user:password), `identitytoken_file`/`identitytoken_env` | registries.go (authn.AuthConfig: Username, Password, Auth, IdentityToken) |
 | `tls`: `cert_file` needs `key_file` and the reverse ("cert file was specified, but no corresponding key file"); `ca_file`; `insecure_skip_verify` | registries.go:getTLSConfigForHost |
@@ -122,7 +122,53 @@ def _mirror(name: str, value: Any, key: str, fail: Fail) -> Mirror:
             raise fail(
                 f"{key}.rewrite", f"{pattern!r} is not a regular expression ({exc})"
             ) from None
+        unknown = not_re2(pattern)
+        if unknown:
+            raise fail(f"{key}.rewrite", f"{pattern!r} uses {unknown}, which Go's regexp lacks")
     return Mirror(name, tuple(endpoints), tuple(rewrites.items()))
+
+
+_GROUP_ONLY_PYTHON = {"=": "a lookahead", "!": "a lookahead", "<=": "a lookbehind",
+                      "<!": "a lookbehind", "P=": "a backreference", "(": "a conditional",
+                      ">": "an atomic group", "#": "a comment"}  # fmt: skip
+
+
+def not_re2(pattern: str) -> str | None:
+    """What Python's re takes and Go's regexp (RE2, which K3s compiles rewrites with) does
+    not: lookarounds, backreferences, conditionals, atomic groups, possessive quantifiers,
+    `\\Z`, and flags other than i, m, s and U; None when there is none of these."""
+    i, in_class = 0, False
+    while i < len(pattern):
+        c, after = pattern[i], pattern[i + 1 : i + 3]
+        if c == "\\":
+            if after[:1] in "123456789" and after[:1]:  # Go: an error even in a class
+                return "a backreference"
+            if after[:1] == "Z":
+                return "\\Z (Go spells it \\z)"
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            i += 2 if after[:1] == "]" else 3 if after == "^]" else 1
+            continue
+        elif c == "(" and after[:1] == "?":
+            rest = pattern[i + 2 : i + 4]
+            for start, what in _GROUP_ONLY_PYTHON.items():
+                if rest.startswith(start):
+                    return what
+            flags = re.match(r"[a-zA-Z-]*", pattern[i + 2 :])
+            if (
+                not rest.startswith(("P<", "<", ":"))
+                and flags
+                and set(flags.group()) - set("imsU-")
+            ):
+                return "a flag Go lacks (it has i, m, s and U)"
+        elif c in "*+?}" and after[:1] == "+":
+            return "a possessive quantifier"
+        i += 1
+    return None
 
 
 def _config(
