@@ -52,6 +52,7 @@ CREDENTIALS = (
     f"kube-apiserver-arg: ['etcd-servers=https://root:{SECRET}@etcd.lan:2379']",
     f"datastore-endpoint: 'host=db.lan user=k3s PASSWORD = {SECRET}'",
     f"etcd-arg: ['listen-metrics-urls=http://127.0.0.1:2381', 'x=mysql://u:{SECRET}@tcp(h)/d']",
+    f"etcd-s3-session-token: '{SECRET}'",  # K3s server.go: s3-session-token, its alias
 )
 
 

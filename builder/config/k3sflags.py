@@ -92,7 +92,7 @@ _STRINGS = (
     " write-kubeconfig-group helm-job-image agent-token agent-token-file"
     " cluster-reset-restore-path datastore-endpoint datastore-cafile datastore-certfile"
     " datastore-keyfile etcd-snapshot-name etcd-snapshot-schedule-cron etcd-snapshot-dir"
-    " etcd-s3-endpoint etcd-s3-endpoint-ca etcd-s3-access-key etcd-s3-secret-key etcd-s3-bucket"
+    " etcd-s3-endpoint etcd-s3-endpoint-ca etcd-s3-access-key etcd-s3-secret-key etcd-s3-session-token etcd-s3-bucket"
     " etcd-s3-region etcd-s3-folder etcd-s3-proxy etcd-s3-config-secret etcd-s3-timeout"
     " default-local-storage-path system-default-registry"
 )
@@ -138,6 +138,7 @@ SECRET: dict[str, str] = {
     "vpn-auth": "vpn-auth-file",
     "etcd-s3-access-key": "etcd-s3-config-secret",
     "etcd-s3-secret-key": "etcd-s3-config-secret",
+    "etcd-s3-session-token": "etcd-s3-config-secret",
 }
 
 
