@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -86,3 +87,10 @@ def ext4_read(root: Path, path: str) -> bytes:
         ["debugfs", "-R", f"cat {path}", str(root)], capture_output=True, check=True
     )
     return out.stdout
+
+
+def squeezed(raw: bytes) -> bytes:
+    """`raw` with every run of NUL bytes cut to one NUL. A needle with no NUL byte in it lies
+    inside one NUL-free run of `raw`, so it is in the result exactly when it is in `raw`, and
+    the searches run over the data only, not over a mostly empty partition (10x faster)."""
+    return re.sub(rb"\0+", b"\0", raw)

@@ -20,7 +20,7 @@ from firstboot import joinconfig, roles
 from firstboot.paths import Root
 from tests.cluster_fleet import AGENTS, CREATE, DEVICES, SERVERS
 from tests.conftest import fleet_yaml, pifleet
-from tests.image_read import debugfs, fat_read, partitions
+from tests.image_read import debugfs, fat_read, partitions, squeezed
 
 TLS = "/var/lib/rancher/k3s/server/tls"
 
@@ -162,11 +162,23 @@ def test_config_yaml_per_role_from_the_image_seed(built: Path, tmp_path: Path) -
         assert "cluster-init" not in text and "tls-san" not in text and "agent-token" not in text
 
 
+def test_the_squeezed_search_finds_what_the_raw_one_finds() -> None:
+    """The scan below searches squeezed partitions: a needle planted among NUL runs (at the
+    edges too) is still found, and none is made by joining data across a NUL run."""
+    needle = b"MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQ"
+    raw = bytes(4096) + needle + bytes(8192) + b"abc" + bytes(3) + b"def" + bytes(100)
+    assert needle in squeezed(raw), "a planted needle is found"
+    assert needle in squeezed(needle + bytes(10)) and needle in squeezed(bytes(10) + needle)
+    assert b"abcdef" not in squeezed(raw), "no needle made across a NUL run"
+    assert len(squeezed(raw)) < len(needle) + 20, "the NUL runs are cut"
+
+
 def test_no_key_or_token_on_the_boot_partition(built: Path) -> None:
     needles = secret_needles(built / "cluster")
     assert len(needles) > 20
+    assert all(b"\0" not in needle for needle in needles), "squeezed() needs NUL-free needles"
     for name in SERVERS + AGENTS:
-        raw = boot_partition(built / "out" / f"{name}.img")
+        raw = squeezed(boot_partition(built / "out" / f"{name}.img"))
         for needle in needles:
             assert needle not in raw, name
     for name in SERVERS:

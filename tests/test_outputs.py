@@ -373,7 +373,9 @@ def test_compressed_base_builds_the_same_image_and_is_decompressed_once(
 ) -> None:
     need(tool)
     base = fleet_dir / "base.img"
-    subprocess.run([tool, "-T0", "-q", "-k", str(base)], check=True)
+    # The fastest level: what is tested is pifleet's decompression, not the packing.
+    level = "-0" if tool == "xz" else "-1"
+    subprocess.run([tool, level, "-T0", "-q", "-k", str(base)], check=True)
     packed = fleet_dir / f"base.img.{suffix}"
     packed_sum = sha256(packed)
     env = {"SOURCE_DATE_EPOCH": str(EPOCH), "PIFLEET_CACHE": str(fleet_dir / "cache")}
