@@ -5,12 +5,15 @@ server's K3s stand-in (`k3s server`) listens on a free port of 127.0.0.1."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
+import pytest
+
 from builder.testserver.server import K3sTestServer
 from firstboot import joinconfig
-from tests.agent_helpers import make_device, write
+from tests.agent_helpers import make_device, stop_services, write
 
 TLS = "var/lib/rancher/k3s/server/tls"
 SANS = ["edge-srv-1", "edge-srv-2", "edge-srv-3"]
@@ -74,3 +77,18 @@ def cluster_files() -> dict[str, bytes]:
     files["agent-token"] = f"K10{ca_hash}::node:{'a9' * 16}\n".encode()
     files["hash"] = ca_hash.encode()
     return files
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, bytes]:
+    """`cluster_files()` once per module."""
+    return cluster_files()
+
+
+@pytest.fixture
+def roots() -> Iterator[list[Path]]:
+    """The device roots a test ran agents in; their services are stopped afterwards."""
+    made: list[Path] = []
+    yield made
+    for root in made:
+        stop_services(root)

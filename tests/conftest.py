@@ -22,7 +22,8 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
-pytest_plugins = ["tests.suite_plugin"]
+# cluster_devices: the `cluster` and `roots` fixtures of the agent-as-a-server tests.
+pytest_plugins = ["tests.suite_plugin", "tests.cluster_devices"]
 # A syntactically valid secure token used only by tests; searched for in every output.
 TEST_TOKEN = "K10" + "7e" * 32 + "::server:s3cr3t-t0ken-never-printed"
 

@@ -253,28 +253,6 @@ def test_pod_dns_follows_is_valid_resolv_conf(
 # -- item 6: a server's clock before its CA's notBefore ----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cluster() -> dict[str, bytes]:
-    """A cluster as `cluster init` makes it (its CA's notBefore is 5 minutes ago)."""
-    from builder.cluster.ca import generate
-    from builder.cluster.cahash import k3s_ca_hash
-
-    files = {f"tls/{f.path}": f.data for f in generate()}
-    ca_hash = k3s_ca_hash(files["tls/server-ca.crt"])
-    files["token"] = f"K10{ca_hash}::server:{'5e' * 16}\n".encode()
-    files["agent-token"] = f"K10{ca_hash}::node:{'a9' * 16}\n".encode()
-    files["hash"] = ca_hash.encode()
-    return files
-
-
-@pytest.fixture
-def roots() -> Iterator[list[Path]]:
-    made: list[Path] = []
-    yield made
-    for root in made:
-        stop_services(root)
-
-
 def test_a_first_server_whose_clock_is_before_its_ca_gets_a_clock_verdict(
     cluster: dict[str, bytes], tmp_path: Path, roots: list[Path]
 ) -> None:

@@ -11,36 +11,14 @@ with the usual backoff and join pinned to the hash `cluster init` made.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
 import pytest
 
-from builder.cluster.ca import generate
-from builder.cluster.cahash import k3s_ca_hash
 from firstboot import joinconfig
-from tests.agent_helpers import run_agent, run_until, stop_services, write
+from tests.agent_helpers import run_agent, run_until, write
 from tests.cluster_devices import SANS, device, first_server, free_port, standin_env
-
-
-@pytest.fixture(scope="module")
-def cluster() -> dict[str, bytes]:
-    """A cluster as `cluster init` makes it: the TLS files, the two tokens, the hash."""
-    files = {f"tls/{f.path}": f.data for f in generate()}
-    ca_hash = k3s_ca_hash(files["tls/server-ca.crt"])
-    files["token"] = f"K10{ca_hash}::server:{'5e' * 16}\n".encode()
-    files["agent-token"] = f"K10{ca_hash}::node:{'a9' * 16}\n".encode()
-    files["hash"] = ca_hash.encode()
-    return files
-
-
-@pytest.fixture
-def roots(tmp_path: Path) -> Iterator[list[Path]]:
-    made: list[Path] = []
-    yield made
-    for root in made:
-        stop_services(root)
 
 
 def state_of(root: Path) -> dict[str, object]:

@@ -161,14 +161,6 @@ def test_an_unmeasurable_disk_is_a_line_not_a_failure(tmp_path: Path) -> None:
 # -- the agent: a server measures before K3s starts, an agent never ---------------------------
 
 
-@pytest.fixture
-def roots() -> Iterator[list[Path]]:
-    made: list[Path] = []
-    yield made
-    for root in made:
-        stop_services(root)
-
-
 def test_a_server_measures_its_data_directory_before_k3s_starts(
     tmp_path: Path, roots: list[Path], make_image: Callable[..., Path]
 ) -> None:
