@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import stat
 from pathlib import Path
 
 from builder.config import environ
 from builder.config.model import Cluster
 from builder.util.errors import UserError
+from builder.util.private import read_input
 from builder.util.secret import Secret
 from firstboot import x509
 from firstboot.token import Token, TokenError, hash_problem
@@ -173,23 +173,12 @@ def _read_file(cluster: Cluster, where: str) -> str:
 
 def _private_text(path: Path, prefix: str) -> str:
     """The text of a token file that only its owner can read; one-line errors after `prefix`."""
+    data = read_input(path, prefix, private=True)
     try:
-        st = path.stat()
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{prefix}{path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"{prefix}{path} is a directory") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{prefix}{path} is not a text file") from None
-    except OSError as exc:
-        raise UserError(f"{prefix}{path}: {exc.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UserError(
-            f"{prefix}{path} is open to other users "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
-        )
-    return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as read_text() reads lines
 
 
 def read_token_file(path: Path) -> Secret:

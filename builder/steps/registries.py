@@ -10,7 +10,6 @@ file fails in a second.
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from builder.disk.image import Image
 from builder.layout import K3S_ETC, RANCHER_ETC
 from builder.plan import Plan
 from builder.util.errors import UserError
+from builder.util.private import read_input
 
 PATH = f"{K3S_ETC}/registries.yaml"
 CERTS = f"{K3S_ETC}/registries.d"
@@ -149,18 +149,4 @@ def _secret(source: SecretSource, where: str) -> str:
 
 
 def _read(path: Path, key: str, private: bool) -> bytes:
-    try:
-        st = path.stat()
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{key}: {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"{key}: {path} is a directory") from None
-    except OSError as exc:
-        raise UserError(f"{key}: {path}: {exc.strerror}") from None
-    if private and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UserError(
-            f"{key}: {path} is open to other users (mode {stat.S_IMODE(st.st_mode):04o});"
-            f" run: chmod 600 {path}"
-        )
-    return data
+    return read_input(path, f"{key}: ", private=private)

@@ -71,6 +71,26 @@ def make_private_dirs(path: Path) -> None:
             os.chmod(folder, 0o700)  # only ever narrower than 0700 before: the umask
 
 
+def read_input(path: Path, prefix: str, *, private: bool) -> bytes:
+    """The bytes of a file the user named, with one-line errors after `prefix` (the key);
+    `private` refuses a file that other users may read, naming the chmod that fixes it."""
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{prefix}{path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{prefix}{path} is a directory") from None
+    except OSError as exc:
+        raise UserError(f"{prefix}{path}: {exc.strerror}") from None
+    if private and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UserError(
+            f"{prefix}{path} is open to other users "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
+        )
+    return data
+
+
 def require_own(path: Path, what: str, directory: bool) -> None:
     """Refuse `path` (which exists) unless it is this user's own regular file or folder,
     not a symlink, and neither group nor others may write it."""
