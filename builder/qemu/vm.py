@@ -202,19 +202,19 @@ class VM:
         return False
 
     def stop(self, grace: float = 20.0) -> None:
-        """Pull the plug: QMP `quit`; SIGTERM then SIGKILL only if QEMU does not go."""
+        """Pull the plug: SIGTERM, which QEMU takes as QMP `quit` (the guest stops at once, its
+        disk images closed cleanly), then SIGKILL if QEMU is not gone within `grace` seconds.
+
+        Not QMP `quit` itself: a power cut must land at the console line that asked for it,
+        and a `quit` that did not take (seen once in a CI run) left the guest running for the
+        20 s grace, past the state the test meant to cut in."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
-        try:
-            self.qmp("quit")
-        except (OSError, BuildError) as exc:
-            log.debug("qmp quit failed: %s", exc)
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
-            if sig is not None:
-                proc.send_signal(sig)
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            proc.send_signal(sig)
             try:
-                proc.wait(timeout=grace if sig is None else 5)
+                proc.wait(timeout=wait)
                 return
             except subprocess.TimeoutExpired:
                 continue
