@@ -1,7 +1,7 @@
 """Faults on a booted system (issue 14): the power fails in any agent state, the device has
 no real-time clock, the network goes away. In each case the device joins, exactly once.
 
-A power cut is QMP `quit` while the console shows the state (no clean shutdown);
+A power cut is QEMU stopped by SIGTERM (as QMP `quit` stops it) while the console shows the state (no clean shutdown);
 the next boot runs from the same disk. "Exactly once" is checked where it counts:
 one Node and one node password at the server, `state.json` at done, the secrets
 gone from the boot partition, and e2fsck clean after the final clean power-off.
