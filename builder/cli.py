@@ -24,7 +24,7 @@ from builder.util.console import (
     stdout_failure,
     watch_stdout,
 )
-from builder.util.errors import PifleetError, UserError
+from builder.util.errors import PifleetError, Terminated, UserError
 from builder.util.terminal import inert
 
 log = logging.getLogger("pifleet")
@@ -241,24 +241,6 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.set_defaults(handler="builder.demo:command")
 
 
-def _register_flash(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "flash", help="write an image to an SD card with its .bmap, verify, personalize"
-    )
-    p.add_argument("image", help="image to write (its .bmap next to it is used when present)")
-    p.add_argument(
-        "target", help="the whole card, e.g. /dev/sdb or /dev/mmcblk0 (or an image file)"
-    )
-    p.add_argument("--bmap", metavar="FILE", help="bmap file (default: IMAGE.bmap)")
-    p.add_argument("--config", help="fleet YAML, to personalize the card for --device")
-    p.add_argument("--device", metavar="HOST", help="device to personalize the card as")
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument(
-        "--dry-run", action="store_true", help="show what would be written; write nothing"
-    )
-    p.set_defaults(handler="builder.fleet.flash:command")
-
-
 def _register_sources(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("images", help="list the catalog of base images")
     p.set_defaults(handler="builder.sources.catalog:command")
@@ -315,17 +297,13 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     _register_base,
     _register_boot_test,
     _register_demo,
-    _register_flash,
+    lambda sub: importlib.import_module("builder.fleet.flashargs").register(sub),  # flash
     _register_sources,
     _register_cluster,
     _register_status,
     _register_diagnose,
     lambda sub: importlib.import_module("builder.fleet.retire").register(sub),  # node retire
 ]
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised like Ctrl-C so every temporary output is removed on the way out."""
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

@@ -27,6 +27,15 @@ from builder.fleet.target import describe
 from builder.outputs import bmap
 from builder.util.errors import BuildError, UserError
 from tests.conftest import REPO, TEST_TOKEN, pifleet
+from tests.fake_sysfs import (
+    CARD_SECTORS,
+    MMC_CARD,
+    SATA_SCSI,
+    TARGET_DEV,
+    USB_SCSI,
+    FakeSystem,
+    usb_card,
+)
 from tests.flash_helpers import GOLDEN, built, one_line_error, run, work
 from tests.image_read import fat_read, sha256
 
@@ -199,7 +208,11 @@ def test_an_image_changed_after_its_bmap_is_not_blamed_on_the_card(work: Path) -
             [GOLDEN, "card.img", "--config", "fleet.yaml", "--device", "pi-999"],
             ["no device named 'pi-999'"],
         ),
-        ([GOLDEN, "card.img", "--config", "fleet.yaml"], ["--config and --device go together"]),
+        (
+            [GOLDEN, "card.img", "--device", "pi-001"],
+            ["--device, --reflash and --ledger need --config"],
+        ),
+        ([GOLDEN, "card.img", "card.img", "--yes"], ["card.img: the same file as card.img"]),
         ([GOLDEN, "card.img", "--bmap", "nope.bmap"], ["nope.bmap: no such bmap file"]),
         ([GOLDEN, GOLDEN, "--yes"], ["edge-fleet.img: is the image being flashed itself"]),
         ([GOLDEN, GOLDEN + ".bmap", "--yes"], ["is the bmap being flashed itself"]),
@@ -355,82 +368,6 @@ def test_yes_on_the_terminal_writes(work: Path, old_card: Path) -> None:
 
 # --- the safety rules on fabricated sysfs/procfs trees ----------------------------------------
 
-USB_SCSI = "devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0"
-SATA_SCSI = "devices/pci0000:00/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:0"
-MMC_CARD = "devices/platform/emmc2bus/fe340000.mmc/mmc_host/mmc0/mmc0:aaaa"
-CARD_SECTORS = 124_735_488  # a "64 GB" card: 59.5 GiB
-TARGET_DEV = "240:0"  # 240-254: local/experimental majors, never a real disk
-
-
-class FakeSystem:
-    """A sysfs/procfs/udev tree under `root`, laid out as the kernel lays out its own."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.dirs: dict[str, Path] = {}
-        self.mountinfo: list[str] = []
-
-    def disk(
-        self, parent: str, kname: str, dev: str, parts: dict[str, str], /, **attrs: str
-    ) -> FakeSystem:
-        sysfs = self.root / "sys"
-        block = sysfs / parent / "block" / kname
-        block.mkdir(parents=True)
-        (block / "device").symlink_to("../..")
-        for key in ("size", "removable"):
-            (block / key).write_text(attrs.pop(key, "0") + "\n")
-        for key, value in attrs.items():
-            (sysfs / parent / key).write_text(value + "\n")
-        self._node(block, kname, dev)
-        for number, (part, part_dev) in enumerate(parts.items(), 1):
-            (block / part).mkdir()
-            (block / part / "partition").write_text(f"{number}\n")
-            self._node(block / part, part, part_dev)
-        return self
-
-    def dm(self, name: str, dev: str, slaves: list[str]) -> FakeSystem:
-        block = self.root / "sys/devices/virtual/block" / name
-        (block / "slaves").mkdir(parents=True)
-        (block / "holders").mkdir()
-        self._node(block, name, dev)
-        for slave in slaves:
-            (block / "slaves" / slave).symlink_to(
-                os.path.relpath(self.dirs[slave], block / "slaves")
-            )
-            holders = self.dirs[slave] / "holders"
-            holders.mkdir(exist_ok=True)
-            (holders / name).symlink_to(os.path.relpath(block, holders))
-        return self
-
-    def _node(self, directory: Path, name: str, dev: str) -> None:
-        (directory / "dev").write_text(dev + "\n")
-        self.dirs[name] = directory
-        for link in (self.root / "sys/dev/block" / dev, self.root / "sys/class/block" / name):
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(os.path.relpath(directory, link.parent))
-
-    def mount(self, dev: str, point: str, fstype: str = "ext4", source: str = "") -> FakeSystem:
-        escaped = point.replace(" ", "\\040")
-        n = len(self.mountinfo) + 20
-        self.mountinfo.append(
-            f"{n} 1 {dev} / {escaped} rw,relatime shared:{n} - {fstype} {source or 'none'} rw"
-        )
-        return self
-
-    def udev(self, dev: str, *lines: str) -> FakeSystem:
-        path = self.root / "run/udev/data" / f"b{dev}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(lines) + "\n")
-        return self
-
-    def done(self) -> Path:
-        proc = self.root / "proc/self"
-        proc.mkdir(parents=True, exist_ok=True)
-        if not any(line.split()[4] == "/" for line in self.mountinfo):
-            self.mount("254:1", "/", source="/dev/vda1")
-        (proc / "mountinfo").write_text("\n".join(self.mountinfo) + "\n")
-        return self.root
-
 
 @pytest.fixture
 def node(tmp_path: Path) -> Path:
@@ -441,15 +378,6 @@ def node(tmp_path: Path) -> Path:
     except OSError:
         pytest.skip("cannot make a block device node here (needs CAP_MKNOD)")
     return path
-
-
-def usb_card(system: FakeSystem, dev: str = TARGET_DEV, **attrs: str) -> FakeSystem:
-    attrs = {"size": str(CARD_SECTORS), "removable": "1", "vendor": "Generic", **attrs}
-    attrs.setdefault("model", "STORAGE DEVICE")
-    system.disk(USB_SCSI, "sdb", dev, {"sdb1": "241:1", "sdb2": "241:2"}, **attrs)
-    return system.udev(
-        dev, "E:ID_SERIAL=Generic_STORAGE_DEVICE_000000000819-0:0", "E:ID_SERIAL_SHORT=000000000819"
-    )
 
 
 def test_a_usb_card_is_accepted_and_shown_with_model_size_serial(

@@ -86,7 +86,8 @@ class BlockDestination:
     path: Path
     name: str = ""  # sdb, mmcblk0
     size: int = 0
-    model: str = ""
+    vendor: str = ""
+    model: str = ""  # the model (or an MMC card's name), without the vendor
     serial: str = ""
     transport: str = ""  # usb, mmc, or "" when neither
     removable: bool = False
@@ -95,8 +96,13 @@ class BlockDestination:
     holds_root: bool = False
     children: tuple[str, ...] = field(default=())
 
+    @property
+    def label(self) -> str:
+        """Vendor and model, as shown ("Generic STORAGE DEVICE")."""
+        return " ".join(filter(None, [self.vendor, self.model]))
+
     def summary(self) -> str:
-        facts = [self.model or "unknown model", human_size(self.size)]
+        facts = [self.label or "unknown model", human_size(self.size)]
         if self.serial:
             facts.append(f"serial {self.serial}")
         if self.transport:
@@ -110,7 +116,7 @@ class BlockDestination:
         if self.partition:
             return f"{self.path} is a partition; give the whole disk"
         if not (self.removable or self.transport in ("usb", "mmc")):
-            return f"{self.path} is not a removable, USB or MMC disk ({self.model or 'internal disk?'})"
+            return f"{self.path} is not a removable, USB or MMC disk ({self.label or 'internal disk?'})"
         if self.mounted:
             return f"{self.path} is mounted at {', '.join(self.mounted)}; unmount it first (pifleet unmounts nothing)"
         if self.size == 0:

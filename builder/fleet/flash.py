@@ -15,8 +15,6 @@ their refusal rules in `builder.fleet.destination`.
 
 from __future__ import annotations
 
-import argparse
-import functools
 import hashlib
 import os
 import sys
@@ -29,9 +27,7 @@ from builder.disk.table import read_table
 from builder.fleet.destination import Destination
 from builder.fleet.target import describe
 from builder.outputs import bmap
-from builder.outputs.artifacts import manifest_inputs
 from builder.util.atomic import reported_as
-from builder.util.batch import recover
 from builder.util.console import human_size, progress
 from builder.util.errors import BuildError, UserError
 
@@ -106,7 +102,12 @@ def _write_range(
     return written, digest.hexdigest()
 
 
-def verify(target: Path, block_map: bmap.BlockMap, shown: Path | None = None) -> None:
+def verify(
+    target: Path,
+    block_map: bmap.BlockMap,
+    shown: Path | None = None,
+    advance: Advance | None = None,
+) -> None:
     """Read the mapped ranges back from the card itself (cache dropped) and check them."""
     name = shown or target
     fd = os.open(target, os.O_RDONLY)
@@ -126,6 +127,8 @@ def verify(target: Path, block_map: bmap.BlockMap, shown: Path | None = None) ->
                     raise BuildError(f"{name}: read back ended early at byte {start}")
                 digest.update(chunk)
                 start += len(chunk)
+                if advance is not None:
+                    advance(len(chunk))
             if r.sha256 and digest.hexdigest() != r.sha256:
                 raise BuildError(
                     f"{name}: blocks {r.first}-{r.last} read back differently: bad card?"
@@ -174,11 +177,13 @@ def flash(
     dry_run: bool,
     then: Callable[[Path], None] | None = None,
     protected: Mapping[str, Path] | None = None,
+    started: Callable[[Destination, int], None] | None = None,
 ) -> Destination:
     """Write and verify `image` on the target, then run `then` on it (personalization).
 
     A regular-file target is written under a temporary name and appears only
-    when all of it succeeded; a card is written in place."""
+    when all of it succeeded; a card is written in place. `started` hears of the target
+    and the bytes to write once the user agreed, before the first write."""
     if not image.is_file():
         raise UserError(f"{image}: no such image file")
     read_table(image)  # a disk image, not any file: refused before the card is touched
@@ -201,6 +206,8 @@ def flash(
         return target
     if target.needs_consent and not yes:
         confirm(target, image, block_map)
+    if started is not None:
+        started(target, mapped)
     with target.prepared() as dest:
         with progress(f"writing {target.path}", mapped) as bar:
             written = write(image, target, dest, block_map, bar.advance)
@@ -215,46 +222,11 @@ def flash(
     return target
 
 
-def command(args: argparse.Namespace) -> int:
-    if bool(args.config) != bool(args.device):
-        raise UserError("--config and --device go together (personalize the card for one device)")
-    config = device = None
-    image = Path(args.image)
-    recover(image.parent)  # a killed build's outputs there finish (or go) first
-    protected = manifest_inputs(image)
-    if args.config:
-        from builder.config.fleet import load
-        from builder.fleet.personalize import find_device, open_golden, protected_inputs
-
-        config = load(Path(args.config))
-        device = find_device(config, args.device)
-        if image.is_file():
-            open_golden(image)  # what personalizing needs, checked before any write
-        protected = protected_inputs(config, image)
-    then = None
-    if config is not None and device is not None:
-        then = functools.partial(_personalize_card, config, device, args.target, Path(args.image))
-    flash(
-        image,
-        Path(args.target),
-        Path(args.bmap) if args.bmap else None,
-        args.yes,
-        args.dry_run,
-        then,
-        protected,
-    )
-    if args.dry_run and device is not None:
-        print(f"dry run: would then personalize the card as {device.hostname}")
-    return 0
-
-
-def _personalize_card(
-    config: FleetConfig, device: Device, shown: str, golden: Path, written: Path
-) -> None:
+def personalize_card(config: FleetConfig, device: Device, written: Path, golden_sha256: str) -> int:
+    """Personalize the card (or file) just written as `device`; the files changed."""
     from builder.fleet.personalize import apply, open_golden, record_known_hosts, secrets_for
-    from builder.sources.digests import sha256_of
 
     secrets = secrets_for(config, device)
-    changed = apply(open_golden(written), config, device, secrets, sha256_of(golden))
+    changed = apply(open_golden(written), config, device, secrets, golden_sha256)
     record_known_hosts(config, [device])
-    print(f"personalized {shown} as {device.hostname} ({changed} files)")
+    return changed

@@ -6,7 +6,8 @@ labels every pifleet image gives its node (`builder.config.labels`):
 
 - each device: Ready, NotReady (the failing condition and since when), or never seen;
 - nodes that carry the fleet's label but are not in the inventory;
-- nodes whose image id is not the current build's (an older image).
+- nodes whose image id is not the current build's (an older image);
+- the serial of the card each device was flashed on, from the flash ledger (`ledger`).
 
 Exit 0 when every device is Ready, 1 otherwise. `--watch` redraws the table
 as nodes join, with a progress bar toward the fleet's size; `--json` is for
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -36,6 +38,7 @@ from builder.config.fleet import load
 from builder.config.labels import FLEET, IMAGE, SHORT
 from builder.config.model import FleetConfig
 from builder.fleet import kubeconfig as kubeconfigs
+from builder.fleet import ledger
 from builder.util.deadline import Deadline
 from builder.util.errors import BuildError, UserError
 from builder.util.terminal import inert
@@ -51,6 +54,7 @@ class DeviceState:
     since: str = ""  # lastTransitionTime of the Ready condition
     image: str = ""  # the node's pifleet/image label
     current: bool = True  # the node runs the current build's image (or shows no label)
+    card: str = ""  # the serial of the card it was flashed on, from the flash ledger
 
 
 @dataclass(frozen=True)
@@ -105,13 +109,26 @@ def current_image(config: FleetConfig) -> str:
     return ""
 
 
+def _card(cards: dict[str, ledger.Row], name: str) -> str:
+    row = cards.get(name)
+    if row is None:
+        return ""
+    return row.serial or row.card  # a file target has no serial: its path
+
+
 def fleet_status(config: FleetConfig, nodes: list[Any]) -> FleetStatus:
     """Match the cluster's `nodes` (V1Node objects) against the fleet's devices."""
     nodes = [n for n in nodes if n.metadata is not None and n.metadata.name]
     by_name = {n.metadata.name: n for n in nodes}
     current = current_image(config)
     names = [d.hostname for d in config.devices]
-    devices = [_device_state(name, by_name.get(name), current) for name in names]
+    cards = ledger.cards_by_device(config.output.dir)
+    devices = [
+        dataclasses.replace(
+            _device_state(name, by_name.get(name), current), card=_card(cards, name)
+        )
+        for name in names
+    ]
     unexpected = sorted(
         n.metadata.name
         for n in nodes
@@ -171,16 +188,24 @@ def _table(status: FleetStatus) -> Any:
     from rich.table import Table
 
     table = Table(title=f"fleet {status.fleet} (image {status.image or 'unknown: no SHA256SUMS'})")
-    for column in ("device", "state", "since", "image", "detail"):
-        table.add_column(column)
+    cards = any(d.card for d in status.devices)  # a column only once cards were flashed
+    for column in ("device", "state", "since", "image", "card", "detail"):
+        if column != "card" or cards:
+            table.add_column(column)
     colors = {"Ready": "green", "NotReady": "red", "never seen": "yellow"}
     for d in status.devices:
         image = _shown(d.image) if d.current else f"[red]{_shown(d.image)} (older)[/red]"
         state = f"[{colors[d.state]}]{d.state}[/]"
-        table.add_row(_shown(d.name), state, _shown(d.since), image, _shown(d.reason))
+        card = (_shown(d.card),) if cards else ()
+        table.add_row(_shown(d.name), state, _shown(d.since), image, *card, _shown(d.reason))
     for name in status.unexpected:
         table.add_row(
-            _shown(name), "[magenta]unexpected[/]", "", "", "fleet label, not in the inventory"
+            _shown(name),
+            "[magenta]unexpected[/]",
+            "",
+            "",
+            *(("",) if cards else ()),
+            "fleet label, not in the inventory",
         )
     table.caption = f"{status.ready}/{len(status.devices)} Ready"
     return table

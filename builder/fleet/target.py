@@ -38,23 +38,23 @@ def describe(path: Path, system_root: Path = Path("/")) -> Destination:
     node = sysdev.resolve()
     if not node.exists():
         raise UserError(f"{path}: the kernel does not know this device (no {sysdev})")
-    return _block_target(path, node, system_root)
+    return block_target(path, node, system_root)
 
 
-def _block_target(path: Path, node: Path, system_root: Path) -> BlockDestination:
+def block_target(path: Path, node: Path, system_root: Path = Path("/")) -> BlockDestination:
+    """The disk (or partition) whose sysfs directory is `node`, to be written at `path`."""
     partition = (node / "partition").exists()
     disk = node.parent if partition else node
     children = tuple(sorted(p.name for p in disk.iterdir() if (p / "partition").exists()))
     devs = {_read(disk / "dev")} | {_read(disk / c / "dev") for c in children}
     mounts, root_devs = _mounts(system_root)
     above = _closure(system_root, devs, "holders", parents=False)
-    vendor = _read(disk / "device/vendor")
-    model = _read(disk / "device/model") or _read(disk / "device/name")
     return BlockDestination(
         path=path,
         name=node.name,
-        size=int(_read(disk / "size") or 0) * 512,
-        model=" ".join(filter(None, [vendor, model])),
+        size=_sectors(disk) * 512,
+        vendor=_read(disk / "device/vendor"),
+        model=_read(disk / "device/model") or _read(disk / "device/name"),
         serial=_read(disk / "device/serial") or _udev_serial(system_root, _read(disk / "dev")),
         transport=_transport(disk, system_root),
         removable=_read(disk / "removable") == "1",
@@ -63,6 +63,11 @@ def _block_target(path: Path, node: Path, system_root: Path) -> BlockDestination
         holds_root=bool(devs & _closure(system_root, root_devs, "slaves", parents=True)),
         children=children,
     )
+
+
+def _sectors(disk: Path) -> int:
+    text = _read(disk / "size")
+    return int(text) if text.isdigit() else 0
 
 
 def _read(path: Path) -> str:

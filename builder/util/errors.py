@@ -24,3 +24,7 @@ class BuildError(PifleetError):
     """Something failed at run time although the input was acceptable. Exit 1."""
 
     exit_code = 1
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so every temporary output is removed on the way out."""

@@ -1,0 +1,226 @@
+"""`pifleet flash IMAGE TARGET...` and `pifleet flash IMAGE --station`: the command.
+
+- One target with `--device HOST`, or with no fleet: the card is written, verified and
+  personalized as before (`flash.flash`).
+- Several targets, or a fleet without `--device`: every target is judged first (the same
+  rules as for one card, plus: no two targets are one disk or one file); then all are
+  written from one read of the image (`rounds`), each becoming the next device the ledger
+  has not seen flashed with this image, or the `--device` names in order.
+- `--station`: cards that appear from now on are flashed as they come (`station`).
+
+With a fleet, every card gets a ledger row (`ledger`). The exit status of a run of several
+cards is 0 when all succeeded, and 10 + N when N of them failed (N up to 100); bad input is
+exit 2 with nothing written, as everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from builder.disk.table import read_table
+from builder.fleet.destination import BlockDestination, Destination
+from builder.fleet.flash import block_map_of, bmap_path, flash, personalize_card
+from builder.fleet.ledger import NAME, OK, Ledger
+from builder.fleet.pool import no_device_left, pool_for
+from builder.fleet.target import describe
+from builder.outputs import bmap
+from builder.outputs.artifacts import manifest_inputs
+from builder.util.batch import recover, same_file
+from builder.util.console import human_size
+from builder.util.errors import BuildError, UserError
+
+if TYPE_CHECKING:
+    from builder.config.model import FleetConfig
+
+
+def check_image(image: Path, bmap_file: Path | None) -> bmap.BlockMap:
+    if not image.is_file():
+        raise UserError(f"{image}: no such image file")
+    read_table(image)  # a disk image, not any file: refused before any card is touched
+    return block_map_of(image, bmap_file)
+
+
+def judged(
+    paths: list[Path],
+    image: Path,
+    bmap_file: Path | None,
+    protected: Mapping[str, Path],
+    block_map: bmap.BlockMap,
+    system_root: Path,
+) -> list[Destination]:
+    """Every target, each passing the one-card rules, and no two of them the same."""
+    own = {"image": image, "bmap": bmap_path(image, bmap_file)}
+    targets: list[Destination] = []
+    for path in paths:
+        target = describe(path, system_root)
+        target.refuse_inputs(own, protected)
+        reason = target.refusal(block_map.size)
+        if reason:
+            raise UserError(reason)
+        for other in targets:
+            if _same_target(target, other):
+                raise UserError(
+                    f"{path}: the same {_kind(target)} as {other.path}; give each card once"
+                )
+        targets.append(target)
+    return targets
+
+
+def _kind(target: Destination) -> str:
+    return "disk" if isinstance(target, BlockDestination) else "file"
+
+
+def _same_target(a: Destination, b: Destination) -> bool:
+    if isinstance(a, BlockDestination) and isinstance(b, BlockDestination):
+        try:
+            ra, rb = os.stat(a.path), os.stat(b.path)
+        except OSError:
+            return False
+        if stat.S_ISBLK(ra.st_mode) and stat.S_ISBLK(rb.st_mode):
+            return ra.st_rdev == rb.st_rdev
+    return same_file(a.path, b.path)
+
+
+def confirm_all(targets: list[Destination], image: Path, block_map: bmap.BlockMap) -> None:
+    if not sys.stdin.isatty():
+        raise UserError(f"{targets[0].path}: not asking on a non-terminal; pass --yes to confirm")
+    mapped = human_size(block_map.mapped_blocks * bmap.BLOCK)
+    listed = "".join(f"  {t.summary()}\n" for t in targets)
+    answer = input(
+        f"Write {image.name} ({mapped} of data) to {len(targets)} cards:\n{listed}"
+        "Everything on them will be lost. Type 'yes' to continue: "
+    )
+    if answer.strip().lower() != "yes":
+        raise UserError(f"{targets[0].path}: not confirmed; nothing was written")
+
+
+def command(args: argparse.Namespace) -> int:
+    targets = [Path(t) for t in args.target]
+    named: list[str] = args.device or []
+    reflash: list[str] = args.reflash or []
+    if args.station and targets:
+        raise UserError(f"{targets[0]}: --station waits for cards; name no target with it")
+    if not args.station and not targets:
+        raise UserError("flash: give the card(s) to write, or --station to wait for cards")
+    if (named or reflash or args.ledger) and not args.config:
+        raise UserError(
+            "--device, --reflash and --ledger need --config (the fleet the cards are for)"
+        )
+    if named and reflash:
+        raise UserError(
+            "--device and --reflash exclude each other (--device names the cards' devices)"
+        )
+    if named and not args.station and len(named) != len(targets):
+        raise UserError(
+            f"--device: {len(named)} devices for {len(targets)} cards; give one per card"
+        )
+    image = Path(args.image)
+    recover(image.parent)  # a killed run's outputs there finish (or go) first
+    if len(targets) == 1 and (named or not args.config):
+        return _one(args, image, targets[0], named[0] if named else None)
+    return _many(args, image, targets, named, reflash)
+
+
+def _load(args: argparse.Namespace, image: Path) -> tuple[FleetConfig, dict[str, Path]]:
+    from builder.config.fleet import load
+    from builder.fleet.personalize import open_golden, protected_inputs
+
+    config = load(Path(args.config))
+    if image.is_file():
+        open_golden(image)  # what personalizing needs, checked before any write
+    return config, protected_inputs(config, image)
+
+
+def ledger_of(args: argparse.Namespace, config: FleetConfig) -> Ledger:
+    return Ledger(Path(args.ledger) if args.ledger else config.output.dir / NAME)
+
+
+def _one(args: argparse.Namespace, image: Path, target: Path, name: str | None) -> int:
+    """One card as ever: written, verified, then personalized as `name` when given (and
+    then recorded in the ledger, as it is when writing or personalizing fails)."""
+    bmap_file = Path(args.bmap) if args.bmap else None
+    if name is None:
+        flash(image, target, bmap_file, args.yes, args.dry_run, None, manifest_inputs(image))
+        return 0
+    from builder.fleet.personalize import find_device
+    from builder.fleet.rounds import Card, record
+    from builder.sources.digests import sha256_of
+
+    config, protected = _load(args, image)
+    device = find_device(config, name)
+    ledger = ledger_of(args, config)
+    ledger.rows()  # a ledger that cannot be read is refused before the card is touched
+    card: Card | None = None
+
+    def then(written: Path) -> None:
+        assert card is not None
+        changed = personalize_card(config, device, written, card.image_sha256)
+        card.phase = "personalized"
+        print(f"personalized {target} as {device.hostname} ({changed} files)")
+
+    def started(dest: Destination, mapped: int) -> None:
+        nonlocal card
+        card = Card(dest, device, image_sha256=sha256_of(image), written=mapped)
+
+    try:
+        flash(image, target, bmap_file, args.yes, args.dry_run, then, protected, started)
+    except BuildError as exc:
+        if card is not None:
+            card.failure = str(exc)
+            record(ledger, card, "failed")
+        raise
+    if card is not None and not args.dry_run:
+        card.verify = OK
+        record(ledger, card, OK)
+    if args.dry_run:
+        print(f"dry run: would then personalize the card as {device.hostname}")
+    return 0
+
+
+def _many(
+    args: argparse.Namespace, image: Path, paths: list[Path], named: list[str], reflash: list[str]
+) -> int:
+    from builder.fleet import rounds, station
+    from builder.sources.digests import sha256_of
+
+    config = ledger = None
+    protected: Mapping[str, Path] = manifest_inputs(image)
+    if args.config:
+        config, protected = _load(args, image)
+        ledger = ledger_of(args, config)
+    bmap_file = Path(args.bmap) if args.bmap else None
+    block_map = check_image(image, bmap_file)
+    system_root = Path(args.system_root)
+    targets = judged(paths, image, bmap_file, protected, block_map, system_root)
+    digest = sha256_of(image)
+    pool = None
+    if config is not None and ledger is not None:
+        flashed = ledger.flashed(digest)
+        pool = pool_for(config, flashed, named, reflash)
+        wanted = len(targets) or 1
+        if len(pool) < wanted:
+            raise UserError(no_device_left(config, flashed, wanted, len(pool)))
+    mapped = block_map.mapped_blocks * bmap.BLOCK
+    print(
+        f"{image.name}: {human_size(block_map.size)}, {human_size(mapped)} mapped in {len(block_map.ranges)} ranges"
+    )
+    if args.station:
+        return station.run(args, image, block_map, digest, config, ledger, pool)
+    for t in targets:
+        print(f"target:  {t.summary()}")
+    if args.dry_run:
+        print(
+            f"dry run: would write {human_size(mapped)} to {len(targets)} cards and verify them; nothing written"
+        )
+        return 0
+    if not args.yes and any(t.needs_consent for t in targets):
+        confirm_all(targets, image, block_map)
+    ctx = station.context(image, block_map, digest, config, ledger, pool)
+    cards = [rounds.Card(t, pool.take() if pool is not None else None) for t in targets]
+    return station.one_round(ctx, cards)

@@ -1,0 +1,174 @@
+"""`pifleet flash IMAGE --config fleet.yaml --station`: flash cards as they are pushed in.
+
+pifleet watches for disks (`cards.Watcher`); only a disk that appears after it started is a
+candidate, and it must pass every rule a named target passes (whole, removable, USB or
+MMC disk, not mounted, not the system disk, big enough). Each gets the next device of the
+pool and is written, verified, personalized and flushed in a round of its own (cards pushed
+in together share one): "edge-017 done: remove the card". Rounds run side by side.
+
+Ctrl-C (or SIGTERM) stops taking cards and lets the rounds in progress finish; a second
+one abandons them (their rows say `interrupted`, their devices stay unflashed). The
+station also stops by itself once every device of the fleet has a card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from builder.fleet.board import Board
+from builder.fleet.cards import Watcher
+from builder.fleet.destination import BlockDestination
+from builder.fleet.ledger import Ledger
+from builder.fleet.pool import Pool
+from builder.fleet.rounds import Card, Context, failed_status, run_round
+from builder.outputs import bmap
+from builder.util.errors import Terminated, UserError
+
+if TYPE_CHECKING:
+    from builder.config.model import FleetConfig
+
+_BOARD = Board()
+
+
+def context(
+    image: Path,
+    block_map: bmap.BlockMap,
+    digest: str,
+    config: FleetConfig | None,
+    ledger: Ledger | None,
+    pool: Pool | None,
+    board: Board | None = None,
+    eject: bool = False,
+) -> Context:
+    shown = board or _BOARD
+    return Context(
+        image=image,
+        block_map=block_map,
+        image_sha256=digest,
+        config=config,
+        ledger=ledger,
+        event=shown.event,
+        give_back=pool.give_back if pool is not None else (lambda device: None),
+        eject=eject,
+    )
+
+
+def _summary(cards: list[Card]) -> int:
+    failed = [c for c in cards if c.phase != "done"]
+    ok = len(cards) - len(failed)
+    if failed:
+        print(f"{ok} of {len(cards)} cards flashed; {len(failed)} failed:")
+        for c in failed:
+            print(f"  {c.name} {c.dest.path}: {c.failure}")
+    else:
+        print(f"{ok} of {len(cards)} cards flashed and verified")
+    return failed_status(len(failed))
+
+
+def one_round(ctx: Context, cards: list[Card]) -> int:
+    """Several named targets at once; the exit status."""
+    board = _BOARD
+    for card in cards:
+        board.add(card)
+    with board.showing():
+        run_round(ctx, cards)
+    return _summary(cards)
+
+
+def _admit(card: BlockDestination, size: int, board: Board) -> bool:
+    reason = card.refusal(size)
+    if reason:
+        board.say(f"{card.path}: not written: {reason}")
+        return False
+    return True
+
+
+def run(
+    args: argparse.Namespace,
+    image: Path,
+    block_map: bmap.BlockMap,
+    digest: str,
+    config: FleetConfig | None,
+    ledger: Ledger | None,
+    pool: Pool | None,
+) -> int:
+    """Watch, flash, repeat; the exit status (10 + N when N cards failed)."""
+    if not args.yes:
+        _consent(image)
+    board = _BOARD
+    ctx = context(image, block_map, digest, config, ledger, pool, board, eject=True)
+    watcher = Watcher(Path(args.system_root))
+    rounds: list[threading.Thread] = []
+    cards: list[Card] = []
+    left = f" ({len(pool)} devices left)" if pool is not None else ""
+    with board.showing():
+        board.say(f"station: waiting for cards{left}; Ctrl-C stops after the cards in progress")
+        try:
+            while pool is None or len(pool) or any(t.is_alive() for t in rounds):
+                watcher.wait()
+                batch = _take(watcher, block_map.size, pool, board)
+                if batch:
+                    cards += batch
+                    for card in batch:
+                        board.add(card)
+                    t = threading.Thread(target=_round, args=(ctx, batch), daemon=True)
+                    t.start()
+                    rounds.append(t)
+            board.say("station: every device of the fleet has a card")
+        except (KeyboardInterrupt, Terminated):
+            _drain(rounds, ctx, board)
+    return _summary(cards) if cards else 0
+
+
+def _round(ctx: Context, batch: list[Card]) -> None:
+    """A round in its own thread: what fails is already on its cards' rows and lines."""
+    with contextlib.suppress(Exception):
+        run_round(ctx, batch)
+
+
+def _take(watcher: Watcher, size: int, pool: Pool | None, board: Board) -> list[Card]:
+    batch = []
+    for found in watcher.new_cards():
+        if not _admit(found, size, board):
+            continue
+        device = pool.take() if pool is not None else None
+        if pool is not None and device is None:
+            board.say(
+                f"{found.path}: not written: no device left (every device has a card or one in progress)"
+            )
+            continue
+        batch.append(Card(found, device))
+    return batch
+
+
+def _drain(rounds: list[threading.Thread], ctx: Context, board: Board) -> None:
+    """The first Ctrl-C: finish what is in progress; a second: abandon it."""
+    busy = [t for t in rounds if t.is_alive()]
+    board.say(
+        f"station: stopping; finishing {len(busy)} round(s) in progress (Ctrl-C again abandons them)"
+    )
+    try:
+        for t in busy:
+            t.join()
+    except (KeyboardInterrupt, Terminated):
+        ctx.stop.set()
+        for t in busy:
+            t.join(timeout=30)
+        raise
+
+
+def _consent(image: Path) -> None:
+    import sys
+
+    if not sys.stdin.isatty():
+        raise UserError("--station: not asking on a non-terminal; pass --yes to confirm")
+    answer = input(
+        f"Write {image.name} to every removable disk pushed in from now on? "
+        "Everything on them will be lost. Type 'yes' to continue: "
+    )
+    if answer.strip().lower() != "yes":
+        raise UserError("--station: not confirmed; nothing was written")
