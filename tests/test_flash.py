@@ -212,7 +212,10 @@ def test_an_image_changed_after_its_bmap_is_not_blamed_on_the_card(work: Path) -
             [GOLDEN, "card.img", "--device", "pi-001"],
             ["--device, --reflash and --ledger need --config"],
         ),
-        ([GOLDEN, "card.img", "card.img", "--yes"], ["card.img: the same file as card.img"]),
+        (
+            [GOLDEN, "card.img", "card.img", "--yes"],
+            ["card.img (target 2): the same file as target 1"],
+        ),
         ([GOLDEN, "card.img", "--bmap", "nope.bmap"], ["nope.bmap: no such bmap file"]),
         ([GOLDEN, GOLDEN, "--yes"], ["edge-fleet.img: is the image being flashed itself"]),
         ([GOLDEN, GOLDEN + ".bmap", "--yes"], ["is the bmap being flashed itself"]),
@@ -491,3 +494,17 @@ def test_regular_files_and_missing_devices(tmp_path: Path) -> None:
         describe(Path("/dev/pifleet-missing"), system_root=root)
     with pytest.raises(UserError, match="not a block device or regular file"):
         describe(Path("/dev/null"), system_root=root)
+
+
+def test_two_nodes_of_one_disk_are_refused_as_two_targets(tmp_path: Path, node: Path) -> None:
+    """/dev/sdb and a second node of the same major:minor (as /dev/disk/by-id links are, but
+    not a symlink: same_file cannot see it) are one card, refused before anything is written."""
+    from builder.fleet.flashing import judged
+
+    root = usb_card(FakeSystem(tmp_path / "root")).done()
+    twin = tmp_path / "dev-card-twin"
+    os.mknod(twin, 0o600 | stat.S_IFBLK, os.makedev(240, 0))
+    block_map = bmap.BlockMap(size=600 * 1024 * 1024, sha256="", ranges=())
+    image = tmp_path / "image.img"
+    with pytest.raises(UserError, match=r"dev-card-twin \(target 2\): the same disk as target 1"):
+        judged([node, twin], image, None, {}, block_map, root)

@@ -57,16 +57,17 @@ def judged(
     """Every target, each passing the one-card rules, and no two of them the same."""
     own = {"image": image, "bmap": bmap_path(image, bmap_file)}
     targets: list[Destination] = []
-    for path in paths:
+    for n, path in enumerate(paths, 1):
         target = describe(path, system_root)
         target.refuse_inputs(own, protected)
         reason = target.refusal(block_map.size)
         if reason:
             raise UserError(reason)
-        for other in targets:
+        for m, other in enumerate(targets, 1):
             if _same_target(target, other):
                 raise UserError(
-                    f"{path}: the same {_kind(target)} as {other.path}; give each card once"
+                    f"{path} (target {n}): the same {_kind(target)} as target {m} "
+                    f"({other.path}); give each card once"
                 )
         targets.append(target)
     return targets

@@ -7,7 +7,8 @@ pool and is written, verified, personalized and flushed in a round of its own (c
 in together share one): "edge-017 done: remove the card". Rounds run side by side.
 
 Ctrl-C (or SIGTERM) stops taking cards and lets the rounds in progress finish; a second
-one abandons them (their rows say `interrupted`, their devices stay unflashed). The
+one abandons them at once: a card caught while it was written gets an `interrupted` row,
+one caught later gets none, and either way its device stays unflashed in the ledger. The
 station also stops by itself once every device of the fleet has a card.
 """
 
@@ -155,9 +156,9 @@ def _drain(rounds: list[threading.Thread], ctx: Context, board: Board) -> None:
         for t in busy:
             t.join()
     except (KeyboardInterrupt, Terminated):
-        ctx.stop.set()
+        ctx.stop.set()  # writers stop at their next chunk; what they wrote is no card
         for t in busy:
-            t.join(timeout=30)
+            t.join(timeout=2)
         raise
 
 

@@ -1,0 +1,173 @@
+"""`pifleet flash --station` (issue 25): cards pushed in while it runs become the fleet's
+devices one after another; what was there before it started is never written.
+
+The station runs for real in a subprocess, over a fabricated sysfs (`fake_sysfs`) whose
+disks' /dev nodes are regular files as big as their cards; a thread of the test pushes
+cards into readers and plugs in new readers while it runs, as a person at a hub would.
+"""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from builder.fleet.ledger import Ledger, Row
+from tests.fake_sysfs import FakeSystem, pull_card, push_card, usb_reader
+from tests.image_read import sha256
+from tests.station_helpers import GOLDEN, SECTORS, Station, build_fleet, hostname_of
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_fleet(tmp_path_factory.mktemp("station-golden"), devices=4)
+
+
+@pytest.fixture
+def work(built: Path, tmp_path: Path) -> Path:
+    d = tmp_path / "fleet"
+    subprocess.run(["cp", "-a", "--sparse=always", str(built), str(d)], check=True)
+    return d
+
+
+def rows(work: Path) -> list[dict[str, str]]:
+    with open(work / "out/flash-ledger.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cards_pushed_in_become_the_next_devices_and_present_disks_are_left_alone(
+    work: Path, tmp_path: Path
+) -> None:
+    system = FakeSystem(tmp_path / "root")
+    present = usb_reader(system, 0, SECTORS, serial="WAS-HERE")  # a card in before the start
+    usb_reader(system, 1)  # an empty reader
+    system.done()
+    before = sha256(present)
+    station = Station(work, system.root)
+    try:
+        station.wait_for("station: waiting for cards")
+        push_card(system, "sdc", SECTORS, "CARD-A")
+        first = station.wait_for(r"edge-001 .*done: remove the card")
+        assert "/dev/sdc" in first
+        # the next card in the same reader, and a new reader plugged in holding a card
+        pull_card(system, "sdc")
+        pushed = threading.Thread(target=lambda: (
+            push_card(system, "sdc", SECTORS, "CARD-B"), usb_reader(system, 2, SECTORS, "CARD-C")
+        ))  # fmt: skip
+        pushed.start()
+        pushed.join()
+        station.wait_for(r"edge-00[23] .*done: remove the card")
+        station.wait_for(r"edge-00[23] .*done: remove the card")
+        code = station.stop(signal.SIGINT)
+    finally:
+        station.kill()
+    assert code == 0, station.output()
+    assert sha256(present) == before, "a disk present before the station started was written"
+    recorded = {r["serial"]: r for r in rows(work)}
+    assert set(recorded) == {"CARD-A", "CARD-B", "CARD-C"}
+    assert recorded["CARD-A"]["device"] == "edge-001"
+    assert {recorded["CARD-B"]["device"], recorded["CARD-C"]["device"]} == {"edge-002", "edge-003"}
+    for r in recorded.values():
+        assert r["outcome"] == "ok" and r["verify"] == "ok", r
+        assert r["vendor"] == "Generic" and r["model"] == "STORAGE DEVICE", r
+        assert int(r["size"]) == SECTORS * 512, r
+    assert hostname_of(system.root / "dev/sdd") == recorded["CARD-C"]["device"]
+    assert hostname_of(system.root / "dev/sdc") == recorded["CARD-B"]["device"]
+
+
+def test_a_full_card_fails_alone_and_its_device_goes_to_the_next_card(
+    work: Path, tmp_path: Path
+) -> None:
+    system = FakeSystem(tmp_path / "root")
+    usb_reader(system, 0)
+    system.done()
+    station = Station(work, system.root)
+    try:
+        station.wait_for("station: waiting for cards")
+        full = system.root / "dev/sdb"
+        full.unlink()
+        full.symlink_to("/dev/full")  # every write: ENOSPC, as a card that fills up
+        push_card_size_only(system, "sdb", "FULL-1")
+        failed = station.wait_for(r"edge-001 .*failed")
+        assert "No space left on device" in failed, failed
+        # the next card, in another reader, becomes edge-001: the failed card gave it back
+        usb_reader(system, 1, SECTORS, "GOOD-2")
+        station.wait_for(r"edge-001 .*/dev/sdc: done: remove the card")
+        code = station.stop(signal.SIGINT)
+    finally:
+        station.kill()
+    assert code == 11, f"exit {code}, not 10 + 1 failed card: {station.output()}"
+    assert "1 of 2 cards flashed; 1 failed" in station.output()
+    outcomes = [(r["serial"], r["device"], r["outcome"]) for r in rows(work)]
+    assert outcomes == [("FULL-1", "edge-001", "failed"), ("GOOD-2", "edge-001", "ok")]
+    assert "No space left on device" in rows(work)[0]["detail"]
+
+
+def push_card_size_only(system: FakeSystem, kname: str, serial: str) -> None:
+    """A card pushed into a reader whose node is not a plain file (it cannot be resized)."""
+    block = system.root / "sys/block" / kname
+    dev = (block / "dev").read_text().strip()
+    system.udev(dev, f"E:ID_SERIAL_SHORT={serial}")
+    (block / "diskseq").write_text("77\n")
+    (block / "size").write_text(f"{SECTORS}\n")
+
+
+def test_a_card_too_small_or_mounted_is_not_written_and_takes_no_device(
+    work: Path, tmp_path: Path
+) -> None:
+    system = FakeSystem(tmp_path / "root")
+    usb_reader(system, 0)
+    system.done()
+    station = Station(work, system.root)
+    try:
+        station.wait_for("station: waiting for cards")
+        push_card(system, "sdb", 2048, "TINY")  # 1 MiB
+        line = station.wait_for(r"/dev/sdb: not written")
+        assert "is too small" in line, line
+        usb_reader(system, 1, SECTORS, "OK-1")
+        station.wait_for(r"edge-001 .*/dev/sdc: done")
+        code = station.stop(signal.SIGINT)
+    finally:
+        station.kill()
+    assert code == 0, station.output()
+    assert [(r["serial"], r["device"]) for r in rows(work)] == [("OK-1", "edge-001")]
+
+
+def test_the_station_stops_when_every_device_has_a_card(work: Path, tmp_path: Path) -> None:
+    ledger = Ledger(work / "out/flash-ledger.csv")
+    system = FakeSystem(tmp_path / "root")
+    system.done()
+    station = Station(work, system.root, "--device", "edge-004")  # one device: one card
+    try:
+        station.wait_for(r"waiting for cards \(1 devices left\)")
+        usb_reader(system, 0, SECTORS, "LAST")
+        station.wait_for(r"edge-004 .*done")
+        station.wait_for("every device of the fleet has a card")
+        code = station.finish(30)
+    finally:
+        station.kill()
+    assert code == 0, station.output()
+    assert [(r.device, r.serial, r.outcome) for r in ledger.rows()] == [("edge-004", "LAST", "ok")]
+
+
+def test_no_device_left_is_one_line_exit_2_before_waiting(work: Path, tmp_path: Path) -> None:
+    system = FakeSystem(tmp_path / "root")
+    system.done()
+    digest = sha256(work / GOLDEN)
+    ledger = Ledger(work / "out/flash-ledger.csv")
+    for n in range(1, 5):
+        device = f"edge-{n:03d}"
+        ledger.append(Row(device, f"/dev/sd{n}", "", "", "", 0, digest, "", "", 0, "ok", "ok"))
+    station = Station(work, system.root)
+    try:
+        code = station.finish(30)
+    finally:
+        station.kill()
+    assert code == 2, station.output()
+    errors = [line for line in station.lines if line.startswith("pifleet: error:")]
+    assert len(errors) == 1 and "no device left to flash" in errors[0], station.output()
+    assert "waiting for cards" not in station.output()
