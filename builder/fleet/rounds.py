@@ -94,6 +94,9 @@ def run_round(ctx: Context, cards: list[Card]) -> list[Card]:
         try:
             where = stacks[id(card)].enter_context(card.dest.prepared())
             fd = card.dest.open_for_writing(where, ctx.block_map.size)
+            # Held (O_EXCL on a disk) until the card is done: nothing mounts it meanwhile, as
+            # an automounter would once udev sees the written partition table.
+            stacks[id(card)].callback(os.close, fd)
         except PifleetError as exc:
             _failed(ctx, card, stacks[id(card)], str(exc))
             continue
@@ -103,13 +106,13 @@ def run_round(ctx: Context, cards: list[Card]) -> list[Card]:
     try:
         fan_out(ctx.image, ctx.block_map, [s for _, s, _ in sinks], ctx.stop)
     except BaseException as exc:
+        outcome = "failed" if isinstance(exc, PifleetError) else "interrupted"
         for card, sink, _ in sinks:
-            os.close(sink.fd)
-            _failed(ctx, card, stacks[id(card)], str(exc) or "interrupted", "interrupted")
+            card.written = sink.written
+            _failed(ctx, card, stacks[id(card)], str(exc) or "interrupted", outcome)
         raise
     threads = []
     for card, sink, where in sinks:
-        os.close(sink.fd)
         card.written = sink.written
         if sink.failure or ctx.stop.is_set():
             _failed(ctx, card, stacks[id(card)], sink.failure or "interrupted")
