@@ -22,10 +22,12 @@ _BAR = 20
 
 
 def _bar(card: Card) -> str:
+    """Writing fills the first half, reading back the second."""
     if card.phase in ("done", "failed") or not card.total:
         return ""
-    filled = min(_BAR, _BAR * card.done // card.total)
-    return "#" * filled + "-" * (_BAR - filled) + f" {100 * card.done // card.total:3d}%"
+    part = (card.done + card.checked) / (2 * card.total)
+    filled = min(_BAR, int(_BAR * part))
+    return "#" * filled + "-" * (_BAR - filled) + f" {int(100 * part):3d}%"
 
 
 def _card_facts(card: Card) -> str:
@@ -69,8 +71,8 @@ class Board:
         with self._lock:
             cards = list(self.cards)
         for c in cards:
-            rate = f"{c.rate():.1f}" if c.phase in ("write", "verify") else ""
-            table.add_row(inert(c.name), inert(_card_facts(c)), c.phase, rate, _bar(c))
+            rate = f"{c.rate():.1f}" if c.phase == "write" else ""
+            table.add_row(inert(c.name), inert(_card_facts(c)), c.shown_phase, rate, _bar(c))
         return table
 
     @contextlib.contextmanager

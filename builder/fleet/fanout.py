@@ -1,13 +1,21 @@
-"""One image written to many cards at once, read once: the flashing station's write phase.
+"""One image written to many cards at once, read once, and each card read back as it goes.
 
 The reader (the calling thread) reads each mapped range of the image once, in 4 MiB
 chunks, hashes it once against the block map, and hands the same chunk to every card's
 writer thread through a queue of `DEPTH` chunks. Memory is bounded by the queues, never
-by the image: at most `DEPTH + 1` chunks are alive, however many cards are written.
+by the image: at most `DEPTH + 1` chunks per card are alive, shared between the cards.
 
-A card whose write fails (pulled: EIO, ENODEV; full: ENOSPC) is marked failed with one
-line and drops out; the reader stops feeding it and the other cards go on. An image that
-differs from its block map fails every card (the image is wrong, not the cards).
+Each card also has a checker thread that trails its writer: once a stretch of at least
+`STRETCH` bytes (or a range's end) is written, the checker flushes the card (fdatasync on
+its own descriptor), drops that stretch from the page cache (POSIX_FADV_DONTNEED) and reads
+it back from the card, hashing each range as it goes and comparing it with the block map.
+So the read-back of early ranges overlaps the writing of later ones, and what is checked
+is what the card holds, not what the page cache remembers.
+
+A card whose write or read-back fails (pulled: EIO, ENODEV; full: ENOSPC; read back
+differently: a bad card) is marked failed with one line and drops out; the reader stops
+feeding it and the other cards go on. An image that differs from its block map fails
+every card (the image is wrong, not the cards).
 """
 
 from __future__ import annotations
@@ -24,55 +32,141 @@ from builder.outputs import bmap
 from builder.util.errors import BuildError
 
 CHUNK = 4 * 1024 * 1024
-DEPTH = 4
+DEPTH = 8
+STRETCH = 32 * 1024 * 1024  # written bytes the checker takes at once
 _END = None
+
+_Item = tuple[int, bytes] | bmap.Range | None  # a chunk, a range's end, or the end
+
+
+def _span(r: bmap.Range, size: int) -> tuple[int, int]:
+    return r.first * bmap.BLOCK, min((r.last + 1) * bmap.BLOCK, size)
 
 
 @dataclass
 class Sink:
-    """One card being written: its descriptor, what was written, and why it failed."""
+    """One card being written and checked: its descriptors, progress, and why it failed."""
 
     shown: Path  # the name messages use
-    fd: int
-    advance: Callable[[int], None] = lambda n: None
+    fd: int  # open for writing
+    where: Path  # where the bytes go, opened again to read them back
+    size: int  # the image's size (where the last range ends)
+    advance: Callable[[int], None] = lambda n: None  # bytes written
+    checked: Callable[[int], None] = lambda n: None  # bytes read back and found right
     written: int = 0
     failure: str = ""
-    _queue: queue.Queue[tuple[int, bytes] | None] = field(
-        default_factory=lambda: queue.Queue(DEPTH)
+    bad_read_back: bool = False
+    _queue: queue.Queue[_Item] = field(default_factory=lambda: queue.Queue(DEPTH))
+    _stretches: queue.Queue[tuple[int, int] | bmap.Range | None] = field(
+        default_factory=queue.Queue
     )
 
-    def _run(self, stop: threading.Event) -> None:
-        while (item := self._queue.get()) is not _END:
-            if self.failure or stop.is_set():
-                continue  # drained, so the reader never blocks on a dead card
-            offset, chunk = item
-            try:
+    def _write_all(self, stop: threading.Event) -> None:
+        begun = -1  # where the stretch not yet handed to the checker starts
+        ended = False
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _END:
+                    ended = True
+                    break
+                if self.failure or stop.is_set():
+                    continue  # drained, so the reader never blocks on a dead card
+                if isinstance(item, bmap.Range):
+                    _, end = _span(item, self.size)
+                    if begun >= 0:
+                        self._stretches.put((begun, end))
+                    self._stretches.put(item)
+                    begun = -1
+                    continue
+                offset, chunk = item
+                begun = offset if begun < 0 else begun
                 self._write(offset, chunk)
-            except OSError as exc:
-                self.failure = f"{self.shown}: write failed at byte {offset}: {exc.strerror} (card removed, full or failing?)"
-        if not self.failure and not stop.is_set():
-            try:
-                os.fsync(self.fd)
-            except OSError as exc:
-                self.failure = f"{self.shown}: flushing the writes failed: {exc.strerror}"
+                if offset + len(chunk) - begun >= STRETCH:
+                    self._stretches.put((begun, offset + len(chunk)))
+                    begun = -1
+            if not self.failure and not stop.is_set():
+                self._flush(self.fd)
+        except OSError as exc:
+            self.failure = self.failure or f"{self.shown}: {exc.strerror}"
+        finally:
+            self._stretches.put(_END)
+            while not ended and self._queue.get() is not _END:  # a failed card still drains
+                pass
 
     def _write(self, offset: int, chunk: bytes) -> None:
         view = memoryview(chunk)
         while view:  # a short write is continued, never skipped
-            done = os.pwrite(self.fd, view, offset)
+            try:
+                done = os.pwrite(self.fd, view, offset)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    f"write failed at byte {offset}: {exc.strerror} (card removed, full or failing?)",
+                ) from None
             if done == 0:
-                raise OSError(28, os.strerror(28))
+                raise OSError(28, f"write failed at byte {offset}: nothing written (card full?)")
             view, offset = view[done:], offset + done
             self.written += done
         self.advance(len(chunk))
+
+    def _flush(self, fd: int) -> None:
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            raise OSError(exc.errno, f"flushing the writes failed: {exc.strerror}") from None
+
+    def _check_all(self, stop: threading.Event) -> None:
+        """Read back each written stretch from the card itself; hash range by range."""
+        try:
+            fd = os.open(self.where, os.O_RDONLY)
+        except OSError as exc:
+            self.failure = self.failure or f"{self.shown}: cannot read back: {exc.strerror}"
+            fd = -1
+        digest = hashlib.sha256()
+        try:
+            while (item := self._stretches.get()) is not _END:
+                if self.failure or stop.is_set() or fd < 0:
+                    continue
+                if isinstance(item, bmap.Range):
+                    if item.sha256 and digest.hexdigest() != item.sha256:
+                        self.bad_read_back = True
+                        self.failure = f"{self.shown}: blocks {item.first}-{item.last} read back differently: bad card?"
+                    digest = hashlib.sha256()
+                    continue
+                self._check(fd, *item, digest)
+        except OSError as exc:
+            self.failure = self.failure or f"{self.shown}: {exc.strerror}"
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _check(self, fd: int, start: int, end: int, digest: hashlib._Hash) -> None:
+        self._flush(fd)  # the stretch is on the card before it is dropped from the cache
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+        while start < end:
+            try:
+                chunk = os.pread(fd, min(CHUNK, end - start), start)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"read back failed at byte {start}: {exc.strerror}"
+                ) from None
+            if not chunk:
+                raise OSError(5, f"read back ended early at byte {start}")
+            digest.update(chunk)
+            start += len(chunk)
+            self.checked(len(chunk))
 
 
 def fan_out(
     image: Path, block_map: bmap.BlockMap, sinks: list[Sink], stop: threading.Event
 ) -> None:
-    """Write `block_map`'s ranges of `image` to every sink; failures are left in
-    `sink.failure`. Raises BuildError when the image itself does not match its block map."""
-    threads = [threading.Thread(target=s._run, args=(stop,), daemon=True) for s in sinks]
+    """Write `block_map`'s ranges of `image` to every sink and read each back; failures are
+    left in `sink.failure`. Raises BuildError when the image does not match its block map."""
+    threads = []
+    for s in sinks:
+        threads.append(threading.Thread(target=s._write_all, args=(stop,), daemon=True))
+        threads.append(threading.Thread(target=s._check_all, args=(stop,), daemon=True))
     for t in threads:
         t.start()
     try:
@@ -86,6 +180,9 @@ def fan_out(
                         f"{image}: blocks {r.first}-{r.last} differ from its bmap (image changed "
                         "after the bmap was made?); flashing stopped"
                     )
+                for s in sinks:
+                    if not s.failure:
+                        s._queue.put(r)
     except BaseException:
         stop.set()
         raise
@@ -98,7 +195,7 @@ def fan_out(
 
 def _feed(fd: int, image: Path, r: bmap.Range, size: int, sinks: list[Sink]) -> str:
     """Read one range once and queue each chunk to every live sink; its sha256."""
-    start, end = r.first * bmap.BLOCK, min((r.last + 1) * bmap.BLOCK, size)
+    start, end = _span(r, size)
     digest = hashlib.sha256()
     while start < end:
         chunk = os.pread(fd, min(CHUNK, end - start), start)

@@ -1,5 +1,6 @@
 """One round of a flashing station: the cards that start together, written from one read of
-the image (`fanout`), then each verified, personalized, flushed and recorded on its own.
+the image and read back as they are written (`fanout`), then each personalized, flushed
+and recorded on its own.
 
 A card that fails at any phase fails alone: its ledger row says why, its device goes back
 to the pool, a file target's temporary copy is removed, and the other cards go on. A card
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from builder.fleet.destination import BlockDestination, Destination
 from builder.fleet.fanout import Sink, fan_out
-from builder.fleet.flash import personalize_card, verify
+from builder.fleet.flash import personalize_card
 from builder.fleet.ledger import OK, Ledger, Row
 from builder.outputs import bmap
 from builder.util.atomic import reported_as
@@ -52,8 +53,9 @@ class Card:
     device: Device | None
     image_sha256: str = ""
     phase: str = "waiting"  # write, verify, personalize, done, failed
-    done: int = 0  # bytes of the current phase
-    total: int = 0
+    done: int = 0  # bytes written
+    checked: int = 0  # bytes read back from the card and found right
+    total: int = 0  # bytes to write (and to read back)
     started: float = field(default_factory=time.monotonic)
     started_at: str = field(default_factory=now_iso)
     written: int = 0
@@ -64,8 +66,15 @@ class Card:
     def name(self) -> str:
         return self.device.hostname if self.device is not None else str(self.dest.path)
 
+    @property
+    def shown_phase(self) -> str:
+        """write until every byte is written, then verify until every byte is read back."""
+        if self.phase == "write" and self.total and self.done >= self.total:
+            return "verify"
+        return self.phase
+
     def rate(self) -> float:
-        """MB/s of the current phase so far."""
+        """MB/s written so far."""
         return self.done / max(time.monotonic() - self.started, 1e-3) / 1e6
 
 
@@ -101,7 +110,8 @@ def run_round(ctx: Context, cards: list[Card]) -> list[Card]:
             _failed(ctx, card, stacks[id(card)], str(exc))
             continue
         card.phase, card.total, card.started = "write", mapped, time.monotonic()
-        sinks.append((card, Sink(card.dest.path, fd, _advancer(card)), where))
+        sink = Sink(card.dest.path, fd, where, ctx.block_map.size, _advancer(card), _checker(card))
+        sinks.append((card, sink, where))
         ctx.event(card, f"writing {card.dest.summary()}")
     try:
         fan_out(ctx.image, ctx.block_map, [s for _, s, _ in sinks], ctx.stop)
@@ -114,6 +124,7 @@ def run_round(ctx: Context, cards: list[Card]) -> list[Card]:
     threads = []
     for card, sink, where in sinks:
         card.written = sink.written
+        card.verify = "failed" if sink.bad_read_back else (OK if not sink.failure else "not run")
         if sink.failure or ctx.stop.is_set():
             _failed(ctx, card, stacks[id(card)], sink.failure or "interrupted")
             continue
@@ -132,12 +143,16 @@ def _advancer(card: Card) -> Callable[[int], None]:
     return advance
 
 
+def _checker(card: Card) -> Callable[[int], None]:
+    def checked(n: int) -> None:
+        card.checked += n
+
+    return checked
+
+
 def _finish(ctx: Context, card: Card, where: Path, stack: contextlib.ExitStack) -> None:
     """Verify, personalize, flush, then the file target appears and the row is written."""
     try:
-        card.phase, card.done, card.started = "verify", 0, time.monotonic()
-        verify(where, ctx.block_map, card.dest.path, _advancer(card))
-        card.verify = OK
         if ctx.config is not None and card.device is not None:
             card.phase = "personalize"
             with ctx.personalizing, reported_as(where, card.dest.path):
@@ -145,8 +160,6 @@ def _finish(ctx: Context, card: Card, where: Path, stack: contextlib.ExitStack) 
         _flush(where, card.dest.path)
         stack.close()  # a file target is renamed into place here
     except PifleetError as exc:
-        if card.phase == "verify":
-            card.verify = "failed"
         _failed(ctx, card, stack, str(exc))
         return
     except BaseException as exc:  # a bug: still this card only, still one line
