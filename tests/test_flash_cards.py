@@ -150,3 +150,105 @@ def test_a_card_that_fills_up_fails_alone_and_its_device_stays_unflashed(
                        "edge-003": ("ok", "c.img")}  # fmt: skip
     proc = flash(work, "d.img")  # the failed card's device is the next one to flash
     assert proc.returncode == 0 and hostname_of(work / "d.img") == "edge-002"
+
+
+@pytest.mark.parametrize(
+    ("target", "fragment"),
+    [
+        ("out/flash-ledger.csv", "is the flash ledger"),
+        ("out/known_hosts", "is the fleet's known_hosts"),
+        ("out/devices/edge-001/node-password", "is a device identity file"),
+    ],
+)
+def test_the_ledger_and_the_identities_are_never_a_target(
+    work: Path, target: str, fragment: str
+) -> None:
+    """Found by review: the image was renamed over the ledger and over a device's key."""
+    assert flash(work, "a.img").returncode == 0  # the ledger, known_hosts and edge-001's keys
+    before = (work / target).read_bytes()
+    one_line_error(flash(work, "b.img", target), 2, fragment)
+    assert (work / target).read_bytes() == before and not (work / "b.img").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        ("symlink", "cannot open the ledger: a symlink"),
+        ("fifo", "not a regular file"),
+        ("no header", "not a pifleet flash ledger (no header line)"),
+        ("csv garbage", "not a ledger"),
+        ("missing folder", "cannot open the ledger"),
+    ],
+)
+def test_a_ledger_that_cannot_take_rows_is_refused_before_any_card(
+    work: Path, make: str, fragment: str
+) -> None:
+    """Found by review: cards were written, then not recorded (and exit 0)."""
+    path = work / "out/flash-ledger.csv"
+    args: list[str] = []
+    if make == "symlink":
+        (work / "real.csv").write_text("")
+        path.symlink_to(work / "real.csv")
+    elif make == "fifo":
+        os.mkfifo(path)
+    elif make == "no header":
+        path.write_text("edge-001,a.img,,,,0,x,,,0,ok,ok,\n")
+    elif make == "csv garbage":  # a quoted field longer than csv's field limit
+        from builder.fleet.ledger import COLUMNS
+
+        path.write_text(",".join(COLUMNS) + '\n"' + "x" * 200_000 + "\n")
+    else:
+        args = ["--ledger", "no-such-folder/ledger.csv"]
+    proc = flash(work, "a.img", "b.img", *args)
+    one_line_error(proc, 2, fragment)
+    assert not (work / "a.img").exists() and not (work / "b.img").exists()
+
+
+def test_two_runs_on_one_ledger_never_take_the_same_device(work: Path) -> None:
+    """Found by review: both runs flashed edge-001 and edge-002. A claim held by another run
+    (as its flock on `<ledger>.claims/<device>`) makes this run take the next devices."""
+    import fcntl
+
+    claims = work / "out/flash-ledger.csv.claims"
+    claims.mkdir()
+    fd = os.open(claims / "edge-001", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        proc = flash(work, "a.img", "b.img")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert (hostname_of(work / "a.img"), hostname_of(work / "b.img")) == (
+            "edge-002",
+            "edge-003",
+        )
+        one_line_error(flash(work, "c.img", "d.img"), 2, "another pifleet run on this ledger")
+        assert not (work / "c.img").exists()
+    finally:
+        os.close(fd)
+    proc = flash(work, "c.img")  # the other run is gone: its device is free again
+    assert proc.returncode == 0 and hostname_of(work / "c.img") == "edge-001"
+
+
+def test_cards_stopped_mid_round_are_recorded_interrupted_and_leave_no_file(work: Path) -> None:
+    """Found by review: stopped cards were recorded `failed`, as if the card were bad. A
+    round stopped (a second Ctrl-C) as its cards start: each row says `interrupted`, each
+    device goes back, and no file target is left, under its name or a temporary one."""
+    from builder.config.fleet import load
+    from builder.fleet.destination import FileDestination
+    from builder.fleet.flash import block_map_of
+    from builder.fleet.ledger import Ledger
+    from builder.fleet.rounds import Card, Context, run_round
+
+    config = load(work / "fleet.yaml")
+    image = work / GOLDEN
+    given_back: list[str] = []
+    ledger = Ledger(work / "out/flash-ledger.csv")
+    ctx = Context(image=image, block_map=block_map_of(image, None), image_sha256=sha256(image),
+                  config=config, ledger=ledger, event=lambda card, text: ctx.stop.set(),
+                  give_back=lambda d: given_back.append(d.hostname), release=lambda d: None)  # fmt: skip
+    cards = [Card(FileDestination(work / f"{n}.img"), config.devices[n]) for n in range(2)]
+    run_round(ctx, cards)
+    assert [(r.device, r.outcome) for r in ledger.rows()] == [
+        ("edge-001", "interrupted"), ("edge-002", "interrupted")
+    ]  # fmt: skip
+    assert sorted(given_back) == ["edge-001", "edge-002"]
+    assert sorted(p.name for p in work.iterdir() if p.name.endswith((".img", ".tmp"))) == []

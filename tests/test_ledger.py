@@ -61,6 +61,7 @@ def test_a_hostile_card_cannot_reach_a_terminal_or_a_spreadsheet(tmp_path: Path)
     assert len(text.splitlines()) == 2, "a newline in a value made a second row"
     [cells] = list(csv.DictReader(text.splitlines()))
     assert cells["serial"].startswith("'="), "a formula a spreadsheet would run"
+    assert ledger.rows()[0].serial.startswith('=HYPERLINK("http'), "read back as it was"
     jsonl = Ledger(tmp_path / "l.jsonl")
     jsonl.append(row("edge-001", serial=serial))
     line = (tmp_path / "l.jsonl").read_text()

@@ -12,6 +12,7 @@ import csv
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,81 @@ def test_no_device_left_is_one_line_exit_2_before_waiting(work: Path, tmp_path: 
     errors = [line for line in station.lines if line.startswith("pifleet: error:")]
     assert len(errors) == 1 and "no device left to flash" in errors[0], station.output()
     assert "waiting for cards" not in station.output()
+
+
+def test_a_disk_whose_medium_stayed_is_not_new_whatever_its_size_does(
+    work: Path, tmp_path: Path
+) -> None:
+    """Found by review: a card present at the start, its size read as 0 and back (the same
+    diskseq: the same medium), was flashed. Only a new medium (a new diskseq) is a card."""
+    system = FakeSystem(tmp_path / "root")
+    present = usb_reader(system, 0, SECTORS, serial="BACKUP")
+    system.done()
+    before = sha256(present)
+    station = Station(work, system.root)
+    try:
+        station.wait_for("station: waiting for cards")
+        size = system.root / "sys/block/sdb/size"
+        size.write_text("0\n")
+        time.sleep(1.2)  # two looks of the station
+        size.write_text(f"{SECTORS}\n")
+        time.sleep(1.2)
+        push_card(system, "sdb", SECTORS, "NEW")  # now a new medium: a card
+        station.wait_for(r"edge-001 .*done")
+        code = station.stop(signal.SIGINT)
+    finally:
+        station.kill()
+    assert code == 0, station.output()
+    assert [r["serial"] for r in rows(work)] == ["NEW"]
+    assert before != sha256(present)  # the node now holds the new card, written once
+
+
+def test_a_hostile_card_cannot_reach_the_terminal_nor_stop_the_station(
+    work: Path, tmp_path: Path
+) -> None:
+    """Found by review: a vendor that is not UTF-8 crashed the station (and the card in
+    progress), and escape codes and markup in a vendor or serial reached the output raw."""
+    system = FakeSystem(tmp_path / "root")
+    usb_reader(system, 0)
+    usb_reader(system, 1)
+    system.done()
+    station = Station(work, system.root)
+    try:
+        station.wait_for("station: waiting for cards")
+        vendor = system.root / "sys/block/sdb/device/vendor"
+        vendor.write_bytes(b"\xff\xfe[/x]\x1b]0;PWNED\x07\x1b[2J[link=https://x.example]Ev\nforged line\n")
+        push_card(system, "sdb", SECTORS, "SER\x1b[31m")
+        station.wait_for(r"edge-001 .*done")
+        push_card(system, "sdc", SECTORS, "NEXT")
+        station.wait_for(r"edge-002 .*done")
+        code = station.stop(signal.SIGINT)
+    finally:
+        station.kill()
+    assert code == 0, station.output()
+    out = station.output()
+    assert "\x1b" not in out and "\x07" not in out, "a card's codes reached the terminal"
+    assert not any(line.startswith("forged line") for line in station.lines)
+    assert [r["serial"] for r in rows(work)] == ["SER\\x1b[31m", "NEXT"]
+    assert rows(work)[0]["vendor"].endswith("Ev\\x0aforged line")
+
+
+def test_the_live_table_shows_a_card_s_markup_as_text(tmp_path: Path) -> None:
+    """Found by review: `[/x]` in a vendor ended the run with a MarkupError, and `[link=…]`
+    put a hyperlink on the terminal."""
+    import io
+
+    from rich.console import Console
+
+    from builder.fleet.board import Board
+    from builder.fleet.destination import BlockDestination
+    from builder.fleet.rounds import Card
+
+    board = Board(live=False)
+    hostile = "[/x] [link=https://evil.example]Generic[/link] \x1b]8;;x\x07"
+    board.add(Card(BlockDestination(Path("/dev/sdb"), vendor=hostile, serial="[bold]1"), None))
+    screen = io.StringIO()
+    Console(file=screen, force_terminal=True, width=200).print(board._table())
+    shown = screen.getvalue()
+    assert "\x1b]8;" not in shown, "a hyperlink reached the terminal"
+    assert "[/x] [link=https://evil.example]Generic[/link]" in shown
+    assert "[bold]1" in shown

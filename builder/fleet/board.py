@@ -38,6 +38,13 @@ def _card_facts(card: Card) -> str:
     return str(dest.path)
 
 
+def _cell(text: str) -> str:
+    """A table cell: inert, and its brackets escaped so that rich reads no markup in it."""
+    from rich.markup import escape
+
+    return escape(inert(text))
+
+
 class Board:
     """Thread-safe: rounds report from their own threads."""
 
@@ -52,12 +59,13 @@ class Board:
             self.cards.append(card)
 
     def say(self, text: str) -> None:
-        """A line about the run, not about one card."""
+        """A line about the run, not about one card: inert (a card's name or serial cannot
+        reach the terminal as codes, nor split the line), and never read as markup."""
         with self._lock:
             if self._console is not None:
                 self._console.print(inert(text), markup=False, highlight=False)
             else:
-                print(text, flush=True)
+                print(inert(text), flush=True)
 
     def event(self, card: Card, text: str) -> None:
         self.say(f"{card.name} {card.dest.path}: {text}")
@@ -72,7 +80,7 @@ class Board:
             cards = list(self.cards)
         for c in cards:
             rate = f"{c.rate():.1f}" if c.phase == "write" else ""
-            table.add_row(inert(c.name), inert(_card_facts(c)), c.shown_phase, rate, _bar(c))
+            table.add_row(_cell(c.name), _cell(_card_facts(c)), c.shown_phase, rate, _bar(c))
         return table
 
     @contextlib.contextmanager

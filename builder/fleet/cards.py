@@ -3,7 +3,8 @@
 `Watcher` remembers what was present when it started (never a candidate) and, on each look,
 returns the disks that were not there at the previous look and hold a medium: a card
 pushed into a reader (its size goes from 0 to the card's, and its `diskseq` changes), or a
-USB stick plugged in. A disk that goes away and comes back is new again.
+USB stick plugged in. A disk that goes away and comes back is new again; a disk whose
+medium stayed (the same `diskseq`) is not, whatever its size does meanwhile.
 
 - It looks when udev says a block device was added or changed (`pyudev`, real libudev), and
   every `interval` seconds anyway; with no udev (a container, or a fake root) it only polls.
@@ -40,10 +41,17 @@ class Seen:
     seq: str
     has_medium: bool
 
+    @property
+    def identity(self) -> tuple[str, str, str | bool]:
+        """The medium: the kernel's disk sequence number (new at every media change, since
+        Linux 5.15), else (an older kernel) whether a medium is in."""
+        return (self.name, self.dev, self.seq if self.seq not in ("", "0") else self.has_medium)
+
 
 def _read(path: Path) -> str:
+    """A sysfs value; what a device says need not be UTF-8 (undecodable bytes shown as U+FFFD)."""
     try:
-        return path.read_text().strip()
+        return path.read_bytes().decode("utf-8", errors="replace").strip()
     except OSError:
         return ""
 
@@ -70,7 +78,7 @@ class Watcher:
     def __init__(self, system_root: Path = Path("/"), interval: float = 0.5) -> None:
         self.root = system_root
         self.interval = interval
-        self._before = set(look(system_root))
+        self._before = {key.identity for key in look(system_root)}
         self._monitor = self._udev() if system_root == Path("/") else None
 
     def _udev(self) -> Any:
@@ -100,8 +108,8 @@ class Watcher:
     def new_cards(self) -> list[BlockDestination]:
         """The disks with a medium that were not there at the previous look."""
         now = look(self.root)
-        fresh = [key for key in now if key not in self._before and key.has_medium]
-        self._before = set(now)
+        fresh = [key for key in now if key.identity not in self._before and key.has_medium]
+        self._before = {key.identity for key in now}
         cards = []
         for key in fresh:
             node = now[key].resolve()

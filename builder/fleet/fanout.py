@@ -13,8 +13,10 @@ So the read-back of early ranges overlaps the writing of later ones, and what is
 is what the card holds, not what the page cache remembers.
 
 A card whose write or read-back fails (pulled: EIO, ENODEV; full: ENOSPC; read back
-differently: a bad card) is marked failed with one line and drops out; the reader stops
-feeding it and the other cards go on. An image that differs from its block map fails
+differently: a bad card; no chunk taken for `STALL` seconds: hung) is marked failed with
+one line and drops out; the reader stops feeding it and the other cards go on. The cards of
+one round go at the pace of the slowest: the reader is never more than `DEPTH` chunks
+ahead of any card. An image that differs from its block map fails
 every card (the image is wrong, not the cards).
 """
 
@@ -34,6 +36,7 @@ from builder.util.errors import BuildError
 CHUNK = 4 * 1024 * 1024
 DEPTH = 8
 STRETCH = 32 * 1024 * 1024  # written bytes the checker takes at once
+STALL = 60  # seconds a card may take to accept one more chunk before it is failed
 _END = None
 
 _Item = tuple[int, bytes] | bmap.Range | None  # a chunk, a range's end, or the end
@@ -181,16 +184,29 @@ def fan_out(
                         "after the bmap was made?); flashing stopped"
                     )
                 for s in sinks:
-                    if not s.failure:
-                        s._queue.put(r)
+                    _offer(s, r)
     except BaseException:
         stop.set()
         raise
     finally:
         for s in sinks:
-            s._queue.put(_END)
-        for t in threads:
-            t.join()
+            _offer(s, _END, 1 if (stop.is_set() or s.failure) else STALL)
+        for s, writer, checker in zip(sinks, threads[::2], threads[1::2], strict=True):
+            for t in (writer, checker):  # a card hung in the kernel is left behind, failed
+                t.join(None if not (stop.is_set() or s.failure) else 2)
+
+
+def _offer(sink: Sink, item: _Item, wait: float = 0) -> None:
+    """Queue `item` for a live card; one that takes no chunk for `STALL` seconds is failed
+    (a hung card must not hold back the others for ever). The end is offered to every card."""
+    if sink.failure and item is not _END:
+        return
+    try:
+        sink._queue.put(item, timeout=wait or STALL)
+    except queue.Full:
+        sink.failure = (
+            sink.failure or f"{sink.shown}: stalled: no write finished in {STALL} s (card failing?)"
+        )
 
 
 def _feed(fd: int, image: Path, r: bmap.Range, size: int, sinks: list[Sink]) -> str:
@@ -203,7 +219,6 @@ def _feed(fd: int, image: Path, r: bmap.Range, size: int, sinks: list[Sink]) -> 
             raise BuildError(f"{image}: ended early at byte {start} (changed while flashing?)")
         digest.update(chunk)
         for s in sinks:
-            if not s.failure:
-                s._queue.put((start, chunk))
+            _offer(s, (start, chunk))
         start += len(chunk)
     return digest.hexdigest()

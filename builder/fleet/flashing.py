@@ -27,7 +27,7 @@ from builder.disk.table import read_table
 from builder.fleet.destination import BlockDestination, Destination
 from builder.fleet.flash import block_map_of, bmap_path, flash, personalize_card
 from builder.fleet.ledger import NAME, OK, Ledger
-from builder.fleet.pool import no_device_left, pool_for
+from builder.fleet.pool import Claims, Pool, no_device_left, pool_for
 from builder.fleet.target import describe
 from builder.outputs import bmap
 from builder.outputs.artifacts import manifest_inputs
@@ -36,7 +36,7 @@ from builder.util.console import human_size
 from builder.util.errors import BuildError, UserError
 
 if TYPE_CHECKING:
-    from builder.config.model import FleetConfig
+    from builder.config.model import Device, FleetConfig
 
 
 def check_image(image: Path, bmap_file: Path | None) -> bmap.BlockMap:
@@ -135,11 +135,22 @@ def _load(args: argparse.Namespace, image: Path) -> tuple[FleetConfig, dict[str,
     config = load(Path(args.config))
     if image.is_file():
         open_golden(image)  # what personalizing needs, checked before any write
-    return config, protected_inputs(config, image)
+    protected = protected_inputs(config, image)
+    protected["the flash ledger"] = ledger_path(args, config)
+    protected["the fleet's known_hosts"] = config.output.dir / "known_hosts"
+    identities = config.output.dir / "devices"
+    if identities.is_dir():  # a device's host key and node password, kept for reflashing
+        for n, kept in enumerate(p for p in identities.rglob("*") if p.is_file()):
+            protected[f"a device identity file ({n})"] = kept
+    return config, protected
+
+
+def ledger_path(args: argparse.Namespace, config: FleetConfig) -> Path:
+    return Path(args.ledger) if args.ledger else config.output.dir / NAME
 
 
 def ledger_of(args: argparse.Namespace, config: FleetConfig) -> Ledger:
-    return Ledger(Path(args.ledger) if args.ledger else config.output.dir / NAME)
+    return Ledger(ledger_path(args, config))
 
 
 def _one(args: argparse.Namespace, image: Path, target: Path, name: str | None) -> int:
@@ -156,7 +167,9 @@ def _one(args: argparse.Namespace, image: Path, target: Path, name: str | None) 
     config, protected = _load(args, image)
     device = find_device(config, name)
     ledger = ledger_of(args, config)
-    ledger.rows()  # a ledger that cannot be read is refused before the card is touched
+    ledger.rows()  # a ledger that cannot be read or appended to: refused before any write
+    if not args.dry_run:
+        ledger.check()
     card: Card | None = None
 
     def then(written: Path) -> None:
@@ -203,7 +216,12 @@ def _many(
     pool = None
     if config is not None and ledger is not None:
         flashed = ledger.flashed(digest)
-        pool = pool_for(config, flashed, named, reflash)
+
+        def still_free(name: str, ledger: Ledger = ledger) -> bool:
+            return name not in ledger.flashed(digest)
+
+        claims = Claims(ledger.path) if not args.dry_run else None
+        pool = pool_for(config, flashed, named, reflash, claims, still_free)
         wanted = len(targets) or 1
         if len(pool) < wanted:
             raise UserError(no_device_left(config, flashed, wanted, len(pool)))
@@ -211,6 +229,8 @@ def _many(
     print(
         f"{image.name}: {human_size(block_map.size)}, {human_size(mapped)} mapped in {len(block_map.ranges)} ranges"
     )
+    if ledger is not None and not args.dry_run:
+        ledger.check()  # it can be appended to: no card is written that cannot be recorded
     if args.station:
         return station.run(args, image, block_map, digest, config, ledger, pool)
     for t in targets:
@@ -223,5 +243,18 @@ def _many(
     if not args.yes and any(t.needs_consent for t in targets):
         confirm_all(targets, image, block_map)
     ctx = station.context(image, block_map, digest, config, ledger, pool)
-    cards = [rounds.Card(t, pool.take() if pool is not None else None) for t in targets]
+    cards = [rounds.Card(t, _take(pool)) for t in targets]
     return station.one_round(ctx, cards)
+
+
+def _take(pool: Pool | None) -> Device | None:
+    """A device for a named target; none free means another run is flashing the rest."""
+    if pool is None:
+        return None
+    device = pool.take()
+    if device is None:
+        raise UserError(
+            "no device free for every card: another pifleet run on this ledger is flashing the "
+            "others (see its .claims folder); nothing written"
+        )
+    return device

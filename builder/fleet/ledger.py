@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import io
 import json
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -35,7 +37,9 @@ from builder.util.terminal import inert
 NAME = "flash-ledger.csv"
 NAMES = (NAME, "flash-ledger.jsonl")  # what `pifleet status` looks for in the output dir
 OK = "ok"
+MAX_BYTES = 64 << 20  # a ledger of a million cards is about 300 MiB; this is 200,000
 _FORMULA = ("=", "+", "-", "@")
+_COUNTS = ("size", "bytes_written")
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,11 @@ def _cell(value: str) -> str:
     return f"'{value}" if value.startswith(_FORMULA) else value
 
 
+def _uncell(value: str) -> str:
+    """What `_cell` was given."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(_FORMULA) else value
+
+
 def _encode(row: Row, jsonl: bool) -> str:
     values = {k: (inert(v) if isinstance(v, str) else v) for k, v in asdict(row).items()}
     if jsonl:
@@ -76,7 +85,12 @@ def _encode(row: Row, jsonl: bool) -> str:
 
 class Ledger:
     """Rows read and appended; one instance is safe to share between threads, and an
-    exclusive flock keeps two stations appending to one ledger from interleaving."""
+    exclusive flock keeps two runs appending to one ledger from interleaving.
+
+    The ledger is a regular file opened without following a symlink, for reading as for
+    appending (a FIFO, a device or a link is refused in one line), read up to `MAX_BYTES`;
+    a CSV ledger starts with its header line, or it is not a pifleet ledger.
+    """
 
     def __init__(self, path: Path) -> None:
         if path.suffix not in (".csv", ".jsonl"):
@@ -87,33 +101,47 @@ class Ledger:
         self.jsonl = path.suffix == ".jsonl"
         self._lock = threading.Lock()
 
+    def check(self) -> None:
+        """Before any card is written: the ledger can be read, and appended to (made if new)."""
+        self.rows()
+        with self._opened(os.O_RDWR | os.O_APPEND | os.O_CREAT, UserError):
+            pass
+
     def rows(self) -> list[Row]:
         """Every complete row; a torn last line (a power cut mid-append) is not a row."""
-        try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
+        if not os.path.lexists(self.path):
             return []
-        except OSError as exc:
-            raise UserError(f"{self.path}: cannot read the ledger: {exc.strerror}") from None
-        lines = text.split("\n")[:-1]  # the part after the last newline is torn or empty
+        with self._opened(os.O_RDONLY, UserError) as fd:
+            data = os.read(fd, MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise UserError(f"{self.path}: over {MAX_BYTES >> 20} MiB: not a flash ledger")
+        lines = data.decode("utf-8", errors="replace").split("\n")[:-1]  # the rest is torn
         if self.jsonl:
             return [self._from_json(n, line) for n, line in enumerate(lines, 1) if line]
-        return [self._from_csv(n, v) for n, v in enumerate(csv.reader(lines), 1) if n > 1 and v]
+        if lines and lines[0] != ",".join(COLUMNS):
+            raise UserError(f"{self.path}:1: not a pifleet flash ledger (no header line)")
+        try:
+            return [self._from_csv(n, v) for n, v in enumerate(csv.reader(lines), 1) if n > 1 and v]
+        except csv.Error as exc:
+            raise UserError(f"{self.path}: not a ledger ({exc})") from None
 
     def _from_json(self, number: int, line: str) -> Row:
         try:
             data = json.loads(line)
-            return Row(**{k: data[k] for k in COLUMNS})
+            row = Row(**{k: data[k] for k in COLUMNS})
         except (ValueError, KeyError, TypeError):
             raise UserError(f"{self.path}:{number}: not a ledger row") from None
+        if not all(isinstance(getattr(row, k), int if k in _COUNTS else str) for k in COLUMNS):
+            raise UserError(f"{self.path}:{number}: not a ledger row (a value of the wrong type)")
+        return row
 
     def _from_csv(self, number: int, values: list[str]) -> Row:
         if len(values) != len(COLUMNS):
             raise UserError(f"{self.path}:{number}: not a ledger row ({len(values)} columns)")
-        data: dict[str, object] = dict(zip(COLUMNS, values, strict=True))
+        data: dict[str, object] = {k: _uncell(v) for k, v in zip(COLUMNS, values, strict=True)}
         try:
-            data["size"] = int(values[COLUMNS.index("size")] or 0)
-            data["bytes_written"] = int(values[COLUMNS.index("bytes_written")] or 0)
+            for key in _COUNTS:
+                data[key] = int(values[COLUMNS.index(key)] or 0)
         except ValueError:
             raise UserError(
                 f"{self.path}:{number}: not a ledger row (a count is not a number)"
@@ -127,7 +155,8 @@ class Ledger:
     def append(self, row: Row) -> None:
         """One whole line, fsynced; a new ledger starts with its header (CSV) in the same write."""
         line = _encode(row, self.jsonl)
-        with self._lock, self._opened() as fd:
+        with self._lock, self._opened(os.O_RDWR | os.O_APPEND | os.O_CREAT, BuildError) as fd:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             end = os.lseek(fd, 0, os.SEEK_END)
             if end and os.pread(fd, 1, end - 1) != b"\n":
                 end = _cut_torn_tail(fd, end)
@@ -142,13 +171,15 @@ class Ledger:
                 ) from None
 
     @contextlib.contextmanager
-    def _opened(self) -> Iterator[int]:
+    def _opened(self, flags: int, error: type[UserError] | type[BuildError]) -> Iterator[int]:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            fd = os.open(self.path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as exc:
-            raise UserError(f"{self.path}: cannot open the ledger: {exc.strerror}") from None
+            why = "a symlink" if exc.errno == errno.ELOOP else exc.strerror
+            raise error(f"{self.path}: cannot open the ledger: {why}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise error(f"{self.path}: not a regular file; a ledger is a plain file")
             yield fd
         finally:
             os.close(fd)

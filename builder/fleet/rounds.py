@@ -88,7 +88,8 @@ class Context:
     config: FleetConfig | None
     ledger: Ledger | None
     event: Callable[[Card, str], None]
-    give_back: Callable[[Device], None]
+    give_back: Callable[[Device], None]  # its card failed: the device is free again
+    release: Callable[[Device], None]  # its card is recorded: the claim goes
     stop: threading.Event = field(default_factory=threading.Event)
     personalizing: threading.Lock = field(default_factory=threading.Lock)
     eject: bool = False
@@ -121,19 +122,34 @@ def run_round(ctx: Context, cards: list[Card]) -> list[Card]:
             card.written = sink.written
             _failed(ctx, card, stacks[id(card)], str(exc) or "interrupted", outcome)
         raise
-    threads = []
+    finishing = []
     for card, sink, where in sinks:
         card.written = sink.written
         card.verify = "failed" if sink.bad_read_back else (OK if not sink.failure else "not run")
         if sink.failure or ctx.stop.is_set():
-            _failed(ctx, card, stacks[id(card)], sink.failure or "interrupted")
+            outcome = "failed" if sink.failure else "interrupted"
+            _failed(ctx, card, stacks[id(card)], sink.failure or "interrupted", outcome)
             continue
-        t = threading.Thread(target=_finish, args=(ctx, card, where, stacks[id(card)]), daemon=True)
-        t.start()
-        threads.append(t)
-    for t in threads:
-        t.join()
+        finished = threading.Event()
+        finishing.append(finished)
+        threading.Thread(
+            target=_finish, args=(ctx, card, where, stacks[id(card)], finished), daemon=True
+        ).start()
+    _wait_all(ctx, finishing)
     return cards
+
+
+def _wait_all(ctx: Context, finishing: list[threading.Event]) -> None:
+    """Until every card is finished; interrupted, the cards not yet being personalized are
+    recorded `interrupted`, and those being personalized get a few seconds to finish."""
+    try:
+        for finished in finishing:
+            finished.wait()  # an Event, not Thread.join: a Ctrl-C cannot make it lie
+    except BaseException:
+        ctx.stop.set()
+        for finished in finishing:
+            finished.wait(10)
+        raise
 
 
 def _advancer(card: Card) -> Callable[[int], None]:
@@ -150,8 +166,22 @@ def _checker(card: Card) -> Callable[[int], None]:
     return checked
 
 
-def _finish(ctx: Context, card: Card, where: Path, stack: contextlib.ExitStack) -> None:
-    """Verify, personalize, flush, then the file target appears and the row is written."""
+def _finish(
+    ctx: Context, card: Card, where: Path, stack: contextlib.ExitStack, finished: threading.Event
+) -> None:
+    try:
+        _personalize_and_record(ctx, card, where, stack)
+    finally:
+        finished.set()
+
+
+def _personalize_and_record(
+    ctx: Context, card: Card, where: Path, stack: contextlib.ExitStack
+) -> None:
+    """Personalize, flush, then the file target appears and the row is written."""
+    if ctx.stop.is_set():
+        _failed(ctx, card, stack, "interrupted before it was personalized", "interrupted")
+        return
     try:
         if ctx.config is not None and card.device is not None:
             card.phase = "personalize"
@@ -165,8 +195,14 @@ def _finish(ctx: Context, card: Card, where: Path, stack: contextlib.ExitStack) 
     except BaseException as exc:  # a bug: still this card only, still one line
         _failed(ctx, card, stack, f"internal error: {type(exc).__name__}: {exc}")
         return
+    recorded = _record(ctx, card, OK)
+    if card.device is not None:
+        ctx.release(card.device)
+    if not recorded:
+        card.phase = "failed"
+        card.failure = f"written and verified, but not recorded in the ledger: {card.failure}"
+        return
     card.phase = "done"
-    _record(ctx, card, OK)
     if not isinstance(card.dest, BlockDestination):
         ctx.event(card, "done")
         return
@@ -207,14 +243,18 @@ class _CardFailed(Exception):
     """Thrown into a card's prepared() so that a file target's temporary copy is removed."""
 
 
-def _record(ctx: Context, card: Card, outcome: str) -> None:
+def _record(ctx: Context, card: Card, outcome: str) -> bool:
+    """The card's row; False (and a line) when the ledger would not take it."""
     if ctx.ledger is None:
-        return
+        return True
     card.image_sha256 = ctx.image_sha256
     try:
         record(ctx.ledger, card, outcome)
     except PifleetError as exc:
+        card.failure = card.failure or str(exc)
         ctx.event(card, f"not recorded: {exc}")
+        return False
+    return True
 
 
 def record(ledger: Ledger, card: Card, outcome: str) -> None:

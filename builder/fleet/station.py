@@ -15,7 +15,6 @@ station also stops by itself once every device of the fleet has a card.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +27,7 @@ from builder.fleet.pool import Pool
 from builder.fleet.rounds import Card, Context, failed_status, run_round
 from builder.outputs import bmap
 from builder.util.errors import Terminated, UserError
+from builder.util.terminal import inert
 
 if TYPE_CHECKING:
     from builder.config.model import FleetConfig
@@ -54,6 +54,7 @@ def context(
         ledger=ledger,
         event=shown.event,
         give_back=pool.give_back if pool is not None else (lambda device: None),
+        release=pool.release if pool is not None else (lambda device: None),
         eject=eject,
     )
 
@@ -64,7 +65,7 @@ def _summary(cards: list[Card]) -> int:
     if failed:
         print(f"{ok} of {len(cards)} cards flashed; {len(failed)} failed:")
         for c in failed:
-            print(f"  {c.name} {c.dest.path}: {c.failure}")
+            print(inert(f"  {c.name} {c.dest.path}: {c.failure}"))
     else:
         print(f"{ok} of {len(cards)} cards flashed and verified")
     return failed_status(len(failed))
@@ -103,62 +104,74 @@ def run(
     board = _BOARD
     ctx = context(image, block_map, digest, config, ledger, pool, board, eject=True)
     watcher = Watcher(Path(args.system_root))
-    rounds: list[threading.Thread] = []
+    rounds: list[threading.Event] = []  # each set when its round is over
     cards: list[Card] = []
     left = f" ({len(pool)} devices left)" if pool is not None else ""
     with board.showing():
         board.say(f"station: waiting for cards{left}; Ctrl-C stops after the cards in progress")
         try:
-            while pool is None or len(pool) or any(t.is_alive() for t in rounds):
+            while pool is None or len(pool) or not all(r.is_set() for r in rounds):
                 watcher.wait()
                 batch = _take(watcher, block_map.size, pool, board)
                 if batch:
                     cards += batch
                     for card in batch:
                         board.add(card)
-                    t = threading.Thread(target=_round, args=(ctx, batch), daemon=True)
-                    t.start()
-                    rounds.append(t)
+                    over = threading.Event()
+                    rounds.append(over)  # before it starts: a Ctrl-C now still waits for it
+                    threading.Thread(target=_round, args=(ctx, batch, over), daemon=True).start()
             board.say("station: every device of the fleet has a card")
         except (KeyboardInterrupt, Terminated):
             _drain(rounds, ctx, board)
     return _summary(cards) if cards else 0
 
 
-def _round(ctx: Context, batch: list[Card]) -> None:
+def _round(ctx: Context, batch: list[Card], over: threading.Event) -> None:
     """A round in its own thread: what fails is already on its cards' rows and lines."""
-    with contextlib.suppress(Exception):
+    try:
         run_round(ctx, batch)
+    except Exception:
+        pass
+    finally:
+        over.set()
 
 
 def _take(watcher: Watcher, size: int, pool: Pool | None, board: Board) -> list[Card]:
     batch = []
-    for found in watcher.new_cards():
-        if not _admit(found, size, board):
+    try:
+        found = watcher.new_cards()
+    except Exception as exc:  # a disk sysfs could not describe: the station goes on
+        board.say(
+            f"station: a new disk could not be read ({type(exc).__name__}: {exc}); not written"
+        )
+        return []
+    for disk in found:
+        if not _admit(disk, size, board):
             continue
         device = pool.take() if pool is not None else None
         if pool is not None and device is None:
             board.say(
-                f"{found.path}: not written: no device left (every device has a card or one in progress)"
+                f"{disk.path}: not written: no device left (every device has a card or one in progress)"
             )
             continue
-        batch.append(Card(found, device))
+        batch.append(Card(disk, device))
     return batch
 
 
-def _drain(rounds: list[threading.Thread], ctx: Context, board: Board) -> None:
-    """The first Ctrl-C: finish what is in progress; a second: abandon it."""
-    busy = [t for t in rounds if t.is_alive()]
+def _drain(rounds: list[threading.Event], ctx: Context, board: Board) -> None:
+    """The first Ctrl-C: finish what is in progress; a second: abandon it (each card then
+    records `interrupted` within seconds: writers stop at their next chunk)."""
+    busy = [r for r in rounds if not r.is_set()]
     board.say(
         f"station: stopping; finishing {len(busy)} round(s) in progress (Ctrl-C again abandons them)"
     )
     try:
-        for t in busy:
-            t.join()
+        for over in busy:
+            over.wait()
     except (KeyboardInterrupt, Terminated):
-        ctx.stop.set()  # writers stop at their next chunk; what they wrote is no card
-        for t in busy:
-            t.join(timeout=2)
+        ctx.stop.set()
+        for over in busy:
+            over.wait(5)
         raise
 
 

@@ -71,8 +71,9 @@ def _sectors(disk: Path) -> int:
 
 
 def _read(path: Path) -> str:
+    """A sysfs value; what a device says need not be UTF-8 (undecodable bytes shown as U+FFFD)."""
     try:
-        return path.read_text().strip()
+        return path.read_bytes().decode("utf-8", errors="replace").strip()
     except OSError:
         return ""
 
