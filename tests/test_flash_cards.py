@@ -252,3 +252,30 @@ def test_cards_stopped_mid_round_are_recorded_interrupted_and_leave_no_file(work
     ]  # fmt: skip
     assert sorted(given_back) == ["edge-001", "edge-002"]
     assert sorted(p.name for p in work.iterdir() if p.name.endswith((".img", ".tmp"))) == []
+
+
+def test_a_card_that_reads_back_differently_fails_alone(work: Path, tmp_path: Path) -> None:
+    """A card that returns other bytes than were written to it (a fake-capacity or failing
+    card): its writes go to one file, its reads come from another, all zeros. It alone
+    fails, as a bad read-back; the honest card beside it is whole."""
+    import threading
+
+    from builder.fleet.fanout import Sink, fan_out
+    from builder.fleet.flash import block_map_of
+
+    image = work / GOLDEN
+    block_map = block_map_of(image, None)
+    good, written, lies = tmp_path / "good.img", tmp_path / "written.img", tmp_path / "lies.img"
+    for path in (good, written, lies):
+        with open(path, "wb") as f:
+            f.truncate(block_map.size)
+    fds = [os.open(good, os.O_WRONLY), os.open(written, os.O_WRONLY)]
+    honest, liar = Sink(good, fds[0], good), Sink(lies, fds[1], lies)
+    try:
+        fan_out(image, block_map, [honest, liar], threading.Event())
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert honest.failure == "" and not honest.bad_read_back
+    assert liar.bad_read_back and "read back differently: bad card?" in liar.failure
+    assert sha256(good) == sha256(image)

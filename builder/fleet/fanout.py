@@ -2,22 +2,26 @@
 
 The reader (the calling thread) reads each mapped range of the image once, in 4 MiB
 chunks, hashes it once against the block map, and hands the same chunk to every card's
-writer thread through a queue of `DEPTH` chunks. Memory is bounded by the queues, never
-by the image: at most `DEPTH + 1` chunks per card are alive, shared between the cards.
+writer thread through a queue of `DEPTH` chunks.
 
-Each card also has a checker thread that trails its writer: once a stretch of at least
-`STRETCH` bytes (or a range's end) is written, the checker flushes the card (fdatasync on
-its own descriptor), drops that stretch from the page cache (POSIX_FADV_DONTNEED) and reads
-it back from the card, hashing each range as it goes and comparing it with the block map.
-So the read-back of early ranges overlaps the writing of later ones, and what is checked
-is what the card holds, not what the page cache remembers.
+Each card also has a checker thread that trails its writer: once a stretch of `STRETCH`
+bytes is written, the checker flushes the card (fdatasync on its own descriptor), drops
+that stretch from the page cache (POSIX_FADV_DONTNEED), reads it back from the card and
+compares it, byte for byte, with the very chunks the reader read and checked against the
+bmap. So reading back overlaps writing, what is checked is what the card holds (not what
+the page cache remembers), and no card is hashed again: one sha256 per round, one memcmp
+per card.
+
+Memory is bounded by the queues, never by the image: a chunk lives until every card has
+written it and read it back, at most `DEPTH + LAG * STRETCH / CHUNK` chunks, shared
+between the cards however many they are.
 
 A card whose write or read-back fails (pulled: EIO, ENODEV; full: ENOSPC; read back
 differently: a bad card; no chunk taken for `STALL` seconds: hung) is marked failed with
-one line and drops out; the reader stops feeding it and the other cards go on. The cards of
-one round go at the pace of the slowest: the reader is never more than `DEPTH` chunks
-ahead of any card. An image that differs from its block map fails
-every card (the image is wrong, not the cards).
+one line and drops out; the reader stops feeding it and the other cards go on. The cards
+of one round go at the pace of the slowest: the reader is never more than `DEPTH` chunks
+ahead of any card. An image that differs from its block map fails every card (the image
+is wrong, not the cards).
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ from builder.util.errors import BuildError
 
 CHUNK = 4 * 1024 * 1024
 DEPTH = 8
-STRETCH = 32 * 1024 * 1024  # written bytes the checker takes at once
+STRETCH = 16 * 1024 * 1024  # written bytes the checker takes at once
+LAG = 4  # stretches a checker may be behind its writer (their chunks are kept until checked)
 STALL = 60  # seconds a card may take to accept one more chunk before it is failed
 _END = None
 
-_Item = tuple[int, bytes] | bmap.Range | None  # a chunk, a range's end, or the end
+_Item = tuple[int, bytes] | None  # a chunk (its offset, its bytes), or the end
 
 
 def _span(r: bmap.Range, size: int) -> tuple[int, int]:
@@ -53,19 +58,19 @@ class Sink:
     shown: Path  # the name messages use
     fd: int  # open for writing
     where: Path  # where the bytes go, opened again to read them back
-    size: int  # the image's size (where the last range ends)
     advance: Callable[[int], None] = lambda n: None  # bytes written
     checked: Callable[[int], None] = lambda n: None  # bytes read back and found right
     written: int = 0
     failure: str = ""
     bad_read_back: bool = False
     _queue: queue.Queue[_Item] = field(default_factory=lambda: queue.Queue(DEPTH))
-    _stretches: queue.Queue[tuple[int, int] | bmap.Range | None] = field(
-        default_factory=queue.Queue
+    _stretches: queue.Queue[list[tuple[int, bytes]] | None] = field(
+        default_factory=lambda: queue.Queue(LAG)
     )
 
     def _write_all(self, stop: threading.Event) -> None:
-        begun = -1  # where the stretch not yet handed to the checker starts
+        stretch: list[tuple[int, bytes]] = []  # written, not yet handed to the checker
+        held = 0
         ended = False
         try:
             while True:
@@ -75,19 +80,14 @@ class Sink:
                     break
                 if self.failure or stop.is_set():
                     continue  # drained, so the reader never blocks on a dead card
-                if isinstance(item, bmap.Range):
-                    _, end = _span(item, self.size)
-                    if begun >= 0:
-                        self._stretches.put((begun, end))
-                    self._stretches.put(item)
-                    begun = -1
-                    continue
-                offset, chunk = item
-                begun = offset if begun < 0 else begun
-                self._write(offset, chunk)
-                if offset + len(chunk) - begun >= STRETCH:
-                    self._stretches.put((begun, offset + len(chunk)))
-                    begun = -1
+                self._write(*item)
+                stretch.append(item)
+                held += len(item[1])
+                if held >= STRETCH:
+                    self._stretches.put(stretch)
+                    stretch, held = [], 0
+            if stretch and not self.failure and not stop.is_set():
+                self._stretches.put(stretch)
             if not self.failure and not stop.is_set():
                 self._flush(self.fd)
         except OSError as exc:
@@ -120,44 +120,41 @@ class Sink:
             raise OSError(exc.errno, f"flushing the writes failed: {exc.strerror}") from None
 
     def _check_all(self, stop: threading.Event) -> None:
-        """Read back each written stretch from the card itself; hash range by range."""
+        """Read back each written stretch from the card itself and compare it, byte for
+        byte, with the chunks the reader read (and checked against the bmap)."""
         try:
             fd = os.open(self.where, os.O_RDONLY)
         except OSError as exc:
             self.failure = self.failure or f"{self.shown}: cannot read back: {exc.strerror}"
             fd = -1
-        digest = hashlib.sha256()
         try:
-            while (item := self._stretches.get()) is not _END:
+            while (stretch := self._stretches.get()) is not _END:
                 if self.failure or stop.is_set() or fd < 0:
-                    continue
-                if isinstance(item, bmap.Range):
-                    if item.sha256 and digest.hexdigest() != item.sha256:
-                        self.bad_read_back = True
-                        self.failure = f"{self.shown}: blocks {item.first}-{item.last} read back differently: bad card?"
-                    digest = hashlib.sha256()
-                    continue
-                self._check(fd, *item, digest)
+                    continue  # drained, so the writer never blocks on a dead checker
+                self._check(fd, stretch)
         except OSError as exc:
             self.failure = self.failure or f"{self.shown}: {exc.strerror}"
         finally:
             if fd >= 0:
                 os.close(fd)
 
-    def _check(self, fd: int, start: int, end: int, digest: hashlib._Hash) -> None:
+    def _check(self, fd: int, stretch: list[tuple[int, bytes]]) -> None:
         self._flush(fd)  # the stretch is on the card before it is dropped from the cache
+        start = stretch[0][0]
+        end = stretch[-1][0] + len(stretch[-1][1])
         os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
-        while start < end:
+        for offset, chunk in stretch:
             try:
-                chunk = os.pread(fd, min(CHUNK, end - start), start)
+                back = os.pread(fd, len(chunk), offset)
             except OSError as exc:
                 raise OSError(
-                    exc.errno, f"read back failed at byte {start}: {exc.strerror}"
+                    exc.errno, f"read back failed at byte {offset}: {exc.strerror}"
                 ) from None
-            if not chunk:
-                raise OSError(5, f"read back ended early at byte {start}")
-            digest.update(chunk)
-            start += len(chunk)
+            if back != chunk:
+                self.bad_read_back = True
+                first = offset // bmap.BLOCK
+                last = (offset + len(chunk) - 1) // bmap.BLOCK
+                raise OSError(5, f"blocks {first}-{last} read back differently: bad card?")
             self.checked(len(chunk))
 
 
@@ -183,8 +180,6 @@ def fan_out(
                         f"{image}: blocks {r.first}-{r.last} differ from its bmap (image changed "
                         "after the bmap was made?); flashing stopped"
                     )
-                for s in sinks:
-                    _offer(s, r)
     except BaseException:
         stop.set()
         raise

@@ -111,7 +111,7 @@ def run_round(ctx: Context, cards: list[Card]) -> list[Card]:
             _failed(ctx, card, stacks[id(card)], str(exc))
             continue
         card.phase, card.total, card.started = "write", mapped, time.monotonic()
-        sink = Sink(card.dest.path, fd, where, ctx.block_map.size, _advancer(card), _checker(card))
+        sink = Sink(card.dest.path, fd, where, _advancer(card), _checker(card))
         sinks.append((card, sink, where))
         ctx.event(card, f"writing {card.dest.summary()}")
     try:
