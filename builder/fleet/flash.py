@@ -15,10 +15,12 @@ their refusal rules in `builder.fleet.destination`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -215,11 +217,20 @@ def flash(
     return target
 
 
-def personalize_card(config: FleetConfig, device: Device, written: Path, golden_sha256: str) -> int:
-    """Personalize the card (or file) just written as `device`; the files changed."""
+def personalize_card(
+    config: FleetConfig,
+    device: Device,
+    written: Path,
+    golden_sha256: str,
+    known_hosts: AbstractContextManager[object] | None = None,
+) -> int:
+    """Personalize the card (or file) just written as `device`; the files changed. Cards
+    of different devices may be personalized at once: `known_hosts` (a lock) is held only
+    while the fleet's known_hosts file, which they share, is rewritten."""
     from builder.fleet.personalize import apply, open_golden, record_known_hosts, secrets_for
 
     secrets = secrets_for(config, device)
     changed = apply(open_golden(written), config, device, secrets, golden_sha256)
-    record_known_hosts(config, [device])
+    with known_hosts or contextlib.nullcontext():
+        record_known_hosts(config, [device])
     return changed

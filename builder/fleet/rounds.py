@@ -91,7 +91,7 @@ class Context:
     give_back: Callable[[Device], None]  # its card failed: the device is free again
     release: Callable[[Device], None]  # its card is recorded: the claim goes
     stop: threading.Event = field(default_factory=threading.Event)
-    personalizing: threading.Lock = field(default_factory=threading.Lock)
+    personalizing: threading.Lock = field(default_factory=threading.Lock)  # known_hosts
     eject: bool = False
 
 
@@ -185,8 +185,10 @@ def _personalize_and_record(
     try:
         if ctx.config is not None and card.device is not None:
             card.phase = "personalize"
-            with ctx.personalizing, reported_as(where, card.dest.path):
-                personalize_card(ctx.config, card.device, where, ctx.image_sha256)
+            with reported_as(where, card.dest.path):
+                personalize_card(
+                    ctx.config, card.device, where, ctx.image_sha256, ctx.personalizing
+                )
         _flush(where, card.dest.path)
         stack.close()  # a file target is renamed into place here
     except PifleetError as exc:

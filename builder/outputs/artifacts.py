@@ -20,7 +20,7 @@ from typing import Any
 
 import firstboot
 from builder import version
-from builder.outputs import bmap, imager, sbom
+from builder.outputs import bmap, imager
 from builder.plan import Plan
 from builder.sources import compress
 from builder.sources.obtain import Input
@@ -95,7 +95,7 @@ def write_all(
         _write(
             batch,
             plan.output_dir / f"{name}.spdx.json",
-            sbom.document(plan, image_tmp, written[0].sha256),
+            _sbom_document(plan, image_tmp, written[0].sha256),
         )
     )
     text = json.dumps(manifest(plan, facts, written), indent=2, sort_keys=True) + "\n"
@@ -176,3 +176,10 @@ def _input(item: Input) -> dict[str, Any]:
     if item.version:
         entry["version"] = item.version
     return entry
+
+
+def _sbom_document(plan: Plan, image: Path, sha256: str) -> Any:
+    """The SBOM (imported here: its module is slow to import, and flashing never needs it)."""
+    from builder.outputs import sbom
+
+    return sbom.document(plan, image, sha256)
