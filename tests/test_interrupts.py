@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.fleet.ledger import NAME as LEDGER
+from builder.fleet.ledger import Ledger
 from tests.conftest import REPO, TEST_TOKEN, fleet_yaml
 from tests.http_fixture import AssetServer
 from tests.image_read import sha256
@@ -104,7 +106,8 @@ class Bench:
         found = {}
         for folder in ("out", "fleet-out", "dev"):
             for path in (self.work / folder).rglob("*") if (self.work / folder).exists() else ():
-                if path.is_file() and not staged(path, self.work):
+                ledger = path.name == LEDGER or path.parent.name == LEDGER + ".claims"
+                if path.is_file() and not staged(path, self.work) and not ledger:
                     found[str(path.relative_to(self.work))] = path
         if (self.work / "card.img").exists():
             found["card.img"] = self.work / "card.img"
@@ -155,6 +158,10 @@ def check_whole(b: Bench, seed: int, trial: str) -> None:
             listed = sums.parent / name.lstrip("*")
             assert listed.exists(), f"{where}: {sums} lists {name}, which is missing"
             assert sha256(listed) == digest, f"{where}: {sums} does not match {name}"
+    ledger = b.work / "out" / LEDGER  # an append log, not a whole-or-nothing output
+    if ledger.exists():
+        rows = Ledger(ledger).rows()  # every row whole (a torn last line is no row)
+        assert all(r.outcome in ("ok", "failed", "interrupted") for r in rows), f"{where}: {rows}"
     assert sha256(b.work / "base.img") == b.base_sha, f"{where}: the base changed"
     for entry in (b.cache / "downloads" / "sha256").glob("*/*"):
         assert sha256(entry) == entry.parent.name, f"{where}: cache entry {entry} is corrupt"
