@@ -214,7 +214,9 @@ def test_a_hostile_card_cannot_reach_the_terminal_nor_stop_the_station(
     try:
         station.wait_for("station: waiting for cards")
         vendor = system.root / "sys/block/sdb/device/vendor"
-        vendor.write_bytes(b"\xff\xfe[/x]\x1b]0;PWNED\x07\x1b[2J[link=https://x.example]Ev\nforged line\n")
+        vendor.write_bytes(
+            b"\xff\xfe[/x]\x1b]0;PWNED\x07\x1b[2J[link=https://x.example]Ev\nforged line\n"
+        )
         push_card(system, "sdb", SECTORS, "SER\x1b[31m")
         station.wait_for(r"edge-001 .*done")
         push_card(system, "sdc", SECTORS, "NEXT")
@@ -250,3 +252,50 @@ def test_the_live_table_shows_a_card_s_markup_as_text(tmp_path: Path) -> None:
     assert "\x1b]8;" not in shown, "a hyperlink reached the terminal"
     assert "[/x] [link=https://evil.example]Generic[/link]" in shown
     assert "[bold]1" in shown
+
+
+def test_on_a_terminal_the_live_table_shows_every_card(work: Path) -> None:
+    """Several cards on a terminal (a pty): the live table's rows, each card's device and
+    phase, and the run's result; no traceback, no internal error."""
+    import os
+    import pty
+    import sys
+
+    from tests.conftest import REPO
+
+    argv = [sys.executable, "-m", "builder", "flash", GOLDEN, "a.img", "b.img",
+            "--config", "fleet.yaml", "--yes"]  # fmt: skip
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the real CLI on the pty
+        os.chdir(work)
+        os.environ["PYTHONPATH"] = str(REPO)
+        os.environ["COLUMNS"] = "160"
+        os.execv(sys.executable, argv)
+    screen = b""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the pty
+            break
+        if not data:
+            break
+        screen += data
+    _, status = os.waitpid(pid, 0)
+    shown = screen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, shown[-3000:]
+    assert "Traceback" not in shown and "internal error" not in shown, shown[-3000:]
+    assert "device" in shown and "phase" in shown and "MB/s" in shown, shown[-3000:]
+    assert "edge-001" in shown and "edge-002" in shown and "done" in shown
+    assert "2 of 2 cards flashed and verified" in shown
+
+
+def test_the_station_watches_the_real_machine_through_udev() -> None:
+    """On this machine's own /sys (real libudev through pyudev when it can listen, else
+    polling): a look finds no new card, and waiting returns."""
+    from builder.fleet.cards import Watcher
+
+    watcher = Watcher()
+    began = time.monotonic()
+    watcher.wait(0.3)
+    assert time.monotonic() - began < 5
+    assert watcher.new_cards() == []

@@ -144,3 +144,40 @@ def test_api_refuses_without_the_admin_token(server: K3sTestServer) -> None:
 def test_kubeconfig_is_private(server: K3sTestServer) -> None:
     assert server.kubeconfig.stat().st_mode & 0o777 == 0o600
     assert (server.state_dir / "kube-admin-token").stat().st_mode & 0o777 == 0o600
+
+
+def test_each_device_shows_the_serial_of_the_card_it_was_flashed_on(
+    fleet: Path, server: K3sTestServer
+) -> None:
+    """Issue 25: the flash ledger's latest ok card of each device; no column without one."""
+    from builder.fleet.ledger import Ledger, Row
+
+    labels = labels_of(fleet)
+    server.kube.store.register("edge-001", labels)
+    ledger = Ledger(fleet / "out/flash-ledger.csv")
+    for device, serial, outcome in [("edge-001", "OLD-CARD", "ok"), ("edge-002", "BAD", "failed"),
+                                    ("edge-001", "NEW-CARD", "ok")]:  # fmt: skip
+        ledger.append(
+            Row(
+                device,
+                "/dev/sdb",
+                "Generic",
+                "SD",
+                serial,
+                1 << 34,
+                GOLDEN,
+                "",
+                "",
+                1,
+                "ok",
+                outcome,
+            )
+        )
+    with kubelets(server.kube.store, "edge-001"):
+        report = pifleet(
+            "status", "fleet.yaml", "--kubeconfig", str(server.kubeconfig), "--json", cwd=fleet
+        )
+        table = pifleet("status", "fleet.yaml", "--kubeconfig", str(server.kubeconfig), cwd=fleet)
+    cards = {d["name"]: d["card"] for d in json.loads(report.stdout)["devices"]}
+    assert cards == {"edge-001": "NEW-CARD", "edge-002": "", "edge-003": ""}
+    assert "NEW-CARD" in table.stdout and "card" in table.stdout and "OLD-CARD" not in table.stdout
