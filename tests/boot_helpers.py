@@ -1,9 +1,12 @@
 """The QEMU boot tests' shared parts: the boot fleet, the cached bases, a personalized
-device image built with the real CLI, and the disk a guest left, read with independent tools."""
+device image built with the real CLI, one `pifleet boot-test` run of it, and the disk a guest
+left, read with independent tools."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from builder.bases import debian as base
@@ -98,3 +101,28 @@ def guest_disk(overlay: Path, tmp: Path) -> tuple[Path, Path]:
     fsck = subprocess.run(["e2fsck", "-fn", str(root)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     return disk, root
+
+
+@dataclass(frozen=True)
+class BootTestRun:
+    """One `pifleet boot-test --keep VM --junit FILE` of an image, as its tests read it."""
+
+    image: Path
+    state: Path  # the K3s test server's state
+    vm: Path  # what --keep kept: disk.qcow2, console.log
+    junit: Path
+    proc: subprocess.CompletedProcess[str]
+    before: tuple[int, int]  # the image's mtime and size before the boot
+    cwd: Path
+
+
+def run_boot_test(image: Path, state: Path, tmp_path: Path) -> BootTestRun:
+    """`pifleet boot-test` through the real CLI, the VM kept beside the server's state."""
+    before = image.stat().st_mtime_ns, os.path.getsize(image)
+    vm = state.parent
+    junit = tmp_path / "junit.xml"
+    proc = pifleet(
+        "boot-test", str(image), "--keep", str(vm), "--junit", str(junit),
+        "--timeout", BOOT_TIMEOUT, cwd=tmp_path, timeout=1200,
+    )  # fmt: skip
+    return BootTestRun(image, state, vm, junit, proc, before, tmp_path)

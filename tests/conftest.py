@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,10 +123,33 @@ def fleet_yaml(**overrides: str) -> str:
 BOOT_AGENT = "agent: {recheck_interval: 15, backoff_cap: 5}\n"
 
 
+# A Wi-Fi network whose passphrase comes from the environment at build time: the shared arm64
+# device carries it, so that tests/test_boot_secrets.py can look for it after the boots.
+PSK_NAME = "PIFLEET_TEST_WIFI_PASSWORD"
+PSK = "not-a-real-wifi-passphrase-7"
+WIFI = "network:\n  wifi: {ssid: edge-net, password_env: " + PSK_NAME + ", country: DE}\n"
+
+
 @pytest.fixture(scope="session")
 def arm64_device(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """ONE personalized arm64 image (and its test server's state) for every arm64 boot test:
-    each boot runs on its own copy-on-write overlay, so the image is built once per run."""
+    each boot runs on its own copy-on-write overlay, so the image is built once per run. It
+    has a Wi-Fi network (its PSK a secret the secrets test looks for); QEMU has no Wi-Fi."""
     from tests.boot_helpers import device_image
 
-    return device_image(tmp_path_factory.mktemp("arm64"), "arm64", BOOT_AGENT)
+    os.environ[PSK_NAME] = PSK
+    try:
+        return device_image(tmp_path_factory.mktemp("arm64"), "arm64", BOOT_AGENT + WIFI)
+    finally:
+        os.environ.pop(PSK_NAME, None)
+
+
+@pytest.fixture(scope="session")
+def arm64_boot_test(
+    arm64_device: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Any:
+    """`pifleet boot-test --keep` of the shared arm64 device, run once: test_boot checks what
+    it reports, test_boot_secrets reboots a copy of the disk it left."""
+    from tests.boot_helpers import run_boot_test
+
+    return run_boot_test(*arm64_device, tmp_path_factory.mktemp("arm64-boot-test"))

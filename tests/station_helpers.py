@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import REPO, TEST_TOKEN, fleet_yaml, pifleet
@@ -40,6 +41,20 @@ def build_fleet(folder: Path, devices: int) -> Path:
     assert proc.returncode == 0, proc.stderr
     (folder / "base.img").unlink()
     return folder
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A golden image of edge-001 ... edge-004, built once per test module."""
+    return build_fleet(tmp_path_factory.mktemp("fleet-of-four"), devices=4)
+
+
+@pytest.fixture
+def fleet_copy(four_devices: Path, tmp_path: Path) -> Path:
+    """A private copy of that fleet's folder (sparse), so a test may change anything."""
+    d = tmp_path / "fleet"
+    subprocess.run(["cp", "-a", "--sparse=always", str(four_devices), str(d)], check=True)
+    return d
 
 
 def hostname_of(card: Path) -> str:
@@ -100,6 +115,17 @@ class Station:
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
         self.proc.wait(30)
+
+
+@contextlib.contextmanager
+def running(folder: Path, root: Path, *extra: str) -> Iterator[Station]:
+    """A station that has said it waits for cards; killed on the way out, whatever happened."""
+    station = Station(folder, root, *extra)
+    try:
+        station.wait_for("station: waiting for cards")
+        yield station
+    finally:
+        station.kill()
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import pytest
 
 SHARED_IMAGES = {
     "arm64_device": "qemu-arm64",
+    "arm64_boot_test": "qemu-arm64",
     "armhf_device": "qemu-armhf",
     "armhf_base": "qemu-armhf",
 }

@@ -27,9 +27,11 @@ from tests.boot_helpers import (
     ARMHF_SUITE,
     BOOT_TIMEOUT,
     DEVICE,
+    BootTestRun,
     base_image,
     device_image,
     guest_disk,
+    run_boot_test,
 )
 from tests.conftest import pifleet
 from tests.image_read import ext4_read, fat_names
@@ -93,9 +95,9 @@ def assert_joined_on_disk(overlay: Path, tmp: Path, node: str) -> None:
 
 
 def test_arm64_image_boots_runs_cloud_init_and_joins(
-    arm64_device: tuple[Path, Path], tmp_path: Path
+    arm64_boot_test: BootTestRun, tmp_path: Path
 ) -> None:
-    boots_and_joins(*arm64_device, tmp_path)
+    check_boot_test(arm64_boot_test, tmp_path)
 
 
 @pytest.mark.armhf_boot
@@ -125,12 +127,13 @@ def test_armhf_image_boots_runs_cloud_init_and_joins(
 
 def boots_and_joins(image: Path, state: Path, tmp_path: Path) -> None:
     """`pifleet boot-test` through the real CLI, then every claim checked independently."""
-    before = image.stat().st_mtime_ns, os.path.getsize(image)
-    vm = state.parent
-    junit = tmp_path / "junit.xml"
-    proc = pifleet(
-        "boot-test", str(image), "--keep", str(vm), "--junit", str(junit),
-        "--timeout", BOOT_TIMEOUT, cwd=tmp_path, timeout=1200,
+    check_boot_test(run_boot_test(image, state, tmp_path), tmp_path)
+
+
+def check_boot_test(run: BootTestRun, tmp_path: Path) -> None:
+    """Every claim of a boot-test run, checked independently."""
+    image, state, vm, junit, proc, before = (
+        run.image, run.state, run.vm, run.junit, run.proc, run.before
     )  # fmt: skip
     console = (vm / "console.log").read_text()
     assert proc.returncode == 0, f"boot-test failed: {proc.stdout[-4000:]}"

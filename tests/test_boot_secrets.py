@@ -1,7 +1,8 @@
 """No secret on the card's boot partition once the device has booted (issue 11, item 2): QEMU.
 
-A device with a per-device SSH host key (user-data), a Wi-Fi PSK (network-config), a node
-password and a boot-partition token boots and joins, then boots once more. After each boot
+The shared arm64 device, with a per-device SSH host key (user-data), a Wi-Fi PSK
+(network-config), a node password and a boot-partition token, boots and joins (the session's
+one `boot-test` of it), then boots once more. After each boot
 the FAT partition is read raw, every byte of it (free clusters and deleted directory
 entries included), and none of the secrets may be there; before the first boot they all
 are, so the search is known to find them. After the reboot the hostname, the SSH host key
@@ -11,12 +12,12 @@ and the network are still the configured ones: cloud-init kept its instance.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -25,27 +26,15 @@ from builder.disk.image import Image
 from builder.fleet.devicekeys import HOST_KEY_PUB_FILE, NODE_PASSWORD, identity_dir
 from builder.qemu.console import Stage
 from builder.testserver.server import K3sTestServer
-from tests.boot_helpers import DEVICE, device_image, guest_disk
-from tests.conftest import BOOT_AGENT
+from tests.boot_helpers import DEVICE, BootTestRun, guest_disk
 from tests.image_read import ext4_read
 from tests.power_cycles import Device
 
 pytestmark = pytest.mark.slow
-PSK_NAME = "PIFLEET_TEST_WIFI_PASSWORD"
-WIFI = "network:\n  wifi: {ssid: edge-net, password_env: " + PSK_NAME + ", country: DE}\n"
 # getty's /etc/issue line, printed with a newline (its "login:" prompt has none, so a reader
 # of whole lines never sees it unless something else prints after it).
 ISSUE = re.compile(r"^Debian GNU/Linux \S+ (\S+) ttyAMA0")
 CLOUD_INIT_DONE = re.compile(r"Cloud-init v\. \S+ finished at ")
-
-
-@pytest.fixture(scope="module")
-def wifi_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    os.environ[PSK_NAME] = "not-a-real-wifi-passphrase-7"
-    try:
-        yield device_image(tmp_path_factory.mktemp("secrets"), "arm64", BOOT_AGENT + WIFI)
-    finally:
-        os.environ.pop(PSK_NAME, None)
 
 
 def fat_bytes(disk: Path) -> bytes:
@@ -78,10 +67,16 @@ def found_in(raw: bytes, secrets: dict[str, list[bytes]]) -> list[str]:
 
 
 def test_no_secret_on_the_boot_partition_after_first_boot_and_reboot(
-    wifi_device: tuple[Path, Path], tmp_path: Path
+    arm64_boot_test: BootTestRun, tmp_path: Path
 ) -> None:
-    image, state = wifi_device
-    with K3sTestServer(state_dir=state) as server:
+    """The first boot is the shared arm64 `boot-test` run (tests/test_boot.py checks its
+    report); this test reads the disk it left, then boots a copy of that disk once more."""
+    run = arm64_boot_test
+    image, state = run.image, run.state
+    assert run.proc.returncode == 0, f"the first boot failed: {run.proc.stdout[-2000:]}"
+    with K3sTestServer(
+        state_dir=state, port=server_port(run.vm / "disk.qcow2", tmp_path)
+    ) as server:
         device = Device(image, tmp_path, server)
         flat = tmp_path / "before"
         flat.mkdir()
@@ -89,15 +84,16 @@ def test_no_secret_on_the_boot_partition_after_first_boot_and_reboot(
         secrets = secrets_of(disk, server.mint_token())
         assert found_in(fat_bytes(disk), secrets) == list(secrets), "the search finds nothing"
 
-        first = device.until_joined()
-        assert first.node == DEVICE, first.console[-40:]
-        assert any("pifleet-custody: moved" in line for line in first.console), first.console
+        first_console = (run.vm / "console.log").read_text().splitlines()
+        assert f"pifleet-firstboot: joined node={DEVICE}" in "\n".join(first_console)
+        assert any("pifleet-custody: moved" in line for line in first_console), first_console[-40:]
         after_first = tmp_path / "first"
         after_first.mkdir()
-        disk, root = guest_disk(device.disk, after_first)
+        disk, root = guest_disk(run.vm / "disk.qcow2", after_first)
         assert found_in(fat_bytes(disk), secrets) == []
         network_first = rendered_network(root)
 
+        shutil.copyfile(run.vm / "disk.qcow2", device.disk)  # the joined disk, booted again
         second = device.boot(
             Stage("the second boot done", lambda r: second_boot_done(r.console)), clean=True
         )
@@ -173,3 +169,16 @@ def rendered_network(root: Path) -> dict[str, bytes]:
     ).stdout
     names = [n for n in re.findall(r"\(\d+\)\s+(\S+)", listing) if n.endswith(".network")]
     return {n: ext4_read(root, "/etc/systemd/network/" + n) for n in names}
+
+
+def server_port(overlay: Path, tmp: Path) -> int:
+    """The port of the server the device joined (the agent was pointed at it on the boot
+    partition): its second boot finds a server there again."""
+    flat = tmp / "port"
+    flat.mkdir()
+    disk, _root = guest_disk(overlay, flat)
+    device = json.loads(Image.open(disk).boot.read("/pifleet/device.json") or b"{}")
+    port = urlsplit(device["server"]).port
+    shutil.rmtree(flat)
+    assert port, device
+    return port

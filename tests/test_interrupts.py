@@ -44,7 +44,9 @@ from tests.conftest import REPO, TEST_TOKEN, fleet_yaml
 from tests.http_fixture import AssetServer
 from tests.image_read import sha256
 from tests.layouts import LAYOUTS, make_pi_image
+from tests.station_helpers import fleet_copy, four_devices
 
+__all__ = ["fleet_copy", "four_devices"]  # fixtures of the station's tests
 TRIALS_PER_SIGNAL = 20  # under `faults`, from a random seed
 DEFAULT_TRIALS = 5  # per signal in the default run, from FIXED_SEED
 FIXED_SEED = 1546936233  # the seed that once found a leftover temporary (commit edd88f3)
@@ -325,36 +327,20 @@ def test_per_device_killed_at_random_moments_leaves_all_or_nothing(
 # --- the flashing station and several cards (issue 25) ----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fleet_of_four(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.station_helpers import build_fleet
-
-    return build_fleet(tmp_path_factory.mktemp("station-fleet"), devices=4)
-
-
-@pytest.fixture
-def station_work(fleet_of_four: Path, tmp_path: Path) -> Path:
-    d = tmp_path / "fleet"
-    subprocess.run(["cp", "-a", "--sparse=always", str(fleet_of_four), str(d)], check=True)
-    return d
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_stopped_station_finishes_the_card_in_progress(
-    station_work: Path, tmp_path: Path, sig: signal.Signals
+    fleet_copy: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
     """The card is written, verified and personalized, and waits to be recorded (a second
     station holds the ledger) when the signal comes: it is still finished and recorded."""
     from builder.fleet.ledger import Ledger
     from tests.fake_sysfs import FakeSystem, usb_reader
-    from tests.station_helpers import SECTORS, Station, hostname_of, ledger_held
+    from tests.station_helpers import SECTORS, hostname_of, ledger_held, running
 
     system = FakeSystem(tmp_path / "root")
     system.done()
-    ledger = station_work / "out/flash-ledger.csv"
-    station = Station(station_work, system.root)
-    try:
-        station.wait_for("station: waiting for cards")
+    ledger = fleet_copy / "out/flash-ledger.csv"
+    with running(fleet_copy, system.root) as station:
         with ledger_held(ledger):
             card = usb_reader(system, 0, SECTORS, "IN-PROGRESS")
             station.wait_for(r"edge-001 .*writing")
@@ -363,8 +349,6 @@ def test_a_stopped_station_finishes_the_card_in_progress(
             station.wait_for("station: stopping; finishing 1 round")
         station.wait_for(r"edge-001 .*done: remove the card")
         code = station.finish()
-    finally:
-        station.kill()
     assert code == 0, station.output()
     assert [(r.device, r.serial, r.outcome) for r in Ledger(ledger).rows()] == [
         ("edge-001", "IN-PROGRESS", "ok")
@@ -373,36 +357,31 @@ def test_a_stopped_station_finishes_the_card_in_progress(
 
 
 def test_a_second_ctrl_c_abandons_the_card_and_the_ledger_does_not_claim_it(
-    station_work: Path, tmp_path: Path
+    fleet_copy: Path, tmp_path: Path
 ) -> None:
     from builder.fleet.ledger import Ledger
     from tests.fake_sysfs import FakeSystem, usb_reader
-    from tests.station_helpers import SECTORS, Station, ledger_held
+    from tests.station_helpers import SECTORS, ledger_held, running
 
     system = FakeSystem(tmp_path / "root")
     system.done()
-    ledger = station_work / "out/flash-ledger.csv"
-    station = Station(station_work, system.root)
-    try:
-        station.wait_for("station: waiting for cards")
-        with ledger_held(ledger):
-            usb_reader(system, 0, SECTORS, "ABANDONED")
-            station.wait_for(r"edge-001 .*writing")
-            station.proc.send_signal(signal.SIGINT)
-            station.wait_for("station: stopping")
-            began = time.monotonic()
-            station.proc.send_signal(signal.SIGINT)
-            code = station.finish(30)
-            took = time.monotonic() - began
-    finally:
-        station.kill()
+    ledger = fleet_copy / "out/flash-ledger.csv"
+    with running(fleet_copy, system.root) as station, ledger_held(ledger):
+        usb_reader(system, 0, SECTORS, "ABANDONED")
+        station.wait_for(r"edge-001 .*writing")
+        station.proc.send_signal(signal.SIGINT)
+        station.wait_for("station: stopping")
+        began = time.monotonic()
+        station.proc.send_signal(signal.SIGINT)
+        code = station.finish(30)
+        took = time.monotonic() - began
     assert code == 130, station.output()
     assert took < 10, f"the second Ctrl-C took {took:.0f} s to stop the station"
-    assert Ledger(ledger).flashed(sha256(station_work / "out/edge-fleet.img")) == set()
+    assert Ledger(ledger).flashed(sha256(fleet_copy / "out/edge-fleet.img")) == set()
 
 
 def test_several_cards_killed_then_resumed_the_ledger_and_the_cards_agree(
-    station_work: Path,
+    fleet_copy: Path,
 ) -> None:
     """SIGKILL while three cards are recorded one by one (one row written, two waiting on
     the ledger): every `ok` row names a card that is whole and is that device; the next run
@@ -410,11 +389,11 @@ def test_several_cards_killed_then_resumed_the_ledger_and_the_cards_agree(
     from builder.fleet.ledger import Ledger
     from tests.station_helpers import hostname_of
 
-    ledger = Ledger(station_work / "out/flash-ledger.csv")
+    ledger = Ledger(fleet_copy / "out/flash-ledger.csv")
     argv = [sys.executable, "-m", "builder", "flash", "out/edge-fleet.img", "a.img", "b.img",
             "c.img", "--config", "fleet.yaml", "--yes"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(argv, cwd=station_work, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, cwd=fleet_copy, env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
         if ": done" in line:
@@ -424,15 +403,15 @@ def test_several_cards_killed_then_resumed_the_ledger_and_the_cards_agree(
     rows = [r for r in ledger.rows() if r.outcome == "ok"]
     assert rows, "the first card was announced done before its row was written"
     for r in rows:
-        card = station_work / r.card
+        card = fleet_copy / r.card
         assert card.exists() and hostname_of(card) == r.device, r
     done = {r.device for r in rows}
     targets = [f"new-{n}.img" for n in range(4 - len(done))]
-    resumed = subprocess.run([*argv[:5], *targets, *argv[8:]], cwd=station_work, env=env,
+    resumed = subprocess.run([*argv[:5], *targets, *argv[8:]], cwd=fleet_copy, env=env,
                              capture_output=True, text=True, timeout=120)  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     ok = {r.device: r.card for r in ledger.rows() if r.outcome == "ok"}
     assert sorted(ok) == ["edge-001", "edge-002", "edge-003", "edge-004"]
     assert {ok[d] for d in ok if d not in done} == set(targets), "a device flashed twice"
-    left = [p.name for p in station_work.iterdir() if TEMP.search(p.name)]
+    left = [p.name for p in fleet_copy.iterdir() if TEMP.search(p.name)]
     assert left == [], f"temporary copies of the killed run were left: {left}"

@@ -10,47 +10,40 @@ from __future__ import annotations
 
 import csv
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from builder.fleet.ledger import Ledger, Row
 from tests.fake_sysfs import FakeSystem, pull_card, push_card, usb_reader
 from tests.image_read import sha256
-from tests.station_helpers import GOLDEN, SECTORS, Station, build_fleet, hostname_of
+from tests.station_helpers import (
+    GOLDEN,
+    SECTORS,
+    Station,
+    fleet_copy,
+    four_devices,
+    hostname_of,
+    running,
+)
+
+__all__ = ["fleet_copy", "four_devices"]  # the fixtures this module's tests take
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_fleet(tmp_path_factory.mktemp("station-golden"), devices=4)
-
-
-@pytest.fixture
-def work(built: Path, tmp_path: Path) -> Path:
-    d = tmp_path / "fleet"
-    subprocess.run(["cp", "-a", "--sparse=always", str(built), str(d)], check=True)
-    return d
-
-
-def rows(work: Path) -> list[dict[str, str]]:
-    with open(work / "out/flash-ledger.csv", newline="") as f:
+def rows(fleet_copy: Path) -> list[dict[str, str]]:
+    with open(fleet_copy / "out/flash-ledger.csv", newline="") as f:
         return list(csv.DictReader(f))
 
 
 def test_cards_pushed_in_become_the_next_devices_and_present_disks_are_left_alone(
-    work: Path, tmp_path: Path
+    fleet_copy: Path, tmp_path: Path
 ) -> None:
     system = FakeSystem(tmp_path / "root")
     present = usb_reader(system, 0, SECTORS, serial="WAS-HERE")  # a card in before the start
     usb_reader(system, 1)  # an empty reader
     system.done()
     before = sha256(present)
-    station = Station(work, system.root)
-    try:
-        station.wait_for("station: waiting for cards")
+    with running(fleet_copy, system.root) as station:
         push_card(system, "sdc", SECTORS, "CARD-A")
         first = station.wait_for(r"edge-001 .*done: remove the card")
         assert "/dev/sdc" in first
@@ -64,11 +57,9 @@ def test_cards_pushed_in_become_the_next_devices_and_present_disks_are_left_alon
         station.wait_for(r"edge-00[23] .*done: remove the card")
         station.wait_for(r"edge-00[23] .*done: remove the card")
         code = station.stop(signal.SIGINT)
-    finally:
-        station.kill()
     assert code == 0, station.output()
     assert sha256(present) == before, "a disk present before the station started was written"
-    recorded = {r["serial"]: r for r in rows(work)}
+    recorded = {r["serial"]: r for r in rows(fleet_copy)}
     assert set(recorded) == {"CARD-A", "CARD-B", "CARD-C"}
     assert recorded["CARD-A"]["device"] == "edge-001"
     assert {recorded["CARD-B"]["device"], recorded["CARD-C"]["device"]} == {"edge-002", "edge-003"}
@@ -81,14 +72,12 @@ def test_cards_pushed_in_become_the_next_devices_and_present_disks_are_left_alon
 
 
 def test_a_full_card_fails_alone_and_its_device_goes_to_the_next_card(
-    work: Path, tmp_path: Path
+    fleet_copy: Path, tmp_path: Path
 ) -> None:
     system = FakeSystem(tmp_path / "root")
     usb_reader(system, 0)
     system.done()
-    station = Station(work, system.root)
-    try:
-        station.wait_for("station: waiting for cards")
+    with running(fleet_copy, system.root) as station:
         full = system.root / "dev/sdb"
         full.unlink()
         full.symlink_to("/dev/full")  # every write: ENOSPC, as a card that fills up
@@ -99,13 +88,11 @@ def test_a_full_card_fails_alone_and_its_device_goes_to_the_next_card(
         usb_reader(system, 1, SECTORS, "GOOD-2")
         station.wait_for(r"edge-001 .*/dev/sdc: done: remove the card")
         code = station.stop(signal.SIGINT)
-    finally:
-        station.kill()
     assert code == 11, f"exit {code}, not 10 + 1 failed card: {station.output()}"
     assert "1 of 2 cards flashed; 1 failed" in station.output()
-    outcomes = [(r["serial"], r["device"], r["outcome"]) for r in rows(work)]
+    outcomes = [(r["serial"], r["device"], r["outcome"]) for r in rows(fleet_copy)]
     assert outcomes == [("FULL-1", "edge-001", "failed"), ("GOOD-2", "edge-001", "ok")]
-    assert "No space left on device" in rows(work)[0]["detail"]
+    assert "No space left on device" in rows(fleet_copy)[0]["detail"]
 
 
 def push_card_size_only(system: FakeSystem, kname: str, serial: str) -> None:
@@ -118,31 +105,27 @@ def push_card_size_only(system: FakeSystem, kname: str, serial: str) -> None:
 
 
 def test_a_card_too_small_or_mounted_is_not_written_and_takes_no_device(
-    work: Path, tmp_path: Path
+    fleet_copy: Path, tmp_path: Path
 ) -> None:
     system = FakeSystem(tmp_path / "root")
     usb_reader(system, 0)
     system.done()
-    station = Station(work, system.root)
-    try:
-        station.wait_for("station: waiting for cards")
+    with running(fleet_copy, system.root) as station:
         push_card(system, "sdb", 2048, "TINY")  # 1 MiB
         line = station.wait_for(r"/dev/sdb: not written")
         assert "is too small" in line, line
         usb_reader(system, 1, SECTORS, "OK-1")
         station.wait_for(r"edge-001 .*/dev/sdc: done")
         code = station.stop(signal.SIGINT)
-    finally:
-        station.kill()
     assert code == 0, station.output()
-    assert [(r["serial"], r["device"]) for r in rows(work)] == [("OK-1", "edge-001")]
+    assert [(r["serial"], r["device"]) for r in rows(fleet_copy)] == [("OK-1", "edge-001")]
 
 
-def test_the_station_stops_when_every_device_has_a_card(work: Path, tmp_path: Path) -> None:
-    ledger = Ledger(work / "out/flash-ledger.csv")
+def test_the_station_stops_when_every_device_has_a_card(fleet_copy: Path, tmp_path: Path) -> None:
+    ledger = Ledger(fleet_copy / "out/flash-ledger.csv")
     system = FakeSystem(tmp_path / "root")
     system.done()
-    station = Station(work, system.root, "--device", "edge-004")  # one device: one card
+    station = Station(fleet_copy, system.root, "--device", "edge-004")  # one device: one card
     try:
         station.wait_for(r"waiting for cards \(1 devices left\)")
         usb_reader(system, 0, SECTORS, "LAST")
@@ -155,15 +138,15 @@ def test_the_station_stops_when_every_device_has_a_card(work: Path, tmp_path: Pa
     assert [(r.device, r.serial, r.outcome) for r in ledger.rows()] == [("edge-004", "LAST", "ok")]
 
 
-def test_no_device_left_is_one_line_exit_2_before_waiting(work: Path, tmp_path: Path) -> None:
+def test_no_device_left_is_one_line_exit_2_before_waiting(fleet_copy: Path, tmp_path: Path) -> None:
     system = FakeSystem(tmp_path / "root")
     system.done()
-    digest = sha256(work / GOLDEN)
-    ledger = Ledger(work / "out/flash-ledger.csv")
+    digest = sha256(fleet_copy / GOLDEN)
+    ledger = Ledger(fleet_copy / "out/flash-ledger.csv")
     for n in range(1, 5):
         device = f"edge-{n:03d}"
         ledger.append(Row(device, f"/dev/sd{n}", "", "", "", 0, digest, "", "", 0, "ok", "ok"))
-    station = Station(work, system.root)
+    station = Station(fleet_copy, system.root)
     try:
         code = station.finish(30)
     finally:
@@ -175,7 +158,7 @@ def test_no_device_left_is_one_line_exit_2_before_waiting(work: Path, tmp_path: 
 
 
 def test_a_disk_whose_medium_stayed_is_not_new_whatever_its_size_does(
-    work: Path, tmp_path: Path
+    fleet_copy: Path, tmp_path: Path
 ) -> None:
     """Found by review: a card present at the start, its size read as 0 and back (the same
     diskseq: the same medium), was flashed. Only a new medium (a new diskseq) is a card."""
@@ -183,9 +166,7 @@ def test_a_disk_whose_medium_stayed_is_not_new_whatever_its_size_does(
     present = usb_reader(system, 0, SECTORS, serial="BACKUP")
     system.done()
     before = sha256(present)
-    station = Station(work, system.root)
-    try:
-        station.wait_for("station: waiting for cards")
+    with running(fleet_copy, system.root) as station:
         size = system.root / "sys/block/sdb/size"
         size.write_text("0\n")
         time.sleep(1.2)  # two looks of the station
@@ -194,15 +175,13 @@ def test_a_disk_whose_medium_stayed_is_not_new_whatever_its_size_does(
         push_card(system, "sdb", SECTORS, "NEW")  # now a new medium: a card
         station.wait_for(r"edge-001 .*done")
         code = station.stop(signal.SIGINT)
-    finally:
-        station.kill()
     assert code == 0, station.output()
-    assert [r["serial"] for r in rows(work)] == ["NEW"]
+    assert [r["serial"] for r in rows(fleet_copy)] == ["NEW"]
     assert before != sha256(present)  # the node now holds the new card, written once
 
 
 def test_a_hostile_card_cannot_reach_the_terminal_nor_stop_the_station(
-    work: Path, tmp_path: Path
+    fleet_copy: Path, tmp_path: Path
 ) -> None:
     """Found by review: a vendor that is not UTF-8 crashed the station (and the card in
     progress), and escape codes and markup in a vendor or serial reached the output raw."""
@@ -210,9 +189,7 @@ def test_a_hostile_card_cannot_reach_the_terminal_nor_stop_the_station(
     usb_reader(system, 0)
     usb_reader(system, 1)
     system.done()
-    station = Station(work, system.root)
-    try:
-        station.wait_for("station: waiting for cards")
+    with running(fleet_copy, system.root) as station:
         vendor = system.root / "sys/block/sdb/device/vendor"
         vendor.write_bytes(
             b"\xff\xfe[/x]\x1b]0;PWNED\x07\x1b[2J[link=https://x.example]Ev\nforged line\n"
@@ -222,14 +199,12 @@ def test_a_hostile_card_cannot_reach_the_terminal_nor_stop_the_station(
         push_card(system, "sdc", SECTORS, "NEXT")
         station.wait_for(r"edge-002 .*done")
         code = station.stop(signal.SIGINT)
-    finally:
-        station.kill()
     assert code == 0, station.output()
     out = station.output()
     assert "\x1b" not in out and "\x07" not in out, "a card's codes reached the terminal"
     assert not any(line.startswith("forged line") for line in station.lines)
-    assert [r["serial"] for r in rows(work)] == ["SER\\x1b[31m", "NEXT"]
-    assert rows(work)[0]["vendor"].endswith("Ev\\x0aforged line")
+    assert [r["serial"] for r in rows(fleet_copy)] == ["SER\\x1b[31m", "NEXT"]
+    assert rows(fleet_copy)[0]["vendor"].endswith("Ev\\x0aforged line")
 
 
 def test_the_live_table_shows_a_card_s_markup_as_text(tmp_path: Path) -> None:
@@ -254,7 +229,7 @@ def test_the_live_table_shows_a_card_s_markup_as_text(tmp_path: Path) -> None:
     assert "[bold]1" in shown
 
 
-def test_on_a_terminal_the_live_table_shows_every_card(work: Path) -> None:
+def test_on_a_terminal_the_live_table_shows_every_card(fleet_copy: Path) -> None:
     """Several cards on a terminal (a pty): the live table's rows, each card's device and
     phase, and the run's result; no traceback, no internal error."""
     import os
@@ -267,7 +242,7 @@ def test_on_a_terminal_the_live_table_shows_every_card(work: Path) -> None:
             "--config", "fleet.yaml", "--yes"]  # fmt: skip
     pid, fd = pty.fork()
     if pid == 0:  # the child: the real CLI on the pty
-        os.chdir(work)
+        os.chdir(fleet_copy)
         os.environ["PYTHONPATH"] = str(REPO)
         os.environ["COLUMNS"] = "160"
         os.execv(sys.executable, argv)
