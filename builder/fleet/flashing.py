@@ -231,8 +231,9 @@ def _many(
     )
     if ledger is not None and not args.dry_run:
         ledger.check()  # it can be appended to: no card is written that cannot be recorded
+    ctx = station.context(image, block_map, digest, config, ledger, pool)
     if args.station:
-        return station.run(args, image, block_map, digest, config, ledger, pool)
+        return station.run(args, ctx, pool)
     for t in targets:
         print(f"target:  {t.summary()}")
     if args.dry_run:
@@ -242,7 +243,6 @@ def _many(
         return 0
     if not args.yes and any(t.needs_consent for t in targets):
         confirm_all(targets, image, block_map)
-    ctx = station.context(image, block_map, digest, config, ledger, pool)
     cards = [rounds.Card(t, _take(pool)) for t in targets]
     return station.one_round(ctx, cards)
 

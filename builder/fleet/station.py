@@ -42,10 +42,9 @@ def context(
     config: FleetConfig | None,
     ledger: Ledger | None,
     pool: Pool | None,
-    board: Board | None = None,
-    eject: bool = False,
 ) -> Context:
-    shown = board or _BOARD
+    """What every round of this run shares; its events go to the run's board."""
+    shown = _BOARD
     return Context(
         image=image,
         block_map=block_map,
@@ -55,7 +54,6 @@ def context(
         event=shown.event,
         give_back=pool.give_back if pool is not None else (lambda device: None),
         release=pool.release if pool is not None else (lambda device: None),
-        eject=eject,
     )
 
 
@@ -89,20 +87,13 @@ def _admit(card: BlockDestination, size: int, board: Board) -> bool:
     return True
 
 
-def run(
-    args: argparse.Namespace,
-    image: Path,
-    block_map: bmap.BlockMap,
-    digest: str,
-    config: FleetConfig | None,
-    ledger: Ledger | None,
-    pool: Pool | None,
-) -> int:
+def run(args: argparse.Namespace, ctx: Context, pool: Pool | None) -> int:
     """Watch, flash, repeat; the exit status (10 + N when N cards failed)."""
     if not args.yes:
-        _consent(image)
+        _consent(ctx.image)
     board = _BOARD
-    ctx = context(image, block_map, digest, config, ledger, pool, board, eject=True)
+    block_map = ctx.block_map
+    ctx.eject = True
     watcher = Watcher(Path(args.system_root))
     rounds: list[threading.Event] = []  # each set when its round is over
     cards: list[Card] = []
