@@ -380,12 +380,49 @@ def test_a_second_ctrl_c_abandons_the_card_and_the_ledger_does_not_claim_it(
     assert Ledger(ledger).flashed(sha256(fleet_copy / "out/edge-fleet.img")) == set()
 
 
+def test_a_station_killed_then_restarted_the_ledger_and_the_cards_agree(
+    fleet_copy: Path, tmp_path: Path
+) -> None:
+    """SIGKILL with one card recorded and one written but waiting to be recorded (a second
+    station holds the ledger): the unrecorded card is not claimed by the ledger, its device's
+    claim died with the run, and the restarted station gives that device to the next card
+    (the killed card, still in its reader, was there before the restart: left alone)."""
+    from builder.fleet.ledger import Ledger
+    from tests.fake_sysfs import FakeSystem, push_card, usb_reader
+    from tests.station_helpers import SECTORS, hostname_of, ledger_held, running
+
+    system = FakeSystem(tmp_path / "root")
+    system.done()
+    ledger_path = fleet_copy / "out/flash-ledger.csv"
+    with running(fleet_copy, system.root) as station:
+        first = usb_reader(system, 0, SECTORS, "RECORDED")
+        station.wait_for(r"edge-001 .*done")
+        with ledger_held(ledger_path):
+            second = usb_reader(system, 1, SECTORS, "UNRECORDED")
+            station.wait_for(r"edge-002 .*writing")
+            time.sleep(1.5)  # written, verified and personalized: waiting for the ledger
+            station.proc.kill()
+            station.proc.wait(30)
+    assert [(r.device, r.serial) for r in Ledger(ledger_path).rows()] == [("edge-001", "RECORDED")]
+    with running(fleet_copy, system.root) as station:
+        time.sleep(1.2)  # two looks: the killed card, still in, is no new card
+        push_card(system, "sdc", SECTORS, "REPLACEMENT")
+        station.wait_for(r"edge-002 .*done")
+        assert "UNRECORDED" not in station.output()
+        code = station.stop(signal.SIGINT)
+    assert code == 0, station.output()
+    ok = [(r.device, r.serial) for r in Ledger(ledger_path).rows() if r.outcome == "ok"]
+    assert ok == [("edge-001", "RECORDED"), ("edge-002", "REPLACEMENT")]
+    assert (hostname_of(first), hostname_of(second)) == ("edge-001", "edge-002")
+
+
 def test_several_cards_killed_then_resumed_the_ledger_and_the_cards_agree(
     fleet_copy: Path,
 ) -> None:
-    """SIGKILL while three cards are recorded one by one (one row written, two waiting on
-    the ledger): every `ok` row names a card that is whole and is that device; the next run
-    flashes exactly the devices with no `ok` row, and the killed run's temporary copies go."""
+    """SIGKILL as soon as the first of three cards is announced done (the others anywhere
+    from writing to recorded): every `ok` row names a card that is whole and is that device;
+    the next run flashes exactly the devices with no `ok` row, and the killed run's temporary
+    copies go."""
     from builder.fleet.ledger import Ledger
     from tests.station_helpers import hostname_of
 

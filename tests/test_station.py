@@ -274,3 +274,21 @@ def test_the_station_watches_the_real_machine_through_udev() -> None:
     watcher.wait(0.3)
     assert time.monotonic() - began < 5
     assert watcher.new_cards() == []
+
+
+def test_a_dry_run_station_writes_nothing_even_when_a_card_comes(
+    fleet_copy: Path, tmp_path: Path
+) -> None:
+    """Found in review: --station ignored --dry-run. It now says what it would do and ends
+    before watching; a card pushed in meanwhile stays as it was."""
+    system = FakeSystem(tmp_path / "root")
+    card = usb_reader(system, 0)
+    system.done()
+    push_card(system, "sdb", SECTORS, "UNTOUCHED")
+    before = sha256(card)
+    station = Station(fleet_copy, system.root, "--dry-run")
+    code = station.finish(30)
+    assert code == 0, station.output()
+    assert "dry run: would wait for cards (4 devices left)" in station.output()
+    assert "waiting for cards;" not in station.output()
+    assert sha256(card) == before and not (fleet_copy / "out/flash-ledger.csv").exists()

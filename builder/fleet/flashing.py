@@ -232,6 +232,12 @@ def _many(
     if ledger is not None and not args.dry_run:
         ledger.check()  # it can be appended to: no card is written that cannot be recorded
     ctx = station.context(image, block_map, digest, config, ledger, pool)
+    if args.station and args.dry_run:
+        left = f" ({len(pool)} devices left)" if pool is not None else ""
+        print(
+            f"dry run: would wait for cards{left} and write {human_size(mapped)} to each; nothing written"
+        )
+        return 0
     if args.station:
         return station.run(args, ctx, pool)
     for t in targets:
