@@ -100,6 +100,8 @@ class Sink:
     def _write(self, offset: int, chunk: bytes) -> None:
         view = memoryview(chunk)
         while view:  # a short write is continued, never skipped
+            if self.failure:  # failed from outside (stalled): its descriptor may be closed
+                raise OSError(5, self.failure)
             try:
                 done = os.pwrite(self.fd, view, offset)
             except OSError as exc:
