@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -78,6 +79,12 @@ class Agent:
         if not lock.acquire():
             self.report.warning("another agent (pid " + lock.holder() + ") holds " + str(lock.path))
             return 1
+        if self.root.is_real:
+            # What the first boot wrote before the agent, cloud-init's rendered network above
+            # all, it wrote without fsync: a power cut in the next seconds left
+            # 10-cloud-init-eth0.network empty (ext4's delayed allocation), and the device
+            # came back with no network, for good (the QEMU power cut in verify showed it).
+            os.sync()
         try:
             while True:
                 code = self.run_once()
