@@ -115,12 +115,15 @@ def usb_reader(system: FakeSystem, n: int, sectors: int = 0, serial: str = "") -
 
 
 def push_card(system: FakeSystem, kname: str, sectors: int, serial: str) -> None:
-    """A card pushed into the reader: its size, a new disk sequence number and serial."""
+    """A card pushed into the reader: its size, a new disk sequence number and serial (a
+    node that is not a plain file, such as a link to /dev/full, is left as it is)."""
     block = system.root / "sys/block" / kname
     dev = (block / "dev").read_text().strip()
     system.udev(dev, f"E:ID_SERIAL_SHORT={serial}")
-    with open(system.root / "dev" / kname, "r+b") as card:
-        card.truncate(sectors * 512)
+    node = system.root / "dev" / kname
+    if node.is_file() and not node.is_symlink():  # a file as the disk: as big as its card
+        with open(node, "r+b") as card:
+            card.truncate(sectors * 512)
     seq = int((block / "diskseq").read_text()) + 100
     (block / "diskseq").write_text(f"{seq}\n")
     (block / "size").write_text(f"{sectors}\n")

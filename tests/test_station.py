@@ -81,7 +81,7 @@ def test_a_full_card_fails_alone_and_its_device_goes_to_the_next_card(
         full = system.root / "dev/sdb"
         full.unlink()
         full.symlink_to("/dev/full")  # every write: ENOSPC, as a card that fills up
-        push_card_size_only(system, "sdb", "FULL-1")
+        push_card(system, "sdb", SECTORS, "FULL-1")
         failed = station.wait_for(r"edge-001 .*failed")
         assert "No space left on device" in failed, failed
         # the next card, in another reader, becomes edge-001: the failed card gave it back
@@ -95,16 +95,7 @@ def test_a_full_card_fails_alone_and_its_device_goes_to_the_next_card(
     assert "No space left on device" in rows(fleet_copy)[0]["detail"]
 
 
-def push_card_size_only(system: FakeSystem, kname: str, serial: str) -> None:
-    """A card pushed into a reader whose node is not a plain file (it cannot be resized)."""
-    block = system.root / "sys/block" / kname
-    dev = (block / "dev").read_text().strip()
-    system.udev(dev, f"E:ID_SERIAL_SHORT={serial}")
-    (block / "diskseq").write_text("77\n")
-    (block / "size").write_text(f"{SECTORS}\n")
-
-
-def test_a_card_too_small_or_mounted_is_not_written_and_takes_no_device(
+def test_a_card_too_small_is_not_written_and_takes_no_device(
     fleet_copy: Path, tmp_path: Path
 ) -> None:
     system = FakeSystem(tmp_path / "root")
