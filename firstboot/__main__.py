@@ -73,6 +73,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _custody(args: argparse.Namespace) -> int:
     """Exit 0 also when nothing was there; 1 (one line) when a file could not be moved."""
+    from firstboot.bootpart import make_writable
     from firstboot.custody import boot_dir_of, secure
     from firstboot.retry import Terminal
 
@@ -81,8 +82,10 @@ def _custody(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print("pifleet-custody: " + line, flush=True)
 
+    boot_dir = boot_dir_of(root, args.config)
+    make_writable(root(boot_dir), say)
     try:
-        moved = secure(root, boot_dir_of(root, args.config), say)
+        moved = secure(root, boot_dir, say)
     except Terminal as exc:
         say("failed: " + str(exc))
         return 1

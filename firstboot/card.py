@@ -4,8 +4,11 @@ A device with no screen and no network can still be diagnosed: pull the card,
 and `pifleet diagnose` (or any FAT reader) shows where the agent got to, the
 last failure with how often and since when, and the last journal lines of the
 agent and K3s. Everything in it goes through the `Redactor` first; the file is
-written atomically and kept small (at most JOURNAL_LINES lines of LINE_MAX
-characters), so a power cut leaves the old story or the new one.
+rewritten in place and kept small (at most JOURNAL_LINES lines of LINE_MAX characters).
+In place means the FAT's directory entry and allocation table never change after the first
+write (a FAT rename is not safe from power cuts: firstboot/paths.py), so a power cut can at
+worst tear the story: the next boot then starts a new one, and `pifleet diagnose` says the
+report is damaged. The file is SLOT bytes or a multiple of it, the JSON padded with spaces.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from firstboot import fsyncprobe
-from firstboot.paths import write_atomic
+from firstboot.paths import write_in_place
 from firstboot.redact import Redactor
 
 REPORT_NAME = "report.json"
@@ -27,6 +30,7 @@ JOURNAL_LINES = 200
 LINE_MAX = 300
 WARNINGS_MAX = 8  # the card keeps the latest distinct warnings
 UNITS = ("pifleet-firstboot", "k3s-agent", "k3s")
+SLOT = 64 * 1024  # report.json's size: room for the journal, so it rarely grows
 
 
 def _now() -> str:
@@ -113,4 +117,6 @@ class CardReport:
     def write(self) -> None:
         # A read-only or full boot partition must never stop the join.
         with contextlib.suppress(OSError):
-            write_atomic(self.path, json.dumps(self.data, indent=1).encode() + b"\n")
+            text = json.dumps(self.data, indent=1).encode() + b"\n"
+            size = -(-len(text) // SLOT) * SLOT
+            write_in_place(self.path, text + b" " * (size - len(text)))

@@ -21,6 +21,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import firstboot.airgap as airgap
+import firstboot.bootpart as bootpart
 import firstboot.caclock as caclock
 import firstboot.fsyncprobe as fsyncprobe
 import firstboot.nodepassword as nodepassword
@@ -105,6 +106,7 @@ class Agent:
         current = self.state.state if self.state.state in self.handlers else "load"
         try:
             self.prepare()
+            bootpart.make_writable(self.root(self.join.boot_dir), self.report.warning)
             custody.secure(self.root, self.join.boot_dir, lambda t: self.report.progress("load", t))
             self.attach_card()
             self.report.ready()
@@ -370,7 +372,17 @@ class Agent:
 
     def do_cleanup(self) -> str:
         for path in (*self.where(*secrets.CLEANUP), WANTS_LINK):
-            remove(self.root(path))
+            try:
+                remove(self.root(path))
+            except OSError as exc:
+                boot = self.root(self.join.boot_dir)
+                if not bootpart.is_read_only_error(exc):
+                    raise Terminal("cannot remove " + path + ": " + str(exc.strerror)) from None
+                if not bootpart.make_writable(boot, self.report.warning):
+                    raise Terminal(
+                        "cannot remove " + path + ": the boot partition is read-only"
+                    ) from None
+                remove(self.root(path))
         self.store.mark_joined()
         return "done"
 
