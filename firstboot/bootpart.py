@@ -22,6 +22,9 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Optional
 
+from firstboot import paths
+from firstboot.retry import Terminal
+
 MOUNT = os.environ.get("PIFLEET_MOUNT", "mount")
 
 
@@ -53,8 +56,17 @@ def make_writable(mount: Path, say: Callable[[str], None]) -> bool:
     return False
 
 
-def is_read_only_error(exc: OSError) -> bool:
-    return exc.errno == errno.EROFS
+def remove(path: Path, name: str, mount: Path, say: Callable[[str], None]) -> None:
+    """Delete `path` (the device path `name`) if present; when the boot partition at `mount`
+    went read-only meanwhile, remount it read-write and try once more. Terminal (one line)
+    when it cannot be removed."""
+    for attempt in (1, 2):
+        try:
+            paths.remove(path)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EROFS or attempt == 2 or not make_writable(mount, say):
+                raise Terminal("cannot remove " + name + ": " + str(exc.strerror)) from None
 
 
 def _remount(mount: Path) -> Optional[str]:

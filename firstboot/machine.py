@@ -32,7 +32,7 @@ import firstboot.servernode as servernode
 import firstboot.starting as starting
 from firstboot import card, collect, custody, joinconfig, k3sfiles, naming, network, preflight
 from firstboot.clock import Clock, clock_for, synchronized
-from firstboot.paths import Root, remove, write_atomic
+from firstboot.paths import Root, write_atomic
 from firstboot.redact import Redactor
 from firstboot.report import Reporter
 from firstboot.retry import AgentLock, Backoff, Terminal, recheck_delay
@@ -371,18 +371,9 @@ class Agent:
         return "cleanup"
 
     def do_cleanup(self) -> str:
+        boot = self.root(self.join.boot_dir)
         for path in (*self.where(*secrets.CLEANUP), WANTS_LINK):
-            try:
-                remove(self.root(path))
-            except OSError as exc:
-                boot = self.root(self.join.boot_dir)
-                if not bootpart.is_read_only_error(exc):
-                    raise Terminal("cannot remove " + path + ": " + str(exc.strerror)) from None
-                if not bootpart.make_writable(boot, self.report.warning):
-                    raise Terminal(
-                        "cannot remove " + path + ": the boot partition is read-only"
-                    ) from None
-                remove(self.root(path))
+            bootpart.remove(self.root(path), path, boot, self.report.warning)
         self.store.mark_joined()
         return "done"
 

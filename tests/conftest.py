@@ -134,12 +134,18 @@ WIFI = "network:\n  wifi: {ssid: edge-net, password_env: " + PSK_NAME + ", count
 def arm64_device(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """ONE personalized arm64 image (and its test server's state) for every arm64 boot test:
     each boot runs on its own copy-on-write overlay, so the image is built once per run. It
-    has a Wi-Fi network (its PSK a secret the secrets test looks for); QEMU has no Wi-Fi."""
-    from tests.boot_helpers import device_image
+    has a Wi-Fi network (its PSK a secret the secrets test looks for); QEMU has no Wi-Fi.
 
+    Its base is laid out as Raspberry Pi OS ships it, with a Raspberry Pi kernel only
+    (tests/pi_layout.py), so every arm64 boot boots the kernel boot-test supplies."""
+    from tests.boot_helpers import base_image, device_image
+    from tests.pi_layout import pi_kernel_only
+
+    work = tmp_path_factory.mktemp("arm64")
+    base = pi_kernel_only(base_image("arm64"), work / "raspios-layout.img")
     os.environ[PSK_NAME] = PSK
     try:
-        return device_image(tmp_path_factory.mktemp("arm64"), "arm64", BOOT_AGENT + WIFI)
+        return device_image(work, "arm64", BOOT_AGENT + WIFI, base_path=base)
     finally:
         os.environ.pop(PSK_NAME, None)
 

@@ -18,6 +18,7 @@ from xml.etree import ElementTree
 
 import pytest
 
+from builder.disk.image import Image
 from builder.qemu.boottest import BootOptions, boot_test
 from builder.testserver.server import K3sTestServer
 from builder.util.secret import Secret
@@ -97,7 +98,34 @@ def assert_joined_on_disk(overlay: Path, tmp: Path, node: str) -> None:
 def test_arm64_image_boots_runs_cloud_init_and_joins(
     arm64_boot_test: BootTestRun, tmp_path: Path
 ) -> None:
+    """The shared arm64 device has a Raspberry Pi kernel only (tests/pi_layout.py), as Pi OS:
+    boot-test boots Debian's generic kernel (builder/qemu/supplied.py), and the modules the
+    device needs load from the supplied read-only disk, none from the image."""
     check_boot_test(arm64_boot_test, tmp_path)
+    run = arm64_boot_test
+    assert "a Raspberry Pi kernel only: booting Debian's generic kernel" in run.proc.stderr
+    changed = [
+        ln for ln in run.proc.stdout.splitlines() if "under QEMU: /lib/modules is kernel" in ln
+    ]
+    assert changed, f"boot-test did not report the supplied modules: {run.proc.stdout}"
+    (tmp_path / "again").mkdir()
+    disk, _root = guest_disk(run.vm / "disk.qcow2", tmp_path / "again")
+    raw = Image.open(disk).boot.read("/pifleet/report.json")
+    assert raw is not None, "the card has no report"
+    journal = json.loads(raw)["journal"]
+    # The K3s stand-in loads modules and sets sysctls as K3s does (pkg/agent/syssetup/setup.go).
+    # Debian's 6.12 has nft-expr-counter built into nf_tables, so K3s warns about it there too.
+    assert any("Set sysctl 'net/ipv4/conf/all/forwarding' to 1" in ln for ln in journal), (
+        f"the K3s stand-in's system set-up did not run: {journal[-30:]}"
+    )
+    needed = ("overlay", "nf_conntrack", "br_netfilter", "iptable_nat", "iptable_filter")
+    failed = [
+        ln
+        for ln in journal
+        if any(f"Failed to load kernel module {m} " in ln for m in needed)
+        or "Failed to set sysctl" in ln
+    ]
+    assert failed == [], f"modules missing under the supplied kernel: {failed}"
 
 
 @pytest.mark.armhf_boot

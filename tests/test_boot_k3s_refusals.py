@@ -34,7 +34,7 @@ from builder.disk import sparse
 from builder.disk.image import Image
 from builder.qemu import overlay
 from builder.qemu.console import BootResult, Stage
-from builder.qemu.power import Guest, Hooks, kernel_and_initrd, power_on
+from builder.qemu.power import Guest, Hooks, boot_kernel, power_on
 from builder.qemu.vm import VM, require_qemu
 from builder.testserver.server import K3sTestServer, free_port
 from tests.boot_helpers import DEVICE, STANDIN, base_image, guest_disk
@@ -176,10 +176,11 @@ def reflashed(image: Path, work: Path) -> Guest:
     work.mkdir()
     opened = Image.open(image)
     flavor = detect(opened)
-    kernel, initrd = kernel_and_initrd(opened, work)
+    boot = boot_kernel(opened, work, flavor.arch)
     disk = work / "disk.qcow2"
     overlay.create(image, disk)
-    return Guest(image, require_qemu(flavor.arch), disk, kernel, initrd, flavor.cloud_init, work)
+    return Guest(image, require_qemu(flavor.arch), disk, boot.kernel, boot.initrd,
+                 flavor.cloud_init, work, boot.modules)  # fmt: skip
 
 
 def boot(

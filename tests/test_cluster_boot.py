@@ -22,7 +22,7 @@ import pytest
 
 from builder.disk.image import Image
 from builder.qemu import overlay
-from builder.qemu.power import kernel_and_initrd
+from builder.qemu.power import boot_kernel
 from builder.qemu.vm import VM, kernel_command_line, require_qemu
 from tests.boot_helpers import STANDIN, base_image, guest_disk
 from tests.conftest import pifleet
@@ -71,14 +71,14 @@ def free_port() -> int:
 def guest(stack: contextlib.ExitStack, image: Path, work: Path, net: str, mac: str) -> VM:
     work.mkdir(parents=True)
     opened = Image.open(image)
-    kernel, initrd = kernel_and_initrd(opened, work)
+    boot = boot_kernel(opened, work, "arm64")
     machine = require_qemu("arm64")
     cmdline = (opened.boot.read("/cmdline.txt") or b"").decode()
     disk = work / "disk.qcow2"
     overlay.create(image, disk)
     network = ("-netdev", f"socket,id=net0,{net}", "-device", f"virtio-net-pci,netdev=net0,mac={mac},romfile=")  # fmt: skip
-    vm = VM(machine, disk, kernel, initrd, kernel_command_line(cmdline, machine),
-            work / "console.log", smp=1, network=network)  # fmt: skip
+    vm = VM(machine, disk, boot.kernel, boot.initrd, kernel_command_line(cmdline, machine),
+            work / "console.log", smp=1, network=network, modules=boot.modules)  # fmt: skip
     return stack.enter_context(vm)
 
 

@@ -68,6 +68,79 @@ exec switch_root /root /sbin/init
 """
 
 
+# The /init for an image that is not a pifleet base: a Raspberry Pi OS, Ubuntu or Debian Pi
+# image booted with the kernel pifleet supplies (builder/qemu/supplied.py). Unlike INIT it
+# honours `init=` (as the Pi's kernel does, booting without an initramfs), finds a root by
+# LABEL or by the Pi's SD card name (/dev/mmcblk0pN: the first disk's partition N here),
+# and mounts the supplied kernel's modules (the read-only disk labelled pifleet-modules, which
+# holds <version>/) at /lib/modules in the guest's root: the image is not written.
+FOREIGN_INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+say() { echo "pifleet initramfs: $*"; }
+for m in $(cat /lib/modules/load-order); do
+    insmod "/lib/modules/$m.ko" 2>/dev/null || say "insmod $m failed"
+done
+root=""; fstype=ext4; ro=ro; init=/sbin/init
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        root=*) root="${arg#root=}" ;;
+        rootfstype=*) fstype="${arg#rootfstype=}" ;;
+        init=*) init="${arg#init=}" ;;
+        rw) ro=rw ;;
+    esac
+done
+ext_label() { dd if="$1" bs=1 skip=1144 count=16 2>/dev/null | tr -d '\000'; }
+disks() { for d in /sys/block/vd*; do [ -e "$d" ] && echo "/dev/${d##*/}"; done; }
+resolve() {
+    case "$1" in
+        PARTUUID=*)
+            want="${1#PARTUUID=}"; sig="${want%-*}"; num=$(echo "${want##*-}" | sed 's/^0*//')
+            for dev in $(disks); do
+                s=$(dd if="$dev" bs=1 skip=440 count=4 2>/dev/null | hexdump -e '1/4 "%08x"')
+                if [ "$s" = "$sig" ]; then
+                    for p in "$dev$num" "${dev}p$num"; do [ -b "$p" ] && echo "$p" && return; done
+                fi
+            done ;;
+        LABEL=*)
+            for p in /dev/vd[a-z][0-9]*; do
+                [ -b "$p" ] && [ "$(ext_label "$p")" = "${1#LABEL=}" ] && echo "$p" && return
+            done ;;
+        /dev/mmcblk[0-9]p[0-9]*|/dev/sd[a-z][0-9]*)
+            n=$(echo "$1" | sed 's/^.*[^0-9]//'); [ -b "/dev/vda$n" ] && echo "/dev/vda$n" ;;
+        /dev/*) [ -b "$1" ] && echo "$1" ;;
+    esac
+}
+i=0
+while [ $i -lt 300 ]; do
+    dev=$(resolve "$root")
+    [ -n "$dev" ] && break
+    sleep 0.1; i=$((i + 1))
+done
+if [ -z "$dev" ]; then say "root device $root not found"; exec sh; fi
+say "root is $dev (cmdline.txt: root=$root)"
+mount -o "$ro" -t "$fstype" "$dev" /root || { say "cannot mount $dev"; exec sh; }
+version=$(uname -r)
+for d in $(disks); do
+    if [ "$(ext_label "$d")" = "pifleet-modules" ]; then
+        mount -o ro -t ext4 "$d" /root/lib/modules &&
+            say "under QEMU: /lib/modules is kernel $version's (supplied, read-only)" ||
+            say "cannot mount the modules from $d"
+        break
+    fi
+done
+if [ ! -x "/root$init" ] && [ ! -L "/root$init" ]; then say "init=$init not in the image: /sbin/init"; init=/sbin/init; fi
+[ "$init" = /sbin/init ] || say "starting init=$init"
+umount /proc /sys
+mount --move /dev /root/dev
+exec switch_root /root "$init"
+"""
+FOREIGN_MODULES = ROOT_MODULES
+
+
 def module_index(modules_dir: Path) -> tuple[dict[str, str], dict[str, list[str]], set[str]]:
     """(name -> relative path, relative path -> dependency paths, built-in names)."""
     paths: dict[str, str] = {}
@@ -108,19 +181,27 @@ def load_order(modules_dir: Path, wanted: tuple[str, ...] = ROOT_MODULES) -> lis
     return order
 
 
-def build(rootfs: Path, kernel_version: str, busybox: Path, out: Path, epoch: int) -> None:
+def build(
+    rootfs: Path,
+    kernel_version: str,
+    busybox: Path,
+    out: Path,
+    epoch: int,
+    init: str = INIT,
+    modules: tuple[str, ...] = ROOT_MODULES,
+) -> None:
     """Write a gzip'd newc cpio initramfs for `kernel_version` of `rootfs` to `out`."""
     modules_dir = rootfs / "usr/lib/modules" / kernel_version
     if not modules_dir.is_dir():
         modules_dir = rootfs / "lib/modules" / kernel_version
-    order = load_order(modules_dir)
+    order = load_order(modules_dir, modules)
     with tempfile.TemporaryDirectory(prefix="pifleet-initramfs-") as tmp:
         stage = Path(tmp)
         for d in ("bin", "dev", "proc", "sys", "root", "lib/modules"):
             (stage / d).mkdir(parents=True)
         shutil.copy(busybox, stage / "bin/busybox")
         (stage / "bin/busybox").chmod(0o755)
-        (stage / "init").write_text(INIT)
+        (stage / "init").write_text(init)
         (stage / "init").chmod(0o755)
         names = []
         for rel in order:

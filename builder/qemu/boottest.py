@@ -26,7 +26,7 @@ from pathlib import Path
 from builder.detect.flavor import detect
 from builder.disk.image import Image
 from builder.qemu.console import BootResult, Milestone
-from builder.qemu.power import Hooks, kernel_and_initrd, power_on, prepare
+from builder.qemu.power import Hooks, boot_kernel, power_on, prepare
 from builder.qemu.vm import require_qemu
 from builder.testserver.server import K3sTestServer
 from builder.util.errors import UserError
@@ -62,7 +62,7 @@ def boot_test(
         raise UserError("--server needs --token-file (the token the image should join with)")
     with contextlib.ExitStack() as stack:
         work = _workdir(stack, opts.keep)
-        kernel = kernel_and_initrd(image, work, opts.kernel, opts.initrd)
+        kernel = boot_kernel(image, work, flavor.arch, opts.kernel, opts.initrd)
         server, token = _server(stack, opts, hooks, work)
         guest = prepare(image, server, token, work, flavor=flavor, kernel=kernel)
         if isinstance(server, K3sTestServer) and hooks.server_down_for > 0:

@@ -20,6 +20,8 @@ MILESTONES = (
     ("kernel started", re.compile(r"Booting Linux on|Linux version \d")),
     ("root filesystem found", re.compile(r"pifleet initramfs: root is")),
     ("systemd started", re.compile(r"systemd\[1\]: |Welcome to ")),
+    # What boot-test changed for QEMU (builder/bases/initramfs.py FOREIGN_INIT), one each.
+    ("under QEMU: {}", re.compile(r"pifleet initramfs: under QEMU: (.*)")),
     ("cloud-init started", re.compile(r"Cloud-init v\. \S+ running 'init-local'")),
     ("cloud-init finished", re.compile(r"Cloud-init v\. \S+ finished at")),
 )
@@ -119,8 +121,8 @@ def follow(
     for line in lines:
         result.console.append(line.text)
         for name, pattern in MILESTONES:
-            if pattern.search(line.text):
-                mark(name, line.seconds)
+            if (found := pattern.search(line.text)) is not None:
+                mark(name.format(*(g.strip() for g in found.groups())), line.seconds)
         if CLOUD_INIT_DONE.search(line.text):
             result.cloud_init = line.text.strip()
         if CLOUD_INIT_FAILED.search(line.text):

@@ -15,6 +15,7 @@ value (a power cut, a clock, a callback per console line) that the CLI never bui
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,9 +27,10 @@ from builder.qemu import overlay
 from builder.qemu.console import BootResult, Milestone, Stage, follow, verdict
 from builder.qemu.vm import VM, Machine, kernel_command_line, require_qemu
 from builder.testserver.server import K3sTestServer
-from builder.util.errors import UserError
 from builder.util.secret import Secret
 from firstboot import joinconfig
+
+log = logging.getLogger("pifleet.boot")
 
 MAX_BOOTS = 3  # a first boot that runs firstrun.sh, the one that joins, and one to spare
 
@@ -57,6 +59,16 @@ class Guest:
     initrd: Path | None
     cloud_init: bool  # False for an image without cloud-init (systemd format)
     work: Path
+    modules: Path | None = None  # the supplied kernel's modules disk (read-only), if any
+
+
+@dataclass(frozen=True)
+class BootKernel:
+    """What QEMU boots: a kernel, its initrd, and for the kernel pifleet supplies its modules."""
+
+    kernel: Path
+    initrd: Path | None
+    modules: Path | None = None
 
 
 def prepare(
@@ -66,19 +78,20 @@ def prepare(
     work: Path,
     *,
     flavor: Flavor | None = None,
-    kernel: tuple[Path, Path | None] | None = None,
+    kernel: BootKernel | None = None,
 ) -> Guest:
     """The overlay over `image` in `work`, its boot partition pointing the agent at `server`
-    with `token`; `kernel`: (kernel, initrd) to boot, default the image's generic kernel."""
+    with `token`; `kernel`: what to boot, default `boot_kernel`'s choice."""
     flavor = flavor or detect(image)
     machine = require_qemu(flavor.arch)
-    vmlinuz, initrd = kernel or kernel_and_initrd(image, work)
+    boot = kernel or boot_kernel(image, work, flavor.arch)
     disk = work / "disk.qcow2"
     overlay.create(image.path, disk)
     overlay.write_boot_files(
         image.path, disk, redirect(image, server, token), image.epoch or int(time.time())
     )
-    return Guest(image.path, machine, disk, vmlinuz, initrd, flavor.cloud_init, work)
+    return Guest(image.path, machine, disk, boot.kernel, boot.initrd, flavor.cloud_init, work,
+                 boot.modules)  # fmt: skip
 
 
 def power_on(
@@ -103,7 +116,7 @@ def power_on(
         append = kernel_command_line(cmdline.decode(errors="replace"), guest.machine)
         since = started if count else None
         vm = VM(guest.machine, guest.disk, guest.kernel, guest.initrd, append, log,
-                extra=hooks.qemu_args, since=since)  # fmt: skip
+                extra=hooks.qemu_args, since=since, modules=guest.modules)  # fmt: skip
         with vm:
             reboots = result.reboots
             on_line = _on_line(vm, result, hooks)
@@ -148,25 +161,27 @@ def _exited(vm: VM, grace: float = 30.0) -> bool:
     return not vm.running
 
 
-def kernel_and_initrd(
-    image: Image, work: Path, kernel: Path | None = None, initrd: Path | None = None
-) -> tuple[Path, Path | None]:
-    """The kernel and initrd to boot: `kernel` and `initrd` when given, else the image's
-    generic kernel (/boot/vmlinuz, /boot/initrd.img), copied into `work`."""
+def boot_kernel(
+    image: Image, work: Path, arch: str, kernel: Path | None = None, initrd: Path | None = None
+) -> BootKernel:
+    """What to boot: `kernel` and `initrd` when given; else the image's generic kernel
+    (/boot/vmlinuz, /boot/initrd.img, copied into `work`); else, for an image whose kernel
+    only a Raspberry Pi boots, the generic kernel pifleet supplies (builder/qemu/supplied.py)."""
     if kernel is not None:
-        return kernel, initrd
+        return BootKernel(kernel, initrd)
     found = {}
     for name in ("/boot/vmlinuz", "/boot/initrd.img"):
         data = image.root.read(name)
         if data is not None:
             found[name] = work / Path(name).name
             found[name].write_bytes(data)
-    if "/boot/vmlinuz" not in found:
-        raise UserError(
-            f"{image.path}: no generic kernel (/boot/vmlinuz) in the image; a Raspberry Pi kernel does "
-            "not boot under QEMU -M virt: give --kernel and --initrd"
-        )
-    return found["/boot/vmlinuz"], found.get("/boot/initrd.img")
+    if "/boot/vmlinuz" in found:
+        return BootKernel(found["/boot/vmlinuz"], found.get("/boot/initrd.img"))
+    from builder.qemu.supplied import supplied_kernel
+
+    log.info("%s: a Raspberry Pi kernel only: booting Debian's generic kernel", image.path)
+    supplied = supplied_kernel(arch)
+    return BootKernel(supplied.vmlinuz, supplied.initrd, supplied.modules)
 
 
 def redirect(image: Image, server: K3sTestServer | str, token: Secret) -> dict[str, bytes | None]:

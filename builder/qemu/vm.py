@@ -77,6 +77,7 @@ class VM:
         extra: tuple[str, ...] = (),
         network: tuple[str, ...] = (),
         since: float | None = None,
+        modules: Path | None = None,
     ) -> None:
         self.machine = machine
         self.disk = disk
@@ -93,6 +94,7 @@ class VM:
         # A reboot is a new QEMU (-no-reboot): `since` is the first one's start (time.monotonic),
         # which console times count from; its console log is appended to, not replaced.
         self.since = since
+        self.modules = modules  # a read-only second disk: the supplied kernel's modules
         self._control = Path(tempfile.mkdtemp(prefix="pifleet-qmp-"))  # short: AF_UNIX paths
         self.qmp_socket = self._control / "qmp.sock"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -123,6 +125,11 @@ class VM:
         ]  # fmt: skip
         if self.initrd is not None:
             argv += ["-initrd", str(self.initrd)]
+        if self.modules is not None:
+            argv += [
+                "-drive", f"if=none,id=modules,file={self.modules},format=raw,readonly=on",
+                "-device", "virtio-blk-pci,drive=modules",
+            ]  # fmt: skip
         return argv + list(self.extra)
 
     def __enter__(self) -> VM:

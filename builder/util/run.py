@@ -61,6 +61,7 @@ def run(
     check: bool = True,
     what: str | None = None,
     umask: int = -1,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run `argv`, capture stdout/stderr, raise BuildError on a non-zero exit.
 
@@ -74,7 +75,7 @@ def run(
     started = time.monotonic()
     try:
         proc = subprocess.run(
-            args, input=input, capture_output=True, env=full_env, check=False, umask=umask
+            args, input=input, capture_output=True, env=full_env, check=False, umask=umask, cwd=cwd
         )
     except FileNotFoundError as exc:
         raise UserError(f"{args[0]} not found: run tools/setup.sh to install host tools") from exc

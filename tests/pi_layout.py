@@ -1,0 +1,83 @@
+"""Test images with a Raspberry Pi kernel only, as Raspberry Pi OS ships them.
+
+A pifleet base carries Debian's generic kernel in the root's /boot, which `-M virt` boots.
+Raspberry Pi OS carries none: its kernels are on the boot partition (kernel8.img,
+kernel_2712.img for arm64; kernel7l.img for armhf), its modules in the root at
+/lib/modules/<version>+rpt-rpi-*, and /boot holds only the firmware mount point
+(RPi-Distro/pi-gen stage1 `00-boot-files`, the raspberrypi-kernel packages). `pi_kernel_only`
+turns a copy of a base into that layout: the generic kernel, its initrd and its module tree
+leave the root (the modules are renamed to a Pi kernel's version, so nothing in the image
+matches the supplied kernel), and the Pi kernel files appear on the boot partition with the
+config.txt lines that pick them. The edits are debugfs and mtools on the image file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from builder.disk import sparse
+from builder.disk.image import Image
+from builder.disk.table import read_table
+
+PI_VERSIONS = {"arm64": "6.12.47+rpt-rpi-v8", "armhf": "6.12.47+rpt-rpi-v7l"}
+PI_KERNELS = {"arm64": ("kernel8.img", "kernel_2712.img"), "armhf": ("kernel7l.img",)}
+
+
+def pi_kernel_only(base: Path, out: Path, arch: str = "arm64") -> Path:
+    """A copy of `base` at `out` laid out as Raspberry Pi OS: a Pi kernel only."""
+    sparse.copy_file(base, out)
+    opened = Image.open(out)
+    boot_listing = _ls(out, "/boot")
+    generic = [
+        n for n in boot_listing if n.startswith(("vmlinuz", "initrd.img", "System.map", "config-"))
+    ]
+    versions = [n.removeprefix("vmlinuz-") for n in boot_listing if n.startswith("vmlinuz-")]
+    kernel = opened.root.read(f"/boot/vmlinuz-{versions[0]}")
+    assert kernel is not None, f"{base} has no generic kernel to take out"
+    commands = [f"rm /boot/{name}" for name in generic]
+    for version in versions:
+        commands += [
+            f"ln /usr/lib/modules/{version} /usr/lib/modules/{PI_VERSIONS[arch]}",
+            f"unlink /usr/lib/modules/{version}",
+        ]
+    _debugfs(out, commands)
+    opened = Image.open(out)
+    for name in PI_KERNELS[arch]:
+        opened.boot.stage(f"/{name}", kernel)  # a real kernel Image stands in for the Pi's
+    config = (opened.boot.read("/config.txt") or b"").decode()
+    opened.boot.stage(
+        "/config.txt",
+        (config.split("[all]")[0] + "[all]\narm_64bit=1\nauto_initramfs=1\n").encode()
+        if arch == "arm64"
+        else (config + "auto_initramfs=1\n").encode(),
+    )
+    opened.boot.flush()
+    return out
+
+
+def _root_spec(image: Path) -> str:
+    return f"{image}?offset={read_table(image).partitions[1].start}"
+
+
+def _ls(image: Path, directory: str) -> list[str]:
+    done = subprocess.run(
+        ["debugfs", "-R", f"ls -p {directory}", _root_spec(image)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    names = []
+    for line in done.stdout.splitlines():
+        fields = line.strip("/").split("/")
+        if len(fields) >= 5 and fields[4] not in (".", ".."):
+            names.append(fields[4])
+    return names
+
+
+def _debugfs(image: Path, commands: list[str]) -> None:
+    done = subprocess.run(
+        ["debugfs", "-w", "-f", "-", _root_spec(image)],
+        input="\n".join(commands) + "\n", capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    errors = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith("debugfs ")]
+    if done.returncode != 0 or errors:
+        raise AssertionError(f"debugfs on {image}: {errors or done.returncode}")
