@@ -81,3 +81,25 @@ def _debugfs(image: Path, commands: list[str]) -> None:
     errors = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith("debugfs ")]
     if done.returncode != 0 or errors:
         raise AssertionError(f"debugfs on {image}: {errors or done.returncode}")
+
+
+FIRSTBOOT = "/usr/lib/raspberrypi-sys-mods/firstboot"
+FIRSTBOOT_STANDIN = Path(__file__).resolve().parent / "fixtures/rpi-firstboot"
+
+
+def with_bookworm_first_boot(image: Path) -> Path:
+    """`image` with Raspberry Pi OS Bookworm's first boot: cmdline.txt ends in
+    `init=/usr/lib/raspberrypi-sys-mods/firstboot` (pi-gen stage1 `cmdline.txt`), and that
+    file is the test stand-in tests/fixtures/rpi-firstboot."""
+    _debugfs(image, [
+        "mkdir /usr/lib/raspberrypi-sys-mods",
+        f"write {FIRSTBOOT_STANDIN} {FIRSTBOOT}",
+        f"sif {FIRSTBOOT} mode 0100755",
+        f"sif {FIRSTBOOT} uid 0",
+        f"sif {FIRSTBOOT} gid 0",
+    ])  # fmt: skip
+    opened = Image.open(image)
+    cmdline = (opened.boot.read("/cmdline.txt") or b"").decode().strip()
+    opened.boot.stage("/cmdline.txt", f"{cmdline} quiet init={FIRSTBOOT}\n".encode())
+    opened.boot.flush()
+    return image

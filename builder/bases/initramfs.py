@@ -138,7 +138,9 @@ umount /proc /sys
 mount --move /dev /root/dev
 exec switch_root /root "$init"
 """
-FOREIGN_MODULES = ROOT_MODULES
+# The Pi's hardware RNG (bcm2835-rng) is built into its kernel, and Pi OS's first boot reads
+# /dev/hwrng as PID 1, before udev: under QEMU that is virtio-rng, loaded here.
+FOREIGN_MODULES = (*ROOT_MODULES, "virtio_rng")
 
 
 def module_index(modules_dir: Path) -> tuple[dict[str, str], dict[str, list[str]], set[str]]:

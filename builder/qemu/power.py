@@ -32,7 +32,7 @@ from firstboot import joinconfig
 
 log = logging.getLogger("pifleet.boot")
 
-MAX_BOOTS = 3  # a first boot that runs firstrun.sh, the one that joins, and one to spare
+MAX_BOOTS = 4  # Pi OS Bookworm's firstboot (init=), firstrun.sh, the one that joins, a spare
 
 
 @dataclass(frozen=True)
