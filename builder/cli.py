@@ -215,8 +215,12 @@ def _register_boot_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument(
         "--timeout", type=float, default=900, help="seconds until the node must have joined"
     )
-    p.add_argument("--kernel", help="kernel to boot (default: /boot/vmlinuz from the image)")
-    p.add_argument("--initrd", help="initrd to boot (default: /boot/initrd.img from the image)")
+    p.add_argument(
+        "--kernel",
+        help="kernel to boot (default: the image's /boot/vmlinuz, else for a Raspberry Pi "
+        "kernel Debian's generic one, fetched and cached)",
+    )
+    p.add_argument("--initrd", help="initrd to boot with --kernel")
     p.add_argument("--server", help="a real K3s server URL (default: start the K3s test server)")
     p.add_argument("--token-file", help="token for --server")
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
