@@ -4,7 +4,8 @@ real-time clock (1970 and 3 years ahead), the server gone for 2 minutes during `
 Ethernet link down and up during `verify` (issue 14), and the K3s join boots (issue 10):
 bootstrap token + CA bundle + unnamed address, /cacerts 503 then Bearer 403, and a wrong
 password fixed on the server mid-boot; and what K3s and etcd refuse at first boot (issue 24):
-an empty node password file, a re-flashed first server, a re-flashed server etcd still knows.
+an empty node password file, a re-flashed first server, a re-flashed server etcd still knows;
+and a token the server refuses (boot-test's verdict and the card's story).
 
 Runs tests/test_boot_faults.py, tests/test_boot_k3s.py and tests/test_boot_k3s_refusals.py
 with every marker (the default test run takes only the verify and start power cuts) and

@@ -7,8 +7,8 @@ one Node and one node password at the server, `state.json` at done, the secrets
 gone from the boot partition, and e2fsck clean after the final clean power-off.
 
 Two power cuts (verify and start, the riskiest) run in the default suite; all
-seven, the clock and the network faults run with `pytest -m faults` (and
-bench/faults.py prints their timings).
+seven, the clock and the network faults, and a token the server refuses run with
+`pytest -m faults` (and bench/faults.py prints their timings).
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ from pathlib import Path
 import pytest
 
 from builder.disk.image import Image
+from builder.qemu.boottest import BootOptions, boot_test
 from builder.qemu.console import BootResult
 from builder.qemu.vm import VM
 from builder.testserver.server import K3sTestServer
+from builder.util.secret import Secret
 from firstboot.state import ORDER as STATES
-from tests.boot_helpers import DEVICE, guest_disk
+from tests.boot_helpers import BOOT_TIMEOUT, DEVICE, guest_disk
+from tests.conftest import pifleet
 from tests.image_read import ext4_read
 from tests.power_cycles import Device
 
@@ -140,3 +143,36 @@ def test_ethernet_link_down_and_up_during_verify(device: Device, tmp_path: Path)
     assert flapped, "the agent never reached verify"
     assert boot.node == DEVICE, boot.console[-40:]
     assert_joined_exactly_once(device, tmp_path)
+
+
+@pytest.mark.faults
+def test_wrong_token_stops_with_a_clear_status(
+    arm64_device: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A token the server refuses: boot-test stops at the agent's verdict (exit 1), and the
+    pulled card says what failed (issue 16). In the fault series: the default run proves the
+    verdict without a boot (tests/test_firstboot.py, tests/test_k3s_conformance.py) and the card's
+    story from a report (tests/test_diagnose.py)."""
+    image, state = arm64_device
+    right = K3sTestServer(state_dir=state).mint_token()
+    wrong = right.rsplit(":", 1)[0] + ":not-the-password"
+    result = boot_test(
+        BootOptions(
+            image=image, timeout=float(BOOT_TIMEOUT), keep=tmp_path / "vm",
+            server_state=state, token=Secret(wrong),
+        )
+    )  # fmt: skip
+    assert not result.joined
+    assert result.failure is not None and "agent failed in verify" in result.failure
+    failed = [ln for ln in result.console if "pifleet-firstboot: failed state=verify" in ln]
+    assert failed and "token" in failed[0] and "401" in failed[0], failed
+    console = "\n".join(result.console)
+    assert wrong.split(":")[-1] not in console and right.split(":")[-1] not in console
+    # The pulled card says what failed and what to do, with no secret in it (issue 16).
+    assert result.overlay is not None
+    disk, _root = guest_disk(result.overlay, tmp_path)
+    story = pifleet("diagnose", str(disk), "--journal", cwd=tmp_path)
+    assert story.returncode == 1, story.stdout + story.stderr
+    assert "failed in verify" in story.stdout and "401" in story.stdout, story.stdout
+    assert "what to do: the server does not accept this token" in story.stdout, story.stdout
+    assert wrong.split(":")[-1] not in story.stdout and right.split(":")[-1] not in story.stdout
