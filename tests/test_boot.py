@@ -33,6 +33,7 @@ from tests.boot_helpers import (
 )
 from tests.conftest import pifleet
 from tests.image_read import ext4_read, fat_names
+from tests.pi_layout import pi_kernel_only
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +47,14 @@ def armhf_base() -> Path:
 @pytest.fixture(scope="session")
 def armhf_device(armhf_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """With a static address (cloud-init renders network-config's to systemd-networkd) and a
-    unit that prints eth0's addresses: the cloud-init path's proof, at no extra boot."""
+    unit that prints eth0's addresses: the cloud-init path's proof, at no extra boot. Laid out
+    as Raspberry Pi OS armhf ships it (a Pi kernel only, kernel7l.img): boot-test supplies
+    Debian's armmp-lpae kernel."""
     workdir = tmp_path_factory.mktemp("armhf")
-    image, state = device_image(workdir, "armhf", device=static_address.DEVICE_KEYS)
+    pi_os = pi_kernel_only(armhf_base, workdir / "raspios-armhf.img", "armhf")
+    image, state = device_image(
+        workdir, "armhf", base_path=pi_os, device=static_address.DEVICE_KEYS
+    )
     static_address.add_show_unit(image, workdir)
     return image, state
 

@@ -40,7 +40,7 @@ class Mirror(http.server.ThreadingHTTPServer):
 class Handler(http.server.BaseHTTPRequestHandler):
     server: Mirror
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self.server.requests.append(self.path)
         body = self.server.files.get(self.path)
         if body is None:
@@ -105,7 +105,9 @@ def test_a_mirror_that_cannot_prove_itself_gives_no_kernel(
     message = str(raised.value)
     assert "\n" not in message and "apt-get update" in message, message
     assert any("dists/trixie" in r for r in mirror.requests), mirror.requests
-    assert not any("/pool/" in r for r in mirror.requests), f"a package was fetched: {mirror.requests}"
+    assert not any("/pool/" in r for r in mirror.requests), (
+        f"a package was fetched: {mirror.requests}"
+    )
     assert not any("Packages" in r for r in mirror.requests), (
         f"an index no signature vouches for was fetched: {mirror.requests}"
     )

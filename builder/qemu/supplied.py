@@ -63,8 +63,9 @@ def supplied_kernel(arch: str, mirror: str = DEFAULT_MIRROR) -> SuppliedKernel:
         if cached is not None:
             return cached
         log.info("fetching Debian's generic %s kernel (%s, %s) for -M virt", arch, SUITE, mirror)
+        for stale in base.glob(f".fetch-{arch}-*"):  # a killed fetch's (the lock is ours)
+            shutil.rmtree(stale, ignore_errors=True)
         work = base / f".fetch-{arch}-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
         try:
             kernel = _prepare(arch, mirror, work, base)
         finally:
