@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""Benchmark `pifleet base` and `pifleet boot-test` (issue 6 figures).
+"""Benchmark `pifleet base` and `pifleet boot-test` (issue 6 figures), per boot mode (issue 23).
 
 Prints, for each architecture asked for (default: arm64):
   - `pifleet base` time from the cache (seconds), and with --fresh a rebuild
     from Debian packages (target: a fresh arm64 base in under 10 minutes);
-  - the boot-test milestones of an image built by `pifleet build` from that base
-    with the K3s test stand-in: kernel -> cloud-init finished -> agent joined;
+  - for each mode asked for (default: both), the boot-test milestones of an image built by
+    `pifleet build` with the K3s test stand-in: kernel -> cloud-init finished -> agent joined;
+    `generic`: pifleet's base as it is, its own Debian kernel; `pi-kernel`: the same base laid
+    out as Raspberry Pi OS (tests/pi_layout.py, a Pi kernel only), so boot-test boots the
+    kernel it supplies, with its modules disk (a first run also fetches that kernel: the
+    figure says how long);
   - the QEMU process's peak RSS.
 
-Usage: bench/boot.py [--fresh] [--arch arm64|armhf ...]   (needs root for a fresh base)
+Usage: bench/boot.py [--fresh] [--arch arm64|armhf ...] [--mode generic|pi-kernel ...]
+(needs root for a fresh base)
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from builder.qemu.boottest import BootOptions, boot_test  # noqa: E402
-from tests.boot_helpers import SUITES, device_image  # noqa: E402
+from builder.qemu.supplied import supplied_kernel  # noqa: E402
+from tests.boot_helpers import SUITES, base_image, device_image  # noqa: E402
+from tests.pi_layout import pi_kernel_only  # noqa: E402
 
 
 def base_seconds(arch: str, fresh: bool) -> float:
@@ -41,8 +48,16 @@ def base_seconds(arch: str, fresh: bool) -> float:
     return time.monotonic() - start
 
 
-def boot(arch: str, workdir: Path) -> None:
-    image, state = device_image(workdir, arch)
+def boot(arch: str, workdir: Path, mode: str) -> None:
+    base = None
+    if mode == "pi-kernel":
+        start = time.monotonic()
+        supplied_kernel(arch)
+        print(
+            f"  supplied kernel ready in {time.monotonic() - start:.1f} s (cached after a first fetch)"
+        )
+        base = pi_kernel_only(base_image(arch), workdir / "pi-layout.img", arch)
+    image, state = device_image(workdir, arch, base_path=base)
     result = boot_test(BootOptions(image=image, timeout=1200, server_state=state))
     marks = dict(result.milestones)
     print(f"  boot-test {'passed' if result.passed else 'FAILED: ' + str(result.failure)}")
@@ -65,14 +80,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true", help="also time a rebuild of the base")
     parser.add_argument("--arch", action="append", choices=("arm64", "armhf"))
+    parser.add_argument("--mode", action="append", choices=("generic", "pi-kernel"))
     args = parser.parse_args()
     for arch in args.arch or ["arm64"]:
         print(f"{arch}:")
         if args.fresh:
             print(f"  pifleet base, fresh   {base_seconds(arch, True):7.1f} s  (target < 600 s)")
         print(f"  pifleet base, cached  {base_seconds(arch, False):7.1f} s")
-        with tempfile.TemporaryDirectory(prefix="pifleet-bench-boot-") as tmp:
-            boot(arch, Path(tmp))
+        for mode in args.mode or ["generic", "pi-kernel"]:
+            print(f" {mode}:")
+            with tempfile.TemporaryDirectory(prefix="pifleet-bench-boot-") as tmp:
+                boot(arch, Path(tmp), mode)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -82,6 +83,10 @@ def _custody(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print("pifleet-custody: " + line, flush=True)
 
+    if root.is_real:
+        # cloud-init's local stage, just before this, rendered the network without fsync: a
+        # power cut in the next seconds left it empty (the agent syncs too, but later).
+        os.sync()
     boot_dir = boot_dir_of(root, args.config)
     make_writable(root(boot_dir), say)
     try:
