@@ -9,10 +9,11 @@ Prints, for each architecture asked for (default: arm64):
     `generic`: pifleet's base as it is, its own Debian kernel; `pi-kernel`: the same base laid
     out as Raspberry Pi OS (tests/pi_layout.py, a Pi kernel only), so boot-test boots the
     kernel it supplies, with its modules disk (a first run also fetches that kernel: the
-    figure says how long);
+    figure says how long); `raspi3b` (arm64 only): QEMU's Pi 3 board booting the card's own
+    kernel8.img, initramfs8 and device tree (tests/pi_layout.py `pi_board_image`);
   - the QEMU process's peak RSS.
 
-Usage: bench/boot.py [--fresh] [--arch arm64|armhf ...] [--mode generic|pi-kernel ...]
+Usage: bench/boot.py [--fresh] [--arch arm64|armhf ...] [--mode generic|pi-kernel|raspi3b ...]
 (needs root for a fresh base)
 """
 
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from builder.qemu.boottest import BootOptions, boot_test  # noqa: E402
 from builder.qemu.supplied import supplied_kernel  # noqa: E402
 from tests.boot_helpers import SUITES, base_image, device_image  # noqa: E402
-from tests.pi_layout import pi_kernel_only  # noqa: E402
+from tests.pi_layout import pi_board_image, pi_kernel_only  # noqa: E402
 
 
 def base_seconds(arch: str, fresh: bool) -> float:
@@ -57,8 +58,11 @@ def boot(arch: str, workdir: Path, mode: str) -> None:
             f"  supplied kernel ready in {time.monotonic() - start:.1f} s (cached after a first fetch)"
         )
         base = pi_kernel_only(base_image(arch), workdir / "pi-layout.img", arch)
+    elif mode == "raspi3b":
+        base = pi_board_image(base_image(arch), workdir / "board.img", workdir)
     image, state = device_image(workdir, arch, base_path=base)
-    result = boot_test(BootOptions(image=image, timeout=1200, server_state=state))
+    machine = "raspi3b" if mode == "raspi3b" else "virt"
+    result = boot_test(BootOptions(image=image, timeout=1800, server_state=state, machine=machine))
     marks = dict(result.milestones)
     print(f"  boot-test {'passed' if result.passed else 'FAILED: ' + str(result.failure)}")
     for name, seconds in result.milestones:
@@ -80,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true", help="also time a rebuild of the base")
     parser.add_argument("--arch", action="append", choices=("arm64", "armhf"))
-    parser.add_argument("--mode", action="append", choices=("generic", "pi-kernel"))
+    parser.add_argument("--mode", action="append", choices=("generic", "pi-kernel", "raspi3b"))
     args = parser.parse_args()
     for arch in args.arch or ["arm64"]:
         print(f"{arch}:")

@@ -221,6 +221,13 @@ def _register_boot_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "kernel Debian's generic one, fetched and cached)",
     )
     p.add_argument("--initrd", help="initrd to boot with --kernel")
+    p.add_argument(
+        "--machine",
+        default="virt",
+        choices=("virt", "raspi3b", "raspi2b"),
+        help="QEMU machine: virt (default), or a Raspberry Pi board booting the image's own "
+        "kernel and device tree as the firmware picks them (raspi3b: arm64, raspi2b: armhf)",
+    )
     p.add_argument("--server", help="a real K3s server URL (default: start the K3s test server)")
     p.add_argument("--token-file", help="token for --server")
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")

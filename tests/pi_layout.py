@@ -13,6 +13,7 @@ config.txt lines that pick them. The edits are debugfs and mtools on the image f
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 from pathlib import Path
 
@@ -103,3 +104,53 @@ def with_bookworm_first_boot(image: Path) -> Path:
     opened.boot.stage("/cmdline.txt", f"{cmdline} quiet init={FIRSTBOOT}\n".encode())
     opened.boot.flush()
     return image
+
+
+BOARD_DTB = {"raspi3b": "bcm2837-rpi-3-b.dtb"}
+BOARD_MODULES = ("bcm2835", "ext4", "crc32c_generic")  # the SD card (sdhost) and the root
+
+
+def pi_board_image(base: Path, out: Path, tmp: Path, board: str = "raspi3b") -> Path:
+    """A copy of `base` at `out` that a Raspberry Pi board boots from its boot partition, as a
+    Pi OS Trixie card: kernel8.img and initramfs8 (`auto_initramfs=1`) and a device tree named
+    by `device_tree=`, the kernel's modules in the root under its own version. The kernel is
+    Debian's from the base (QEMU's raspi3b runs Debian's upstream bcm2837 device tree); the
+    initramfs is pifleet's foreign-root one, with the SD card's driver."""
+    from builder.bases import initramfs
+
+    sparse.copy_file(base, out)
+    opened = Image.open(out)
+    version = next(
+        n.removeprefix("vmlinuz-") for n in _ls(out, "/boot") if n.startswith("vmlinuz-")
+    )
+    kernel = opened.root.read(f"/boot/vmlinuz-{version}")
+    dtb = opened.root.read(f"/usr/lib/linux-image-{version}/broadcom/{BOARD_DTB[board]}")
+    initrd = opened.root.read(f"/boot/initrd.img-{version}")
+    assert kernel and dtb and initrd, f"{base}: no kernel, device tree or initrd for {version}"
+    root = tmp / "board-root"
+    modules = root / "usr/lib/modules"
+    modules.mkdir(parents=True)
+    subprocess.run(
+        ["debugfs", "-R", f"rdump /usr/lib/modules/{version} {modules}", _root_spec(out)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    unpacked = tmp / "board-initrd"
+    unpacked.mkdir()
+    subprocess.run(["cpio", "-id", "--quiet", "bin/busybox"], input=gzip.decompress(initrd),
+                   cwd=unpacked, check=True)  # fmt: skip
+    built = tmp / "initramfs8"
+    initramfs.build(root, version, unpacked / "bin/busybox", built, 1_700_000_000,
+                    init=initramfs.FOREIGN_INIT, modules=BOARD_MODULES)  # fmt: skip
+    generic = [n for n in _ls(out, "/boot") if n.startswith(("vmlinuz", "initrd.img"))]
+    _debugfs(out, [f"rm /boot/{name}" for name in generic])
+    opened = Image.open(out)
+    opened.boot.stage("/kernel8.img", kernel)
+    opened.boot.stage("/initramfs8", built.read_bytes())
+    opened.boot.stage(f"/{BOARD_DTB[board]}", dtb)
+    config = (opened.boot.read("/config.txt") or b"").decode().split("[all]")[0]
+    opened.boot.stage(
+        "/config.txt",
+        f"{config}[all]\narm_64bit=1\nauto_initramfs=1\ndevice_tree={BOARD_DTB[board]}\n".encode(),
+    )
+    opened.boot.flush()
+    return out

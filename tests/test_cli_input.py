@@ -104,6 +104,14 @@ BOOT_TEST: Cases = {
         (["{d}/card.img", "--kernel", "{d}/missing-kernel", "--keep", "{d}/kept"], "no such file"),
         (["{d}/card.img", "--kernel", "{d}"], "--kernel"),
     ],
+    "--machine": [
+        (["{d}/card.img", "--machine", "raspi4b"], "invalid choice"),
+        (
+            ["{d}/card.img", "--machine", "raspi3b", "--kernel", "{d}/vmlinuz"],
+            "--kernel is for -M virt",
+        ),
+        (["{d}/card.img", "--machine", "raspi2b"], "--machine raspi2b boots armhf images"),
+    ],
     "--initrd": [
         (["{d}/card.img", "--kernel", "{d}/vmlinuz", "--initrd", "{d}/nope"], "no such file"),
         (["{d}/card.img", "--initrd", "{d}/vmlinuz"], "--initrd needs --kernel"),

@@ -94,7 +94,11 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 ext_label() { dd if="$1" bs=1 skip=1144 count=16 2>/dev/null | tr -d '\000'; }
-disks() { for d in /sys/block/vd*; do [ -e "$d" ] && echo "/dev/${d##*/}"; done; }
+disks() {
+    for d in /sys/block/*; do
+        case "${d##*/}" in loop*|ram*|zram*|mmcblk*boot*|mmcblk*rpmb) ;; *) echo "/dev/${d##*/}" ;; esac
+    done
+}
 resolve() {
     case "$1" in
         PARTUUID=*)
@@ -106,10 +110,12 @@ resolve() {
                 fi
             done ;;
         LABEL=*)
-            for p in /dev/vd[a-z][0-9]*; do
+            for p in /dev/vd[a-z][0-9]* /dev/mmcblk[0-9]p[0-9]* /dev/sd[a-z][0-9]*; do
                 [ -b "$p" ] && [ "$(ext_label "$p")" = "${1#LABEL=}" ] && echo "$p" && return
             done ;;
         /dev/mmcblk[0-9]p[0-9]*|/dev/sd[a-z][0-9]*)
+            # the SD card itself on a board; under -M virt the first disk's partition N
+            if [ -b "$1" ]; then echo "$1"; return; fi
             n=$(echo "$1" | sed 's/^.*[^0-9]//'); [ -b "/dev/vda$n" ] && echo "/dev/vda$n" ;;
         /dev/*) [ -b "$1" ] && echo "$1" ;;
     esac

@@ -18,6 +18,10 @@ def check_options(args: argparse.Namespace) -> None:
     for option, value in (("--kernel", args.kernel), ("--initrd", args.initrd)):
         if value is not None:
             _existing_file(option, value)
+    if getattr(args, "machine", "virt") != "virt" and args.kernel is not None:
+        raise UserError(
+            f"--kernel is for -M virt: --machine {args.machine} boots the image's own kernel"
+        )
     if args.initrd is not None and args.kernel is None:
         raise UserError("--initrd needs --kernel (the image's own kernel comes with its initrd)")
     if args.server is not None:

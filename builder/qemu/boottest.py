@@ -47,6 +47,7 @@ class BootOptions:
     token: Secret | None = None  # with `server`, or to override the test server's token
     keep: Path | None = None  # keep the VM's disk and console log here
     server_state: Path | None = None  # the test server's CA and registry (default: fresh)
+    machine: str = "virt"  # or a Raspberry Pi board: raspi3b (arm64), raspi2b (armhf)
 
 
 def boot_test(
@@ -57,14 +58,16 @@ def boot_test(
     hooks = hooks or Hooks()
     image = Image.open(opts.image)
     flavor = detect(image)
-    require_qemu(flavor.arch)
+    require_qemu(flavor.arch, opts.machine)
     if opts.server is not None and opts.token is None:
         raise UserError("--server needs --token-file (the token the image should join with)")
     with contextlib.ExitStack() as stack:
         work = _workdir(stack, opts.keep)
-        kernel = boot_kernel(image, work, flavor.arch, opts.kernel, opts.initrd)
+        kernel = boot_kernel(image, work, flavor.arch, opts.kernel, opts.initrd, opts.machine)
         server, token = _server(stack, opts, hooks, work)
-        guest = prepare(image, server, token, work, flavor=flavor, kernel=kernel)
+        guest = prepare(
+            image, server, token, work, flavor=flavor, kernel=kernel, board=opts.machine
+        )
         if isinstance(server, K3sTestServer) and hooks.server_down_for > 0:
             on_milestone = _outage(stack, server, hooks.server_down_for, on_milestone)
         result = power_on(guest, timeout=opts.timeout, on_milestone=on_milestone, hooks=hooks)
@@ -164,8 +167,10 @@ def command(args: argparse.Namespace) -> int:
         server=args.server,
         token=token,
         keep=Path(args.keep) if args.keep else None,
+        machine=args.machine,
     )
-    print(f"booting {image} under QEMU (timeout {args.timeout:.0f} s)", flush=True)
+    board = "" if args.machine == "virt" else f" -M {args.machine}"
+    print(f"booting {image} under QEMU{board} (timeout {args.timeout:.0f} s)", flush=True)
     result = boot_test(opts, on_milestone=lambda name, s: print(f"{s:8.1f} s  {name}", flush=True))
     if args.junit:
         write_junit(Path(args.junit), image, result)

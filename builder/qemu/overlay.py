@@ -26,8 +26,9 @@ log = logging.getLogger("pifleet.overlay")
 _BLOCK = 64 * 1024
 
 
-def create(image: Path, overlay: Path) -> None:
-    """A qcow2 overlay backed by the raw `image` (absolute path, so the overlay can move)."""
+def create(image: Path, overlay: Path, size: int | None = None) -> None:
+    """A qcow2 overlay backed by the raw `image` (absolute path, so the overlay can move);
+    `size`: a larger virtual size (a board's SD card), the image itself unchanged."""
     require_tool("qemu-img", "qemu-utils")
     run(
         [
@@ -41,6 +42,7 @@ def create(image: Path, overlay: Path) -> None:
             "-F",
             "raw",
             str(overlay),
+            *([str(size)] if size is not None else []),
         ],
         what="qemu-img create",
         umask=PRIVATE_UMASK,  # the overlay will hold the boot's token

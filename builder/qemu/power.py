@@ -24,6 +24,7 @@ from pathlib import Path
 from builder.detect.flavor import Flavor, detect
 from builder.disk.image import Image
 from builder.qemu import overlay
+from builder.qemu.board import board_boot, sd_card_size
 from builder.qemu.console import BootResult, Milestone, Stage, follow, verdict
 from builder.qemu.vm import VM, Machine, kernel_command_line, require_qemu
 from builder.testserver.server import K3sTestServer
@@ -60,15 +61,18 @@ class Guest:
     cloud_init: bool  # False for an image without cloud-init (systemd format)
     work: Path
     modules: Path | None = None  # the supplied kernel's modules disk (read-only), if any
+    dtb: Path | None = None  # a board's device tree
 
 
 @dataclass(frozen=True)
 class BootKernel:
-    """What QEMU boots: a kernel, its initrd, and for the kernel pifleet supplies its modules."""
+    """What QEMU boots: a kernel, its initrd, for the kernel pifleet supplies its modules, and
+    for a board the device tree."""
 
     kernel: Path
     initrd: Path | None
     modules: Path | None = None
+    dtb: Path | None = None
 
 
 def prepare(
@@ -79,19 +83,22 @@ def prepare(
     *,
     flavor: Flavor | None = None,
     kernel: BootKernel | None = None,
+    board: str = "virt",
 ) -> Guest:
     """The overlay over `image` in `work`, its boot partition pointing the agent at `server`
-    with `token`; `kernel`: what to boot, default `boot_kernel`'s choice."""
+    with `token`; `kernel`: what to boot, default `boot_kernel`'s choice (for a `board`, the
+    image's own kernel as the firmware picks it: builder/qemu/board.py)."""
     flavor = flavor or detect(image)
-    machine = require_qemu(flavor.arch)
-    boot = kernel or boot_kernel(image, work, flavor.arch)
+    machine = require_qemu(flavor.arch, board)
+    boot = kernel or boot_kernel(image, work, flavor.arch, board=board)
     disk = work / "disk.qcow2"
-    overlay.create(image.path, disk)
+    card = None if board == "virt" else sd_card_size(image.path.stat().st_size)
+    overlay.create(image.path, disk, card)
     overlay.write_boot_files(
         image.path, disk, redirect(image, server, token), image.epoch or int(time.time())
     )
     return Guest(image.path, machine, disk, boot.kernel, boot.initrd, flavor.cloud_init, work,
-                 boot.modules)  # fmt: skip
+                 boot.modules, boot.dtb)  # fmt: skip
 
 
 def power_on(
@@ -116,7 +123,8 @@ def power_on(
         append = kernel_command_line(cmdline.decode(errors="replace"), guest.machine)
         since = started if count else None
         vm = VM(guest.machine, guest.disk, guest.kernel, guest.initrd, append, log,
-                extra=hooks.qemu_args, since=since, modules=guest.modules)  # fmt: skip
+                extra=hooks.qemu_args, since=since, modules=guest.modules,
+                dtb=guest.dtb)  # fmt: skip
         with vm:
             reboots = result.reboots
             on_line = _on_line(vm, result, hooks)
@@ -162,11 +170,21 @@ def _exited(vm: VM, grace: float = 30.0) -> bool:
 
 
 def boot_kernel(
-    image: Image, work: Path, arch: str, kernel: Path | None = None, initrd: Path | None = None
+    image: Image,
+    work: Path,
+    arch: str,
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    board: str = "virt",
 ) -> BootKernel:
-    """What to boot: `kernel` and `initrd` when given; else the image's generic kernel
-    (/boot/vmlinuz, /boot/initrd.img, copied into `work`); else, for an image whose kernel
-    only a Raspberry Pi boots, the generic kernel pifleet supplies (builder/qemu/supplied.py)."""
+    """What to boot: on a `board`, the image's own kernel, initramfs and device tree; else
+    `kernel` and `initrd` when given; else the image's generic kernel (/boot/vmlinuz,
+    /boot/initrd.img, copied into `work`); else, for an image whose kernel only a Raspberry
+    Pi boots, the generic kernel pifleet supplies (builder/qemu/supplied.py)."""
+    if board != "virt":
+        picked = board_boot(image, work, board)
+        log.info("%s: booting the image's %s", board, picked.chosen)
+        return BootKernel(picked.kernel, picked.initrd, None, picked.dtb)
     if kernel is not None:
         return BootKernel(kernel, initrd)
     found = {}

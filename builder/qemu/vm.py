@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.qemu.board import BOARD_WORDS
 from builder.util.errors import BuildError, UserError
 from builder.util.run import require_tool
 
@@ -39,12 +40,22 @@ class Machine:
     cpu: str
     console: str  # the serial device the kernel sees
     memory: int  # MiB
+    board: str = "virt"  # QEMU's -M: virt, or a Raspberry Pi board (builder/qemu/board.py)
+    cpus: int = 2
+    serial: tuple[str, ...] = ("-serial", "stdio")
 
 
 MACHINES = {
     "arm64": Machine("arm64", "qemu-system-aarch64", "cortex-a72", "ttyAMA0", 1536),
     "armhf": Machine("armhf", "qemu-system-arm", "cortex-a15", "ttyAMA0", 1024),
 }
+# The boards' own CPUs; exactly 1 GiB and 4 CPUs, or QEMU 7.2 refuses them.
+BOARD_MACHINES = {
+    "raspi3b": Machine("arm64", "qemu-system-aarch64", "", "ttyS1", 1024, "raspi3b", 4,
+                       ("-serial", "null", "-serial", "stdio")),  # the mini UART is the console
+    "raspi2b": Machine("armhf", "qemu-system-arm", "", "ttyAMA0", 1024, "raspi2b", 4),
+}  # fmt: skip
+BOARD_MAC = "b8:27:eb:50:1f:07"  # a Raspberry Pi Foundation address: the interface is eth0
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,8 @@ def kernel_command_line(cmdline_txt: str, machine: Machine) -> str:
             continue
         words.append(word)
     # net.ifnames=0: the NIC is eth0, as on a Raspberry Pi, so the seed's network config applies.
-    return " ".join([f"console={machine.console},115200", *words, "net.ifnames=0"])
+    board = () if machine.board == "virt" else BOARD_WORDS
+    return " ".join([f"console={machine.console},115200", *words, "net.ifnames=0", *board])
 
 
 class VM:
@@ -73,11 +85,12 @@ class VM:
         initrd: Path | None,
         append: str,
         console_log: Path,
-        smp: int = 2,
+        smp: int | None = None,
         extra: tuple[str, ...] = (),
         network: tuple[str, ...] = (),
         since: float | None = None,
         modules: Path | None = None,
+        dtb: Path | None = None,
     ) -> None:
         self.machine = machine
         self.disk = disk
@@ -85,7 +98,8 @@ class VM:
         self.initrd = initrd
         self.append = append
         self.console_log = console_log
-        self.smp = smp
+        self.smp = smp or machine.cpus
+        self.dtb = dtb  # a board's device tree
         self.extra = extra  # more QEMU arguments, e.g. ("-rtc", "base=1970-01-01")
         # Replaces the user-mode NIC, e.g. a socket network shared by two guests (-netdev socket)
         self.network = network or (
@@ -104,6 +118,8 @@ class VM:
 
     def argv(self) -> list[str]:
         m = self.machine
+        if m.board != "virt":
+            return self._board_argv()
         argv = [
             m.qemu,
             "-M", "virt",
@@ -130,6 +146,24 @@ class VM:
                 "-drive", f"if=none,id=modules,file={self.modules},format=raw,readonly=on",
                 "-device", "virtio-blk-pci,drive=modules",
             ]  # fmt: skip
+        return argv + list(self.extra)
+
+    def _board_argv(self) -> list[str]:
+        """A Raspberry Pi board: the image is its SD card, Ethernet is on USB."""
+        m = self.machine
+        argv = [
+            m.qemu, "-M", m.board, "-smp", str(self.smp), "-m", str(m.memory),
+            "-accel", "tcg,thread=multi", "-display", "none", "-monitor", "none", *m.serial,
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+            "-kernel", str(self.kernel), "-append", self.append,
+            "-drive", f"if=sd,file={self.disk},format=qcow2",
+            "-netdev", "user,id=net0", "-device", f"usb-net,netdev=net0,mac={BOARD_MAC}",
+            "-no-reboot",
+        ]  # fmt: skip
+        if self.dtb is not None:
+            argv += ["-dtb", str(self.dtb)]
+        if self.initrd is not None:
+            argv += ["-initrd", str(self.initrd)]
         return argv + list(self.extra)
 
     def __enter__(self) -> VM:
@@ -198,6 +232,9 @@ class VM:
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return True
+        if self.machine.board != "virt":
+            log.info("a %s has no power button: QEMU is stopped instead", self.machine.board)
+            return False
         try:
             self.qmp("system_powerdown")
             proc.wait(timeout=timeout)
@@ -242,10 +279,14 @@ class VM:
                 monitor.close()
 
 
-def require_qemu(arch: str) -> Machine:
+def require_qemu(arch: str, board: str = "virt") -> Machine:
     if arch not in MACHINES:
         raise UserError(f"no QEMU machine for architecture {arch!r} (arm64 or armhf)")
     machine = MACHINES[arch]
+    if board != "virt":
+        machine = BOARD_MACHINES[board]
+        if machine.arch != arch:
+            raise UserError(f"--machine {board} boots {machine.arch} images; this image is {arch}")
     require_tool(machine.qemu, "qemu-system-arm")
     if not os.access("/dev/null", os.W_OK):
         raise BuildError("/dev/null is not writable")

@@ -1,0 +1,139 @@
+"""What a Raspberry Pi board boots from a card (builder/qemu/board.py), read from config.txt
+as the firmware reads it (raspberrypi/documentation `config_txt/boot.adoc`, `conditional.adoc`):
+the `[all]` section and the model's own, the others skipped; bad cards are one line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from builder.disk.image import Image
+from builder.qemu.board import BLACKLIST, board_boot, config_lines, pick, sd_card_size
+from builder.qemu.vm import BOARD_MACHINES, kernel_command_line
+from builder.util.errors import UserError
+
+PI_OS_TRIXIE = """\
+# For more options and information see http://rptl.io/configtxt
+dtparam=audio=on
+camera_auto_detect=1
+auto_initramfs=1
+arm_64bit=1
+[cm4]
+otg_mode=1
+[pi4]
+kernel=kernel_2712.img
+[all]
+[pi3]
+device_tree=bcm2710-rpi-3-b-plus.dtb
+"""
+
+
+def test_pi_os_trixie_on_a_pi3() -> None:
+    assert pick(PI_OS_TRIXIE, "raspi3b") == (
+        "kernel8.img", None, "bcm2710-rpi-3-b-plus.dtb", True
+    )  # fmt: skip
+    assert "kernel=kernel_2712.img" not in config_lines(PI_OS_TRIXIE, "raspi3b")
+
+
+def test_raspi2b_takes_pi2_sections_and_the_32_bit_kernel() -> None:
+    config = "[pi2]\nkernel=zImage\ninitramfs initrd.img-6.1 followkernel\n[pi3]\nkernel=nope\n"
+    assert pick(config, "raspi2b") == ("zImage", "initrd.img-6.1", None, False)
+    assert pick("", "raspi2b")[0] == "kernel7.img"
+
+
+def test_comments_and_blank_lines_are_nothing() -> None:
+    assert config_lines("  # kernel=x\n\narm_64bit=1 # on\n", "raspi3b") == ["arm_64bit=1"]
+
+
+@pytest.mark.parametrize(
+    ("size", "card"), [(1, 1 << 20), (1 << 30, 1 << 30), ((1 << 30) + 1, 1 << 31)]
+)
+def test_the_sd_card_is_a_power_of_two(size: int, card: int) -> None:
+    assert sd_card_size(size) == card
+
+
+def card(make_image: Callable[..., Path], config: str, files: dict[str, bytes]) -> Image:
+    image = Image.open(make_image("card.img"))
+    image.boot.stage("/config.txt", config.encode())
+    for name, data in files.items():
+        image.boot.stage("/" + name, data)
+    image.boot.flush()
+    return Image.open(image.path)
+
+
+def test_auto_initramfs_is_named_after_the_kernel(
+    make_image: Callable[..., Path], tmp_path: Path
+) -> None:
+    files = {"kernel8.img": b"K", "initramfs8": b"I", "bcm2710-rpi-3-b.dtb": b"D"}
+    picked = board_boot(
+        card(make_image, "arm_64bit=1\nauto_initramfs=1\n", files), tmp_path, "raspi3b"
+    )
+    assert (picked.kernel.read_bytes(), picked.dtb.read_bytes()) == (b"K", b"D")
+    assert picked.initrd is not None and picked.initrd.read_bytes() == b"I"
+    assert picked.chosen == "kernel8.img, initramfs8, bcm2710-rpi-3-b.dtb"
+
+
+def test_a_custom_kernel_name_matches_no_initramfs_and_a_list_is_concatenated(
+    make_image: Callable[..., Path], tmp_path: Path
+) -> None:
+    files = {
+        "k.img": b"K",
+        "initramfs8": b"I",
+        "a.cpio": b"A",
+        "b.cpio": b"B",
+        "bcm2710-rpi-3-b.dtb": b"D",
+    }
+    custom = card(make_image, "arm_64bit=1\nkernel=k.img\nauto_initramfs=1\n", files)
+    assert board_boot(custom, tmp_path, "raspi3b").initrd is None
+    listed = card(
+        make_image, "arm_64bit=1\nkernel=k.img\ninitramfs a.cpio,b.cpio 0x00800000\n", files
+    )
+    picked = board_boot(listed, tmp_path, "raspi3b")
+    assert picked.initrd is not None and picked.initrd.read_bytes() == b"AB"
+
+
+def test_no_initramfs_without_the_file(make_image: Callable[..., Path], tmp_path: Path) -> None:
+    files = {"kernel8.img": b"K", "bcm2710-rpi-3-b.dtb": b"D"}
+    picked = board_boot(
+        card(make_image, "arm_64bit=1\nauto_initramfs=1\n", files), tmp_path, "raspi3b"
+    )
+    assert picked.initrd is None
+
+
+@pytest.mark.parametrize(
+    ("config", "files", "message"),
+    [
+        (
+            "arm_64bit=1\n",
+            {"bcm2710-rpi-3-b.dtb": b"D"},
+            "no kernel8.img (kernel that config.txt picks",
+        ),
+        (
+            "arm_64bit=1\ndevice_tree=my.dtb\n",
+            {"kernel8.img": b"K"},
+            "no my.dtb (device tree that device_tree= picks",
+        ),
+        ("", {"kernel7.img": b"K"}, "boots the 32-bit kernel7.img (no arm_64bit=1)"),
+    ],
+)
+def test_a_card_the_board_cannot_boot_is_one_line(
+    make_image: Callable[..., Path],
+    tmp_path: Path,
+    config: str,
+    files: dict[str, bytes],
+    message: str,
+) -> None:
+    with pytest.raises(UserError) as raised:
+        board_boot(card(make_image, config, files), tmp_path, "raspi3b")
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_boards_command_line() -> None:
+    words = kernel_command_line(
+        "console=serial0,115200 root=PARTUUID=x-02", BOARD_MACHINES["raspi3b"]
+    ).split()
+    assert words[0] == "console=ttyS1,115200" and "root=PARTUUID=x-02" in words
+    assert "modprobe.blacklist=" + ",".join(BLACKLIST) in words
+    assert "systemd.default_device_timeout_sec=300" in words
