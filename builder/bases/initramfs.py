@@ -85,6 +85,7 @@ for m in $(cat /lib/modules/load-order); do
     insmod "/lib/modules/$m.ko" 2>/dev/null || say "insmod $m failed"
 done
 root=""; fstype=ext4; ro=ro; init=/sbin/init
+set -f  # the command line's words are words, never file name patterns
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         root=*) root="${arg#root=}" ;;
@@ -93,6 +94,7 @@ for arg in $(cat /proc/cmdline); do
         rw) ro=rw ;;
     esac
 done
+set +f
 ext_label() { dd if="$1" bs=1 skip=1144 count=16 2>/dev/null | tr -d '\000'; }
 disks() {
     for d in /sys/block/*; do
