@@ -140,7 +140,7 @@ def pi_board_image(base: Path, out: Path, tmp: Path, board: str = "raspi3b") -> 
                    cwd=unpacked, check=True)  # fmt: skip
     built = tmp / "initramfs8"
     initramfs.build(root, version, unpacked / "bin/busybox", built, 1_700_000_000,
-                    init=initramfs.FOREIGN_INIT, modules=BOARD_MODULES)  # fmt: skip
+                    modules=BOARD_MODULES)  # fmt: skip
     generic = [n for n in _ls(out, "/boot") if n.startswith(("vmlinuz", "initrd.img"))]
     _debugfs(out, [f"rm /boot/{name}" for name in generic])
     opened = Image.open(out)

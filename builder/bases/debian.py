@@ -47,7 +47,7 @@ from builder.util.run import run
 
 log = logging.getLogger("pifleet.base")
 
-RECIPE_VERSION = 6  # bump when anything below changes what a base contains
+RECIPE_VERSION = 7  # bump when anything below changes what a base contains
 MIB = 1024 * 1024
 BOOT_START = 16384  # sectors, as Raspberry Pi OS Trixie
 BOOT_SIZE = 512 * MIB

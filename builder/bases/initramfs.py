@@ -1,5 +1,5 @@
 """A small initramfs built on the host: a static busybox for the target architecture, the
-kernel's own modules needed to reach the root filesystem, and a 40-line /init.
+kernel's own modules needed to reach the root filesystem, and a 70-line /init.
 
 Generating the initramfs inside an emulated chroot is what made a Debian arm64
 rootfs take 34 minutes; this takes about a second and needs no emulation.
@@ -18,63 +18,18 @@ from pathlib import Path
 from builder.util.errors import BuildError
 
 # What the virt machine's root disk needs, by module name; whatever is built in is skipped.
-ROOT_MODULES = ("virtio_pci", "virtio_mmio", "virtio_blk", "ext4", "crc32c_generic")
+# The Pi's hardware RNG (bcm2835-rng) is built into its kernel, and Pi OS's first boot reads
+# /dev/hwrng as PID 1, before udev: under QEMU that is virtio-rng, loaded here.
+ROOT_MODULES = ("virtio_pci", "virtio_mmio", "virtio_blk", "ext4", "crc32c_generic", "virtio_rng")
 
+# The one /init, for pifleet's bases and for any image booted with the kernel pifleet supplies
+# (builder/qemu/supplied.py): a Raspberry Pi OS, Ubuntu or Debian Pi image. It honours `init=`
+# (as the Pi's kernel does, booting without an initramfs), finds the root by PARTUUID, LABEL
+# or the Pi's SD card name (/dev/mmcblk0pN: on a board the card itself, under -M virt the
+# first disk's partition N), and mounts the supplied kernel's modules when they are there
+# (the read-only disk labelled pifleet-modules, which holds <version>/) at /lib/modules in
+# the guest's root: the image is not written.
 INIT = r"""#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mkdir -p /proc /sys /dev /root
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo "pifleet initramfs: loading modules"
-for m in $(cat /lib/modules/load-order); do
-    insmod "/lib/modules/$m.ko" 2>/dev/null || echo "pifleet initramfs: insmod $m failed"
-done
-root=""; fstype=ext4; ro=ro
-for arg in $(cat /proc/cmdline); do
-    case "$arg" in
-        root=*) root="${arg#root=}" ;;
-        rootfstype=*) fstype="${arg#rootfstype=}" ;;
-        rw) ro=rw ;;
-    esac
-done
-resolve() {
-    case "$1" in
-        PARTUUID=*)
-            want="${1#PARTUUID=}"; sig="${want%-*}"; num=$(echo "${want##*-}" | sed 's/^0*//')
-            for d in /sys/block/*; do
-                dev="/dev/${d##*/}"
-                [ -b "$dev" ] || continue
-                s=$(dd if="$dev" bs=1 skip=440 count=4 2>/dev/null | hexdump -e '1/4 "%08x"')
-                if [ "$s" = "$sig" ]; then
-                    for p in "$dev$num" "${dev}p$num"; do [ -b "$p" ] && echo "$p" && return; done
-                fi
-            done ;;
-        /dev/*) [ -b "$1" ] && echo "$1" ;;
-    esac
-}
-i=0
-while [ $i -lt 300 ]; do
-    dev=$(resolve "$root")
-    [ -n "$dev" ] && break
-    sleep 0.1; i=$((i + 1))
-done
-if [ -z "$dev" ]; then echo "pifleet initramfs: root device $root not found"; exec sh; fi
-echo "pifleet initramfs: root is $dev"
-mount -o "$ro" -t "$fstype" "$dev" /root || { echo "pifleet initramfs: cannot mount $dev"; exec sh; }
-umount /proc /sys
-mount --move /dev /root/dev
-exec switch_root /root /sbin/init
-"""
-
-
-# The /init for an image that is not a pifleet base: a Raspberry Pi OS, Ubuntu or Debian Pi
-# image booted with the kernel pifleet supplies (builder/qemu/supplied.py). Unlike INIT it
-# honours `init=` (as the Pi's kernel does, booting without an initramfs), finds a root by
-# LABEL or by the Pi's SD card name (/dev/mmcblk0pN: the first disk's partition N here),
-# and mounts the supplied kernel's modules (the read-only disk labelled pifleet-modules, which
-# holds <version>/) at /lib/modules in the guest's root: the image is not written.
-FOREIGN_INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mkdir -p /proc /sys /dev /root
 mount -t proc proc /proc
@@ -146,9 +101,6 @@ umount /proc /sys
 mount --move /dev /root/dev
 exec switch_root /root "$init"
 """
-# The Pi's hardware RNG (bcm2835-rng) is built into its kernel, and Pi OS's first boot reads
-# /dev/hwrng as PID 1, before udev: under QEMU that is virtio-rng, loaded here.
-FOREIGN_MODULES = (*ROOT_MODULES, "virtio_rng")
 
 
 def module_index(modules_dir: Path) -> tuple[dict[str, str], dict[str, list[str]], set[str]]:

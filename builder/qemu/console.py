@@ -20,7 +20,7 @@ MILESTONES = (
     ("kernel started", re.compile(r"Booting Linux on|Linux version \d")),
     ("root filesystem found", re.compile(r"pifleet initramfs: root is")),
     ("systemd started", re.compile(r"systemd\[1\]: |Welcome to ")),
-    # What boot-test changed for QEMU (builder/bases/initramfs.py FOREIGN_INIT), one each.
+    # What boot-test changed for QEMU (builder/bases/initramfs.py INIT), one each.
     ("under QEMU: {}", re.compile(r"pifleet initramfs: under QEMU: (.*)")),
     ("cloud-init started", re.compile(r"Cloud-init v\. \S+ running 'init-local'")),
     ("cloud-init finished", re.compile(r"Cloud-init v\. \S+ finished at")),

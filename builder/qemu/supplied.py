@@ -11,11 +11,11 @@ boots Debian's generic kernel for the image's architecture instead (KERNELS: arm
   the guest's second disk, read-only; the initramfs mounts it at /lib/modules in the guest's
   root (hiding the image's modules, which are for a Pi kernel), so udev and modprobe find
   vfat, overlay, br_netfilter and nf_* as on a Pi. The image is not written;
-- `initrd.img`: pifleet's initramfs (builder/bases/initramfs.py) with the /init for a
-  foreign root (FOREIGN_INIT): it finds the root the image's cmdline.txt names (PARTUUID,
-  LABEL, or /dev/mmcblk0pN as Ubuntu's says: the first disk's partition N here), mounts
-  the modules, and starts the image's own `init=` (Pi OS Bookworm's firstboot) or
-  /sbin/init. Each of these steps prints one `pifleet initramfs:` line on the console.
+- `initrd.img`: pifleet's initramfs (builder/bases/initramfs.py, the same /init as a base's):
+  it finds the root the image's cmdline.txt names (PARTUUID, LABEL, or /dev/mmcblk0pN as
+  Ubuntu's says: the first disk's partition N here), mounts the modules, and starts the
+  image's own `init=` (Pi OS Bookworm's firstboot) or /sbin/init. Each of these steps prints
+  one `pifleet initramfs:` line on the console.
 """
 
 from __future__ import annotations
@@ -115,8 +115,7 @@ def _prepare(arch: str, mirror: str, work: Path, base: Path) -> SuppliedKernel:
     stage.mkdir()
     shutil.copy(root / "boot" / f"vmlinuz-{version}", stage / "vmlinuz")
     initramfs.build(
-        root, version, busybox, stage / "initrd.img", EPOCH, init=initramfs.FOREIGN_INIT,
-        modules=initramfs.FOREIGN_MODULES,
+        root, version, busybox, stage / "initrd.img", EPOCH
     )  # fmt: skip
     _modules_image(modules.parent, stage / "modules.ext4")
     shutil.rmtree(final.vmlinuz.parent, ignore_errors=True)
