@@ -25,8 +25,6 @@ from typing import Callable, Optional
 from firstboot import paths
 from firstboot.retry import Terminal
 
-MOUNT = os.environ.get("PIFLEET_MOUNT", "mount")
-
 
 def read_only(mount: Path) -> bool:
     """Whether `mount` is a mount point mounted read-only."""
@@ -51,7 +49,10 @@ def make_writable(mount: Path, say: Callable[[str], None]) -> bool:
         )
         return True
     say(
-        "the boot partition " + str(mount) + " is read-only and cannot be remounted: " + str(reason)
+        "the boot partition "
+        + str(mount)
+        + " is read-only and cannot be remounted: "
+        + (reason or "it stayed read-only")
     )
     return False
 
@@ -72,7 +73,7 @@ def remove(path: Path, name: str, mount: Path, say: Callable[[str], None]) -> No
 def _remount(mount: Path) -> Optional[str]:
     try:
         done = subprocess.run(
-            [MOUNT, "-o", "remount,rw", str(mount)],
+            ["mount", "-o", "remount,rw", str(mount)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
