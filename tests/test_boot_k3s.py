@@ -20,16 +20,19 @@ from builder.qemu.console import BootResult
 from builder.qemu.power import Hooks
 from builder.testserver.server import K3sTestServer
 from builder.util.secret import Secret
-from tests.boot_helpers import BOOT_TIMEOUT, DEVICE
+from tests.boot_helpers import BOOT_TIMEOUT, DEVICE, device_image
+from tests.conftest import BOOT_AGENT
 
 pytestmark = pytest.mark.slow
 RECHECK = 15  # agent.recheck_interval of the golden image (seconds)
 
 
 @pytest.fixture(scope="module")
-def golden(arm64_device: tuple[Path, Path]) -> Path:
-    """The session's one personalized arm64 image; each boot runs on its own qcow2 overlay."""
-    return arm64_device[0]
+def golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A personalized arm64 image from pifleet's base as it is, with its own Debian kernel and
+    initramfs (/boot/vmlinuz): the default run's one boot on that path (the shared arm64 device
+    is laid out as Pi OS, with a Pi kernel only). Each boot runs on its own qcow2 overlay."""
+    return device_image(tmp_path_factory.mktemp("k3s-golden"), "arm64", BOOT_AGENT)[0]
 
 
 def boot(
@@ -58,6 +61,7 @@ def test_a_real_server_as_it_comes_up_with_a_custom_ca_and_a_bootstrap_token(
         token = server.mint_token("bootstrap")
         result = boot(golden, server, token, tmp_path, server_down_for=10.0)
         assert result.passed and result.joined, (result.failure, result.tail())
+        assert not any("under QEMU:" in ln for ln in result.console), "not the image's own kernel"
         assert server.registered_nodes() == [DEVICE]
         lines = "\n".join(agent_lines(result))
         # (a) the bundle's root is pinned and the bootstrap token goes as Bearer
@@ -99,6 +103,7 @@ def test_wrong_password_reported_then_joins_without_a_reboot(golden: Path, tmp_p
         result = boot_test(opts, on_milestone, Hooks(test_server=server, tolerate_failures=True))
         assert switched, result.tail()
         assert result.passed and result.joined, (result.failure, result.tail())
+        assert not any("under QEMU:" in ln for ln in result.console), "not the image's own kernel"
         assert any("reason=the server rejected the token (401" in v for v in result.verdicts)
         lines = "\n".join(agent_lines(result))
         assert f"checking again in about {RECHECK} s (no reboot needed)" in lines
