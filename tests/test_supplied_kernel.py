@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.server
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from builder.qemu import supplied
 from builder.util.errors import BuildError
+from tests.http_fixture import AssetServer
 
 PACKAGES = b"""Package: linux-image-arm64
 Version: 99
@@ -30,29 +28,6 @@ Size: 4
 SHA256: %s
 
 """
-
-
-class Mirror(http.server.ThreadingHTTPServer):
-    requests: list[str]
-    files: dict[str, bytes]
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    server: Mirror
-
-    def do_GET(self) -> None:
-        self.server.requests.append(self.path)
-        body = self.server.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def forged_files(signed: bool) -> dict[str, bytes]:
@@ -81,35 +56,20 @@ def forged_files(signed: bool) -> dict[str, bytes]:
     return files
 
 
-@pytest.fixture
-def mirror() -> Iterator[Mirror]:
-    server = Mirror(("127.0.0.1", 0), Handler)
-    server.requests = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.mark.parametrize("signed", [True, False], ids=["forged-signature", "unsigned"])
 def test_a_mirror_that_cannot_prove_itself_gives_no_kernel(
-    mirror: Mirror, signed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    signed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mirror.files = forged_files(signed)
     monkeypatch.setenv("PIFLEET_CACHE", str(tmp_path / "cache"))
-    url = f"http://127.0.0.1:{mirror.server_address[1]}/debian"
-    with pytest.raises(BuildError) as raised:
-        supplied.supplied_kernel("arm64", mirror=url)
+    with AssetServer(files=forged_files(signed)) as mirror, pytest.raises(BuildError) as raised:
+        supplied.supplied_kernel("arm64", mirror=mirror.url + "/debian")
     message = str(raised.value)
     assert "\n" not in message and "apt-get update" in message, message
-    assert any("dists/trixie" in r for r in mirror.requests), mirror.requests
-    assert not any("/pool/" in r for r in mirror.requests), (
-        f"a package was fetched: {mirror.requests}"
-    )
-    assert not any("Packages" in r for r in mirror.requests), (
-        f"an index no signature vouches for was fetched: {mirror.requests}"
+    paths = [r.path for r in mirror.requests]
+    assert any("dists/trixie" in p for p in paths), paths
+    assert not any("/pool/" in p for p in paths), f"a package was fetched: {paths}"
+    assert not any("Packages" in p for p in paths), (
+        f"an index no signature vouches for was fetched: {paths}"
     )
     kernels = tmp_path / "cache/kernels"
     assert sorted(p.name for p in kernels.iterdir()) == [".arm64.lock"], list(kernels.iterdir())
