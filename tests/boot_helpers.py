@@ -4,7 +4,7 @@ left, read with independent tools."""
 
 from __future__ import annotations
 
-import os
+import hashlib
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,13 +112,22 @@ class BootTestRun:
     vm: Path  # what --keep kept: disk.qcow2, console.log
     junit: Path
     proc: subprocess.CompletedProcess[str]
-    before: tuple[int, int]  # the image's mtime and size before the boot
+    before: str  # the image's sha256 before the boot
     cwd: Path
+
+
+def image_sha256(image: Path) -> str:
+    """The image file's sha256, to show a boot-test never writes the image it proves."""
+    digest = hashlib.sha256()
+    with open(image, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def run_boot_test(image: Path, state: Path, tmp_path: Path) -> BootTestRun:
     """`pifleet boot-test` through the real CLI, the VM kept beside the server's state."""
-    before = image.stat().st_mtime_ns, os.path.getsize(image)
+    before = image_sha256(image)
     vm = state.parent
     junit = tmp_path / "junit.xml"
     proc = pifleet(

@@ -17,6 +17,7 @@ import gzip
 import subprocess
 from pathlib import Path
 
+from builder.bases.initramfs import ROOT_MODULES
 from builder.disk import sparse
 from builder.disk.image import Image
 from builder.disk.table import read_table
@@ -116,41 +117,135 @@ def pi_board_image(base: Path, out: Path, tmp: Path, board: str = "raspi3b") -> 
     by `device_tree=`, the kernel's modules in the root under its own version. The kernel is
     Debian's from the base (QEMU's raspi3b runs Debian's upstream bcm2837 device tree); the
     initramfs is pifleet's foreign-root one, with the SD card's driver."""
-    from builder.bases import initramfs
-
     sparse.copy_file(base, out)
-    opened = Image.open(out)
-    version = next(
-        n.removeprefix("vmlinuz-") for n in _ls(out, "/boot") if n.startswith("vmlinuz-")
-    )
-    kernel = opened.root.read(f"/boot/vmlinuz-{version}")
-    dtb = opened.root.read(f"/usr/lib/linux-image-{version}/broadcom/{BOARD_DTB[board]}")
-    initrd = opened.root.read(f"/boot/initrd.img-{version}")
-    assert kernel and dtb and initrd, f"{base}: no kernel, device tree or initrd for {version}"
-    root = tmp / "board-root"
-    modules = root / "usr/lib/modules"
-    modules.mkdir(parents=True)
-    subprocess.run(
-        ["debugfs", "-R", f"rdump /usr/lib/modules/{version} {modules}", _root_spec(out)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    unpacked = tmp / "board-initrd"
-    unpacked.mkdir()
-    subprocess.run(["cpio", "-id", "--quiet", "bin/busybox"], input=gzip.decompress(initrd),
-                   cwd=unpacked, check=True)  # fmt: skip
-    built = tmp / "initramfs8"
-    initramfs.build(root, version, unpacked / "bin/busybox", built, 1_700_000_000,
-                    modules=BOARD_MODULES)  # fmt: skip
+    version, kernel, initrd = _generic_kernel(out)
+    dtb = _dtb(out, version, BOARD_DTB[board])
+    built = _board_initramfs(out, version, initrd, tmp, BOARD_MODULES)
     generic = [n for n in _ls(out, "/boot") if n.startswith(("vmlinuz", "initrd.img"))]
     _debugfs(out, [f"rm /boot/{name}" for name in generic])
     opened = Image.open(out)
     opened.boot.stage("/kernel8.img", kernel)
-    opened.boot.stage("/initramfs8", built.read_bytes())
+    opened.boot.stage("/initramfs8", built)
     opened.boot.stage(f"/{BOARD_DTB[board]}", dtb)
     config = (opened.boot.read("/config.txt") or b"").decode().split("[all]")[0]
     opened.boot.stage(
         "/config.txt",
         f"{config}[all]\narm_64bit=1\nauto_initramfs=1\ndevice_tree={BOARD_DTB[board]}\n".encode(),
     )
+    opened.boot.flush()
+    return out
+
+
+def _generic_kernel(image: Path) -> tuple[str, bytes, bytes]:
+    """(version, vmlinuz, initrd.img) of the Debian kernel in `image`'s /boot."""
+    version = next(
+        n.removeprefix("vmlinuz-") for n in _ls(image, "/boot") if n.startswith("vmlinuz-")
+    )
+    opened = Image.open(image)
+    kernel = opened.root.read(f"/boot/vmlinuz-{version}")
+    initrd = opened.root.read(f"/boot/initrd.img-{version}")
+    assert kernel and initrd, f"{image}: no kernel or initrd for {version}"
+    return version, kernel, initrd
+
+
+def _dtb(image: Path, version: str, name: str) -> bytes:
+    """A device tree of Debian's kernel package: arm64's under broadcom/, armhf's at the top."""
+    opened = Image.open(image)
+    for where in (f"/usr/lib/linux-image-{version}/broadcom/{name}",
+                  f"/usr/lib/linux-image-{version}/{name}"):  # fmt: skip
+        data = opened.root.read(where)
+        if data is not None:
+            return data
+    raise AssertionError(f"{image}: kernel {version} has no {name}")
+
+
+def _board_initramfs(
+    image: Path, version: str, initrd: bytes, tmp: Path, modules: tuple[str, ...]
+) -> bytes:
+    """pifleet's one /init with `modules` of the image's own kernel and the busybox of its
+    current initrd (builder/bases/initramfs.py)."""
+    from builder.bases import initramfs
+
+    work = tmp / f"initramfs-{image.stem}"
+    root_modules = work / "root/usr/lib/modules"
+    root_modules.mkdir(parents=True)
+    subprocess.run(
+        ["debugfs", "-R", f"rdump /usr/lib/modules/{version} {root_modules}", _root_spec(image)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    unpacked = work / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(["cpio", "-id", "--quiet", "bin/busybox"], input=gzip.decompress(initrd),
+                   cwd=unpacked, check=True)  # fmt: skip
+    built = work / "initrd"
+    initramfs.build(work / "root", version, unpacked / "bin/busybox", built, 1_700_000_000,
+                    modules=modules)  # fmt: skip
+    return built.read_bytes()
+
+
+# Debian's own images for the Raspberry Pi (raspi.debian.net, built from Debian's image-specs;
+# the older Debian/raspi3-image-spec on GitHub has the same shape):
+RASPI_DTBS = {
+    "arm64": ("bcm2837-rpi-3-b.dtb", "bcm2837-rpi-3-b-plus.dtb", "bcm2711-rpi-4-b.dtb"),
+    "armhf": ("bcm2836-rpi-2-b.dtb", "bcm2837-rpi-3-b.dtb"),
+}
+RASPI_MODULES = {  # the SD card on both boards: sdhost (Pi 3), the Arasan SDHCI (Pi 2)
+    "arm64": ("bcm2835", "sdhci_iproc"),
+    "armhf": ("bcm2835", "sdhci_iproc"),
+}
+
+
+def debian_raspi(base: Path, out: Path, tmp: Path, arch: str = "arm64") -> Path:
+    """A copy of `base` at `out` laid out as Debian's image for the Raspberry Pi:
+
+    | what | as Debian's raspi images have it |
+    |---|---|
+    | the FAT partition is labelled RASPIFIRM, the root RASPIROOT; fstab mounts both by LABEL= | image-specs' partitioning and fstab |
+    | cmdline.txt: `console=tty0 console=ttyS1,115200 root=LABEL=RASPIROOT rw fsck.repair=yes net.ifnames=0 cma=64M rootwait` | raspi-firmware's z50-raspi-firmware hook (ROOTPART=LABEL=RASPIROOT) |
+    | the Debian kernel stays in the root's /boot and is copied, with its initrd and the Pi device trees (upstream names), onto the FAT | the same hook |
+    | config.txt: `arm_64bit=1` (arm64), `enable_uart=1`, `upstream_kernel=1`, `kernel=vmlinuz-<version>`, `initramfs initrd.img-<version> followkernel` | the same hook |
+
+    So one card boots with its own kernel both under -M virt (the root's /boot/vmlinuz) and on
+    a board (the kernel that config.txt names). Debian's initramfs-tools initrd (MODULES=most)
+    has every driver; here pifleet's /init carries the virt disks' and both boards' SD
+    drivers. The userland, and its cloud-init seed, are the base's."""
+    sparse.copy_file(base, out)
+    version, kernel, initrd = _generic_kernel(out)
+    built = _board_initramfs(
+        out, version, initrd, tmp, ROOT_MODULES + RASPI_MODULES[arch] + BOARD_MODULES
+    )
+    staged = tmp / f"raspi-{out.stem}"
+    staged.mkdir()
+    (staged / "initrd").write_bytes(built)
+    fstab = (
+        "proc            /proc           proc    defaults          0       0\n"
+        "LABEL=RASPIFIRM /boot/firmware  vfat    rw                0       2\n"
+        "LABEL=RASPIROOT /               ext4    rw                0       1\n"
+    )
+    (staged / "fstab").write_text(fstab)
+    _debugfs(out, [
+        "ssv volume_name RASPIROOT",
+        f"rm /boot/initrd.img-{version}", f"write {staged / 'initrd'} /boot/initrd.img-{version}",
+        "rm /etc/fstab", f"write {staged / 'fstab'} /etc/fstab",
+    ])  # fmt: skip
+    subprocess.run(
+        ["mlabel", "-i", f"{out}@@{read_table(out).partitions[0].start}", "::RASPIFIRM"],
+        env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}, check=True, capture_output=True,
+    )  # fmt: skip
+    opened = Image.open(out)
+    opened.boot.stage(f"/vmlinuz-{version}", kernel)
+    opened.boot.stage(f"/initrd.img-{version}", built)
+    for name in RASPI_DTBS[arch]:
+        opened.boot.stage(f"/{name}", _dtb(out, version, name))
+    arm64 = "arm_64bit=1\n" if arch == "arm64" else ""
+    opened.boot.stage("/config.txt", (
+        f"# Do not modify this file! It is written by raspi-firmware.\n{arm64}enable_uart=1\n"
+        f"upstream_kernel=1\nkernel=vmlinuz-{version}\n"
+        f"initramfs initrd.img-{version} followkernel\n"
+    ).encode())  # fmt: skip
+    opened.boot.stage("/cmdline.txt", (
+        b"console=tty0 console=ttyS1,115200 root=LABEL=RASPIROOT rw fsck.repair=yes "
+        b"net.ifnames=0 cma=64M rootwait\n"
+    ))  # fmt: skip
     opened.boot.flush()
     return out

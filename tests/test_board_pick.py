@@ -94,6 +94,50 @@ def test_a_custom_kernel_name_matches_no_initramfs_and_a_list_is_concatenated(
     assert picked.initrd is not None and picked.initrd.read_bytes() == b"AB"
 
 
+DEBIAN_RASPI = """\
+# Do not modify this file!
+arm_64bit=1
+enable_uart=1
+upstream_kernel=1
+kernel=vmlinuz-6.12.57+deb13-arm64
+initramfs initrd.img-6.12.57+deb13-arm64 followkernel
+"""
+
+
+def test_upstream_kernel_prefers_the_upstream_device_tree_name(
+    make_image: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Debian's raspi images: `upstream_kernel=1`, and the card has both names."""
+    files = {
+        "vmlinuz-6.12.57+deb13-arm64": b"K",
+        "initrd.img-6.12.57+deb13-arm64": b"I",
+        "bcm2837-rpi-3-b.dtb": b"U",
+        "bcm2710-rpi-3-b.dtb": b"D",
+    }
+    picked = board_boot(card(make_image, DEBIAN_RASPI, files), tmp_path, "raspi3b")
+    assert picked.dtb.read_bytes() == b"U"
+    assert picked.chosen == (
+        "vmlinuz-6.12.57+deb13-arm64, initrd.img-6.12.57+deb13-arm64, bcm2837-rpi-3-b.dtb"
+    )
+    without = card(make_image, DEBIAN_RASPI.replace("upstream_kernel=1", ""), files)
+    assert board_boot(without, tmp_path, "raspi3b").dtb.read_bytes() == b"D"
+
+
+def test_upstream_kernel_falls_back_to_the_downstream_name(
+    make_image: Callable[..., Path], tmp_path: Path
+) -> None:
+    files = {"kernel7.img": b"K", "bcm2709-rpi-2-b.dtb": b"D"}
+    picked = board_boot(card(make_image, "upstream_kernel=1\n", files), tmp_path, "raspi2b")
+    assert picked.dtb.read_bytes() == b"D"
+
+
+def test_os_prefix_is_refused_in_one_line(make_image: Callable[..., Path], tmp_path: Path) -> None:
+    files = {"kernel8.img": b"K", "bcm2710-rpi-3-b.dtb": b"D"}
+    with pytest.raises(UserError) as raised:
+        board_boot(card(make_image, "arm_64bit=1\nos_prefix=test/\n", files), tmp_path, "raspi3b")
+    assert "sets os_prefix=test/" in str(raised.value) and "\n" not in str(raised.value)
+
+
 def test_no_initramfs_without_the_file(make_image: Callable[..., Path], tmp_path: Path) -> None:
     files = {"kernel8.img": b"K", "bcm2710-rpi-3-b.dtb": b"D"}
     picked = board_boot(

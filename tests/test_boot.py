@@ -11,7 +11,6 @@ mtools) or in the test server's own records.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from xml.etree import ElementTree
@@ -29,6 +28,7 @@ from tests.boot_helpers import (
     base_image,
     device_image,
     guest_disk,
+    image_sha256,
     run_boot_test,
 )
 from tests.conftest import pifleet
@@ -186,8 +186,7 @@ def check_boot_test(run: BootTestRun, tmp_path: Path) -> None:
     # The guest's disk, read back after the VM stopped; the image itself untouched.
     assert "the guest did not power off" not in proc.stderr, "the guest did not power off"
     assert_joined_on_disk(vm / "disk.qcow2", tmp_path, DEVICE)
-    after = image.stat().st_mtime_ns, os.path.getsize(image)
-    assert after == before, "the boot changed the image itself"
+    assert image_sha256(image) == before, "the boot changed the image itself"
     report = ElementTree.parse(junit).getroot()
     assert report.get("failures") == "0", "the JUnit report records a failure"
     properties = {p.get("name") for p in report.iter("property")}

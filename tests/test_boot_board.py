@@ -2,8 +2,11 @@
 kernel, initramfs and device tree, picked from its boot partition as the firmware picks them
 (builder/qemu/board.py), and the device joins.
 
-The image is laid out as a Raspberry Pi OS Trixie card (tests/pi_layout.py `pi_board_image`):
-kernel8.img, initramfs8 by `auto_initramfs=1`, the device tree by `device_tree=`. The card is
+Two card families (tests/pi_layout.py): a Raspberry Pi OS Trixie card (`pi_board_image`:
+kernel8.img, initramfs8 by `auto_initramfs=1`, the device tree by `device_tree=`), and Debian's
+image for the Raspberry Pi (`debian_raspi`: `kernel=vmlinuz-<version>`, `initramfs ...
+followkernel`, the device tree by its upstream name under `upstream_kernel=1`, the root by
+LABEL=RASPIROOT), as arm64 on raspi3b and as armhf on raspi2b. The card is
 the board's SD card (an overlay of a power-of-two size), Ethernet is usb-net (cdc_ether, eth0).
 Under -M raspi3b a boot takes about twice as long as under -M virt, so this runs with
 `pytest -m boards` and bench/boot.py --mode raspi3b, not in the default run.
@@ -11,15 +14,14 @@ Under -M raspi3b a boot takes about twice as long as under -M virt, so this runs
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from builder.testserver.server import K3sTestServer
-from tests.boot_helpers import BOOT_TIMEOUT, DEVICE, base_image, device_image
+from tests.boot_helpers import BOOT_TIMEOUT, DEVICE, base_image, device_image, image_sha256
 from tests.conftest import BOOT_AGENT, pifleet
-from tests.pi_layout import pi_board_image
+from tests.pi_layout import debian_raspi, pi_board_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.boards]
 
@@ -27,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.boards]
 def test_raspi3b_boots_the_images_own_kernel_and_joins(tmp_path: Path) -> None:
     card = pi_board_image(base_image("arm64"), tmp_path / "raspios-card.img", tmp_path)
     image, state = device_image(tmp_path / "device", "arm64", BOOT_AGENT, base_path=card)
-    before = image.stat().st_mtime_ns, os.path.getsize(image)
+    before = image_sha256(image)
     vm = state.parent
     proc = pifleet(
         "boot-test", str(image), "--machine", "raspi3b", "--keep", str(vm),
@@ -45,4 +47,43 @@ def test_raspi3b_boots_the_images_own_kernel_and_joins(tmp_path: Path) -> None:
     assert "cdc_ether" in console and "eth0" in console, "no Ethernet over USB"
     assert f"pifleet-firstboot: joined node={DEVICE}" in console and "Traceback" not in console
     assert K3sTestServer(state_dir=state).registered_nodes() == [DEVICE]
-    assert (image.stat().st_mtime_ns, os.path.getsize(image)) == before, "the image was written"
+    assert image_sha256(image) == before, "the image was written"
+
+
+def board_boot_test(image: Path, state: Path, board: str) -> tuple[str, str]:
+    """`pifleet boot-test --machine BOARD` through the real CLI: (stdout+stderr, console)."""
+    before = image_sha256(image)
+    vm = state.parent
+    proc = pifleet(
+        "boot-test", str(image), "--machine", board, "--keep", str(vm),
+        "--timeout", BOOT_TIMEOUT, cwd=image.parent, timeout=1500,
+    )  # fmt: skip
+    console = (vm / "console.log").read_text()
+    assert proc.returncode == 0, proc.stdout[-4000:] + console[-4000:]
+    assert image_sha256(image) == before, "the image was written"
+    assert f"pifleet-firstboot: joined node={DEVICE}" in console and "Traceback" not in console
+    assert K3sTestServer(state_dir=state).registered_nodes() == [DEVICE]
+    return proc.stdout + proc.stderr, console
+
+
+@pytest.mark.parametrize(
+    ("board", "arch", "model", "dtb"),
+    [
+        ("raspi3b", "arm64", "Raspberry Pi 3 Model B", "bcm2837-rpi-3-b.dtb"),
+        ("raspi2b", "armhf", "Raspberry Pi 2 Model B", "bcm2836-rpi-2-b.dtb"),
+    ],
+)
+def test_a_debian_raspi_card_boots_its_own_kernel_on_the_board(
+    tmp_path: Path, board: str, arch: str, model: str, dtb: str
+) -> None:
+    card = debian_raspi(base_image(arch), tmp_path / "debian-raspi.img", tmp_path, arch)
+    image, state = device_image(tmp_path / "device", arch, BOOT_AGENT, base_path=card)
+    out, console = board_boot_test(image, state, board)
+    version = next(
+        n.removeprefix("vmlinuz-") for n in out.split() if n.startswith("vmlinuz-")
+    ).rstrip(",")
+    assert f"{board}: booting the image's vmlinuz-{version}, initrd.img-{version}, {dtb}" in out
+    assert f"Machine model: {model}" in console, f"not the {board} board"
+    assert "(cmdline.txt: root=LABEL=RASPIROOT)" in console and "root is /dev/mmcblk0p2" in console
+    assert "virtio" not in console.lower(), "a virt machine's device on the board"
+    assert "cdc_ether" in console and "eth0" in console, "no Ethernet over USB"

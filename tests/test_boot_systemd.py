@@ -34,7 +34,7 @@ import pytest
 from builder.bases import debian as base
 from builder.testserver.server import K3sTestServer
 from firstboot.state import ORDER
-from tests.boot_helpers import BOOT_TIMEOUT, DEVICE, device_image, guest_disk
+from tests.boot_helpers import BOOT_TIMEOUT, DEVICE, device_image, guest_disk, image_sha256
 from tests.conftest import BOOT_AGENT, pifleet
 from tests.image_read import ext4_read, fat_names, fat_read
 from tests.pi_layout import FIRSTBOOT, pi_kernel_only, with_bookworm_first_boot
@@ -85,6 +85,7 @@ def test_bookworm_first_boot_then_firstrun_then_the_join_with_its_static_address
 ) -> None:
     image, state = systemd_device
     vm = state.parent  # the test server runs on the state the image's token was minted for
+    before = image_sha256(image)
     proc = pifleet(
         "boot-test", str(image), "--keep", str(vm), "--timeout", BOOT_TIMEOUT,
         cwd=tmp_path, timeout=1200,
@@ -137,6 +138,7 @@ def test_bookworm_first_boot_then_firstrun_then_the_join_with_its_static_address
     known = (image.parent / "out/known_hosts").read_text().split("\n")
     entry = next(ln.split()[1:3] for ln in known if ln and ln.split()[0].split(",")[0] == DEVICE)
     assert held == entry, f"the device holds {held}, known_hosts says {entry}"
+    assert image_sha256(image) == before, "three power-ons wrote the image itself"
 
 
 def assert_firstrun_done_on_disk(overlay: Path, tmp: Path) -> Path:

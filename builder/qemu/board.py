@@ -11,6 +11,8 @@ chooses them:
 | `initramfs FILE[,FILE...] followkernel` (or an address): those files, concatenated | config_txt/boot.adoc `initramfs` |
 | else `auto_initramfs=1`: the initramfs named after a standard kernel name (`kernel8.img` -> `initramfs8`, `kernel_2712.img` -> `initramfs_2712`), when present; a custom `kernel=` matches none | config.txt of Pi OS Trixie ("Automatically load initramfs files, if found") |
 | `device_tree=`, else the model's default (`bcm2710-rpi-3-b.dtb`, `bcm2709-rpi-2-b.dtb`, Pi OS's names) | config_txt/boot.adoc `upstream_kernel` (the downstream names) |
+| `upstream_kernel=1` (Debian's raspi-firmware writes it): the upstream name is preferred (`bcm2837-rpi-3-b.dtb`, `bcm2836-rpi-2-b.dtb`), the downstream one when the card has no such file | config_txt/boot.adoc `upstream_kernel` |
+| `os_prefix=` (and the `upstream/` prefix `upstream_kernel` implies when that folder holds the kernel and device tree) is not followed: a card that sets `os_prefix` is refused with one line rather than booted with files the firmware would not pick | config_txt/boot.adoc `os_prefix` |
 
 What a board needs under QEMU 7.2, and what boot-test sets for it on the QEMU command line
 (never in the image): exactly 1 GiB and 4 CPUs; the image as the SD card through an overlay
@@ -35,6 +37,7 @@ BOARDS = ("raspi3b", "raspi2b")
 BOARD_ARCH = {"raspi3b": "arm64", "raspi2b": "armhf"}
 SECTIONS = {"raspi3b": ("all", "pi3"), "raspi2b": ("all", "pi2")}
 DEFAULT_DTB = {"raspi3b": "bcm2710-rpi-3-b.dtb", "raspi2b": "bcm2709-rpi-2-b.dtb"}
+UPSTREAM_DTB = {"raspi3b": "bcm2837-rpi-3-b.dtb", "raspi2b": "bcm2836-rpi-2-b.dtb"}
 BLACKLIST = (
     "cdc_subset",  # matches usb-net's USB ID too and can take the interface before cdc_ether
     "vc4", "v3d", "brcmfmac", "brcmutil", "hci_uart", "btbcm", "bluetooth", "snd_bcm2835",
@@ -97,10 +100,29 @@ def pick(config_txt: str, board: str) -> tuple[str, str | None, str | None, bool
     return kernel, initramfs, dtb, auto
 
 
+def default_dtb(config_txt: str, image: Image, board: str) -> str:
+    """The device tree the firmware loads when config.txt names none: with `upstream_kernel=1`
+    the upstream name when the card has it, else the downstream one."""
+    lines = [line.replace(" ", "") for line in config_lines(config_txt, board)]
+    upstream = any(ln.startswith("upstream_kernel=") and ln[16:] not in ("0", "") for ln in lines)
+    if upstream and image.boot.read("/" + UPSTREAM_DTB[board]) is not None:
+        return UPSTREAM_DTB[board]
+    return DEFAULT_DTB[board]
+
+
 def board_boot(image: Image, work: Path, board: str) -> BoardBoot:
     """The kernel, initramfs and device tree `board` boots from `image`, copied into `work`."""
     config = (image.boot.read("/config.txt") or b"").decode("utf-8", errors="replace")
     kernel, initramfs, dtb, auto = pick(config, board)
+    prefix = [
+        ln for ln in config_lines(config, board) if ln.replace(" ", "").startswith("os_prefix=")
+    ]
+    if prefix:
+        raise UserError(
+            f"{image.path}: config.txt sets {prefix[-1]}: --machine {board} does not follow "
+            "os_prefix (boot-test the card under -M virt, or remove the line)"
+        )
+    named_dtb, dtb = dtb, dtb or default_dtb(config, image, board)
     if board == "raspi3b" and kernel in ("kernel7.img", "kernel7l.img", "kernel.img"):
         raise UserError(
             f"{image.path}: config.txt boots the 32-bit {kernel} (no arm_64bit=1): "
@@ -111,14 +133,14 @@ def board_boot(image: Image, work: Path, board: str) -> BoardBoot:
         initramfs = named if image.boot.read("/" + named) is not None else None
     found = {}
     for what, names in (("kernel", kernel), ("initramfs", initramfs),
-                        ("device tree", dtb or DEFAULT_DTB[board])):  # fmt: skip
+                        ("device tree", dtb)):  # fmt: skip
         if names is None:
             continue
         data = b""
         for name in names.split(","):
             part = image.boot.read("/" + name.lstrip("/"))
             if part is None:
-                where = "device_tree=" if what == "device tree" and dtb else "config.txt"
+                where = "device_tree=" if what == "device tree" and named_dtb else "config.txt"
                 raise UserError(
                     f"{image.path}: the boot partition has no {name} ({what} that {where} "
                     f"picks for {board})"
@@ -126,7 +148,7 @@ def board_boot(image: Image, work: Path, board: str) -> BoardBoot:
             data += part
         found[what] = work / ("board-" + Path(names.split(",")[0]).name)
         found[what].write_bytes(data)
-    chosen = ", ".join(n for n in (kernel, initramfs, dtb or DEFAULT_DTB[board]) if n)
+    chosen = ", ".join(n for n in (kernel, initramfs, dtb) if n)
     return BoardBoot(found["kernel"], found.get("initramfs"), found["device tree"], chosen)
 
 
