@@ -166,19 +166,27 @@ def _register_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument("--role", choices=("agent", "server"), default="agent")
     check.set_defaults(handler="builder.config.token:check_command")
     pin = tsub.add_parser(
-        "pin", help="pin a token to the server's CA: show its fingerprint, write K10<hash>::..."
+        "pin",
+        help="pin a token to the server's CA: show its fingerprint, write K10<hash>::... "
+        "(--kind kubeadm: show the CA's pin for cluster.ca_cert_hashes)",
     )
     pin.add_argument("server", type=server_url, help="https://host:6443")
-    pin.add_argument("--token-file", required=True, help="the token to pin")
+    pin.add_argument(
+        "--kind",
+        choices=("k3s", "kubeadm"),
+        default="k3s",
+        help="the cluster's kind, as cluster.kind (default k3s); never guessed from the token",
+    )
+    pin.add_argument("--token-file", help="the token to pin (k3s; not with --kind kubeadm)")
     pin.add_argument(
         "-o",
         "--output",
-        required=True,
         type=output_file,
-        help="where the pinned token goes (0600)",
+        help="where the pinned token goes (0600; required for k3s), or with --kind kubeadm the "
+        "fleet file's ca_cert_hashes lines (0644; default: printed)",
     )
     pin.add_argument("--yes", action="store_true", help="do not ask (scripts)")
-    pin.add_argument("--role", choices=("agent", "server"), default="agent")
+    pin.add_argument("--role", choices=("agent", "server"), help="default agent")
     pin.add_argument("--timeout", type=timeout, default=10.0, help="seconds")
     pin.set_defaults(handler="builder.config.pin:command")
 

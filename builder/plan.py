@@ -64,6 +64,7 @@ def resolve(
 ) -> Plan:
     """Find, fetch and verify every input named by `config` (CLI overrides win)."""
     where = str(config.source)
+    require_buildable(config)
     token = read_token(config.cluster, where)
     if base_override is not None:
         base = sources.local_base(base_override, None, where="--base")
@@ -86,6 +87,19 @@ def resolve(
         airgap=airgap,
         token=token,
         output_dir=out,
+    )
+
+
+def require_buildable(config: FleetConfig) -> None:
+    """The one gate for fleets this version validates but cannot build yet: called by `resolve`
+    (build, demo), personalize and flash before anything is written or fetched. A kubeadm
+    fleet's token is read and checked first, so its config is validated in full."""
+    if config.cluster.kind != "kubeadm":
+        return
+    read_token(config.cluster, str(config.source))
+    raise UserError(
+        f"{config.where('cluster.kind')}: kubeadm: worker images are not yet built by this"
+        " version (the fleet file and its token are valid; K3s fleets build as before)"
     )
 
 

@@ -1,6 +1,6 @@
-"""The whole input surface of `status`, `diagnose`, `test-server` and `boot-test`: every option
-has bad values here, each refused in one line with exit 2, never an internal error (issue 21,
-item 8). `test_every_option_has_a_bad_value_case` walks each command's argparse options, so a
+"""The whole input surface of `status`, `diagnose`, `test-server`, `boot-test` and `token pin`:
+every option has bad values here, each refused in one line with exit 2, never an internal error
+(issue 21, item 8). `test_every_option_has_a_bad_value_case` walks each command's argparse options, so a
 new option without a case here fails the suite."""
 
 from __future__ import annotations
@@ -130,11 +130,41 @@ BOOT_TEST: Cases = {
     ],
     "--keep": [(["{d}/card.img", "--keep", "{d}/a-file"], "not a folder")],
 }
+KUBEADM = ["--kind", "kubeadm"]
+TOKEN_PIN: Cases = {  # every case is refused before anything is fetched (nothing listens at :9)
+    "server": [
+        (["http://127.0.0.1:9", "--kind", "kubeadm"], "https"),
+        (["127.0.0.1:6443", "--kind", "kubeadm"], "must be https://host[:port]"),
+    ],
+    "--kind": [
+        (["https://127.0.0.1:9", "--kind", "k8s"], "invalid choice: 'k8s'"),
+        (["https://127.0.0.1:9", "--kind", "k3s", "-o", "{d}/out"], "--token-file: required"),
+    ],
+    "--token-file": [
+        (["https://127.0.0.1:9", *KUBEADM, "--token-file", "{d}/token"], "not with --kind kubeadm"),
+        (["https://127.0.0.1:9", "--token-file", "{d}/nope", "-o", "{d}/out"], "nope"),
+        (["https://127.0.0.1:9", "--token-file", "{d}/open-token", "-o", "{d}/out"], "open-token"),
+    ],
+    "--output": [
+        (["https://127.0.0.1:9", *KUBEADM, "-o", "{d}"], "is a directory"),
+        (["https://127.0.0.1:9", *KUBEADM, "-o", "{d}/nope/pin.yaml"], "does not exist"),
+        (["https://127.0.0.1:9", "--token-file", "{d}/token"], "-o/--output: required"),
+    ],
+    "--yes": [(["https://127.0.0.1:9", *KUBEADM, "--yes=1"], "--yes")],
+    "--role": [
+        (["https://127.0.0.1:9", *KUBEADM, "--role", "worker"], "invalid choice"),
+        (["https://127.0.0.1:9", *KUBEADM, "--role", "server"], "--role server: not with"),
+    ],
+    "--timeout": [
+        (["https://127.0.0.1:9", *KUBEADM, "--timeout", v], "--timeout") for v in SECONDS
+    ],
+}
 COMMANDS = {
     "status": STATUS,
     "diagnose": DIAGNOSE,
     "test-server": TEST_SERVER,
     "boot-test": BOOT_TEST,
+    "token pin": TOKEN_PIN,
 }
 
 
@@ -143,9 +173,11 @@ def options_of(command: str) -> set[str]:
     from builder.cli import _parser
 
     parser = _parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for word in command.split():  # "token pin": the subcommand's own parser
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
     found = set()
-    for action in sub.choices[command]._actions:
+    for action in parser._actions:
         if not isinstance(action, argparse._HelpAction):
             found.add(max(action.option_strings, key=len) if action.option_strings else action.dest)
     return found
@@ -268,6 +300,15 @@ def boot_test_dir(root: Path) -> Path:
     return d
 
 
+def token_pin_dir(root: Path) -> Path:
+    d = root / "token-pin"
+    d.mkdir()
+    for name, mode in (("token", 0o600), ("open-token", 0o644)):
+        (d / name).write_text(TEST_TOKEN + "\n")
+        (d / name).chmod(mode)
+    return d
+
+
 @pytest.fixture(scope="module")
 def prepared(
     tmp_path_factory: pytest.TempPathFactory, answering: dict[str, str]
@@ -278,6 +319,7 @@ def prepared(
         "diagnose": diagnose_dir(root),
         "test-server": server_state_dirs(root),
         "boot-test": boot_test_dir(root),
+        "token pin": token_pin_dir(root),
     }
 
 
@@ -319,7 +361,7 @@ def test_bad_value_is_one_line_exit_2(
     d = prepared[command]
     filled = [a.replace("{d}", str(d)).replace("{busy}", str(busy_port)) for a in arguments]
     filled = [*base_arguments(command, d, option), *filled]
-    done = pifleet(command, *filled, cwd=d, timeout=60)
+    done = pifleet(*command.split(), *filled, cwd=d, timeout=60)
     assert done.returncode == 2, (filled, done.stdout, done.stderr)
     assert done.stderr.count("\n") == 1, done.stderr
     assert "internal error" not in done.stderr and "Traceback" not in done.stderr

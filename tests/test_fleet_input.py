@@ -68,6 +68,8 @@ CASES: dict[str, tuple[Any, dict[str, Any]]] = {
     "cluster.node_external_ip": ("10.0.0.5,10.0.0.6", {}),
     "cluster.flannel_iface": ("eth0/../x", {}),
     "cluster.advertise_address": ("10.0.0.5/24", {}),
+    "cluster.kind": ("k8s", {}),
+    "cluster.ca_cert_hashes": (["md5:" + "ab" * 16], {"cluster": {"kind": "kubeadm"}}),
     "users[].name": ("Root", {}),
     "users[].ssh_authorized_keys": (["EOF"], {}),
     "users[].sudo": ("y", {}),

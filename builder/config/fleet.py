@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from builder.config import environ, k3sconfig
+from builder.config import environ, k3sconfig, kubeadm
 from builder.config.inventory import merged
 from builder.config.model import FleetConfig
 from builder.config.reader import FleetReader
@@ -31,6 +31,8 @@ def load(path: Path) -> FleetConfig:
     config = FleetReader(path, raw).build()
     if config.devices_file is not None:
         config = replace(config, devices=merged(config))
+        if config.cluster.kind == kubeadm.KIND:
+            kubeadm.check_merged(config.devices, str(config.source))
     _check_servers(config)
     k3sconfig.check(config)
     _take_secrets(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from builder.config.registries import Registries
 
@@ -13,6 +14,7 @@ from builder.config.registries import Registries
 
 Arch = Literal["arm64", "armhf"]
 K3sValue = bool | int | str | tuple[str, ...]  # a K3s flag's value in config.yaml
+ClusterKind = Literal["k3s", "kubeadm"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,13 @@ class Cluster:
     registries: Registries | None = None  # registries.yaml (builder.config.registries)
     system_default_registry: str | None = None  # servers: K3s system-default-registry
     embedded_registry: bool = False  # servers: K3s embedded-registry (Spegel)
+    kind: ClusterKind = "k3s"  # what the devices join: K3s, or upstream Kubernetes via kubeadm
+    ca_cert_hashes: tuple[str, ...] = ()  # kubeadm: CA pins, "sha256:<hex>" over the SPKI
+
+    @property
+    def api_server_endpoint(self) -> str:
+        """`host:port` of `server` (kubeadm's JoinConfiguration apiServerEndpoint)."""
+        return urlsplit(self.server).netloc
 
     def role_of(self, hostname: str) -> Literal["agent", "server"]:
         """The K3s role of one device: from `servers` when pifleet creates the cluster."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from builder.config import registries
+from builder.config import kubeadm, registries
 from builder.config.devices import DeviceReader
 from builder.config.model import (
     AgentTuning,
@@ -41,6 +41,7 @@ class FleetReader(DeviceReader):
     def build(self) -> FleetConfig:
         canonical = json.dumps(self.raw, sort_keys=True, separators=(",", ":"), default=str)
         raw = with_defaults(self.raw, "")
+        self.check_kind(raw)
         arch: Arch = raw["arch"]
         devices = tuple(self.device(d, i) for i, d in enumerate(raw["devices"]))
         self.check_unique_hostnames(devices)
@@ -76,6 +77,16 @@ class FleetReader(DeviceReader):
                 for line in lines
             ),
         )
+
+    def check_kind(self, raw: dict[str, Any]) -> None:
+        """With kind kubeadm, the K3s-only sections and device keys are refused."""
+        if with_defaults(raw["cluster"], "cluster")["kind"] != kubeadm.KIND:
+            return
+        if "k3s" in self.raw:
+            raise self.fail(
+                "k3s", "only with cluster.kind: k3s (the K3s binary; kubeadm nodes do not run K3s)"
+            )
+        kubeadm.check_devices(raw["devices"], self.fail)
 
     def seconds(self, agent: dict[str, Any], key: str) -> float:
         """A finite number of seconds (the schema bounds it; NaN passes every bound)."""
@@ -129,11 +140,12 @@ class FleetReader(DeviceReader):
     def cluster(self, value: dict[str, Any]) -> Cluster:
         has_file, has_env = "token_file" in value, "token_env" in value
         filled = with_defaults(value, "cluster")
+        kubeadm.check_keys(value, filled["kind"], self.fail)
         create = self.creation(value, bool(filled["create"]))
         if not create and has_file == has_env:
             raise self.fail("cluster", "give exactly one of token_file or token_env")
-        return Cluster(
-            server=self.server(value["server"]),
+        cluster = Cluster(
+            server=self.server(value["server"], filled["kind"]),
             token_file=self.rel(value["token_file"]) if has_file else self.created_token(filled),
             token_env=value.get("token_env"),
             token_in_boot=bool(filled["token_in_boot"]),
@@ -155,7 +167,12 @@ class FleetReader(DeviceReader):
             system_default_registry=registries.host(value, "system_default_registry", self.fail),
             embedded_registry=bool(value.get("embedded_registry", False)),
             **self.k3s_settings(filled, "cluster"),
+            kind=filled["kind"],
+            ca_cert_hashes=kubeadm.ca_cert_hashes(filled["ca_cert_hashes"], self.fail),
         )
+        if cluster.kind == kubeadm.KIND:
+            kubeadm.check_pinned(cluster, self.fail)
+        return cluster
 
     def proxy(self, value: dict[str, Any]) -> tuple[tuple[str, str], ...]:
         """install.sh's proxy variables; checked with the agent's own rule."""
@@ -198,9 +215,12 @@ class FleetReader(DeviceReader):
             return None
         return self.dir / "cluster" / ("agent-token" if filled["agent_token"] else "token")
 
-    def server(self, value: str) -> str:
-        """https://host[:port] with a real host name or address and a port in 1-65535."""
-        url = urlsplit(value.rstrip("/"))
+    def server(self, value: str, kind: str = "k3s") -> str:
+        """https://host[:port] with a real host name or address and a port in 1-65535; for
+        kubeadm also host:port (its apiServerEndpoint), and the port is required."""
+        form = "host:port or https://host:port" if kind == kubeadm.KIND else "https://host[:port]"
+        given = value if kind != kubeadm.KIND or "://" in value else f"https://{value}"
+        url = urlsplit(given.rstrip("/"))
         try:
             port = url.port
         except ValueError:
@@ -208,11 +228,16 @@ class FleetReader(DeviceReader):
         host = url.hostname or ""
         plain = re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host) is not None
         if url.scheme != "https" or not (plain or _is_ip(host)) or url.username or url.password:
-            raise self.fail("cluster.server", f"must be https://host[:port], got {shown(value)}")
+            raise self.fail("cluster.server", f"must be {form}, got {shown(value)}")
         if port == 0 or url.path or url.query or url.fragment:
             raise self.fail(
+                "cluster.server", f"must be {form} and nothing more, got {shown(value)}"
+            )
+        if port is None and kind == kubeadm.KIND:
+            raise self.fail(
                 "cluster.server",
-                f"must be https://host[:port] and nothing more, got {shown(value)}",
+                f"give the port (kubeadm's API server endpoint is host:port, usually"
+                f" {url.netloc}:6443), got {shown(value)}",
             )
         return url.geturl()
 

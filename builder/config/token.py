@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from builder.config import environ
+from builder.config import environ, kubeadm
 from builder.config.model import Cluster
 from builder.util.errors import UserError
 from builder.util.private import read_input
@@ -19,8 +19,9 @@ from firstboot.token import parse as parse_token
 log = logging.getLogger("pifleet.token")
 
 
-def read_token(cluster: Cluster, where: str) -> Secret:
-    """The token from cluster.token_file or cluster.token_env; `where` is the config file."""
+def given_text(cluster: Cluster, where: str) -> tuple[str, str]:
+    """(key, text) of the token in cluster.token_file or cluster.token_env: one line of
+    printable text, whatever its form; one-line errors naming the key, never the token."""
     if cluster.token_file is not None:
         key, text = "cluster.token_file", _read_file(cluster, where)
     else:
@@ -31,6 +32,15 @@ def read_token(cluster: Cluster, where: str) -> Secret:
                 f"{where}: {key}: environment variable {cluster.token_env} is not set or empty"
             )
     one_line(text, f"{where}: {key}: ")
+    return key, text
+
+
+def read_token(cluster: Cluster, where: str) -> Secret:
+    """The token from cluster.token_file or cluster.token_env; `where` is the config file.
+    With cluster.kind kubeadm, a kubeadm bootstrap token (builder/config/kubeadm.py)."""
+    key, text = given_text(cluster, where)
+    if cluster.kind == kubeadm.KIND:
+        return kubeadm.bootstrap_token(text, where, key)
     try:
         parsed = parse_token(text)
     except TokenError as exc:

@@ -131,8 +131,10 @@ def command(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace, image: Path) -> tuple[FleetConfig, dict[str, Path]]:
     from builder.config.fleet import load
     from builder.fleet.personalize import open_golden, protected_inputs
+    from builder.plan import require_buildable
 
     config = load(Path(args.config))
+    require_buildable(config)
     if image.is_file():
         open_golden(image)  # what personalizing needs, checked before any write
     protected = protected_inputs(config, image)

@@ -37,7 +37,7 @@ from builder.fleet.devicekeys import (
 )
 from builder.layout import META_DATA
 from builder.outputs.artifacts import manifest_inputs
-from builder.plan import input_paths, source_date_epoch
+from builder.plan import input_paths, require_buildable, source_date_epoch
 from builder.seed import cmdline, formats
 from builder.seed.base import HostKey
 from builder.sources.digests import sha256_of
@@ -262,6 +262,7 @@ def check_image(image: Path) -> None:
 
 def command(args: argparse.Namespace) -> int:
     config = load(Path(args.config))
+    require_buildable(config)
     device = find_device(config, args.device)
     image = Path(args.image)
     if args.in_place and args.output:
