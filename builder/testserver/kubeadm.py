@@ -55,9 +55,9 @@ from builder.testserver import kubeadm_objects as objects
 from builder.testserver import kubeadm_rules as rules
 from builder.testserver.ca import CertificateAuthority, key_pem, name
 from builder.testserver.kubeadm_handler import KubeadmHandler
+from builder.testserver.listening import GUEST_HOST, Listening
 from builder.util.atomic import write_atomic
 
-GUEST_HOST = "10.0.2.2"  # the host, as QEMU's user-mode network shows it to the guest
 TOKEN_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"  # cluster-bootstrap helpers.go
 APISERVER_SANS = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
 
@@ -96,7 +96,7 @@ def random_part(length: int) -> str:
     return "".join(secrets.choice(TOKEN_CHARS) for _ in range(length))
 
 
-class KubeadmTestServer:
+class KubeadmTestServer(Listening):
     def __init__(
         self,
         port: int = 0,
@@ -150,30 +150,6 @@ class KubeadmTestServer:
         threading.Thread(
             target=httpd.serve_forever, args=(0.05,), name="kubeadm-test-server", daemon=True
         ).start()
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def set_down(self, down: bool) -> None:
-        if down:
-            self.stop()
-        elif self._httpd is None:
-            self.start()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        return f"https://{self.host}:{self._port}"
-
-    @property
-    def guest_url(self) -> str:
-        return f"https://{GUEST_HOST}:{self._port}"
 
     @property
     def endpoint(self) -> str:

@@ -61,9 +61,9 @@ from builder.testserver import kubeapi, kubeobjects, rules
 from builder.testserver.admission import Admission
 from builder.testserver.ca import CertificateAuthority, ServerCA, key_pem, name
 from builder.testserver.handler import Handler
+from builder.testserver.listening import GUEST_HOST, Listening
 from builder.util.atomic import write_atomic
 
-GUEST_HOST = "10.0.2.2"  # the host, as QEMU's user-mode network shows it to the guest
 TOKEN_FORMS = ("server", "node", "bootstrap", "bare-bootstrap", "short")
 REJECTED = (
     "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' "
@@ -80,7 +80,7 @@ class Request:
     node: str | None
 
 
-class K3sTestServer:
+class K3sTestServer(Listening):
     def __init__(
         self,
         port: int = 0,
@@ -139,36 +139,11 @@ class K3sTestServer:
         threading.Thread(target=httpd.serve_forever, name="k3s-test-server", daemon=True).start()
         self._write_kubeconfig()
 
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def set_down(self, down: bool) -> None:
-        """Unreachable (nothing listens on the port) or back, on the same port."""
-        if down:
-            self.stop()
-        elif self._httpd is None:
-            self.start()
-
     def set_phase(self, phase: str, seconds: float) -> None:
         self.phases.set(phase, seconds)
 
     def apiserver_up(self) -> bool:
         return not self.phases.active("apiserver_down")
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        return f"https://{self.host}:{self._port}"
-
-    @property
-    def guest_url(self) -> str:
-        return f"https://{GUEST_HOST}:{self._port}"
 
     @property
     def server_ca(self) -> CertificateAuthority:
