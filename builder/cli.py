@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from builder import version
+from builder.qemu.helptext import MODES
 from builder.util.console import (
     exit_if_stdout_failed,
     setup_logging,
@@ -216,7 +217,10 @@ def _register_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _register_boot_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("boot-test", help="boot an image under QEMU and prove it joins a K3s server")
+    p = sub.add_parser(
+        "boot-test", help="boot an image under QEMU and prove it joins a K3s server",
+        epilog=MODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     p.add_argument(
         "image", help="the image to test (never modified: a copy-on-write overlay is used)"
     )

@@ -17,7 +17,6 @@ import gzip
 import subprocess
 from pathlib import Path
 
-from builder.bases.initramfs import ROOT_MODULES
 from builder.disk import sparse
 from builder.disk.image import Image
 from builder.disk.table import read_table
@@ -44,6 +43,7 @@ def pi_kernel_only(base: Path, out: Path, arch: str = "arm64") -> Path:
             f"unlink /usr/lib/modules/{version}",
         ]
     _debugfs(out, commands)
+    with_pi_os_watchdog(out)
     opened = Image.open(out)
     for name in PI_KERNELS[arch]:
         opened.boot.stage(f"/{name}", kernel)  # a real kernel Image stands in for the Pi's
@@ -85,6 +85,23 @@ def _debugfs(image: Path, commands: list[str]) -> None:
         raise AssertionError(f"debugfs on {image}: {errors or done.returncode}")
 
 
+# Pi OS turns on systemd's hardware watchdog (raspberrypi-sys-mods
+# usr/lib/systemd/system.conf.d/40-rpi-enable-watchdog.conf: a runtime and a reboot timeout).
+WATCHDOG_CONF = "/usr/lib/systemd/system.conf.d/40-rpi-enable-watchdog.conf"
+WATCHDOG_SETTINGS = Path(__file__).resolve().parent / "fixtures/40-rpi-enable-watchdog.conf"
+
+
+def with_pi_os_watchdog(image: Path) -> None:
+    """`image`'s systemd arms the hardware watchdog at start, as Pi OS's does."""
+    commands = (
+        []
+        if "system.conf.d" in _ls(image, "/usr/lib/systemd")
+        else ["mkdir /usr/lib/systemd/system.conf.d"]
+    )
+    _debugfs(image, [*commands, f"write {WATCHDOG_SETTINGS} {WATCHDOG_CONF}",
+                     f"sif {WATCHDOG_CONF} mode 0100644"])  # fmt: skip
+
+
 FIRSTBOOT = "/usr/lib/raspberrypi-sys-mods/firstboot"
 FIRSTBOOT_STANDIN = Path(__file__).resolve().parent / "fixtures/rpi-firstboot"
 
@@ -123,6 +140,7 @@ def pi_board_image(base: Path, out: Path, tmp: Path, board: str = "raspi3b") -> 
     built = _board_initramfs(out, version, initrd, tmp, BOARD_MODULES)
     generic = [n for n in _ls(out, "/boot") if n.startswith(("vmlinuz", "initrd.img"))]
     _debugfs(out, [f"rm /boot/{name}" for name in generic])
+    with_pi_os_watchdog(out)
     opened = Image.open(out)
     opened.boot.stage("/kernel8.img", kernel)
     opened.boot.stage("/initramfs8", built)
@@ -181,71 +199,3 @@ def _board_initramfs(
     initramfs.build(work / "root", version, unpacked / "bin/busybox", built, 1_700_000_000,
                     modules=modules)  # fmt: skip
     return built.read_bytes()
-
-
-# Debian's own images for the Raspberry Pi (raspi.debian.net, built from Debian's image-specs;
-# the older Debian/raspi3-image-spec on GitHub has the same shape):
-RASPI_DTBS = {
-    "arm64": ("bcm2837-rpi-3-b.dtb", "bcm2837-rpi-3-b-plus.dtb", "bcm2711-rpi-4-b.dtb"),
-    "armhf": ("bcm2836-rpi-2-b.dtb", "bcm2837-rpi-3-b.dtb"),
-}
-RASPI_MODULES = {  # the SD card on both boards: sdhost (Pi 3), the Arasan SDHCI (Pi 2)
-    "arm64": ("bcm2835", "sdhci_iproc"),
-    "armhf": ("bcm2835", "sdhci_iproc"),
-}
-
-
-def debian_raspi(base: Path, out: Path, tmp: Path, arch: str = "arm64") -> Path:
-    """A copy of `base` at `out` laid out as Debian's image for the Raspberry Pi:
-
-    | what | as Debian's raspi images have it |
-    |---|---|
-    | the FAT partition is labelled RASPIFIRM, the root RASPIROOT; fstab mounts both by LABEL= | image-specs' partitioning and fstab |
-    | cmdline.txt: `console=tty0 console=ttyS1,115200 root=LABEL=RASPIROOT rw fsck.repair=yes net.ifnames=0 cma=64M rootwait` | raspi-firmware's z50-raspi-firmware hook (ROOTPART=LABEL=RASPIROOT) |
-    | the Debian kernel stays in the root's /boot and is copied, with its initrd and the Pi device trees (upstream names), onto the FAT | the same hook |
-    | config.txt: `arm_64bit=1` (arm64), `enable_uart=1`, `upstream_kernel=1`, `kernel=vmlinuz-<version>`, `initramfs initrd.img-<version> followkernel` | the same hook |
-
-    So one card boots with its own kernel both under -M virt (the root's /boot/vmlinuz) and on
-    a board (the kernel that config.txt names). Debian's initramfs-tools initrd (MODULES=most)
-    has every driver; here pifleet's /init carries the virt disks' and both boards' SD
-    drivers. The userland, and its cloud-init seed, are the base's."""
-    sparse.copy_file(base, out)
-    version, kernel, initrd = _generic_kernel(out)
-    built = _board_initramfs(
-        out, version, initrd, tmp, ROOT_MODULES + RASPI_MODULES[arch] + BOARD_MODULES
-    )
-    staged = tmp / f"raspi-{out.stem}"
-    staged.mkdir()
-    (staged / "initrd").write_bytes(built)
-    fstab = (
-        "proc            /proc           proc    defaults          0       0\n"
-        "LABEL=RASPIFIRM /boot/firmware  vfat    rw                0       2\n"
-        "LABEL=RASPIROOT /               ext4    rw                0       1\n"
-    )
-    (staged / "fstab").write_text(fstab)
-    _debugfs(out, [
-        "ssv volume_name RASPIROOT",
-        f"rm /boot/initrd.img-{version}", f"write {staged / 'initrd'} /boot/initrd.img-{version}",
-        "rm /etc/fstab", f"write {staged / 'fstab'} /etc/fstab",
-    ])  # fmt: skip
-    subprocess.run(
-        ["mlabel", "-i", f"{out}@@{read_table(out).partitions[0].start}", "::RASPIFIRM"],
-        env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}, check=True, capture_output=True,
-    )  # fmt: skip
-    opened = Image.open(out)
-    opened.boot.stage(f"/vmlinuz-{version}", kernel)
-    opened.boot.stage(f"/initrd.img-{version}", built)
-    for name in RASPI_DTBS[arch]:
-        opened.boot.stage(f"/{name}", _dtb(out, version, name))
-    arm64 = "arm_64bit=1\n" if arch == "arm64" else ""
-    opened.boot.stage("/config.txt", (
-        f"# Do not modify this file! It is written by raspi-firmware.\n{arm64}enable_uart=1\n"
-        f"upstream_kernel=1\nkernel=vmlinuz-{version}\n"
-        f"initramfs initrd.img-{version} followkernel\n"
-    ).encode())  # fmt: skip
-    opened.boot.stage("/cmdline.txt", (
-        b"console=tty0 console=ttyS1,115200 root=LABEL=RASPIROOT rw fsck.repair=yes "
-        b"net.ifnames=0 cma=64M rootwait\n"
-    ))  # fmt: skip
-    opened.boot.flush()
-    return out

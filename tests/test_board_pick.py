@@ -181,3 +181,6 @@ def test_the_boards_command_line() -> None:
     assert words[0] == "console=ttyS1,115200" and "root=PARTUUID=x-02" in words
     assert "modprobe.blacklist=" + ",".join(BLACKLIST) in words
     assert "systemd.default_device_timeout_sec=300" in words
+    # the watchdog stays unarmed: QEMU's BCM2835 resets the board the moment it is armed
+    assert "watchdog_disarm=0" in words and "systemd.watchdog_sec=off" in words
+    assert "systemd.watchdog_device=/dev/pifleet-no-watchdog" in words

@@ -29,9 +29,17 @@ from builder.qemu.vm import VM
 from builder.testserver.server import K3sTestServer
 from builder.util.secret import Secret
 from firstboot.state import ORDER as STATES
-from tests.boot_helpers import BOOT_TIMEOUT, DEVICE, guest_disk
-from tests.conftest import pifleet
+from tests.boot_helpers import (
+    BOOT_TIMEOUT,
+    DEVICE,
+    base_image,
+    device_image,
+    guest_disk,
+    image_sha256,
+)
+from tests.conftest import BOOT_AGENT, pifleet
 from tests.image_read import ext4_read
+from tests.pi_distros import ubuntu_raspi
 from tests.power_cycles import Device
 
 pytestmark = pytest.mark.slow
@@ -46,6 +54,18 @@ def device(arm64_device: tuple[Path, Path], tmp_path: Path) -> Iterator[Device]:
     shutil.copytree(state, fresh)
     (fresh / "registry.json").unlink(missing_ok=True)
     with K3sTestServer(state_dir=fresh) as server:
+        yield Device(image, tmp_path, server)
+
+
+@pytest.fixture
+def ubuntu_device(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
+    """A card laid out as Ubuntu Server for the Raspberry Pi (tests/pi_distros.ubuntu_raspi: the
+    linux-raspi kernel only, the NoCloud seed on `system-boot`), with cmdline.txt's
+    `root=/dev/mmcblk0p2` as older Ubuntu releases write it, against a fresh server."""
+    work = tmp_path_factory.mktemp("ubuntu")
+    card = ubuntu_raspi(base_image("arm64"), work / "ubuntu-raspi.img", work, root="/dev/mmcblk0p2")
+    image, state = device_image(work / "device", "arm64", BOOT_AGENT, base_path=card)
+    with K3sTestServer(state_dir=state) as server:
         yield Device(image, tmp_path, server)
 
 
@@ -80,9 +100,16 @@ def power_cut(device: Device, states: tuple[str, ...], tmp_path: Path) -> None:
     assert_joined_exactly_once(device, tmp_path)
 
 
-def test_power_cut_in_verify_and_then_in_start(device: Device, tmp_path: Path) -> None:
-    """The riskiest states, one after the other on the same disk (three power-ons)."""
-    power_cut(device, ("verify", "start"), tmp_path)
+def test_power_cut_in_verify_and_then_in_start(ubuntu_device: Device, tmp_path: Path) -> None:
+    """The riskiest states, one after the other on the same disk (three power-ons), on an
+    Ubuntu for Pi card: each power-on boots the kernel boot-test supplies for its linux-raspi
+    one and finds the root cmdline.txt names as /dev/mmcblk0p2 on the first disk, and says so."""
+    before = image_sha256(ubuntu_device.image)
+    power_cut(ubuntu_device, ("verify", "start"), tmp_path)
+    for number, boot in enumerate(ubuntu_device.boots, 1):
+        said = [ln for ln in boot.console if "under QEMU: root=/dev/mmcblk0p2 is /dev/vda2" in ln]
+        assert said, f"power-on {number}: the root's change was not reported"
+    assert image_sha256(ubuntu_device.image) == before, "the image was written"
 
 
 @pytest.mark.faults

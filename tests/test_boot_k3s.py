@@ -15,13 +15,22 @@ from pathlib import Path
 
 import pytest
 
+from builder.disk.image import Image
 from builder.qemu.boottest import BootOptions, boot_test
 from builder.qemu.console import BootResult
 from builder.qemu.power import Hooks
 from builder.testserver.server import K3sTestServer
 from builder.util.secret import Secret
-from tests.boot_helpers import BOOT_TIMEOUT, DEVICE, device_image
+from tests.boot_helpers import (
+    BOOT_TIMEOUT,
+    DEVICE,
+    base_image,
+    device_image,
+    guest_disk,
+    image_sha256,
+)
 from tests.conftest import BOOT_AGENT
+from tests.pi_distros import debian_raspi
 
 pytestmark = pytest.mark.slow
 RECHECK = 15  # agent.recheck_interval of the golden image (seconds)
@@ -29,10 +38,14 @@ RECHECK = 15  # agent.recheck_interval of the golden image (seconds)
 
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A personalized arm64 image from pifleet's base as it is, with its own Debian kernel and
-    initramfs (/boot/vmlinuz): the default run's one boot on that path (the shared arm64 device
-    is laid out as Pi OS, with a Pi kernel only). Each boot runs on its own qcow2 overlay."""
-    return device_image(tmp_path_factory.mktemp("k3s-golden"), "arm64", BOOT_AGENT)[0]
+    """A personalized arm64 image laid out as Debian's image for the Raspberry Pi
+    (tests/pi_distros.debian_raspi: root=LABEL=RASPIROOT, the kernel both in the root's /boot
+    and on the FAT): under -M virt it boots with its own Debian kernel and initramfs, the
+    default run's one boot on that path (the shared arm64 device is laid out as Pi OS, with a
+    Pi kernel only). Each boot runs on its own qcow2 overlay."""
+    tmp = tmp_path_factory.mktemp("k3s-golden")
+    card = debian_raspi(base_image("arm64"), tmp / "debian-raspi.img", tmp)
+    return device_image(tmp / "device", "arm64", BOOT_AGENT, base_path=card)[0]
 
 
 def boot(
@@ -59,9 +72,12 @@ def test_a_real_server_as_it_comes_up_with_a_custom_ca_and_a_bootstrap_token(
     state = tmp_path / "s"
     with K3sTestServer(state_dir=state, ca_kind="bundle", named=False, phases=phases) as server:
         token = server.mint_token("bootstrap")
+        before = image_sha256(golden)
         result = boot(golden, server, token, tmp_path, server_down_for=10.0)
         assert result.passed and result.joined, (result.failure, result.tail())
         assert not any("under QEMU:" in ln for ln in result.console), "not the image's own kernel"
+        assert any("(cmdline.txt: root=LABEL=RASPIROOT)" in ln for ln in result.console)
+        assert image_sha256(golden) == before, "the image was written"
         assert server.registered_nodes() == [DEVICE]
         lines = "\n".join(agent_lines(result))
         # (a) the bundle's root is pinned and the bootstrap token goes as Bearer
@@ -81,6 +97,14 @@ def test_a_real_server_as_it_comes_up_with_a_custom_ca_and_a_bootstrap_token(
     marks = dict(result.milestones)
     assert marks["joined"] - marks["agent: verify"] >= 10.0 + 20.0
     assert K3sTestServer(state_dir=state).registered_nodes() == [DEVICE]
+    # Debian's first boot rewrote cmdline.txt (rpi-reconfigure-raspi-firmware.service); the
+    # memory cgroup K3s needs is still there, from /etc/default/raspi-extra-cmdline
+    assert any("raspi-firmware stand-in: cmdline.txt is now:" in ln for ln in result.console)
+    (tmp_path / "after").mkdir()
+    disk, _root = guest_disk(tmp_path / "vm" / "disk.qcow2", tmp_path / "after")
+    rewritten = (Image.open(disk).boot.read("/cmdline.txt") or b"").decode().split()
+    assert rewritten[-1] == "rootwait", f"cmdline.txt was not rewritten: {rewritten}"
+    assert {"cgroup_memory=1", "cgroup_enable=memory"} <= set(rewritten), rewritten
 
 
 @pytest.mark.faults

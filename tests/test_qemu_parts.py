@@ -193,6 +193,24 @@ def test_joined_without_cloud_init_finishing_or_a_failed_stage_does_not_pass() -
     assert broken.console[-1] == failed_stage and not broken.joined
 
 
+def test_a_timeout_names_the_pi_unit_that_waits_for_ever() -> None:
+    """userconf-pi's userconfig.service waits on tty8 for a user when no seed set one
+    (docs/notes/pi-hardware-units.md): the verdict says so rather than only "timed out"."""
+    lines = [
+        *ARMHF_BOOT[:3],
+        "         Starting userconfig.service - Create a user...",
+        "         Starting ssh.service - OpenBSD Secure Shell server...",
+        "[  OK  ] Started ssh.service - OpenBSD Secure Shell server.",
+    ]
+    said = verdict(replay(lines), 900, running=True)
+    assert said == (
+        "timed out after 900 s waiting for the node to join (userconfig.service is still "
+        "waiting for a user to be set on tty8 (userconf-pi: no seed renamed the default user))"
+    )
+    done = replay([*lines, "[  OK  ] Finished userconfig.service - Create a user."])
+    assert verdict(done, 900, running=True) == "timed out after 900 s waiting for the node to join"
+
+
 # Lines as a systemd-format boot prints them: firstrun.sh's reboot ends the first power-on.
 FIRSTRUN_BOOT = [
     "[    0.000000] Booting Linux on physical CPU 0x0000000000 [0x410fd083]",

@@ -85,6 +85,7 @@ while [ $i -lt 300 ]; do
 done
 if [ -z "$dev" ]; then say "root device $root not found"; exec sh; fi
 say "root is $dev (cmdline.txt: root=$root)"
+case "$root" in /dev/*) [ "$dev" = "$root" ] || say "under QEMU: root=$root is $dev (the first disk)";; esac
 mount -o "$ro" -t "$fstype" "$dev" /root || { say "cannot mount $dev"; exec sh; }
 version=$(uname -r)
 for d in $(disks); do

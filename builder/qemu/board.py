@@ -44,9 +44,26 @@ BLACKLIST = (
     "bcm2835_v4l2", "bcm2835_codec", "bcm2835_isp", "bcm2835_mmal_vchiq", "vchiq",
     "raspberrypi_hwmon",
 )  # fmt: skip
+# QEMU's BCM2835 power manager resets the board the moment Linux arms its watchdog (any write
+# of PM_RSTC's full-reset bit, qemu hw/misc/bcm2835_powermgt.c; Linux bcm2835_wdt_start makes
+# it): Pi OS's 40-rpi-enable-watchdog.conf (RuntimeWatchdogSec) and its initramfs rpi_wd would
+# end every boot. PID 1 gets a watchdog device that does not exist, and rpi_wd its own off
+# switch. bcm2835_wdt itself stays: it is also the board's restart path.
+NO_WATCHDOG = (
+    "watchdog_disarm=0",  # raspberrypi-sys-mods initramfs-tools/scripts/init-top/rpi_wd
+    "systemd.watchdog_device=/dev/pifleet-no-watchdog",  # systemd(1), since v236
+    "systemd.watchdog_sec=off",  # systemd(1), newer systemd: RuntimeWatchdogSec= off
+)
 BOARD_WORDS = (
     "modprobe.blacklist=" + ",".join(BLACKLIST),
     "systemd.default_device_timeout_sec=300",
+    *NO_WATCHDOG,
+)
+BOARD_CHANGES = (
+    "the watchdog is not armed (QEMU's BCM2835 resets at once when it is): "
+    + " ".join(NO_WATCHDOG),
+    f"drivers for hardware QEMU lacks are not loaded: modprobe.blacklist={','.join(BLACKLIST)}",
+    "device timeout 300 s (udev's coldplug is slow under emulation)",
 )
 _INITRAMFS = re.compile(r"^initramfs\s+(\S+)(?:\s+\S+)?\s*$")
 AUTO_INITRAMFS = {

@@ -161,8 +161,30 @@ def verdict(result: BootResult, timeout: float, running: bool) -> str | None:
     if done(result):
         return None
     waiting = "cloud-init to finish" if result.joined else "the node to join"
-    return (
-        f"timed out after {timeout:.0f} s waiting for {waiting}"
-        if running
-        else (f"QEMU exited while waiting for {waiting}")
+    if not running:
+        return f"QEMU exited while waiting for {waiting}"
+    stuck = still_starting(result.console)
+    named = "; ".join(f"{unit} {HANGS.get(unit, 'never finished')}" for unit in stuck[-3:])
+    return f"timed out after {timeout:.0f} s waiting for {waiting}" + (
+        f" ({named})" if named else ""
     )
+
+
+# Units of Pi images that wait for ever where a seed did not do its job.
+HANGS = {
+    "userconfig.service": "is still waiting for a user to be set on tty8 (userconf-pi: no "
+    "seed renamed the default user)",
+}
+_STARTING = re.compile(r"\bStarting (\S+\.service)")
+_ENDED = re.compile(r"\b(?:Finished|Started|Stopped|Failed to start|Skipped) (\S+\.service)")
+
+
+def still_starting(console: list[str]) -> list[str]:
+    """Services systemd said it was starting and never said it finished, in order."""
+    pending: dict[str, None] = {}
+    for line in console:
+        for unit in _STARTING.findall(line):
+            pending[unit] = None
+        for unit in _ENDED.findall(line):
+            pending.pop(unit, None)
+    return list(pending)

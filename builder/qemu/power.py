@@ -24,8 +24,9 @@ from pathlib import Path
 from builder.detect.flavor import Flavor, detect
 from builder.disk.image import Image
 from builder.qemu import overlay
-from builder.qemu.board import board_boot, sd_card_size
+from builder.qemu.board import BOARD_CHANGES, board_boot, sd_card_size
 from builder.qemu.console import BootResult, Milestone, Stage, follow, verdict
+from builder.qemu.pikernel import pi_kernel_name, root_kernel
 from builder.qemu.vm import VM, Machine, kernel_command_line, require_qemu
 from builder.testserver.server import K3sTestServer
 from builder.util.secret import Secret
@@ -184,21 +185,26 @@ def boot_kernel(
     if board != "virt":
         picked = board_boot(image, work, board)
         log.info("%s: booting the image's %s", board, picked.chosen)
+        for change in BOARD_CHANGES:
+            log.info("%s: on the QEMU command line only: %s", board, change)
         return BootKernel(picked.kernel, picked.initrd, None, picked.dtb)
     if kernel is not None:
         return BootKernel(kernel, initrd)
-    found = {}
-    for name in ("/boot/vmlinuz", "/boot/initrd.img"):
-        data = image.root.read(name)
-        if data is not None:
-            found[name] = work / Path(name).name
-            found[name].write_bytes(data)
-    if "/boot/vmlinuz" in found:
-        return BootKernel(found["/boot/vmlinuz"], found.get("/boot/initrd.img"))
+    generic = root_kernel(image)
+    if generic is not None:
+        kernel_file, initrd_file = work / "vmlinuz", work / "initrd.img"
+        kernel_file.write_bytes(image.root.read(generic) or b"")
+        initrd_data = image.root.read("/boot/initrd.img")
+        if initrd_data is not None:
+            initrd_file.write_bytes(initrd_data)
+        return BootKernel(kernel_file, initrd_file if initrd_data is not None else None)
     from builder.qemu.supplied import supplied_kernel
 
-    log.info("%s: a Raspberry Pi kernel only: booting Debian's generic kernel", image.path)
     supplied = supplied_kernel(arch)
+    log.info(
+        "%s is a Raspberry Pi kernel: booting under -M virt with Debian's %s %s kernel and its "
+        "modules, supplied by pifleet", pi_kernel_name(image), supplied.version, arch,
+    )  # fmt: skip
     return BootKernel(supplied.vmlinuz, supplied.initrd, supplied.modules)
 
 

@@ -42,7 +42,7 @@ log = logging.getLogger("pifleet.kernel")
 
 SUITE = "trixie"  # Debian's stable: its generic kernel boots every image under -M virt
 MODULES_LABEL = "pifleet-modules"
-LAYOUT = 5  # bump when what a cached kernel directory holds changes
+LAYOUT = 6  # bump when what a cached kernel directory holds changes
 EPOCH = 1_700_000_000  # the initramfs's file times (reproducible)
 
 
