@@ -60,6 +60,15 @@ class JoinConfig:
     # more K3s flags for config.yaml, by role ("agent", "server"): the builder checked them
     k3s_config: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
+    # kind "kubeadm": a kubeadm worker (firstboot/kubeadm_states.py); these keys only then
+    kind: str = "k3s"
+    ca_cert_hashes: List[str] = field(default_factory=list)  # "sha256:<hex>" over the CA's SPKI
+    allow_unpinned: bool = False  # kubeadm's unsafeSkipCAVerification, the operator's choice
+    kubeadm_binary: str = "/usr/bin/kubeadm"
+
+
+KUBEADM_KEYS = ("kind", "ca_cert_hashes", "allow_unpinned", "kubeadm_binary")
+_PIN = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,10 @@ class DeviceConfig:
 
 
 def dump_join_config(config: JoinConfig) -> bytes:
-    return _dump(asdict(config))
+    facts = asdict(config)
+    if config.kind == "k3s":  # a K3s fleet's join.json stays as it was
+        facts = {k: v for k, v in facts.items() if k not in KUBEADM_KEYS}
+    return _dump(facts)
 
 
 def dump_device_config(config: DeviceConfig) -> bytes:
@@ -101,7 +113,25 @@ def load_join_config(data: bytes, where: str = JOIN_CONFIG_PATH) -> JoinConfig:
         raise JoinConfigError(f"{where}: k3s_config: must map 'agent' and 'server' to flags")
     for role, flags in by_role.items():
         check_k3s_flags(flags, f"{where}: k3s_config.{role}")
+    _check_kubeadm(raw, where)
     return JoinConfig(**raw)
+
+
+def _check_kubeadm(raw: Dict[str, Any], where: str) -> None:
+    kind = raw.get("kind", "k3s")
+    if kind not in ("k3s", "kubeadm"):
+        raise JoinConfigError(f"{where}: kind: must be 'k3s' or 'kubeadm'")
+    _check_str_list(raw, "ca_cert_hashes", where)
+    for pin in raw.get("ca_cert_hashes", []):
+        if not _PIN.match(pin):
+            raise JoinConfigError(f"{where}: ca_cert_hashes: {pin!r} is not sha256:<64 hex>")
+    if not isinstance(raw.get("allow_unpinned", False), bool):
+        raise JoinConfigError(f"{where}: allow_unpinned: must be true or false")
+    binary = raw.get("kubeadm_binary", "/usr/bin/kubeadm")
+    if not isinstance(binary, str) or not binary.startswith("/"):
+        raise JoinConfigError(f"{where}: kubeadm_binary: must be an absolute path")
+    if kind == "kubeadm" and not raw.get("ca_cert_hashes") and not raw.get("allow_unpinned"):
+        raise JoinConfigError(f"{where}: ca_cert_hashes: a kubeadm join needs a CA pin")
 
 
 def load_device_config(data: bytes, where: str) -> DeviceConfig:

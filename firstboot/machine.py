@@ -24,6 +24,7 @@ import firstboot.airgap as airgap
 import firstboot.bootpart as bootpart
 import firstboot.caclock as caclock
 import firstboot.fsyncprobe as fsyncprobe
+import firstboot.kubeadm_states as kubeadm_states
 import firstboot.nodepassword as nodepassword
 import firstboot.reinit as reinit
 import firstboot.roles as roles
@@ -133,12 +134,8 @@ class Agent:
             self.store.save(self.state)
         self.report.failed(state, reason)
         if self.join.recheck_interval > 0:
-            self.report.progress(
-                state,
-                "checking again in about "
-                + str(int(self.join.recheck_interval))
-                + " s (no reboot needed)",
-            )
+            again = "checking again in about " + str(int(self.join.recheck_interval))
+            self.report.progress(state, again + " s (no reboot needed)")
 
     def prepare(self) -> None:
         """Read the join config and the device file (every boot; they hold no state)."""
@@ -208,9 +205,12 @@ class Agent:
             name = naming.node_name(self.root, configured, self.join.hostname_pattern)
         except naming.NamingError as exc:
             raise Terminal(str(exc)) from None
-        problems = preflight.problems(self.root, self.join.k3s_binary)
+        kubeadm = self.join.kind == "kubeadm"  # its verify, configure, start: kubeadm_states.py
+        binary = self.join.kubeadm_binary if kubeadm else self.join.k3s_binary
+        problems = preflight.problems(self.root, binary, "kubeadm" if kubeadm else "K3s")
         if problems:
             raise Terminal("; ".join(problems))
+        self.handlers.update(kubeadm_states.handlers(self) if kubeadm else {})
         self.report.progress("load", preflight.page_size_note())
         for warning in filter(None, [preflight.pod_dns_warning(self.root, self.join.kubelet_args)]):
             self.report.warning(warning)

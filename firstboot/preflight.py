@@ -53,16 +53,17 @@ def memory_cgroup_problem(root: Root) -> str:
     return "the kernel has no memory cgroup"
 
 
-def problems(root: Root, k3s_binary: str) -> List[str]:
+def problems(root: Root, k3s_binary: str, what: str = "K3s") -> List[str]:
+    """What stops the join before it starts; `what` names the binary ("K3s", "kubeadm")."""
     found = []
     cgroup = memory_cgroup_problem(root)
     if cgroup:
-        found.append(cgroup + ": K3s cannot run; " + CGROUP_FIX)
+        found.append(cgroup + ": " + what + " cannot run; " + CGROUP_FIX)
     binary = root(k3s_binary)
     if not binary.is_file():
-        found.append("the K3s binary " + k3s_binary + " is missing")
+        found.append("the " + what + " binary " + k3s_binary + " is missing")
     elif not os.access(str(binary), os.X_OK):
-        found.append("the K3s binary " + k3s_binary + " is not executable")
+        found.append("the " + what + " binary " + k3s_binary + " is not executable")
     return found
 
 

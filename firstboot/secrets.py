@@ -86,6 +86,11 @@ BOOT_NODE_PASSWORD = Secret(
 K3S_TOKEN = Secret("the join token in K3s's K10 form", k3sfiles.TOKEN_PATH, whole=True)
 K3S_NODE_PASSWORD = Secret("K3s node password", k3sfiles.NODE_PASSWORD_PATH, whole=True)
 AGENT_TOKEN = Secret("a server's agent token", k3sfiles.AGENT_TOKEN_PATH, whole=True)
+KUBEADM_CONFIG = Secret(
+    "kubeadm's JoinConfiguration (holds the join token)",
+    "/etc/pifleet/kubeadm-join.json",
+    cleanup=True,
+)
 
 # Custody works in this order; cleanup deletes in this order.
 SECRETS = (
@@ -99,6 +104,7 @@ SECRETS = (
     K3S_TOKEN,
     K3S_NODE_PASSWORD,
     AGENT_TOKEN,
+    KUBEADM_CONFIG,
 )
 CLEANUP = tuple(s for s in SECRETS if s.cleanup)
 VALUES = tuple(s for s in SECRETS if s.whole)

@@ -53,6 +53,9 @@ def join_config(plan: Plan) -> joinconfig.JoinConfig:
         start_timeout=plan.config.agent.start_timeout,
         proxy=dict(cluster.proxy),
         k3s_config=registries.with_server_flags(k3s_config_by_role(plan.config), plan.config),
+        kind=cluster.kind,
+        ca_cert_hashes=list(cluster.ca_cert_hashes),
+        allow_unpinned=cluster.allow_unpinned if cluster.kind == "kubeadm" else False,
     )
 
 

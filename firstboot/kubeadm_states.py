@@ -1,0 +1,107 @@
+"""A kubeadm worker's own states (join.json `kind: kubeadm`): the agent (firstboot/machine.py)
+runs them in place of its K3s verify, configure and start; load, network, clock and cleanup
+are shared.
+
+| state | what it does | source |
+|---|---|---|
+| verify | kubeadm's token discovery before anything else (firstboot/kubeadm_discovery.py): cluster-info read anonymously, its JWS checked with the token, the CA pinned by its SPKI hash, cluster-info read again over TLS to that CA. A wrong token or pin sends nothing more: one line, a verdict. An unreachable or late API server is waited for | cmd/kubeadm/app/discovery/token/token.go |
+| configure | the JoinConfiguration (firstboot/kubeadm_join.py), 0600 from its first byte: it holds the token | kubeadm v1beta4 types.go |
+| start | `kubeadm join --config` and the Node Ready check: not in this build yet, so a verdict (the builder refuses a kubeadm fleet until it is) | - |
+
+The token is kubeadm's bootstrap token `<id>.<secret>`, read from where a K3s token would be
+(the boot partition's, else the image's); it never appears in a message.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, List
+
+import firstboot.secrets as secrets
+from firstboot import kubeadm_discovery, kubeadm_join
+from firstboot.paths import write_atomic
+from firstboot.retry import Terminal
+from firstboot.state import ORDER
+
+PINNED_CA = "/var/lib/pifleet/server-ca.pem"  # the same place as a K3s server's
+CONFIG_PATH = secrets.KUBEADM_CONFIG.path
+
+
+def handlers(agent: Any) -> Dict[str, Callable[[], str]]:
+    """The states that differ for a kubeadm worker (this module's `do_<state>`), bound to
+    `agent`, as the agent binds its own."""
+    own = {name: globals().get("do_" + name) for name in ORDER}
+    return {name: functools.partial(f, agent) for name, f in own.items() if f is not None}
+
+
+def endpoint(agent: Any) -> str:
+    """`host:port` of the API server: the device's server, else the fleet's."""
+    return str(agent.server).split("://", 1)[-1].rstrip("/")
+
+
+def bootstrap_token(agent: Any) -> kubeadm_discovery.BootstrapToken:
+    """The bootstrap token in the first place that holds one; Terminal naming the file."""
+    paths: List[str] = agent.where(*secrets.JOIN_TOKEN)
+    for path in paths:
+        try:
+            raw = agent.root(path).read_bytes()
+        except FileNotFoundError:
+            continue
+        try:
+            return kubeadm_discovery.parse_token(raw.decode("utf-8", "replace").strip())
+        except kubeadm_discovery.DiscoveryError as exc:
+            raise Terminal(path + ": " + str(exc)) from None
+    raise Terminal("no join token at " + " or ".join(paths))
+
+
+def do_verify(agent: Any) -> str:
+    backoff = agent.backoff()
+    while True:
+        token = bootstrap_token(agent)
+        try:
+            found = kubeadm_discovery.discover(
+                endpoint(agent), token, agent.join.ca_cert_hashes, agent.join.allow_unpinned
+            )
+        except kubeadm_discovery.DiscoveryError as exc:
+            if exc.kind in kubeadm_discovery.TERMINAL_KINDS:
+                raise Terminal(str(exc)) from None
+            agent.report.progress("verify", "waiting for the API server: " + str(exc))
+            backoff.wait(exc.retry_after)
+            continue
+        write_atomic(agent.root(PINNED_CA), found.ca_pem, 0o644)
+        agent.state.ca_hash = found.ca_hashes[0].removeprefix("sha256:")
+        if found.pinned:
+            text = "cluster CA pinned (" + found.ca_hashes[0][:23] + "...), token accepted"
+        else:
+            agent.report.warning(
+                "no CA pin (allow_unpinned): nothing proved this cluster's CA before the "
+                "token was used (pin it: `pifleet token pin --kind kubeadm`)"
+            )
+            text = "token accepted; no CA pin, so the CA this server sent is trusted ("
+            text += found.ca_hashes[0][:23] + "...)"
+        agent.report.progress("verify", text)
+        return "configure"
+
+
+def do_configure(agent: Any) -> str:
+    join, device = agent.join, agent.device
+    labels = list(join.node_labels) + list(device.node_labels if device else [])
+    taints = list(join.node_taints) + list(device.node_taints if device else [])
+    try:
+        config = kubeadm_join.join_configuration(
+            str(agent.state.node_name), endpoint(agent), bootstrap_token(agent).text(),
+            list(join.ca_cert_hashes), labels, taints, list(join.kubelet_args),
+        )  # fmt: skip
+    except kubeadm_join.JoinConfigurationError as exc:
+        raise Terminal(str(exc)) from None
+    write_atomic(agent.root(CONFIG_PATH), config, 0o600)
+    agent.report.progress("configure", "JoinConfiguration written (" + CONFIG_PATH + ")")
+    return "start"
+
+
+def do_start(agent: Any) -> str:
+    raise Terminal(
+        "kubeadm join: not in this build of the agent yet (the JoinConfiguration is at "
+        + CONFIG_PATH
+        + ")"
+    )
