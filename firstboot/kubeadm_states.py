@@ -6,7 +6,7 @@ are shared.
 |---|---|---|
 | verify | kubeadm's token discovery before anything else (firstboot/kubeadm_discovery.py): cluster-info read anonymously, its JWS checked with the token, the CA pinned by its SPKI hash, cluster-info read again over TLS to that CA. A wrong token or pin sends nothing more: one line, a verdict. An unreachable or late API server is waited for | cmd/kubeadm/app/discovery/token/token.go |
 | configure | the JoinConfiguration (firstboot/kubeadm_join.py), 0600 from its first byte: it holds the token | kubeadm v1beta4 types.go |
-| start | `kubeadm join --config` and the Node Ready check: not in this build yet, so a verdict (the builder refuses a kubeadm fleet until it is) | - |
+| start | `kubeadm join --config`, then the Node Ready through the kubelet's kubelet.conf, within `start_timeout` (firstboot/kubeadm_node.py) | cmd/kubeadm/app/cmd/join.go |
 
 The token is kubeadm's bootstrap token `<id>.<secret>`, read from where a K3s token would be
 (the boot partition's, else the image's); it never appears in a message.
@@ -15,10 +15,11 @@ The token is kubeadm's bootstrap token `<id>.<secret>`, read from where a K3s to
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Callable, Dict, List
 
 import firstboot.secrets as secrets
-from firstboot import kubeadm_discovery, kubeadm_join
+from firstboot import kubeadm_discovery, kubeadm_join, kubeadm_node
 from firstboot.paths import write_atomic
 from firstboot.retry import Terminal
 from firstboot.state import ORDER
@@ -100,8 +101,34 @@ def do_configure(agent: Any) -> str:
 
 
 def do_start(agent: Any) -> str:
-    raise Terminal(
-        "kubeadm join: not in this build of the agent yet (the JoinConfiguration is at "
-        + CONFIG_PATH
-        + ")"
-    )
+    """`kubeadm join --config` (after `kubeadm reset --force` when a power cut broke a join
+    off; not again once it wrote kubelet.conf), then the Node Ready (kubeadm_node.py)."""
+    root, node = agent.root, str(agent.state.node_name)
+    timeout = agent.join.start_timeout
+    kubeadm = str(root(agent.join.kubeadm_binary))
+    secret = bootstrap_token(agent).secret()
+
+    def progress(text: str) -> None:
+        agent.report.progress("start", text)
+
+    try:
+        if kubeadm_node.broken_off(root):
+            progress("a join was broken off (power cut?): kubeadm reset --force first")
+            kubeadm_node.run_kubeadm([kubeadm, "reset", "--force"], timeout, progress, secret)
+        if not kubeadm_node.joined_before(root):
+            argv = [kubeadm, "join", "--config", str(root(CONFIG_PATH))]
+            kubeadm_node.run_kubeadm(argv, timeout, progress, secret)
+    except kubeadm_node.NodeError as exc:
+        raise Terminal(str(exc)) from None
+    deadline, backoff, said = time.monotonic() + timeout, agent.backoff(10.0), ""
+    while time.monotonic() < deadline:
+        try:
+            is_ready, said = kubeadm_node.ready(root, node)
+        except kubeadm_node.NodeError as exc:
+            raise Terminal(str(exc)) from None
+        if is_ready:
+            progress("Node " + node + " is Ready")
+            return "cleanup"
+        progress("waiting for Node " + node + " to be Ready: " + said)
+        backoff.wait()
+    raise Terminal("Node " + node + " not Ready within " + str(int(timeout)) + " s: " + said)

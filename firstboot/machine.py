@@ -148,6 +148,8 @@ class Agent:
             ) from None
         except (OSError, joinconfig.JoinConfigError) as exc:
             raise Terminal(str(exc)) from None
+        if self.join.kind == "kubeadm":  # its verify, configure and start: kubeadm_states.py
+            self.handlers.update(kubeadm_states.handlers(self))
         device_path = self.boot_file(joinconfig.DEVICE_FILE)
         try:
             raw = self.root(device_path).read_bytes()
@@ -205,12 +207,11 @@ class Agent:
             name = naming.node_name(self.root, configured, self.join.hostname_pattern)
         except naming.NamingError as exc:
             raise Terminal(str(exc)) from None
-        kubeadm = self.join.kind == "kubeadm"  # its verify, configure, start: kubeadm_states.py
+        kubeadm = self.join.kind == "kubeadm"
         binary = self.join.kubeadm_binary if kubeadm else self.join.k3s_binary
         problems = preflight.problems(self.root, binary, "kubeadm" if kubeadm else "K3s")
         if problems:
             raise Terminal("; ".join(problems))
-        self.handlers.update(kubeadm_states.handlers(self) if kubeadm else {})
         self.report.progress("load", preflight.page_size_note())
         for warning in filter(None, [preflight.pod_dns_warning(self.root, self.join.kubelet_args)]):
             self.report.warning(warning)

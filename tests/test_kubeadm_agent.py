@@ -2,10 +2,11 @@
 firstboot/kubeadm_states.py), run as a real process on a fake device root against the
 kubeadm test server on 127.0.0.1, which logs every request it receives.
 
-Its verify is kubeadm's token discovery; its configure writes the JoinConfiguration, 0600.
-An attacker who forged cluster-info, or a wrong token or pin, gets nothing after the
-anonymous cluster-info read: no JoinConfiguration is written and no request carries the token.
-`kubeadm join` itself is not run by this build of the agent (a verdict at start).
+Its verify is kubeadm's token discovery; its configure writes the JoinConfiguration, 0600;
+its start runs `kubeadm join --config` (tests/fixtures/kubeadm-standin plays kubeadm and the
+kubelet's TLS bootstrap) and waits for its Node Ready through kubelet.conf. An attacker who
+forged cluster-info, or a wrong token or pin, gets nothing after the anonymous cluster-info
+read: no JoinConfiguration is written and no request carries the token.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ import pytest
 from builder.testserver.kubeadm import KubeadmTestServer
 from firstboot import joinconfig
 from firstboot.kubeadm_states import CONFIG_PATH
-from firstboot.state import ORDER
-from tests.agent_helpers import make_device, run_agent, states_seen, write
-from tests.layouts import elf_for
+from tests.agent_helpers import FIXTURES, make_device, run_agent, states_seen, write
 
 CLUSTER_INFO = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
 
@@ -41,23 +40,35 @@ def kubeadm_device(root: Path, server: KubeadmTestServer, token: str, pins: list
         clock_sync_timeout=1.0, recheck_interval=0.0, kind="kubeadm", ca_cert_hashes=pins,
     )  # fmt: skip
     make_device(root, server, token, join=join)  # type: ignore[arg-type]
-    write(root / "usr/bin/kubeadm", elf_for("arm64").read_bytes(), 0o755)
+    write(root / "usr/bin/kubeadm", (FIXTURES / "kubeadm-standin").read_bytes(), 0o755)
+    write(root / "proc/sys/net/ipv4/ip_forward", b"1\n")
+    write(root / "proc/swaps", b"Filename\tType\tSize\tUsed\tPriority\n")
     return root
 
 
-def test_a_kubeadm_worker_discovers_the_cluster_and_writes_its_join_configuration(
+def env(root: Path, **more: str) -> dict[str, str]:
+    return {"KUBEADM_STANDIN_ROOT": str(root), **more}
+
+
+def test_a_kubeadm_worker_joins_and_leaves_no_token(
     server: KubeadmTestServer, tmp_path: Path
 ) -> None:
     token = server.mint_token()
     root = kubeadm_device(tmp_path / "device", server, token, [server.ca_hash])
-    done = run_agent(root)
-    verify_to_start = list(ORDER[ORDER.index("verify") : ORDER.index("start") + 1])
-    assert states_seen(done.stderr)[-3:] == verify_to_start, done.stderr
-    assert "cluster CA pinned (sha256:" in done.stderr and "token accepted" in done.stderr
-    assert "kubeadm join: not in this build" in done.stderr
+    seen: dict[str, object] = {}
+    first = run_agent(root, env(root, PIFLEET_FAULT="kill-before:cleanup"))  # power cut
+    assert "cluster CA pinned (sha256:" in first.stderr, first.stderr
+    assert "kubeadm: This node has joined the cluster" in first.stderr
     written = root / CONFIG_PATH.lstrip("/")
     assert stat.S_IMODE(written.stat().st_mode) == 0o600
-    config = json.loads(written.read_bytes())
+    seen["config"] = json.loads(written.read_bytes())
+    done = run_agent(root, env(root))
+    assert done.returncode == 0, done.stderr
+    assert "kubeadm: This node has joined the cluster" not in done.stderr, "joined twice"
+    assert "Node edge-10000000abcdef01 is Ready" in done.stderr
+    assert server.nodes() == ["edge-10000000abcdef01"]
+    config = seen["config"]
+    assert isinstance(config, dict)
     assert config["discovery"]["bootstrapToken"] == {
         "token": token, "apiServerEndpoint": server.endpoint, "caCertHashes": [server.ca_hash],
     }  # fmt: skip
@@ -67,8 +78,37 @@ def test_a_kubeadm_worker_discovers_the_cluster_and_writes_its_join_configuratio
     assert {"name": "node-labels", "value": "node.kubernetes.io/site=lab"} in registration[
         "kubeletExtraArgs"
     ]
-    assert token.split(".")[1] not in done.stderr + done.stdout, "the token secret was printed"
+    for gone in (CONFIG_PATH, "/etc/pifleet/token", "/etc/kubernetes/bootstrap-kubelet.conf"):
+        assert not (root / gone.lstrip("/")).exists(), f"{gone} is still on the device"
+    secret = token.split(".")[1]
+    assert secret not in first.stderr + done.stderr, "the token secret was printed"
+    assert all(secret.encode() not in p.read_bytes() for p in root.rglob("*") if p.is_file())
     assert (root / "var/lib/pifleet/server-ca.pem").read_bytes() == server.ca_pem
+
+
+def test_a_join_a_power_cut_broke_off_is_reset_then_joins(
+    server: KubeadmTestServer, tmp_path: Path
+) -> None:
+    root = kubeadm_device(tmp_path / "device", server, server.mint_token(), [server.ca_hash])
+    first = run_agent(root, env(root, KUBEADM_STANDIN_STOP="kubelet-start"))
+    assert "failed state=start" in first.stderr and "stopped in kubelet-start" in first.stderr
+    assert (root / "etc/kubernetes/pki/ca.crt").exists()
+    done = run_agent(root, env(root))
+    assert done.returncode == 0, done.stderr
+    assert "kubeadm reset --force first" in done.stderr
+    assert "kubeadm: This node has joined the cluster" in done.stderr
+    assert server.nodes() == ["edge-10000000abcdef01"]
+
+
+def test_swap_on_is_kubeadms_preflight_error_as_a_verdict(
+    server: KubeadmTestServer, tmp_path: Path
+) -> None:
+    root = kubeadm_device(tmp_path / "device", server, server.mint_token(), [server.ca_hash])
+    swaps = b"Filename\tType\tSize\tUsed\tPriority\n/var/swap file 102396 0 -2\n"
+    write(root / "proc/swaps", swaps)
+    done = run_agent(root, env(root))
+    assert "failed state=start" in done.stderr and "[ERROR Swap]" in done.stderr
+    assert server.nodes() == []
 
 
 @pytest.mark.parametrize("attack", ["wrong pin", "wrong token", "forged cluster-info"])
@@ -84,7 +124,7 @@ def test_an_attacker_gets_nothing_after_the_anonymous_read(
     else:
         server.forge()  # knows the token: the JWS verifies, the CA is the forger's
     root = kubeadm_device(tmp_path / "device", server, token, pins)
-    done = run_agent(root)
+    done = run_agent(root, env(root))
     assert done.returncode == 2, done.stderr
     assert states_seen(done.stderr)[-1] == "verify", done.stderr
     assert "failed state=verify" in done.stderr

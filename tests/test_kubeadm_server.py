@@ -250,6 +250,25 @@ def test_a_node_registers_itself_only(server: KubeadmTestServer, tmp_path: Path)
     assert {"system:node:pi-01", "system:anonymous"} & {r.who for r in server.requests}
 
 
+def test_a_node_reports_its_own_status_only(server: KubeadmTestServer, tmp_path: Path) -> None:
+    cert = node_credentials(server, tmp_path, "pi-01")
+    other = node_credentials(server, tmp_path, "pi-02")
+    for name, creds in (("pi-01", cert), ("pi-02", other)):
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
+        assert call(server, "POST", "/api/v1/nodes", node, cert=creds)[0] == 201
+    ready = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    status, patched = call(server, "PATCH", "/api/v1/nodes/pi-01/status", ready, cert=cert)
+    assert status == 200 and patched["status"]["conditions"] == ready["status"]["conditions"]
+    pressure = {"status": {"conditions": [{"type": "MemoryPressure", "status": "False"}]}}
+    status, patched = call(server, "PATCH", "/api/v1/nodes/pi-01/status", pressure, cert=cert)
+    assert {c["type"] for c in patched["status"]["conditions"]} == {"Ready", "MemoryPressure"}
+    status, answer = call(server, "PATCH", "/api/v1/nodes/pi-02/status", ready, cert=cert)
+    assert status == 403 and "only update its own Node's status" in answer["message"]
+    token = server.mint_token()
+    assert call(server, "PATCH", "/api/v1/nodes/pi-01/status", ready, token=token)[0] == 403
+    assert "status" not in call(server, "GET", "/api/v1/nodes/pi-02", cert=other)[1]
+
+
 def test_a_bootstrap_token_cannot_register_a_node(server: KubeadmTestServer) -> None:
     token = server.mint_token()
     node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "pi-01"}}

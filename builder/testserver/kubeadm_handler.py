@@ -16,6 +16,7 @@ VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.5", "platform": "li
 CORE_RESOURCES = [
     {"name": "configmaps", "namespaced": True, "kind": "ConfigMap", "verbs": ["get", "list"]},
     {"name": "nodes", "namespaced": False, "kind": "Node", "verbs": ["create", "get", "list"]},
+    {"name": "nodes/status", "namespaced": False, "kind": "Node", "verbs": ["patch", "update"]},
 ]
 CSR_RESOURCES = [
     {
@@ -134,6 +135,8 @@ class KubeadmHandler(BaseHTTPRequestHandler):
             return store.list_csrs()
         if key == ("", "nodes", "create") and not attrs.name:
             return store.create_node(caller, body)
+        if key in (("", "nodes", "patch"), ("", "nodes", "update")) and attrs.subresource:
+            return store.patch_node_status(attrs.name, body)
         if key == ("", "nodes", "get"):
             return store.get_node(attrs.name)
         if key == ("", "nodes", "list"):

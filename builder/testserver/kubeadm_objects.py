@@ -172,6 +172,27 @@ class Store:
             self.nodes[name] = node
         return 201, json.dumps(node).encode()
 
+    def patch_node_status(self, name: str, body: bytes) -> Answer:
+        """A merge patch of `status`: conditions merged by their `type` (the strategic-merge
+        key of NodeStatus.conditions), other status fields replaced."""
+        patch = _json_body(body)
+        status = (patch or {}).get("status")
+        if not isinstance(status, dict):
+            return 400, status_body(400, "the patch has no status")
+        with self.lock:
+            node = self.nodes.get(name)
+            if node is None:
+                return not_found("nodes", name)
+            merged = {**(node.get("status") or {}), **status}
+            if "conditions" in status:
+                by_type = {
+                    c.get("type"): c for c in (node.get("status") or {}).get("conditions", [])
+                }
+                by_type.update({c.get("type"): c for c in status["conditions"] or []})
+                merged["conditions"] = list(by_type.values())
+            node["status"] = merged
+        return 200, json.dumps(node).encode()
+
     def get_node(self, name: str) -> Answer:
         with self.lock:
             node = self.nodes.get(name)

@@ -17,6 +17,7 @@ kubernetes/cluster-bootstrap):
 | kubeadm's token group may create/get/list/watch CSRs, and get nodes | cmd/kubeadm/app/phases/bootstraptoken/node/tlsbootstrap.go: AllowBootstrapTokensToPostCSRs (system:node-bootstrapper), AllowBootstrapTokensToGetNodes |
 | nodes may create/get/list/watch CSRs | bootstrappolicy/policy.go: NodeRules |
 | a node may create a Node (NodeRestriction then allows only its own name) and get/list/watch only its own Node | plugin/pkg/auth/authorizer/node/node_authorizer.go: authorizeNode; plugin/pkg/admission/noderestriction/admission.go: admitNode |
+| a node may patch or update only its own Node's `status` subresource (how the kubelet reports Ready) | bootstrappolicy/policy.go NodeRules (nodes/status); noderestriction admission.go: admitNode |
 | a denial is 403 `<resource> "<name>" is forbidden: User "<u>" cannot <verb> resource ...` | k8s.io/apiserver pkg/endpoints/handlers/responsewriters/errors.go: ForbiddenStatusError |
 | errors are a metav1.Status JSON | k8s.io/apimachinery pkg/api/errors |
 | a kubelet client CSR: signer kube-apiserver-client-kubelet; O exactly [system:nodes]; no DNS, email, IP or URI SANs; CN `system:node:*`; usages {digital signature, key encipherment, client auth} or without key encipherment | pkg/controller/certificates/approver/sarapprove.go: isNodeClientCert; pkg/apis/certificates/helpers.go: ValidateKubeletClientCSR |
@@ -99,6 +100,7 @@ class Attributes:
     namespace: str
     name: str
     path: str
+    subresource: str = ""
 
     @property
     def is_resource(self) -> bool:
@@ -121,10 +123,11 @@ def attributes(method: str, path: str, query: str) -> Attributes:
         namespace, rest = rest[1], rest[2:]
     resource = rest[0] if rest else ""
     name = rest[1] if len(rest) > 1 else ""
+    subresource = rest[2] if len(rest) > 2 else ""
     verb = VERBS.get(method, method.lower())
     if verb == "get" and resource and not name:
         verb = "watch" if "watch=1" in query or "watch=true" in query else "list"
-    return Attributes(verb, group, resource, namespace, name, path)
+    return Attributes(verb, group, resource, namespace, name, path, subresource)
 
 
 def authorize(caller: Caller, attrs: Attributes) -> str:
@@ -149,6 +152,12 @@ def authorize(caller: Caller, attrs: Attributes) -> str:
         if KUBEADM_TOKEN_GROUP in groups and attrs.verb == "get":
             return ""
         node = caller.node
+        if node is not None and attrs.subresource == "status":
+            if attrs.verb in ("patch", "update") and attrs.name == node:
+                return ""
+            return f"node '{node}' can only update its own Node's status"
+        if attrs.subresource:
+            return "-"
         if node is not None and attrs.verb == "create":
             return ""  # NodeRestriction admission checks the name (admit_node)
         if node is not None and attrs.verb in ("get", "list", "watch"):
