@@ -98,7 +98,10 @@ def protected_inputs(plan: Plan) -> dict[str, Path]:
     from builder.fleet.servers import cluster_inputs
 
     inputs = {**input_paths(plan.config, plan.base.path), **cluster_inputs(plan.config)}
-    inputs["the K3s binary"] = plan.k3s.path
+    if plan.k3s is not None:
+        inputs["the K3s binary"] = plan.k3s.path
+    for binary in plan.kubernetes:
+        inputs[f"the {binary.role} binary"] = binary.path
     if plan.airgap is not None:
         inputs["the air-gap images"] = plan.airgap.path
     return inputs

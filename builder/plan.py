@@ -31,7 +31,7 @@ log = logging.getLogger("pifleet.plan")
 class Plan:
     config: FleetConfig
     base: Input
-    k3s: Input
+    k3s: Input | None  # None for a kubeadm fleet
     k3s_standin: bool
     airgap: Input | None
     token: Secret
@@ -39,6 +39,7 @@ class Plan:
     # Filled in once the base is open (see `for_image`): the OS detected in it.
     detected: Flavor | None = None
     epoch: int = 0
+    kubernetes: tuple[Input, ...] = ()  # a kubeadm fleet's kubeadm, kubelet, kubectl
 
     @property
     def image_path(self) -> Path:
@@ -70,11 +71,16 @@ def resolve(
         base = sources.local_base(base_override, None, where="--base")
     else:
         base = sources.obtain_base(config.base, config.arch, where=f"{where}: base")
+    k3s: Input | None = None
+    airgap, kubernetes = None, sources.local_kubernetes(config.kubernetes, where)
+    if k3s_override is not None and config.kubernetes is not None:
+        raise UserError(f"--k3s-binary: {where}: the fleet is cluster.kind: kubeadm (no K3s)")
     if k3s_override is not None:
         k3s = sources.local_k3s(k3s_override, None, where="--k3s-binary")
-    else:
+    elif config.kubernetes is None:
         k3s = sources.obtain_k3s(config.k3s, config.arch, where=f"{where}: k3s")
-    airgap = sources.obtain_airgap(config.k3s, config.arch, k3s, where=f"{where}: k3s")
+    if k3s is not None:
+        airgap = sources.obtain_airgap(config.k3s, config.arch, k3s, where=f"{where}: k3s")
     out = (output_dir or config.output.dir).resolve()
     config = with_fleet_labels(config)
     _check_output_dir(out, base.path, config.name)
@@ -87,20 +93,15 @@ def resolve(
         airgap=airgap,
         token=token,
         output_dir=out,
+        kubernetes=kubernetes,
     )
 
 
 def require_buildable(config: FleetConfig) -> None:
-    """The one gate for fleets this version validates but cannot build yet: called by `resolve`
-    (build, demo), personalize and flash before anything is written or fetched. A kubeadm
-    fleet's token is read and checked first, so its config is validated in full."""
-    if config.cluster.kind != "kubeadm":
-        return
-    read_token(config.cluster, str(config.source))
-    raise UserError(
-        f"{config.where('cluster.kind')}: kubeadm: worker images are not yet built by this"
-        " version (the fleet file and its token are valid; K3s fleets build as before)"
-    )
+    """Called by `resolve` (build, demo), personalize and flash before anything is written or
+    fetched: a kubeadm fleet's token is read and checked first (its form is kubeadm's)."""
+    if config.cluster.kind == "kubeadm":
+        read_token(config.cluster, str(config.source))
 
 
 def _check_output_dir(out: Path, base: Path, name: str) -> None:

@@ -81,6 +81,7 @@ class DeviceConfig:
     cluster_init: Optional[bool] = None  # a server: True initialises, False joins `server`
     tls_san: List[str] = field(default_factory=list)  # a server: extra certificate names
     k3s_config: Dict[str, Any] = field(default_factory=dict)  # wins over the fleet's
+    ca_cert_hashes: List[str] = field(default_factory=list)  # kubeadm: wins over the fleet's
 
 
 def dump_join_config(config: JoinConfig) -> bytes:
@@ -121,10 +122,7 @@ def _check_kubeadm(raw: Dict[str, Any], where: str) -> None:
     kind = raw.get("kind", "k3s")
     if kind not in ("k3s", "kubeadm"):
         raise JoinConfigError(f"{where}: kind: must be 'k3s' or 'kubeadm'")
-    _check_str_list(raw, "ca_cert_hashes", where)
-    for pin in raw.get("ca_cert_hashes", []):
-        if not _PIN.match(pin):
-            raise JoinConfigError(f"{where}: ca_cert_hashes: {pin!r} is not sha256:<64 hex>")
+    _check_pins(raw, where)
     if not isinstance(raw.get("allow_unpinned", False), bool):
         raise JoinConfigError(f"{where}: allow_unpinned: must be true or false")
     binary = raw.get("kubeadm_binary", "/usr/bin/kubeadm")
@@ -152,7 +150,15 @@ def load_device_config(data: bytes, where: str) -> DeviceConfig:
     if server is not None and (not isinstance(server, str) or not server.startswith("https://")):
         raise JoinConfigError(f"{where}: server: must be an https:// URL")
     check_k3s_flags(raw.get("k3s_config", {}), f"{where}: k3s_config")
+    _check_pins(raw, where)
     return DeviceConfig(**raw)
+
+
+def _check_pins(raw: Dict[str, Any], where: str) -> None:
+    _check_str_list(raw, "ca_cert_hashes", where)
+    for pin in raw.get("ca_cert_hashes", []):
+        if not _PIN.match(pin):
+            raise JoinConfigError(f"{where}: ca_cert_hashes: {pin!r} is not sha256:<64 hex>")
 
 
 def valid_hostname(name: str) -> bool:

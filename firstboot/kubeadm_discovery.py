@@ -32,6 +32,7 @@ a wrong pin or a forged JWS ends discovery there. The token itself is sent by ku
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import hmac
 import json
@@ -296,3 +297,41 @@ def _scrubbed(exc: DiscoveryError, token: BootstrapToken) -> DiscoveryError:
     if token.secret() not in text:
         return exc
     return DiscoveryError(exc.kind, text.replace(token.secret(), "<redacted>"), exc.retry_after)
+
+
+def server_time(
+    api_endpoint: str,
+    token: BootstrapToken,
+    ca_cert_hashes: Sequence[str],
+    allow_unpinned: bool = False,
+    timeout: float = 10.0,
+) -> float:
+    """The API server's clock, for a device whose own is wrong: the CA is taken from
+    cluster-info once its JWS and pin check (neither needs the time), then the Date header
+    of /version over TLS to that CA with certificate times unchecked (the clock is what is
+    in doubt), as the K3s path does with /ping (firstboot/server.py server_time)."""
+    pins = parse_pins(ca_cert_hashes)
+    if not pins and not allow_unpinned:
+        raise DiscoveryError("config", "no CA pin to authenticate the server's clock by")
+    url = endpoint_url(api_endpoint)
+    try:
+        kubeconfig_text = signed_kubeconfig(
+            fetch_cluster_info(url, bootstrap_context(), timeout), token
+        )
+        _server, _ca, certs = _cluster_ca(kubeconfig_text)
+        if pins:
+            check_pins(certs, pins)
+        context = pinned_context(b"".join(c.pem for c in certs), check_time=False)
+        context.check_hostname = True
+        _status, _body, headers = get(url, "/version", context, timeout)
+    except DiscoveryError as exc:
+        raise _scrubbed(exc, token) from None
+    except ServerError as exc:
+        raise DiscoveryError(exc.kind, str(exc), exc.retry_after) from None
+    date = headers.get("date")
+    if not date:
+        raise DiscoveryError("waiting", "the API server sent no Date header")
+    try:
+        return email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        raise DiscoveryError("waiting", "the API server's Date header is not a date") from None

@@ -7,7 +7,7 @@
 | `nodeRegistration.taints` is always written: left out (nil) it means kubeadm's default, `[]` means none | types.go NodeRegistrationOptions.Taints |
 | a taint is `{key, value, effect}`, effect `NoSchedule`, `PreferNoSchedule` or `NoExecute`; written `key[=value]:effect` as K3s and kubectl take it | k8s.io/api core/v1 Taint, TaintEffect |
 | `nodeRegistration.kubeletExtraArgs` is a list of `{name, value}` (a map before v1beta4), the name without its dashes; duplicates are allowed | types.go Arg, NodeRegistrationOptions.KubeletExtraArgs |
-| node labels are not a JoinConfiguration field: they are the kubelet's `node-labels` argument (the kubelet's reserved-label rule is checked at build time, builder/config/kubelabels.py) | types.go; cmd/kubelet/app/options/options.go |
+| node labels are not a JoinConfiguration field: they are the kubelet's `node-labels` argument, comma-separated, so each must be a label (`[prefix/]name=value`, no comma: one label cannot add another); the kubelet's reserved-label rule is checked at build time (builder/config/kubelabels.py) | types.go; cmd/kubelet/app/options/options.go; apimachinery validation IsQualifiedName, IsValidLabelValue |
 | `criSocket` is containerd's `unix:///run/containerd/containerd.sock` | cmd/kubeadm/app/constants (the CRI socket kubeadm finds for containerd) |
 | `discovery.bootstrapToken`: `token`, `apiServerEndpoint` (host:port), `caCertHashes` (`sha256:<hex>`); `unsafeSkipCAVerification: true` only when there is no pin; `tlsBootstrapToken` defaults to the token | types.go Discovery, BootstrapTokenDiscovery |
 | the file is YAML; it is written as JSON, which YAML reads as it is, so no value can break out of its quotes | sigs.k8s.io/yaml (JSON is YAML) |
@@ -26,6 +26,11 @@ API_VERSION = "kubeadm.k8s.io/v1beta4"
 CRI_SOCKET = "unix:///run/containerd/containerd.sock"
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 _ARG_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*\Z")
+# a label as the kubelet's --node-labels takes it: [prefix/]name=value, no comma (the separator)
+_LABEL = re.compile(
+    r"^(?:[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+    r"=(?:[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?\Z"
+)
 
 
 class JoinConfigurationError(ValueError):
@@ -52,6 +57,9 @@ def taint(text: str) -> Dict[str, str]:
 def kubelet_extra_args(labels: List[str], kubelet_args: List[str]) -> List[Dict[str, str]]:
     """The kubelet's extra arguments as v1beta4 Args: `node-labels` first (comma-joined, as
     the kubelet flag takes them), then each `name=value` (a leading `--` dropped)."""
+    for label in labels:
+        if not _LABEL.match(label):
+            raise JoinConfigurationError("node label " + repr(label) + ": not a Kubernetes label")
     args = [{"name": "node-labels", "value": ",".join(labels)}] if labels else []
     for item in kubelet_args:
         name, sep, value = item.lstrip("-").partition("=")

@@ -4,6 +4,7 @@ are shared.
 
 | state | what it does | source |
 |---|---|---|
+| clock | as the agent's own, but a clock still wrong after `clock_sync_timeout` is set from the Date header of the API server the pin authenticates (cluster-info's JWS and pin need no time) | firstboot/machine.py do_clock |
 | verify | kubeadm's token discovery before anything else (firstboot/kubeadm_discovery.py): cluster-info read anonymously, its JWS checked with the token, the CA pinned by its SPKI hash, cluster-info read again over TLS to that CA. A wrong token or pin sends nothing more: one line, a verdict. An unreachable or late API server is waited for | cmd/kubeadm/app/discovery/token/token.go |
 | configure | the JoinConfiguration (firstboot/kubeadm_join.py), 0600 from its first byte: it holds the token | kubeadm v1beta4 types.go |
 | start | `kubeadm join --config`, then the Node Ready through the kubelet's kubelet.conf, within `start_timeout` (firstboot/kubeadm_node.py) | cmd/kubeadm/app/cmd/join.go |
@@ -20,6 +21,7 @@ from typing import Any, Callable, Dict, List
 
 import firstboot.secrets as secrets
 from firstboot import kubeadm_discovery, kubeadm_join, kubeadm_node
+from firstboot.clock import synchronized
 from firstboot.paths import write_atomic
 from firstboot.retry import Terminal
 from firstboot.state import ORDER
@@ -40,6 +42,14 @@ def endpoint(agent: Any) -> str:
     return str(agent.server).split("://", 1)[-1].rstrip("/")
 
 
+def pins(agent: Any) -> List[str]:
+    """The CA pins: the device's (boot-test's test server, a re-pinned card), else the fleet's."""
+    device = agent.device
+    return list(
+        device.ca_cert_hashes if device and device.ca_cert_hashes else agent.join.ca_cert_hashes
+    )
+
+
 def bootstrap_token(agent: Any) -> kubeadm_discovery.BootstrapToken:
     """The bootstrap token in the first place that holds one; Terminal naming the file."""
     paths: List[str] = agent.where(*secrets.JOIN_TOKEN)
@@ -55,13 +65,44 @@ def bootstrap_token(agent: Any) -> kubeadm_discovery.BootstrapToken:
     raise Terminal("no join token at " + " or ".join(paths))
 
 
+def do_clock(agent: Any) -> str:
+    """The agent's clock state, but the time comes from the API server the pin authenticates
+    (kubeadm_discovery.server_time), as a K3s agent's comes from its pinned server."""
+    if agent.clock.now() >= agent.join.build_time:
+        return "verify"
+    agent.report.progress(
+        "clock", "the clock is before the image's build time; waiting for time sync"
+    )
+    deadline, backoff = time.monotonic() + agent.join.clock_sync_timeout, agent.backoff(5.0)
+    while time.monotonic() < deadline:
+        if synchronized(agent.root) and agent.clock.now() >= agent.join.build_time:
+            return "verify"
+        backoff.wait()
+    agent.report.progress("clock", "no time sync; taking the time from the pinned API server")
+    backoff = agent.backoff()
+    while True:
+        try:
+            when = kubeadm_discovery.server_time(
+                endpoint(agent), bootstrap_token(agent), pins(agent), agent.join.allow_unpinned
+            )
+        except kubeadm_discovery.DiscoveryError as exc:
+            if exc.kind in kubeadm_discovery.TERMINAL_KINDS:
+                raise Terminal(str(exc)) from None
+            agent.report.progress("clock", "waiting for the API server: " + str(exc))
+            backoff.wait(exc.retry_after)
+            continue
+        agent.clock.set(when)
+        agent.report.progress("clock", "clock set from the API server's Date header")
+        return "verify"
+
+
 def do_verify(agent: Any) -> str:
     backoff = agent.backoff()
     while True:
         token = bootstrap_token(agent)
         try:
             found = kubeadm_discovery.discover(
-                endpoint(agent), token, agent.join.ca_cert_hashes, agent.join.allow_unpinned
+                endpoint(agent), token, pins(agent), agent.join.allow_unpinned
             )
         except kubeadm_discovery.DiscoveryError as exc:
             if exc.kind in kubeadm_discovery.TERMINAL_KINDS:
@@ -91,7 +132,7 @@ def do_configure(agent: Any) -> str:
     try:
         config = kubeadm_join.join_configuration(
             str(agent.state.node_name), endpoint(agent), bootstrap_token(agent).text(),
-            list(join.ca_cert_hashes), labels, taints, list(join.kubelet_args),
+            pins(agent), labels, taints, list(join.kubelet_args),
         )  # fmt: skip
     except kubeadm_join.JoinConfigurationError as exc:
         raise Terminal(str(exc)) from None

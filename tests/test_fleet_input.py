@@ -27,6 +27,7 @@ WIFI = {"ssid": "edge", "country": "DE"}
 
 # Key path in the schema ([] for list items) -> (the bad value, what else it needs). The bad
 # value goes at the path, list items being the first; `with` is merged in first.
+K8S_BINARIES = {"kubeadm": "kubeadm", "kubelet": "kubelet", "kubectl": "kubectl"}
 CASES: dict[str, tuple[Any, dict[str, Any]]] = {
     "name": ("Edge Fleet", {}),
     "arch": ("x86", {}),
@@ -44,6 +45,13 @@ CASES: dict[str, tuple[Any, dict[str, Any]]] = {
     "k3s.channel_url": ("ftp://x", {}),
     "k3s.airgap_images": (5, {}),
     "k3s.test_standin": ("yes", {}),
+    "kubernetes.kubeadm": ("", {}),
+    "kubernetes.kubelet": ("", {}),
+    "kubernetes.kubectl": ("", {}),
+    "kubernetes.sha256.kubeadm": ("xyz", {"kubernetes": K8S_BINARIES}),
+    "kubernetes.sha256.kubelet": ("a" * 63, {"kubernetes": K8S_BINARIES}),
+    "kubernetes.sha256.kubectl": ("g" * 64, {"kubernetes": K8S_BINARIES}),
+    "kubernetes.test_standin": ("yes", {"kubernetes": K8S_BINARIES}),
     "cluster.server": ("http://k3s.example.net", {}),
     "cluster.token_file": ("", {}),
     "cluster.token_env": ("1BAD", {}),
@@ -69,7 +77,10 @@ CASES: dict[str, tuple[Any, dict[str, Any]]] = {
     "cluster.flannel_iface": ("eth0/../x", {}),
     "cluster.advertise_address": ("10.0.0.5/24", {}),
     "cluster.kind": ("k8s", {}),
-    "cluster.ca_cert_hashes": (["md5:" + "ab" * 16], {"cluster": {"kind": "kubeadm"}}),
+    "cluster.ca_cert_hashes": (
+        ["md5:" + "ab" * 16],
+        {"cluster": {"kind": "kubeadm"}, "kubernetes": K8S_BINARIES},
+    ),
     "users[].name": ("Root", {}),
     "users[].ssh_authorized_keys": (["EOF"], {}),
     "users[].sudo": ("y", {}),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,3 +143,35 @@ def test_a_kubeadm_worker_without_kubeadm_stops_before_the_network(
     done = run_agent(root)
     assert "the kubeadm binary /usr/bin/kubeadm is missing" in done.stderr
     assert server.requests == []
+
+
+def test_a_clock_in_1970_is_set_from_the_pinned_api_server(
+    server: KubeadmTestServer, tmp_path: Path
+) -> None:
+    """No RTC and no time sync (a Pi 3 at an edge site without NTP): after clock_sync_timeout
+    the time comes from the Date header of the API server the pin authenticates."""
+    root = kubeadm_device(tmp_path / "device", server, server.mint_token(), [server.ca_hash])
+    (root / "run/systemd/timesync/synchronized").unlink()
+    write(root / "run/pifleet/clock-offset", f"{-(time.time() - 86400.0)!r}\n".encode())
+    done = run_agent(root, env(root))
+    assert done.returncode == 0, done.stderr
+    assert "no time sync; taking the time from the pinned API server" in done.stderr
+    assert "clock set from the API server's Date header" in done.stderr
+    offset = float((root / "run/pifleet/clock-offset").read_text())
+    assert abs(offset) < 60, "the clock was not set from the server"
+    assert server.nodes() == ["edge-10000000abcdef01"]
+    assert [r.path for r in server.requests].count("/version") == 1
+
+
+def test_the_clock_is_not_taken_from_a_server_the_pin_does_not_prove(
+    server: KubeadmTestServer, tmp_path: Path
+) -> None:
+    token = server.mint_token()
+    server.forge()  # knows the token, so the JWS verifies; its CA is not the pinned one
+    root = kubeadm_device(tmp_path / "device", server, token, [server.ca_hash])
+    (root / "run/systemd/timesync/synchronized").unlink()
+    write(root / "run/pifleet/clock-offset", f"{-(time.time() - 86400.0)!r}\n".encode())
+    done = run_agent(root, env(root))
+    assert done.returncode == 2 and "failed state=clock" in done.stderr, done.stderr
+    assert "/version" not in [r.path for r in server.requests], "a Date header was asked for"
+    assert float((root / "run/pifleet/clock-offset").read_text()) < -1e6, "the clock moved"

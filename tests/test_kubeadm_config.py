@@ -1,6 +1,6 @@
 """`cluster.kind: kubeadm` in the fleet file (builder/config/kubeadm.py): the bootstrap token,
 `cluster.ca_cert_hashes`, `allow_unpinned`, the API server endpoint, the keys of the other kind
-refused, and the gate that stops `build` and `personalize` before anything is written.
+refused; tests/test_kubeadm_build.py builds the image.
 
 Every refusal is one line, exit 2, no traceback, names the file and the key, never the token.
 """
@@ -18,10 +18,12 @@ from builder.config.kubeadm import K3S_CLUSTER_KEYS, pin_problem, token_problem
 from builder.config.model import Cluster
 from builder.util.errors import UserError
 from tests.conftest import fleet_yaml, pifleet
+from tests.layouts import elf_for
 
 TOKEN = "abcdef.0123456789abcdef"  # kubeadm's own example form; never printed
 SECRET = TOKEN.split(".")[1]
 PIN = "sha256:" + "7e" * 32
+ELF = elf_for("arm64")
 
 
 def cluster(**extra: str) -> str:
@@ -30,8 +32,15 @@ def cluster(**extra: str) -> str:
     return "cluster:\n" + "".join(f"  {k}: {v}\n" for k, v in lines.items() if v)
 
 
-def fleet(tmp_path: Path, token: str = TOKEN, k3s: str = "", **extra: str) -> Path:
-    (tmp_path / "fleet.yaml").write_text(fleet_yaml(k3s=k3s, cluster=cluster(**extra)))
+BINARIES = f"kubernetes:\n  kubeadm: {ELF}\n  kubelet: {ELF}\n  kubectl: {ELF}\n"
+
+
+def fleet(
+    tmp_path: Path, token: str = TOKEN, k3s: str = "", kubernetes: str = BINARIES, **extra: str
+) -> Path:
+    (tmp_path / "fleet.yaml").write_text(
+        fleet_yaml(k3s=k3s, cluster=cluster(**extra), kubernetes=kubernetes)
+    )
     (tmp_path / "token").write_text(token + "\n")
     (tmp_path / "token").chmod(0o600)
     return tmp_path / "fleet.yaml"
@@ -255,38 +264,33 @@ def test_token_problem_never_holds_the_token() -> None:
     assert token_problem(TOKEN) == ""
 
 
-# -- the gate: valid, but not built by this version ------------------------------------------
-
-GATE = "fleet.yaml: cluster.kind: kubeadm: worker images are not yet built by this version"
+# -- the token form, before anything is read or written ------------------------------------
 
 
-def test_build_stops_before_writing_anything(tmp_path: Path) -> None:
-    fleet(tmp_path)
-    before = sorted(p.name for p in tmp_path.rglob("*"))
-    refused(tmp_path, GATE)
-    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no out/, no temporary file
-    refused(tmp_path, GATE, command=("build", "fleet.yaml", "-o", "elsewhere"))
-    assert not (tmp_path / "elsewhere").exists()
+def test_the_kubernetes_binaries_read_into_the_model(tmp_path: Path) -> None:
+    sums = "  sha256: {kubelet: " + "AB" * 32 + "}\n"
+    config = load(fleet(tmp_path, kubernetes=BINARIES + sums + "  test_standin: true\n"))
+    assert config.kubernetes is not None
+    assert [name for name, _ in config.kubernetes.files()] == ["kubeadm", "kubelet", "kubectl"]
+    assert config.kubernetes.kubelet == ELF and config.kubernetes.test_standin
+    assert config.kubernetes.sha256 == (("kubelet", "ab" * 32),)
 
 
-def test_an_unpinned_fleet_that_allows_it_reaches_the_gate(tmp_path: Path) -> None:
-    fleet(tmp_path, ca_cert_hashes="", allow_unpinned="true")
-    refused(tmp_path, GATE)
+def test_a_kubeadm_fleet_needs_its_binaries(tmp_path: Path) -> None:
+    fleet(tmp_path, kubernetes="")
+    refused(tmp_path, "fleet.yaml: kubernetes: required with cluster.kind: kubeadm")
 
 
-def test_personalize_stops_before_writing_anything(tmp_path: Path) -> None:
-    fleet(tmp_path)
-    with (tmp_path / "fleet.yaml").open("a") as f:
-        f.write("devices:\n  - {hostname: pi-1}\n")
-    (tmp_path / "golden.img").write_bytes(b"\0" * 4096)
-    before = sorted(p.name for p in tmp_path.rglob("*"))
-    command = ("personalize", "golden.img", "--config", "fleet.yaml", "--device", "pi-1")
-    refused(tmp_path, GATE, command=command)
-    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+def test_a_k3s_fleet_has_no_kubernetes_binaries(tmp_path: Path) -> None:
+    (tmp_path / "fleet.yaml").write_text(fleet_yaml(kubernetes=BINARIES))
+    (tmp_path / "token").write_text("K10" + "a" * 64 + "::node:secret\n")
+    (tmp_path / "token").chmod(0o600)
+    refused(tmp_path, "fleet.yaml: kubernetes: only with cluster.kind: kubeadm")
 
 
-def test_the_gate_validates_the_token_first(tmp_path: Path) -> None:
-    """A kubeadm fleet is validated in full before the gate: a wrong token says so."""
+def test_personalize_checks_the_token_form_first(tmp_path: Path) -> None:
+    """A kubeadm fleet's token is checked before anything is read or written: a K3s token
+    says so."""
     fleet(tmp_path, token="K10" + "7e" * 32 + "::server:" + SECRET)
     with (tmp_path / "fleet.yaml").open("a") as f:
         f.write("devices:\n  - {hostname: pi-1}\n")

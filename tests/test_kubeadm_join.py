@@ -74,12 +74,19 @@ def test_no_pin_is_written_as_kubeadms_unsafe_skip_and_a_pin_never_is() -> None:
         "x\nunsafeSkipCAVerification: true",
         "x\u2028y",  # a line separator
         "x\x00y",
+        "x,node-role.kubernetes.io/control-plane=",  # a comma: a second label
     ],
 )
-def test_a_hostile_label_value_stays_one_string(hostile: str) -> None:
-    config = read(labels=[f"node.kubernetes.io/site={hostile}"])
-    args = config["nodeRegistration"]["kubeletExtraArgs"]  # type: ignore[index]
-    assert args == [{"name": "node-labels", "value": f"node.kubernetes.io/site={hostile}"}]
+def test_a_hostile_label_is_refused_not_written(hostile: str) -> None:
+    with pytest.raises(JoinConfigurationError, match="not a Kubernetes label"):
+        read(labels=[f"node.kubernetes.io/site={hostile}"])
+
+
+@pytest.mark.parametrize("taint_text", ['x"\n  kind: Pod\n=v:NoSchedule', "k=v\nx: 1:NoExecute"])
+def test_a_hostile_taint_stays_one_string(taint_text: str) -> None:
+    config = read(taints=[taint_text])
+    taints = config["nodeRegistration"]["taints"]  # type: ignore[index]
+    assert len(taints) == 1 and taints[0]["effect"] in ("NoSchedule", "NoExecute")
     assert "unsafeSkipCAVerification" not in config["discovery"]["bootstrapToken"]  # type: ignore[index]
     assert set(config) == {"apiVersion", "kind", "nodeRegistration", "discovery"}
 

@@ -31,6 +31,7 @@ from builder.config.fleet import load
 from builder.config.pin import OPENSSL_ANY, OPENSSL_RSA
 from firstboot import x509 as device_x509
 from tests.conftest import fleet_yaml, pifleet
+from tests.layouts import elf_for
 
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 DAY = datetime.timedelta(days=1)
@@ -232,7 +233,12 @@ def test_the_entry_written_is_what_the_fleet_file_takes(
         f"cluster:\n  kind: kubeadm\n  server: {server.url.removeprefix('https://')}\n"
         f"  token_file: token\n  ca_cert_hashes: {hashes_line}\n"
     )
-    (tmp_path / "fleet.yaml").write_text(fleet_yaml(k3s="", cluster=text))
+    binaries = "".join(
+        f"  {name}: {elf_for('arm64')}\n" for name in ("kubeadm", "kubelet", "kubectl")
+    )
+    (tmp_path / "fleet.yaml").write_text(
+        fleet_yaml(k3s="", cluster=text, kubernetes="kubernetes:\n" + binaries)
+    )
     assert list(load(tmp_path / "fleet.yaml").cluster.ca_cert_hashes) == entry["ca_cert_hashes"]
 
 

@@ -44,6 +44,20 @@ class K3sSource:
 
 
 @dataclass(frozen=True)
+class KubernetesBinaries:
+    """A kubeadm fleet's binaries: local files, each checked as an ELF for the fleet's arch."""
+
+    kubeadm: Path
+    kubelet: Path
+    kubectl: Path
+    sha256: tuple[tuple[str, str], ...] = ()  # (binary name, expected sha256), lowercase
+    test_standin: bool = False
+
+    def files(self) -> tuple[tuple[str, Path], ...]:
+        return (("kubeadm", self.kubeadm), ("kubelet", self.kubelet), ("kubectl", self.kubectl))
+
+
+@dataclass(frozen=True)
 class Cluster:
     server: str
     token_file: Path | None
@@ -196,6 +210,7 @@ class FleetConfig:
     seed: SeedSettings = SeedSettings()
     hardware: Hardware = Hardware()
     config_txt: tuple[ConfigTxtLine, ...] = ()
+    kubernetes: KubernetesBinaries | None = None  # cluster.kind kubeadm only
 
     def where(self, key: str) -> str:
         """Prefix for an error about `key` of this config: '<file>: <key>'."""

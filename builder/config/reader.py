@@ -22,6 +22,7 @@ from builder.config.model import (
     FleetConfig,
     Hardware,
     K3sSource,
+    KubernetesBinaries,
     Network,
     Output,
     SeedSettings,
@@ -76,6 +77,7 @@ class FleetReader(DeviceReader):
                 for section, lines in raw.get("boot", {}).get("config_txt", {}).items()
                 for line in lines
             ),
+            kubernetes=self.kubernetes(raw.get("kubernetes")),
         )
 
     def check_kind(self, raw: dict[str, Any]) -> None:
@@ -86,7 +88,26 @@ class FleetReader(DeviceReader):
             raise self.fail(
                 "k3s", "only with cluster.kind: k3s (the K3s binary; kubeadm nodes do not run K3s)"
             )
+        if "kubernetes" not in self.raw:
+            raise self.fail(
+                "kubernetes", "required with cluster.kind: kubeadm (the kubeadm, kubelet and"
+                " kubectl binaries for the image's architecture)",
+            )  # fmt: skip
         kubeadm.check_devices(raw["devices"], self.fail)
+
+    def kubernetes(self, value: dict[str, Any] | None) -> KubernetesBinaries | None:
+        if value is None:
+            return None
+        if with_defaults(self.raw["cluster"], "cluster")["kind"] != kubeadm.KIND:
+            raise self.fail("kubernetes", "only with cluster.kind: kubeadm (K3s brings its own)")
+        sums = value.get("sha256", {})
+        return KubernetesBinaries(
+            kubeadm=self.rel(value["kubeadm"]),
+            kubelet=self.rel(value["kubelet"]),
+            kubectl=self.rel(value["kubectl"]),
+            sha256=tuple(sorted((k, v.lower()) for k, v in sums.items())),
+            test_standin=bool(value.get("test_standin", False)),
+        )
 
     def seconds(self, agent: dict[str, Any], key: str) -> float:
         """A finite number of seconds (the schema bounds it; NaN passes every bound)."""

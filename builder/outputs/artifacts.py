@@ -151,7 +151,9 @@ def manifest(plan: Plan, facts: dict[str, Any], written: list[Written]) -> dict[
         "arch": plan.config.arch,
         "source_date_epoch": plan.epoch,
         "config": {"file": plan.config.source.name, "sha256": plan.config.config_hash},
-        "inputs": [_input(i) for i in (plan.base, plan.k3s, plan.airgap) if i is not None],
+        "inputs": [
+            _input(i) for i in (plan.base, plan.k3s, plan.airgap, *plan.kubernetes) if i is not None
+        ],
         "k3s_test_standin": plan.k3s_standin,
         "outputs": [{"file": w.path.name, "sha256": w.sha256} for w in written],
         **facts,

@@ -47,7 +47,8 @@ def document(plan: Plan, image_path: Path, image_sha256: str) -> bytes:
             comment=f"Built by pifleet {__version__}",
         ),
         _input("SPDXRef-Base", plan.base, "base image", "OPERATING-SYSTEM"),
-        _input("SPDXRef-K3s", plan.k3s, "k3s", "APPLICATION"),
+        *([_input("SPDXRef-K3s", plan.k3s, "k3s", "APPLICATION")] if plan.k3s else []),
+        *(_input(f"SPDXRef-{i.role}", i, i.role, "APPLICATION") for i in plan.kubernetes),
         _package(
             "SPDXRef-Agent",
             "pifleet-firstboot",

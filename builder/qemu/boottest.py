@@ -28,9 +28,12 @@ from builder.disk.image import Image
 from builder.qemu.console import BootResult, Milestone
 from builder.qemu.power import Hooks, boot_kernel, power_on, prepare
 from builder.qemu.vm import require_qemu
+from builder.testserver.kubeadm import KubeadmTestServer
+from builder.testserver.listening import Listening
 from builder.testserver.server import K3sTestServer
 from builder.util.errors import UserError
 from builder.util.secret import Secret
+from firstboot import joinconfig
 
 log = logging.getLogger("pifleet.boot-test")
 
@@ -64,20 +67,23 @@ def boot_test(
     with contextlib.ExitStack() as stack:
         work = _workdir(stack, opts.keep)
         kernel = boot_kernel(image, work, flavor.arch, opts.kernel, opts.initrd, opts.machine)
-        server, token = _server(stack, opts, hooks, work)
+        server, token = _server(stack, opts, hooks, work, _kind(image))
         guest = prepare(
             image, server, token, work, flavor=flavor, kernel=kernel, board=opts.machine
         )
         if isinstance(server, K3sTestServer) and hooks.server_down_for > 0:
             on_milestone = _outage(stack, server, hooks.server_down_for, on_milestone)
         result = power_on(guest, timeout=opts.timeout, on_milestone=on_milestone, hooks=hooks)
+        if isinstance(server, KubeadmTestServer):
+            result.registered = server.nodes()
         if isinstance(server, K3sTestServer):
             result.registered = server.registered_nodes()
-            if result.joined and result.node not in result.registered:
-                result.joined = False
-                result.failure = (
-                    f"the agent reported joined as {result.node} but the server has no such node"
-                )
+        unknown = isinstance(server, Listening) and result.node not in result.registered
+        if result.joined and unknown:
+            result.joined = False
+            result.failure = (
+                f"the agent reported joined as {result.node} but the server has no such node"
+            )
         return result
     raise AssertionError("unreachable")
 
@@ -115,17 +121,36 @@ def _workdir(stack: contextlib.ExitStack, keep: Path | None) -> Path:
 
 
 def _server(
-    stack: contextlib.ExitStack, opts: BootOptions, hooks: Hooks, work: Path
-) -> tuple[K3sTestServer | str, Secret]:
+    stack: contextlib.ExitStack,
+    opts: BootOptions,
+    hooks: Hooks,
+    work: Path,
+    kind: str = "k3s",
+) -> tuple[Listening | str, Secret]:
     if opts.server is not None:
         assert opts.token is not None
         return opts.server, opts.token
     if hooks.test_server is not None:
         return hooks.test_server, opts.token or Secret(hooks.test_server.mint_token())
+    if kind == "kubeadm":
+        kubeadm = stack.enter_context(KubeadmTestServer(state_dir=work / "kubeadm-test-server"))
+        log.info("kubeadm test server on %s (the guest sees %s)", kubeadm.url, kubeadm.guest_url)
+        return kubeadm, opts.token or Secret(kubeadm.mint_token())
     state = opts.server_state or work / "k3s-test-server"
     server = stack.enter_context(K3sTestServer(state_dir=state))
     log.info("K3s test server on %s (the guest sees %s)", server.url, server.guest_url)
     return server, opts.token or Secret(server.mint_token())
+
+
+def _kind(image: Image) -> str:
+    """What the image joins (its join.json's kind): k3s or kubeadm."""
+    raw = image.root.read(joinconfig.JOIN_CONFIG_PATH)
+    if raw is None:
+        return "k3s"
+    try:
+        return joinconfig.load_join_config(raw).kind
+    except joinconfig.JoinConfigError as exc:
+        raise UserError(f"{image.path}: {exc}") from None
 
 
 def write_junit(path: Path, image: Path, result: BootResult) -> None:

@@ -28,6 +28,8 @@ from builder.qemu.board import BOARD_CHANGES, board_boot, sd_card_size
 from builder.qemu.console import BootResult, Milestone, Stage, follow, verdict
 from builder.qemu.pikernel import pi_kernel_name, root_kernel
 from builder.qemu.vm import VM, Machine, kernel_command_line, require_qemu
+from builder.testserver.kubeadm import KubeadmTestServer
+from builder.testserver.listening import Listening
 from builder.testserver.server import K3sTestServer
 from builder.util.secret import Secret
 from firstboot import joinconfig
@@ -78,7 +80,7 @@ class BootKernel:
 
 def prepare(
     image: Image,
-    server: K3sTestServer | str,
+    server: Listening | str,
     token: Secret,
     work: Path,
     *,
@@ -208,13 +210,15 @@ def boot_kernel(
     return BootKernel(supplied.vmlinuz, supplied.initrd, supplied.modules)
 
 
-def redirect(image: Image, server: K3sTestServer | str, token: Secret) -> dict[str, bytes | None]:
+def redirect(image: Image, server: Listening | str, token: Secret) -> dict[str, bytes | None]:
     """Boot-partition files that point the agent at this boot's server, keeping the device's identity."""
     device_path = f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.DEVICE_FILE}"
     raw = image.boot.read(device_path)
     device = joinconfig.load_device_config(raw, device_path) if raw else joinconfig.DeviceConfig()
-    url = server.guest_url if isinstance(server, K3sTestServer) else server
+    url = server.guest_url if isinstance(server, Listening) else server
     updated = replace(device, server=url)  # keeps the role and a server's cluster settings
+    if isinstance(server, KubeadmTestServer):  # a kubeadm image pins its own cluster's CA
+        updated = replace(updated, ca_cert_hashes=[server.ca_hash])
     return {
         device_path: joinconfig.dump_device_config(updated),
         f"/{joinconfig.BOOT_SUBDIR}/{joinconfig.BOOT_TOKEN_FILE}": (token.reveal() + "\n").encode(),

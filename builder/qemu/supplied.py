@@ -4,7 +4,7 @@ Raspberry Pi OS, Ubuntu for Pi and Debian's raspi images carry a Raspberry Pi ke
 (kernel8.img, vmlinuz-*-raspi) that does not boot under QEMU's `-M virt`. `boot-test` then
 boots Debian's generic kernel for the image's architecture instead (KERNELS: arm64
 `linux-image-arm64`, armhf `linux-image-armmp-lpae`), fetched and verified by apt
-(builder/qemu/debfetch.py) and cached by version under `$PIFLEET_CACHE/kernels/`:
+(builder/sources/debfetch.py) and cached by version under `$PIFLEET_CACHE/kernels/`:
 
 - `vmlinuz`: the kernel;
 - `modules.ext4`: its module tree, <version>/ as in /lib/modules, as an ext4 image. It is
@@ -33,7 +33,7 @@ from pathlib import Path
 from builder.bases import initramfs
 from builder.bases.bootstrap import busybox_binary
 from builder.bases.debian import DEFAULT_MIRROR, KERNELS
-from builder.qemu import debfetch
+from builder.sources import debfetch
 from builder.util.cache import cache_dir
 from builder.util.errors import BuildError
 from builder.util.run import run

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.config.model import BaseSource, K3sSource
+from builder.config.model import BaseSource, K3sSource, KubernetesBinaries
 from builder.sources import compress
 from builder.sources.digests import sha256_of
 from builder.util.atomic import replace_when_done
@@ -134,6 +134,19 @@ def obtain_k3s(src: K3sSource, arch: str, *, where: str) -> Input:
 def local_k3s(path: Path, sha256: str | None, *, where: str) -> Input:
     _check_file(path, where)
     return Input("k3s", path.resolve(), _verified(path, sha256, where), str(path))
+
+
+def local_kubernetes(binaries: KubernetesBinaries | None, where: str) -> tuple[Input, ...]:
+    """A kubeadm fleet's binaries, each found and checked against its sha256 when given."""
+    if binaries is None:
+        return ()
+    sums = dict(binaries.sha256)
+    found = []
+    for name, path in binaries.files():
+        at = f"{where}: kubernetes.{name}"
+        _check_file(path, at)
+        found.append(Input(name, path.resolve(), _verified(path, sums.get(name), at), str(path)))
+    return tuple(found)
 
 
 def obtain_airgap(src: K3sSource, arch: str, k3s: Input, *, where: str) -> Input | None:

@@ -17,9 +17,11 @@ from builder.steps import (
     cloudlog,
     cmdline,
     config_txt,
+    containerd,
     fstab,
     join,
     k3s,
+    kubernetes,
     locale,
     registries,
     seed,
@@ -37,11 +39,24 @@ ORDER: tuple[tuple[str, Step], ...] = (
     ("locale", locale.apply),
     ("fstab", fstab.apply),
     ("cloudlog", cloudlog.apply),
-    ("k3s", k3s.apply),
+    ("runtime", lambda image, plan: runtime(plan)(image, plan)),
     ("registries", registries.apply),
     ("agent", agent.apply),
     ("join", join.apply),
 )
+
+
+def runtime(plan: Plan) -> Step:
+    """What the devices run: K3s, or with cluster.kind kubeadm the Kubernetes binaries and
+    the container runtime."""
+    if plan.config.cluster.kind != "kubeadm":
+        return k3s.apply
+
+    def kubeadm_worker(image: Image, plan: Plan) -> None:
+        kubernetes.apply(image, plan)
+        containerd.apply(image, plan)
+
+    return kubeadm_worker
 
 
 def prefetch(image: Image, plan: Plan) -> None:
@@ -58,4 +73,6 @@ def check_base(image: Image, plan: Plan) -> None:
     image.root.prefetch(reads)
     timezone.check(image, plan)
     registries.check(image, plan)
+    if plan.config.cluster.kind == "kubeadm":
+        kubernetes.check(plan)
     locale.check(image, plan)

@@ -28,6 +28,8 @@ _MACHINE = {
 
 
 def apply(image: Image, plan: Plan) -> None:
+    if plan.k3s is None:
+        raise UserError(f"{plan.config.where('k3s')}: no K3s binary for a K3s fleet")
     check_binary(plan)
     image.root.stage(File(K3S_PATH, 0o755, source=plan.k3s.path))
     for tool in TOOLS:
@@ -54,6 +56,7 @@ def uninstall_script(role: str) -> tuple[str, str]:
 
 def check_binary(plan: Plan) -> None:
     """Refuse a binary that cannot run on the image; the message names both architectures."""
+    assert plan.k3s is not None  # apply checked it
     with open(plan.k3s.path, "rb") as f:
         header = f.read(64)
     arch = elf_arch(header)

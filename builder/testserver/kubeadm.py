@@ -49,7 +49,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from builder.testserver import kubeadm_objects as objects
 from builder.testserver import kubeadm_rules as rules
@@ -162,6 +162,23 @@ class KubeadmTestServer(Listening):
     @property
     def ca_hash(self) -> str:
         return spki_pin(self.ca.cert)
+
+    def admin_kubeconfig(self) -> Path:
+        """`<state_dir>/admin.conf` (0600), as `kubeadm init` writes it: the cluster's CA and a
+        client certificate of kubernetes-admin in kubeadm:cluster-admins (cluster-admin)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, rules.CLUSTER_ADMINS),
+            x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes-admin"),
+        ])  # fmt: skip
+        cert = self.ca.issue(subject, key.public_key(), ExtendedKeyUsageOID.CLIENT_AUTH)
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )  # fmt: skip
+        path = self.state_dir / "admin.conf"
+        write_atomic(path, objects.admin_kubeconfig(self.url, self.ca_pem, cert, key_pem), 0o600)
+        return path
 
     # -- tokens and modes --------------------------------------------------------
 

@@ -46,6 +46,25 @@ def cluster_info_kubeconfig(server: str, ca_pem: bytes, form: str = "yaml") -> s
     )
 
 
+def admin_kubeconfig(server: str, ca_pem: bytes, cert: x509.Certificate, key_pem: bytes) -> bytes:
+    """kubeadm's admin.conf: the cluster, and the admin's certificate and key embedded."""
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "kubernetes-admin@kubernetes",
+        "clusters": [{"name": "kubernetes", "cluster": {
+            "server": server, "certificate-authority-data": b64(ca_pem)}}],
+        "contexts": [{"name": "kubernetes-admin@kubernetes", "context": {
+            "cluster": "kubernetes", "user": "kubernetes-admin"}}],
+        "users": [{"name": "kubernetes-admin", "user": {
+            "client-certificate-data": b64(cert_pem), "client-key-data": b64(key_pem)}}],
+    }  # fmt: skip
+    return (json.dumps(config, indent=2) + "\n").encode()
+
+
 def _stamp() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

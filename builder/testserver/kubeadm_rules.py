@@ -20,6 +20,7 @@ kubernetes/cluster-bootstrap):
 | a node may patch or update only its own Node's `status` subresource (how the kubelet reports Ready) | bootstrappolicy/policy.go NodeRules (nodes/status); noderestriction admission.go: admitNode |
 | a denial is 403 `<resource> "<name>" is forbidden: User "<u>" cannot <verb> resource ...` | k8s.io/apiserver pkg/endpoints/handlers/responsewriters/errors.go: ForbiddenStatusError |
 | errors are a metav1.Status JSON | k8s.io/apimachinery pkg/api/errors |
+| admin.conf's user is in `kubeadm:cluster-admins`, bound to cluster-admin: it may do anything (as may `system:masters`) | cmd/kubeadm/app/phases/kubeconfig (v1.29+: admin.conf and super-admin.conf); bootstrappolicy cluster-admin |
 | a kubelet client CSR: signer kube-apiserver-client-kubelet; O exactly [system:nodes]; no DNS, email, IP or URI SANs; CN `system:node:*`; usages {digital signature, key encipherment, client auth} or without key encipherment | pkg/controller/certificates/approver/sarapprove.go: isNodeClientCert; pkg/apis/certificates/helpers.go: ValidateKubeletClientCSR |
 | auto-approval: `selfnodeclient` when the requester is the CN (granted to system:nodes), else `nodeclient` (granted to kubeadm's token group); anything else stays pending | sarapprove.go: recognizers, handle; tlsbootstrap.go: AutoApproveNodeBootstrapTokens, AutoApproveNodeCertificateRotation |
 | an approved kubelet client CSR is signed by the cluster CA, at most a year (or expirationSeconds, at least 600) | pkg/controller/certificates/signer/signer.go; kube-controller-manager --cluster-signing-duration (8760h) |
@@ -47,6 +48,8 @@ AUTHENTICATED = "system:authenticated"
 BOOTSTRAPPERS = "system:bootstrappers"
 KUBEADM_TOKEN_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 NODES = "system:nodes"
+CLUSTER_ADMINS = "kubeadm:cluster-admins"
+MASTERS = "system:masters"
 KUBELET_CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
 BEARER = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
 PUBLIC_INFO = ("/version", "/healthz", "/livez", "/readyz")
@@ -133,6 +136,8 @@ def attributes(method: str, path: str, query: str) -> Attributes:
 def authorize(caller: Caller, attrs: Attributes) -> str:
     """'' when allowed, else why not (the node authorizer's reason, or RBAC's none)."""
     groups = caller.groups
+    if CLUSTER_ADMINS in groups or MASTERS in groups:
+        return ""
     if not attrs.is_resource:
         if attrs.path in PUBLIC_INFO:
             return ""
