@@ -72,7 +72,7 @@ def resolve(
     else:
         base = sources.obtain_base(config.base, config.arch, where=f"{where}: base")
     k3s: Input | None = None
-    airgap, kubernetes = None, sources.local_kubernetes(config.kubernetes, where)
+    airgap, kubernetes = None, sources.obtain_kubernetes(config.kubernetes, config.arch, where)
     if k3s_override is not None and config.kubernetes is not None:
         raise UserError(f"--k3s-binary: {where}: the fleet is cluster.kind: kubeadm (no K3s)")
     if k3s_override is not None:

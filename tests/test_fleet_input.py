@@ -45,6 +45,8 @@ CASES: dict[str, tuple[Any, dict[str, Any]]] = {
     "k3s.channel_url": ("ftp://x", {}),
     "k3s.airgap_images": (5, {}),
     "k3s.test_standin": ("yes", {}),
+    "kubernetes.version": ("1.34", {}),
+    "kubernetes.release_url": ("ftp://mirror", {"kubernetes": {"version": "v1.34.1"}}),
     "kubernetes.kubeadm": ("", {}),
     "kubernetes.kubelet": ("", {}),
     "kubernetes.kubectl": ("", {}),

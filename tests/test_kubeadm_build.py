@@ -6,6 +6,7 @@ Every refusal is one line, exit 2, naming the key."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from builder.disk.image import Image
 from tests.conftest import fleet_yaml, pifleet
+from tests.http_fixture import AssetServer
 from tests.layouts import elf_for
 
 TOKEN = "abcdef.0123456789abcdef"
@@ -126,3 +128,28 @@ def test_a_missing_binary_is_named(kubeadm_dir: Path) -> None:
         fleet_yaml(k3s="", cluster=CLUSTER, kubernetes=binaries(kubeadm="nowhere/kubeadm"))
     )
     refused(kubeadm_dir, "kubernetes.kubeadm")
+
+
+def test_a_release_is_downloaded_and_checked_against_its_sha256_files(fleet_dir: Path) -> None:
+    """`kubernetes.version`: each binary from <release_url>/<version>/bin/linux/arm64/ with
+    its .sha256 file (dl.k8s.io's layout), served here by a real server on 127.0.0.1."""
+    data = STANDIN.read_bytes()
+    base = "/release/v1.34.1/bin/linux/arm64"
+    files = {f"{base}/{n}": data for n in ("kubeadm", "kubelet", "kubectl")}
+    files |= {f"{base}/{n}.sha256": hashlib.sha256(data).hexdigest().encode() for n in
+              ("kubeadm", "kubelet")}  # fmt: skip
+    files[f"{base}/kubectl.sha256"] = hashlib.sha256(b"something else").hexdigest().encode()
+    with AssetServer(files=files) as server:
+        release = f"kubernetes: {{version: v1.34.1, release_url: '{server.url}/release', test_standin: true}}"
+        (fleet_dir / "fleet.yaml").write_text(
+            fleet_yaml(k3s="", cluster=CLUSTER, kubernetes=release)
+        )
+        (fleet_dir / "token").write_text(TOKEN + "\n")
+        refused(fleet_dir, "sha256 mismatch for " + f"{server.url}{base}/kubectl")
+        files[f"{base}/kubectl.sha256"] = hashlib.sha256(data).hexdigest().encode()
+        root = build(fleet_dir).root
+        assert server.count(f"{base}/kubelet.sha256") == 2  # read each build (binaries are cached)
+    assert (root.read("/usr/bin/kubelet") or b"") == data
+    manifest = json.loads((fleet_dir / "out" / "manifest.json").read_text())
+    origins = {i["role"]: i for i in manifest["inputs"] if i["role"].startswith("kube")}
+    assert origins["kubeadm"]["origin"] == f"{server.url}{base}/kubeadm"

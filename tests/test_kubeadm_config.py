@@ -276,6 +276,20 @@ def test_the_kubernetes_binaries_read_into_the_model(tmp_path: Path) -> None:
     assert config.kubernetes.sha256 == (("kubelet", "ab" * 32),)
 
 
+@pytest.mark.parametrize(
+    ("kubernetes", "needle"),
+    [
+        (f"kubernetes:\n  version: v1.34.1\n  kubeadm: {ELF}\n",
+         "kubernetes: give kubernetes.version or the three binaries, not both"),
+        (f"kubernetes:\n  kubeadm: {ELF}\n  kubectl: {ELF}\n",
+         "kubernetes.kubelet: required without kubernetes.version"),
+    ],
+)  # fmt: skip
+def test_a_release_or_three_files(tmp_path: Path, kubernetes: str, needle: str) -> None:
+    fleet(tmp_path, kubernetes=kubernetes)
+    refused(tmp_path, "fleet.yaml: " + needle)
+
+
 def test_a_kubeadm_fleet_needs_its_binaries(tmp_path: Path) -> None:
     fleet(tmp_path, kubernetes="")
     refused(tmp_path, "fleet.yaml: kubernetes: required with cluster.kind: kubeadm")

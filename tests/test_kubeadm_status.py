@@ -17,8 +17,8 @@ from builder.config.fleet import load
 from builder.config.labels import fleet_labels
 from builder.testserver.kubeadm import KubeadmTestServer
 from tests.conftest import fleet_yaml, pifleet
+from tests.kubeadm_client import call, node_credentials
 from tests.layouts import elf_for
-from tests.test_kubeadm_server import call, node_credentials
 
 PIN = "sha256:" + "7e" * 32
 ELF = elf_for("arm64")

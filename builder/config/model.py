@@ -45,16 +45,20 @@ class K3sSource:
 
 @dataclass(frozen=True)
 class KubernetesBinaries:
-    """A kubeadm fleet's binaries: local files, each checked as an ELF for the fleet's arch."""
+    """A kubeadm fleet's binaries: a release to download (`version`), or three local files;
+    each is checked as an ELF for the fleet's arch."""
 
-    kubeadm: Path
-    kubelet: Path
-    kubectl: Path
+    kubeadm: Path | None = None
+    kubelet: Path | None = None
+    kubectl: Path | None = None
     sha256: tuple[tuple[str, str], ...] = ()  # (binary name, expected sha256), lowercase
     test_standin: bool = False
+    version: str | None = None
+    release_url: str = "https://dl.k8s.io/release"
 
     def files(self) -> tuple[tuple[str, Path], ...]:
-        return (("kubeadm", self.kubeadm), ("kubelet", self.kubelet), ("kubectl", self.kubectl))
+        named = (("kubeadm", self.kubeadm), ("kubelet", self.kubelet), ("kubectl", self.kubectl))
+        return tuple((name, path) for name, path in named if path is not None)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from builder.util.yamlfile import shown
 from firstboot.joinconfig import valid_hostname
 
 MAX_IMAGE_SIZE = 2 * 1024**4  # 2 TiB: the largest SD card sold
+BINARY_KEYS = ("kubeadm", "kubelet", "kubectl")  # kubernetes: local files, without a version
 
 
 class FleetReader(DeviceReader):
@@ -101,11 +102,24 @@ class FleetReader(DeviceReader):
         if with_defaults(self.raw["cluster"], "cluster")["kind"] != kubeadm.KIND:
             raise self.fail("kubernetes", "only with cluster.kind: kubeadm (K3s brings its own)")
         sums = value.get("sha256", {})
+        files = [k for k in BINARY_KEYS if k in value]
+        if "version" in value and (files or sums):
+            raise self.fail(
+                "kubernetes", "give kubernetes.version or the three binaries, not both"
+            )  # fmt: skip
+        if "version" not in value and len(files) != len(BINARY_KEYS):
+            missing = next(k for k in BINARY_KEYS if k not in value)
+            raise self.fail(
+                f"kubernetes.{missing}", "required without kubernetes.version (a local file)"
+            )  # fmt: skip
+        filled = with_defaults(value, "kubernetes")
         return KubernetesBinaries(
-            kubeadm=self.rel(value["kubeadm"]),
-            kubelet=self.rel(value["kubelet"]),
-            kubectl=self.rel(value["kubectl"]),
+            kubeadm=self.rel(value["kubeadm"]) if "kubeadm" in value else None,
+            kubelet=self.rel(value["kubelet"]) if "kubelet" in value else None,
+            kubectl=self.rel(value["kubectl"]) if "kubectl" in value else None,
             sha256=tuple(sorted((k, v.lower()) for k, v in sums.items())),
+            version=value.get("version"),
+            release_url=filled["release_url"].rstrip("/"),
             test_standin=bool(value.get("test_standin", False)),
         )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,16 +137,34 @@ def local_k3s(path: Path, sha256: str | None, *, where: str) -> Input:
     return Input("k3s", path.resolve(), _verified(path, sha256, where), str(path))
 
 
-def local_kubernetes(binaries: KubernetesBinaries | None, where: str) -> tuple[Input, ...]:
-    """A kubeadm fleet's binaries, each found and checked against its sha256 when given."""
+def obtain_kubernetes(
+    binaries: KubernetesBinaries | None, arch: str, where: str
+) -> tuple[Input, ...]:
+    """A kubeadm fleet's binaries: three local files, each checked against its sha256 when
+    given; or a release's, downloaded and checked against the release's .sha256 files."""
     if binaries is None:
         return ()
-    sums = dict(binaries.sha256)
+    if binaries.version is None:
+        sums = dict(binaries.sha256)
+        found = []
+        for name, path in binaries.files():
+            at = f"{where}: kubernetes.{name}"
+            _check_file(path, at)
+            digest = _verified(path, sums.get(name), at)
+            found.append(Input(name, path.resolve(), digest, str(path)))
+        return tuple(found)
+    from builder.sources.fetch import fetch, fetch_text
+
+    machine = {"arm64": "arm64", "armhf": "arm"}[arch]
+    base = f"{binaries.release_url}/{binaries.version}/bin/linux/{machine}"
     found = []
-    for name, path in binaries.files():
-        at = f"{where}: kubernetes.{name}"
-        _check_file(path, at)
-        found.append(Input(name, path.resolve(), _verified(path, sums.get(name), at), str(path)))
+    for name in ("kubeadm", "kubelet", "kubectl"):
+        at = f"{where}: kubernetes.version"
+        text = fetch_text(f"{base}/{name}.sha256", at).split()
+        if not text or not re.fullmatch(r"[0-9a-fA-F]{64}", text[0]):
+            raise UserError(f"{at}: {base}/{name}.sha256 is not a sha256")
+        path = fetch(f"{base}/{name}", text[0], name=name, where=at)
+        found.append(Input(name, path, text[0].lower(), f"{base}/{name}", version=binaries.version))
     return tuple(found)
 
 
