@@ -30,6 +30,18 @@ PINNED_CA = "/var/lib/pifleet/server-ca.pem"  # the same place as a K3s server's
 CONFIG_PATH = secrets.KUBEADM_CONFIG.path
 
 
+TEXTS = {  # what the console says in these states, in place of the K3s words
+    "configure": "writing kubeadm's JoinConfiguration",
+    "start": "running kubeadm join and waiting for the Node to be Ready",
+}
+
+
+def install(agent: Any) -> None:
+    """`agent` runs a kubeadm worker's states and says so."""
+    agent.handlers.update(handlers(agent))
+    agent.texts.update(TEXTS)
+
+
 def handlers(agent: Any) -> Dict[str, Callable[[], str]]:
     """The states that differ for a kubeadm worker (this module's `do_<state>`), bound to
     `agent`, as the agent binds its own."""

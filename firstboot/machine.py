@@ -68,11 +68,11 @@ class Agent:
         self.services = ServiceManager(root)
         self.store = StateStore(root)
         self.sleep: Callable[[float], None] = time.sleep
-        self.state = JoinState()
-        self.join = joinconfig.JoinConfig(server="https://unset")
+        self.state, self.join = JoinState(), joinconfig.JoinConfig(server="https://unset")
         self.device: Optional[joinconfig.DeviceConfig] = None
         self.handlers: Dict[str, Callable[[], str]] = {s: getattr(self, "do_" + s) for s in ORDER}
         self.probed = False  # the server's disk measured in this run (fsyncprobe.py)
+        self.texts = dict(DESCRIPTIONS)  # what the console says in each state
 
     # -- driver ----------------------------------------------------------------
 
@@ -118,7 +118,7 @@ class Agent:
             while current != "done":
                 self.store.enter(self.state, current)
                 _fault("after", current)
-                self.report.state(current, DESCRIPTIONS[current])
+                self.report.state(current, self.texts[current])
                 current = self.handlers[current]()
                 _fault("before", current)
             self.store.enter(self.state, "done")
@@ -148,8 +148,8 @@ class Agent:
             ) from None
         except (OSError, joinconfig.JoinConfigError) as exc:
             raise Terminal(str(exc)) from None
-        if self.join.kind == "kubeadm":  # its verify, configure and start: kubeadm_states.py
-            self.handlers.update(kubeadm_states.handlers(self))
+        if self.join.kind == "kubeadm":  # its own states and words: kubeadm_states.py
+            kubeadm_states.install(self)
         device_path = self.boot_file(joinconfig.DEVICE_FILE)
         try:
             raw = self.root(device_path).read_bytes()
@@ -209,11 +209,11 @@ class Agent:
             raise Terminal(str(exc)) from None
         kubeadm = self.join.kind == "kubeadm"
         binary = self.join.kubeadm_binary if kubeadm else self.join.k3s_binary
-        problems = preflight.problems(self.root, binary, "kubeadm" if kubeadm else "K3s")
-        if problems:
+        if problems := preflight.problems(self.root, binary, "kubeadm" if kubeadm else "K3s"):
             raise Terminal("; ".join(problems))
         self.report.progress("load", preflight.page_size_note())
-        for warning in filter(None, [preflight.pod_dns_warning(self.root, self.join.kubelet_args)]):
+        dns = [] if kubeadm else [preflight.pod_dns_warning(self.root, self.join.kubelet_args)]
+        for warning in filter(None, dns):  # K3s's own fallback; kubeadm's kubelet has none
             self.report.warning(warning)
         if configured is None:
             naming.set_hostname(self.root, name)

@@ -60,6 +60,7 @@ def test_a_kubeadm_worker_joins_and_leaves_no_token(
     first = run_agent(root, env(root, PIFLEET_FAULT="kill-before:cleanup"))  # power cut
     assert "cluster CA pinned (sha256:" in first.stderr, first.stderr
     assert "kubeadm: This node has joined the cluster" in first.stderr
+    assert "state=start running kubeadm join" in first.stderr and "K3s" not in first.stderr
     written = root / CONFIG_PATH.lstrip("/")
     assert stat.S_IMODE(written.stat().st_mode) == 0o600
     seen["config"] = json.loads(written.read_bytes())
