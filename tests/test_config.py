@@ -58,6 +58,17 @@ MINIMAL = (  # a fleet file giving only what every nested default needs around i
     "network: {wifi: {ssid: edge, country: DE}, static: {address: 10.0.0.5/24}}\n"
 )
 
+KUBEADM = (  # kubernetes.* defaults only exist in a kubeadm fleet
+    "name: f\ncluster: {kind: kubeadm, server: 'k:6443', token_env: TOK, ca_cert_hashes: ['sha256:"
+    + "7e" * 32
+    + "']}\nkubernetes: {version: v1.34.1}\nusers: [{name: ops}]\n"
+)
+
+
+def kubeadm_config(tmp_path: Path) -> Any:
+    (tmp_path / "kubeadm").mkdir(exist_ok=True)
+    return load(write(tmp_path / "kubeadm", KUBEADM))
+
 
 def schema_defaults() -> list[tuple[str, Any]]:
     """(FleetConfig attribute path such as 'users[0].shell', default) for every schema default."""
@@ -111,9 +122,10 @@ def test_every_schema_default_reaches_fleet_config(tmp_path: Path) -> None:
     assert ("users[0].shell", "/bin/bash") in defaults
     assert ("network.wifi.hidden", False) in defaults
     assert not [p for p, _ in defaults if p.startswith("$defs.")], "add it to DEFS_AT"
-    wrong = []
+    kubeadm, wrong = kubeadm_config(tmp_path), []
     for path, default in defaults:
-        got = attribute(full if "." in path or "[" in path else bare, path)
+        source = full if "." in path or "[" in path else bare
+        got = attribute(kubeadm if path.startswith("kubernetes.") else source, path)
         expected = tmp_path / default if isinstance(got, Path) else as_read(default)
         if got != expected:
             wrong.append((path, default, got))
@@ -122,17 +134,19 @@ def test_every_schema_default_reaches_fleet_config(tmp_path: Path) -> None:
 
 def test_dataclass_defaults_agree_with_the_schema(tmp_path: Path) -> None:
     """Dataclass defaults exist only so tests can build values by hand; they say what the schema says."""
-    config = load(write(tmp_path, MINIMAL))
+    config, kubeadm = load(write(tmp_path, MINIMAL)), kubeadm_config(tmp_path)
     checked, wrong = [], []
     for path, default in schema_defaults():
         owner_path, _, name = path.rpartition(".")
-        owner = attribute(config, owner_path) if owner_path else config
+        source = kubeadm if path.startswith("kubernetes.") else config
+        owner = attribute(source, owner_path) if owner_path else source
         field = {f.name: f for f in fields(owner)}.get(name)
         if field is not None and field.default is not MISSING:
             checked.append(path)
             if field.default != as_read(default):
                 wrong.append((path, default, field.default))
     assert "k3s.release_url" in checked and "hardware.i2c" in checked and "cluster.proxy" in checked
+    assert "kubernetes.release_url" in checked
     assert wrong == []
 
 
