@@ -9,22 +9,15 @@ script) is accepted only when the config says `k3s.test_standin: true`.
 from __future__ import annotations
 
 from builder import __version__
-from builder.detect.flavor import elf_arch
 from builder.disk.entries import Directory, File, Symlink
 from builder.disk.image import Image
 from builder.layout import AIRGAP_DIR, BIN_DIR, K3S_PATH
 from builder.plan import Plan
+from builder.steps.elfcheck import check_binary as check_elf
 from builder.util.errors import UserError
 from builder.util.render import render
 
 TOOLS = ("kubectl", "crictl", "ctr")
-_MACHINE = {
-    "arm64": "AArch64",
-    "armhf": "ARM",
-    "armel": "ARM soft-float",
-    "amd64": "x86-64",
-    "i386": "x86",
-}
 
 
 def apply(image: Image, plan: Plan) -> None:
@@ -59,18 +52,6 @@ def check_binary(plan: Plan) -> None:
     assert plan.k3s is not None  # apply checked it
     with open(plan.k3s.path, "rb") as f:
         header = f.read(64)
-    arch = elf_arch(header)
-    image_arch = plan.flavor.arch
-    where = plan.k3s.origin
-    if arch is None:
-        if not plan.k3s_standin:
-            raise UserError(
-                f"{where}: not an ELF executable, so not a K3s binary "
-                "(a test stand-in needs k3s.test_standin: true)"
-            )
-        if not header.startswith(b"#!"):
-            raise UserError(f"{where}: the K3s test stand-in must be an executable script (#!)")
-        return
-    if arch != image_arch:
-        machine = _MACHINE.get(arch, arch)
-        raise UserError(f"{where}: k3s binary is {arch} ({machine}) but the image is {image_arch}")
+    check_elf(
+        header, "k3s", plan.k3s.origin, plan.flavor.arch, plan.k3s_standin, "k3s.test_standin"
+    )

@@ -15,10 +15,10 @@ The container runtime (containerd, runc) is not added by this step yet.
 
 from __future__ import annotations
 
-from builder.detect.flavor import elf_arch
 from builder.disk.entries import Directory, File, Symlink
 from builder.disk.image import Image
 from builder.plan import Plan
+from builder.steps.elfcheck import check_binary
 from builder.util.errors import UserError
 
 BIN = "/usr/bin"
@@ -94,20 +94,7 @@ def check(plan: Plan) -> None:
                 header = f.read(64)
         except OSError as exc:
             raise UserError(f"{where}: cannot read {binary.path}: {exc.strerror}") from None
-        check_binary(header, binary.role, where, plan.config.arch, binaries.test_standin)
-
-
-def check_binary(data: bytes, name: str, where: str, image_arch: str, standin: bool) -> None:
-    """An ELF for `image_arch`, or with `standin` a `#!` script; else one line saying why."""
-    arch = elf_arch(data[:64])
-    if arch is None:
-        if not standin:
-            raise UserError(
-                f"{where}: not an ELF executable, so not a {name} binary "
-                "(a test stand-in needs kubernetes.test_standin: true)"
-            )
-        if not data.startswith(b"#!"):
-            raise UserError(f"{where}: the {name} test stand-in must be an executable script (#!)")
-        return
-    if arch != image_arch:
-        raise UserError(f"{where}: the {name} binary is {arch} but the image is {image_arch}")
+        check_binary(
+            header, binary.role, where, plan.config.arch, binaries.test_standin,
+            "kubernetes.test_standin",
+        )  # fmt: skip

@@ -132,15 +132,6 @@ class KubeadmTestServer(Listening):
 
     # -- lifecycle -------------------------------------------------------------
 
-    def __enter__(self) -> KubeadmTestServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
     def start(self) -> None:
         handler = type("Handler", (KubeadmHandler,), {"server_state": self})
         httpd = _Listener((self.host, self._port), handler)

@@ -3,20 +3,36 @@
 
 from __future__ import annotations
 
+import tempfile
 from http.server import ThreadingHTTPServer
+from typing import TypeVar
 
 GUEST_HOST = "10.0.2.2"  # the host, as QEMU's user-mode network shows it to the guest
 
 
+Server = TypeVar("Server", bound="Listening")
+
+
 class Listening:
-    """stop / set_down / port / url / guest_url over `_httpd`, `_port`, `host` and `start()`."""
+    """with / stop / set_down / port / url / guest_url over `_httpd`, `_port`, `host`,
+    `start()` and `_tmp` (a state directory made for it, removed at the end)."""
 
     host: str
     _port: int
     _httpd: ThreadingHTTPServer | None
+    _tmp: tempfile.TemporaryDirectory[str] | None
 
     def start(self) -> None:
         raise NotImplementedError
+
+    def __enter__(self: Server) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     def stop(self) -> None:
         if self._httpd is not None:

@@ -118,15 +118,6 @@ class K3sTestServer(Listening):
 
     # -- lifecycle -------------------------------------------------------------
 
-    def __enter__(self) -> K3sTestServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
     def start(self) -> None:
         handler = type("Handler", (Handler,), {"server_state": self})
         httpd = _Listener((self.host, self._port), handler)
