@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +177,21 @@ def test_the_clock_is_not_taken_from_a_server_the_pin_does_not_prove(
     assert done.returncode == 2 and "failed state=clock" in done.stderr, done.stderr
     assert "/version" not in [r.path for r in server.requests], "a Date header was asked for"
     assert float((root / "run/pifleet/clock-offset").read_text()) < -1e6, "the clock moved"
+
+
+def test_a_late_api_server_is_waited_for(server: KubeadmTestServer, tmp_path: Path) -> None:
+    """Nothing listens on the API server's port for the first seconds (a control plane still
+    coming up): the agent's discovery waits and retries, then joins, no verdict."""
+    root = kubeadm_device(tmp_path / "device", server, server.mint_token(), [server.ca_hash])
+    server.set_down(True)
+    timer = threading.Timer(4.0, server.set_down, args=(False,))
+    timer.start()
+    try:
+        done = run_agent(root, env(root))
+    finally:
+        timer.cancel()
+    assert done.returncode == 0, done.stderr
+    waits = [ln for ln in done.stderr.splitlines() if "verify: waiting for the API server" in ln]
+    assert waits, done.stderr
+    assert "failed state=" not in done.stderr
+    assert server.nodes() == ["edge-10000000abcdef01"]
