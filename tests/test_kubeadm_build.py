@@ -112,7 +112,9 @@ def test_a_binary_for_another_architecture_is_named(kubeadm_dir: Path) -> None:
     (kubeadm_dir / "fleet.yaml").write_text(
         fleet_yaml(k3s="", cluster=CLUSTER, kubernetes=binaries(kubelet=str(elf_for("armhf"))))
     )
-    refused(kubeadm_dir, "kubernetes.kubelet: the kubelet binary is armhf but the image is arm64")
+    refused(
+        kubeadm_dir, "kubernetes.kubelet: the kubelet binary is armhf (ARM) but the image is arm64"
+    )
 
 
 def test_a_binary_that_does_not_match_its_sha256_is_named(kubeadm_dir: Path) -> None:
