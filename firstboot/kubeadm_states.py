@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, TypeVar
 
 import firstboot.secrets as secrets
 from firstboot import kubeadm_discovery, kubeadm_join, kubeadm_node
@@ -28,6 +28,7 @@ from firstboot.state import ORDER
 
 PINNED_CA = "/var/lib/pifleet/server-ca.pem"  # the same place as a K3s server's
 CONFIG_PATH = secrets.KUBEADM_CONFIG.path
+T = TypeVar("T")
 
 
 TEXTS = {  # what the console says in these states, in place of the K3s words
@@ -91,50 +92,42 @@ def do_clock(agent: Any) -> str:
             return "verify"
         backoff.wait()
     agent.report.progress("clock", "no time sync; taking the time from the pinned API server")
-    backoff = agent.backoff()
-    while True:
-        try:
-            when = kubeadm_discovery.server_time(
-                endpoint(agent), bootstrap_token(agent), pins(agent), agent.join.allow_unpinned
-            )
-        except kubeadm_discovery.DiscoveryError as exc:
-            if exc.kind in kubeadm_discovery.TERMINAL_KINDS:
-                raise Terminal(str(exc)) from None
-            agent.report.progress("clock", "waiting for the API server: " + str(exc))
-            backoff.wait(exc.retry_after)
-            continue
-        agent.clock.set(when)
-        agent.report.progress("clock", "clock set from the API server's Date header")
-        return "verify"
+    when = until_answered(agent, "clock", kubeadm_discovery.server_time)
+    agent.clock.set(when)
+    agent.report.progress("clock", "clock set from the API server's Date header")
+    return "verify"
 
 
-def do_verify(agent: Any) -> str:
+def until_answered(agent: Any, state: str, ask: Callable[..., T]) -> T:
+    """`ask(endpoint, token, pins, allow_unpinned)` until the API server answers: a terminal
+    kind is the verdict, anything else is waited out with backoff."""
     backoff = agent.backoff()
     while True:
         token = bootstrap_token(agent)
         try:
-            found = kubeadm_discovery.discover(
-                endpoint(agent), token, pins(agent), agent.join.allow_unpinned
-            )
+            return ask(endpoint(agent), token, pins(agent), agent.join.allow_unpinned)
         except kubeadm_discovery.DiscoveryError as exc:
             if exc.kind in kubeadm_discovery.TERMINAL_KINDS:
                 raise Terminal(str(exc)) from None
-            agent.report.progress("verify", "waiting for the API server: " + str(exc))
+            agent.report.progress(state, "waiting for the API server: " + str(exc))
             backoff.wait(exc.retry_after)
-            continue
-        write_atomic(agent.root(PINNED_CA), found.ca_pem, 0o644)
-        agent.state.ca_hash = found.ca_hashes[0].removeprefix("sha256:")
-        if found.pinned:
-            text = "cluster CA pinned (" + found.ca_hashes[0][:23] + "...), token accepted"
-        else:
-            agent.report.warning(
-                "no CA pin (allow_unpinned): nothing proved this cluster's CA before the "
-                "token was used (pin it: `pifleet token pin --kind kubeadm`)"
-            )
-            text = "token accepted; no CA pin, so the CA this server sent is trusted ("
-            text += found.ca_hashes[0][:23] + "...)"
-        agent.report.progress("verify", text)
-        return "configure"
+
+
+def do_verify(agent: Any) -> str:
+    found = until_answered(agent, "verify", kubeadm_discovery.discover)
+    write_atomic(agent.root(PINNED_CA), found.ca_pem, 0o644)
+    agent.state.ca_hash = found.ca_hashes[0].removeprefix("sha256:")
+    if found.pinned:
+        text = "cluster CA pinned (" + found.ca_hashes[0][:23] + "...), token accepted"
+    else:
+        agent.report.warning(
+            "no CA pin (allow_unpinned): nothing proved this cluster's CA before the "
+            "token was used (pin it: `pifleet token pin --kind kubeadm`)"
+        )
+        text = "token accepted; no CA pin, so the CA this server sent is trusted ("
+        text += found.ca_hashes[0][:23] + "...)"
+    agent.report.progress("verify", text)
+    return "configure"
 
 
 def do_configure(agent: Any) -> str:
