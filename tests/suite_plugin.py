@@ -32,7 +32,11 @@ def boot_group(item: pytest.Item) -> str | None:
     return "qemu-" + item.nodeid.split("::")[0]
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each QEMU test with its group. First of all such hooks: xdist's own, in each worker,
+    reads the marks to append `@group` to the node ids it schedules by, and a mark added after
+    it is never seen (each worker then built and booted the shared images again)."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:

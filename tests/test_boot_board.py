@@ -13,7 +13,7 @@ A board has no real-time clock (nor has a Pi 3) and QEMU's user network no NTP, 
 gives `agent.clock_sync_timeout: 10`: the agent takes the time from the pinned server after
 10 s rather than 120 s, the path a Pi without RTC or NTP takes. The Debian raspi card on
 raspi3b is in the default run (about 2.5 min); the Pi OS card on raspi3b and raspi2b run with
-`pytest -m boards` and bench/boot.py --mode raspi3b.
+`pytest -m boards` and bench/boot.py --mode pi-os-board.
 """
 
 from __future__ import annotations
