@@ -29,7 +29,7 @@ def test_a_suite_started_with_sigint_ignored_can_still_interrupt_its_children(
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
-SHARED_BOOTS = '''
+SHARED_BOOTS = """
 import os
 import pytest
 
@@ -48,7 +48,7 @@ def test_boot(arm64_device, n):
 
 def test_plain():
     pass
-'''
+"""
 
 
 def test_boots_of_one_shared_image_run_on_one_worker(tmp_path: Path) -> None:
