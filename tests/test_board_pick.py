@@ -11,7 +11,7 @@ import pytest
 
 from builder.disk.image import Image
 from builder.qemu.board import BLACKLIST, board_boot, config_lines, pick, sd_card_size
-from builder.qemu.vm import BOARD_MACHINES, kernel_command_line
+from builder.qemu.vm import BOARD_MACHINES, MACHINES, Machine, kernel_command_line
 from builder.util.errors import UserError
 
 PI_OS_TRIXIE = """\
@@ -184,3 +184,21 @@ def test_the_boards_command_line() -> None:
     # the watchdog stays unarmed: QEMU's BCM2835 resets the board the moment it is armed
     assert "watchdog_disarm=0" in words and "systemd.watchdog_sec=off" in words
     assert "systemd.watchdog_device=/dev/pifleet-no-watchdog" in words
+
+
+@pytest.mark.parametrize(
+    "machine", [MACHINES["arm64"], MACHINES["armhf"], *BOARD_MACHINES.values()]
+)
+def test_kernel_hardening_that_only_slows_emulation_is_off_on_every_machine(
+    machine: Machine,
+) -> None:
+    """On arm64, KASLR (which forces KPTI: a TLB flush in QEMU at every entry from user space)
+    and the CPU-bug mitigations are off on QEMU's command line only; armhf keeps its kernel's
+    defaults. The image's own words stay, in order, and a word the image gives is not doubled."""
+    image_words = "root=PARTUUID=x-02 nokaslr rootwait quiet init=/sbin/init"
+    words = kernel_command_line(image_words, machine).split()
+    kept = image_words.split()
+    assert [w for w in words if w in kept] == kept and words.count("nokaslr") == 1, words
+    plain = kernel_command_line("root=PARTUUID=x-02", machine).split()
+    arm64 = machine.arch == "arm64"
+    assert ("nokaslr" in plain) == arm64 and ("mitigations=off" in plain) == arm64, plain

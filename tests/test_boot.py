@@ -112,6 +112,12 @@ def test_arm64_image_boots_runs_cloud_init_and_joins(
         r"\d+\.\d+\.\d+\S* arm64 kernel and its modules, supplied by pifleet",
         run.proc.stderr,
     ), run.proc.stderr
+    # KASLR (so KPTI) and the mitigations are off on QEMU's -append only, and it is said.
+    assert "on the QEMU command line only: kernel hardening off" in run.proc.stderr
+    console = (run.vm / "console.log").read_text()
+    assert "Kernel page table isolation" not in console and "KASLR enabled" not in console
+    cmdline = Image.open(run.image).boot.read("/cmdline.txt") or b""
+    assert b"nokaslr" not in cmdline and b"mitigations" not in cmdline, cmdline
     changed = [
         ln for ln in run.proc.stdout.splitlines() if "under QEMU: /lib/modules is kernel" in ln
     ]

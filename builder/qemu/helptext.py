@@ -17,6 +17,9 @@ modes:
       drivers for hardware QEMU lacks are not loaded, the device timeout is raised.
       Proves also: the image's kernel, its device tree and cmdline.txt as the firmware reads
       them. About twice as slow as virt.
+  arm64, both modes: the kernel hardening that only slows emulation is off on QEMU's command
+  line, nokaslr mitigations=off (KASLR forces page-table isolation, a TLB flush in QEMU at
+  every system call); a boot takes half the CPU time. A device keeps both.
   Neither proves Pi 4 or Pi 5 hardware: QEMU 7.2 has no Pi 4 model with networking and no
   Pi 5 model. In both modes the image is never written (a copy-on-write overlay).
 """

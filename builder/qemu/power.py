@@ -27,7 +27,7 @@ from builder.qemu import overlay
 from builder.qemu.board import BOARD_CHANGES, board_boot, sd_card_size
 from builder.qemu.console import BootResult, Milestone, Stage, follow, verdict
 from builder.qemu.pikernel import pi_kernel_name, root_kernel
-from builder.qemu.vm import VM, Machine, kernel_command_line, require_qemu
+from builder.qemu.vm import VM, Machine, emulation_change, kernel_command_line, require_qemu
 from builder.testserver.kubeadm import KubeadmTestServer
 from builder.testserver.listening import Listening
 from builder.testserver.server import K3sTestServer
@@ -184,6 +184,8 @@ def boot_kernel(
     `kernel` and `initrd` when given; else the image's generic kernel (/boot/vmlinuz,
     /boot/initrd.img, copied into `work`); else, for an image whose kernel only a Raspberry
     Pi boots, the generic kernel pifleet supplies (builder/qemu/supplied.py)."""
+    if (change := emulation_change(arch)) is not None:
+        log.info("on the QEMU command line only: %s", change)
     if board != "virt":
         picked = board_boot(image, work, board)
         log.info("%s: booting the image's %s", board, picked.chosen)
